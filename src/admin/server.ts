@@ -1,0 +1,100 @@
+import http from 'node:http';
+import type { Registry } from 'prom-client';
+import type { Logger } from '../telemetry/log.js';
+
+export interface AdminDeps {
+  registry: Registry;
+  ready: () => { ready: boolean; reasons: string[] };
+  configDump: () => unknown;
+  log: Logger;
+}
+
+function listen(server: http.Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port }, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+async function serveMetrics(registry: Registry, res: http.ServerResponse): Promise<void> {
+  const body = await registry.metrics();
+  res.writeHead(200, { 'content-type': registry.contentType });
+  res.end(body);
+}
+
+/**
+ * Admin (15000, 127.0.0.1 only): readiness, the state dump, metrics. Metrics (15020, node
+ * address): Prometheus text only. Both bind before the agent reports ready.
+ */
+export class AdminServer {
+  readonly admin: http.Server;
+  readonly metrics: http.Server;
+
+  constructor(private readonly deps: AdminDeps) {
+    this.admin = http.createServer((req, res) => {
+      this.handleAdmin(req, res).catch((err) => {
+        deps.log.error({ err }, 'admin request failed');
+        if (!res.headersSent) res.writeHead(500);
+        res.end();
+      });
+    });
+    this.metrics = http.createServer((req, res) => {
+      const path = (req.url ?? '/').split('?')[0];
+      if (req.method === 'GET' && path === '/metrics') {
+        serveMetrics(deps.registry, res).catch(() => res.destroy());
+        return;
+      }
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found: the metrics port serves GET /metrics\n');
+    });
+  }
+
+  async listen(adminHost: string, adminPort: number, metricsHost: string, metricsPort: number): Promise<void> {
+    await listen(this.admin, adminHost, adminPort);
+    await listen(this.metrics, metricsHost, metricsPort);
+  }
+
+  private async handleAdmin(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET') {
+      res.writeHead(405, { allow: 'GET' });
+      res.end();
+      return;
+    }
+    switch (path) {
+      case '/healthz/ready': {
+        const r = this.deps.ready();
+        res.writeHead(r.ready ? 200 : 503, { 'content-type': 'text/plain' });
+        res.end(r.ready ? 'ready\n' : `not ready: ${r.reasons.join('; ')}\n`);
+        return;
+      }
+      case '/config_dump': {
+        const body = JSON.stringify(this.deps.configDump(), (_k, v) => (typeof v === 'bigint' ? String(v) : v), 2);
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(body);
+        return;
+      }
+      case '/metrics':
+        await serveMetrics(this.deps.registry, res);
+        return;
+      default:
+        res.writeHead(404, { 'content-type': 'text/plain' });
+        res.end('not found: try /healthz/ready, /config_dump, /metrics\n');
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(
+      [this.admin, this.metrics].map(
+        (s) =>
+          new Promise<void>((r) => {
+            s.closeAllConnections?.();
+            s.close(() => r());
+          }),
+      ),
+    );
+  }
+}

@@ -1,0 +1,65 @@
+/**
+ * One base class, one stable code per failure. The codes that an HTTP client can see map
+ * to the `x-weft-error` header values of DESIGN.md ("Behaviour users rely on").
+ */
+
+export type WeftErrorCode =
+  | 'WEFT_ERR_NO_HEALTHY_UPSTREAM'
+  | 'WEFT_ERR_CIRCUIT_OPEN'
+  | 'WEFT_ERR_OVERFLOW'
+  | 'WEFT_ERR_UPSTREAM_TIMEOUT'
+  | 'WEFT_ERR_UPSTREAM_RESET'
+  | 'WEFT_ERR_CONNECT_FAILURE'
+  | 'WEFT_ERR_DENIED'
+  | 'WEFT_ERR_UNAUTHENTICATED'
+  | 'WEFT_ERR_CONFIG'
+  | 'WEFT_ERR_BPF'
+  | 'WEFT_ERR_CAPTURE'
+  | 'WEFT_ERR_IDENTITY'
+  | 'WEFT_ERR_BAD_REQUEST';
+
+/** The `x-weft-error` value and HTTP status for each client-visible failure. */
+export const HTTP_ERRORS: Partial<Record<WeftErrorCode, { header: string; status: number }>> = {
+  WEFT_ERR_NO_HEALTHY_UPSTREAM: { header: 'no_healthy_upstream', status: 503 },
+  WEFT_ERR_CIRCUIT_OPEN: { header: 'circuit_open', status: 503 },
+  WEFT_ERR_OVERFLOW: { header: 'overflow', status: 503 },
+  WEFT_ERR_UPSTREAM_RESET: { header: 'upstream_reset', status: 503 },
+  WEFT_ERR_CONNECT_FAILURE: { header: 'connect_failure', status: 503 },
+  WEFT_ERR_UPSTREAM_TIMEOUT: { header: 'upstream_timeout', status: 504 },
+  WEFT_ERR_DENIED: { header: 'denied', status: 403 },
+  WEFT_ERR_UNAUTHENTICATED: { header: 'unauthenticated', status: 401 },
+  WEFT_ERR_BAD_REQUEST: { header: 'bad_request', status: 400 },
+};
+
+export class WeftError extends Error {
+  readonly code: WeftErrorCode;
+  constructor(code: WeftErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'WeftError';
+    this.code = code;
+  }
+}
+
+export class ConfigError extends WeftError {
+  /** Every problem found, each `path: what is wrong`. */
+  readonly problems: string[];
+  constructor(source: string, problems: string[]) {
+    super('WEFT_ERR_CONFIG', `invalid config ${source}: ${problems.join('; ')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+/** A failed syscall in the native addon: carries errno, its symbolic code and the operation. */
+export class BpfError extends WeftError {
+  readonly errno: number;
+  readonly syscallCode: string;
+  readonly op: string;
+  constructor(op: string, errno: number, syscallCode: string, detail?: string) {
+    super('WEFT_ERR_BPF', `${op} failed: ${syscallCode} (errno ${errno})${detail ? `: ${detail}` : ''}`);
+    this.name = 'BpfError';
+    this.errno = errno;
+    this.syscallCode = syscallCode;
+    this.op = op;
+  }
+}

@@ -1,0 +1,29 @@
+import type { Workload } from '../config/types.js';
+import type { Target } from '../state/store.js';
+
+/** What the agent knows about one redirected downstream connection. */
+export interface ConnContext {
+  /** The calling workload, from the cgroup id captured at connect time (never from the source IP alone). */
+  source?: Workload;
+  sourceIp: string;
+  /** The address the application dialed. */
+  origIp: string;
+  origPort: number;
+  target: Target;
+}
+
+export interface OrigDst {
+  ip: string;
+  port: number;
+  cgroupId?: bigint;
+}
+
+/** Finds the original destination of an accepted socket (eBPF maps in production, a table in tests). */
+export type OrigDstLookup = (socket: import('node:net').Socket) => OrigDst | undefined;
+
+/** Maps the cgroup id recorded at connect time to the calling workload. */
+export type SourceLookup = (od: OrigDst, sourceIp: string) => Workload | undefined;
+
+export function sourceLabels(ctx: ConnContext): { source_workload: string; source_namespace: string } {
+  return { source_workload: ctx.source?.name ?? 'unknown', source_namespace: ctx.source?.namespace ?? 'unknown' };
+}

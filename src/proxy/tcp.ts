@@ -1,0 +1,153 @@
+import type net from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { ClusterManager } from '../cluster/manager.js';
+import type { Endpoint } from '../cluster/endpoint.js';
+import type { Logger } from '../telemetry/log.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { WeftError } from '../errors.js';
+import { type ConnContext, sourceLabels } from './context.js';
+import { admit, release, settle, type Admission } from './route.js';
+import type { Transport } from './transport.js';
+import { hashKey } from '../balancer/hash.js';
+
+export interface TcpProxyDeps {
+  clusters: ClusterManager;
+  transport: Transport;
+  metrics: Metrics;
+  log: Logger;
+  /** Called before any byte reaches the upstream: false closes the connection (authorization). */
+  authorize?: (ctx: ConnContext, ep: Endpoint) => { allowed: boolean; policy?: string };
+}
+
+/** Connect attempts to distinct endpoints before the client connection is reset. */
+const CONNECT_ATTEMPTS = 3;
+
+/**
+ * L4: one upstream connection per downstream connection, spliced both ways. Connect failures
+ * are retried on other endpoints; when none answers, the client connection is reset, which
+ * is what a TCP client sees when a server refuses it.
+ */
+export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProxyDeps): Promise<void> {
+  const started = Date.now();
+  const { clusters, transport, metrics, log } = deps;
+  let adm: Admission;
+  try {
+    adm = admit(clusters, ctx.target);
+  } catch (err) {
+    logRefused(log, ctx, err as WeftError);
+    down.resetAndDestroy();
+    return;
+  }
+  const cluster = adm.cluster;
+  if (!cluster.limits.tryOpenConnection()) {
+    release(adm);
+    logRefused(log, ctx, new WeftError('WEFT_ERR_OVERFLOW', `connection limit reached for ${cluster.serviceName}`));
+    down.resetAndDestroy();
+    return;
+  }
+  // Hold the client's bytes until the upstream is there.
+  down.pause();
+  const tried = new Set<Endpoint>();
+  const hash = hashKey(ctx.sourceIp);
+  let up: Duplex | undefined;
+  let ep: Endpoint | undefined;
+  let lastErr: unknown;
+  for (let i = 0; i < CONNECT_ATTEMPTS && !up; i++) {
+    ep = cluster.pick({ tried, hash });
+    if (!ep || (tried.has(ep) && tried.size >= cluster.endpoints.size)) break;
+    tried.add(ep);
+    const verdict = deps.authorize?.(ctx, ep);
+    if (verdict && !verdict.allowed) {
+      release(adm);
+      cluster.limits.closeConnection();
+      metrics.authzDenied.inc({ policy: verdict.policy ?? 'unknown' });
+      log.warn({ ...accessFields(ctx, cluster.serviceName, ep), policy: verdict.policy, error: 'denied' }, 'connection denied by authorization');
+      down.resetAndDestroy();
+      return;
+    }
+    ep.active++;
+    const t0 = Date.now();
+    try {
+      up = await transport.connect(ep, { timeoutMs: cluster.policy.connectionPool.connectTimeout, source: ctx.source });
+    } catch (err) {
+      ep.active--;
+      lastErr = err;
+      cluster.report(ep, 'connect-failure', Date.now() - t0);
+      log.warn({ endpoint: ep.id, service: cluster.serviceName, err: (err as Error).message }, 'upstream connect failed');
+    }
+  }
+  if (!up || !ep) {
+    settle(adm, false);
+    cluster.limits.closeConnection();
+    const e = lastErr instanceof WeftError ? lastErr : new WeftError('WEFT_ERR_NO_HEALTHY_UPSTREAM', `no endpoint of ${cluster.serviceName} accepted the connection`);
+    logRefused(log, ctx, e);
+    down.resetAndDestroy();
+    return;
+  }
+  settle(adm, true);
+  const endpoint = ep;
+  const upstream = up;
+  const security = transport.securityOf(endpoint);
+  const labels = { ...sourceLabels(ctx), destination_service: cluster.serviceName, connection_security_policy: security };
+  metrics.tcpOpened.inc(labels);
+  let sent = 0;
+  let received = 0;
+  let closed = false;
+  const idle = cluster.policy.connectionPool.idleTimeout;
+  const finish = (reason: string) => {
+    if (closed) return;
+    closed = true;
+    endpoint.active--;
+    cluster.limits.closeConnection();
+    cluster.report(endpoint, 'success', Date.now() - started);
+    metrics.tcpClosed.inc(labels);
+    metrics.tcpSent.inc(labels, sent);
+    metrics.tcpReceived.inc(labels, received);
+    log.info({ ...accessFields(ctx, cluster.serviceName, endpoint), protocol: 'tcp', sent_bytes: sent, received_bytes: received, duration_ms: Date.now() - started, close: reason, security }, 'access');
+  };
+  down.on('data', (b: Buffer) => {
+    sent += b.length;
+  });
+  upstream.on('data', (b: Buffer) => {
+    received += b.length;
+  });
+  down.pipe(upstream);
+  upstream.pipe(down);
+  if (idle > 0) {
+    down.setTimeout(idle, () => {
+      down.destroy();
+      upstream.destroy();
+      finish('idle_timeout');
+    });
+  }
+  down.on('error', () => {
+    upstream.destroy();
+  });
+  upstream.on('error', () => {
+    down.resetAndDestroy();
+  });
+  down.on('close', () => {
+    upstream.end();
+    finish('downstream_close');
+  });
+  upstream.on('close', () => {
+    if (!down.destroyed) down.end();
+    finish('upstream_close');
+  });
+  down.resume();
+}
+
+function accessFields(ctx: ConnContext, service: string, ep?: Endpoint) {
+  return {
+    src_workload: ctx.source ? `${ctx.source.namespace}/${ctx.source.name}` : undefined,
+    src_ip: ctx.sourceIp,
+    dst: `${ctx.origIp}:${ctx.origPort}`,
+    dst_service: service,
+    dst_workload: ep ? `${ep.info.namespace}/${ep.info.workload}` : undefined,
+    endpoint: ep?.id,
+  };
+}
+
+function logRefused(log: Logger, ctx: ConnContext, err: WeftError): void {
+  log.warn({ src_workload: ctx.source ? `${ctx.source.namespace}/${ctx.source.name}` : undefined, src_ip: ctx.sourceIp, dst: `${ctx.origIp}:${ctx.origPort}`, protocol: 'tcp', error: err.code, reason: err.message }, 'access: connection refused');
+}

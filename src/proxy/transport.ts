@@ -1,0 +1,69 @@
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Endpoint } from '../cluster/endpoint.js';
+import { WeftError } from '../errors.js';
+
+export interface ConnectOptions {
+  timeoutMs: number;
+  /** The source workload, for the tunnel's client certificate (cross-node). */
+  source?: { namespace: string; serviceAccount: string };
+}
+
+/**
+ * How the agent reaches an endpoint: a plain TCP connection for a pod on this node (the
+ * traffic never leaves the node) or outside the mesh; a tunnel to the peer agent otherwise
+ * (installed by the identity layer through `setTunnel`).
+ */
+export interface Transport {
+  connect(ep: Endpoint, opts: ConnectOptions): Promise<Duplex>;
+  /** `mutual_tls` when the connection to `ep` is tunnelled, else `none`. */
+  securityOf(ep: Endpoint): 'mutual_tls' | 'none';
+}
+
+export function connectTcp(ip: string, port: number, timeoutMs: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host: ip, port, noDelay: true });
+    let timer: NodeJS.Timeout | undefined;
+    if (timeoutMs > 0) {
+      timer = setTimeout(() => {
+        sock.destroy();
+        reject(new WeftError('WEFT_ERR_CONNECT_FAILURE', `connect to ${ip}:${port} timed out after ${timeoutMs}ms`));
+      }, timeoutMs);
+    }
+    sock.once('connect', () => {
+      if (timer) clearTimeout(timer);
+      sock.removeAllListeners('error');
+      resolve(sock);
+    });
+    sock.once('error', (err: NodeJS.ErrnoException) => {
+      if (timer) clearTimeout(timer);
+      reject(new WeftError('WEFT_ERR_CONNECT_FAILURE', `connect to ${ip}:${port} failed: ${err.code ?? err.message}`, { cause: err }));
+    });
+  });
+}
+
+/** A tunnel implementation plugs in here (HBONE to the peer agent). */
+export interface Tunnel {
+  connect(ep: Endpoint, opts: ConnectOptions): Promise<Duplex>;
+}
+
+export class MeshTransport implements Transport {
+  private tunnel?: Tunnel;
+
+  setTunnel(t: Tunnel | undefined): void {
+    this.tunnel = t;
+  }
+
+  private tunnelled(ep: Endpoint): boolean {
+    return this.tunnel !== undefined && !ep.info.local && ep.info.meshed;
+  }
+
+  securityOf(ep: Endpoint): 'mutual_tls' | 'none' {
+    return this.tunnelled(ep) ? 'mutual_tls' : 'none';
+  }
+
+  connect(ep: Endpoint, opts: ConnectOptions): Promise<Duplex> {
+    if (this.tunnelled(ep)) return this.tunnel!.connect(ep, opts);
+    return connectTcp(ep.info.ip, ep.info.port, opts.timeoutMs);
+  }
+}

@@ -1,0 +1,199 @@
+import { EventEmitter } from 'node:events';
+import {
+  MESH_LABEL,
+  MESH_LABEL_ENABLED,
+  type MeshConfig,
+  type Namespace,
+  type Service,
+  type ServicePort,
+  type Workload,
+} from '../config/types.js';
+import type { EndpointInfo } from '../cluster/endpoint.js';
+
+/** A service port as the proxy resolves it from an original destination. */
+export interface ServiceTarget {
+  kind: 'service';
+  service: Service;
+  port: ServicePort;
+  /** `ns/name:port`: the key of the cluster that serves it. */
+  key: string;
+}
+
+/** A connection dialed straight at a meshed pod's ip:port. */
+export interface PodTarget {
+  kind: 'pod';
+  workload: Workload;
+  port: number;
+  protocol: 'http' | 'tcp';
+  key: string;
+}
+
+export type Target = ServiceTarget | PodTarget;
+
+export function serviceKey(s: { namespace: string; name: string }): string {
+  return `${s.namespace}/${s.name}`;
+}
+
+export function workloadKey(w: { namespace: string; name: string }): string {
+  return `${w.namespace}/${w.name}`;
+}
+
+function selects(selector: Record<string, string>, labels: Record<string, string>): boolean {
+  const keys = Object.keys(selector);
+  if (keys.length === 0) return false; // a service without a selector has no endpoints we derive
+  for (const k of keys) if (labels[k] !== selector[k]) return false;
+  return true;
+}
+
+/**
+ * The state store: filled by discovery, read by capture and the proxy; nothing else writes it.
+ * Each `apply` takes a whole snapshot, rebuilds the indexes (linear in the config size) and
+ * emits `change` once. Readers hold no references across changes except by key.
+ */
+export class StateStore extends EventEmitter {
+  private cfg!: MeshConfig;
+  private namespaces = new Map<string, Namespace>();
+  private workloadsByIp = new Map<string, Workload>();
+  private workloads = new Map<string, Workload>();
+  private services = new Map<string, Service>();
+  private byDestination = new Map<string, Target>();
+  private endpointsByService = new Map<string, Workload[]>();
+  private servicesByWorkload = new Map<string, Service[]>();
+  /** Bumped on every apply: clusters compare it to know when to re-read. */
+  generation = 0;
+
+  constructor(cfg?: MeshConfig) {
+    super();
+    if (cfg) this.apply(cfg);
+  }
+
+  get config(): MeshConfig {
+    return this.cfg;
+  }
+
+  get nodeName(): string {
+    return this.cfg.node.name;
+  }
+
+  apply(cfg: MeshConfig): void {
+    this.cfg = cfg;
+    this.namespaces = new Map(cfg.namespaces.map((n) => [n.name, n]));
+    this.workloads = new Map(cfg.workloads.map((w) => [workloadKey(w), w]));
+    this.workloadsByIp = new Map(cfg.workloads.map((w) => [w.ip, w]));
+    this.services = new Map(cfg.services.map((s) => [serviceKey(s), s]));
+
+    this.endpointsByService = new Map();
+    this.servicesByWorkload = new Map();
+    const byNamespace = new Map<string, Workload[]>();
+    for (const w of cfg.workloads) {
+      const list = byNamespace.get(w.namespace);
+      if (list) list.push(w);
+      else byNamespace.set(w.namespace, [w]);
+    }
+    for (const s of cfg.services) {
+      const eps = (byNamespace.get(s.namespace) ?? []).filter((w) => selects(s.selector, w.labels));
+      this.endpointsByService.set(serviceKey(s), eps);
+      for (const w of eps) {
+        const k = workloadKey(w);
+        const list = this.servicesByWorkload.get(k);
+        if (list) list.push(s);
+        else this.servicesByWorkload.set(k, [s]);
+      }
+    }
+
+    this.byDestination = new Map();
+    for (const s of cfg.services) {
+      for (const p of s.ports) {
+        this.byDestination.set(`${s.vip}:${p.port}`, { kind: 'service', service: s, port: p, key: `${serviceKey(s)}:${p.port}` });
+      }
+    }
+    // Meshed pods dialed directly (pod ip:port): the ports their services target.
+    for (const w of cfg.workloads) {
+      if (!this.isMeshed(w.namespace)) continue;
+      for (const s of this.servicesByWorkload.get(workloadKey(w)) ?? []) {
+        for (const p of s.ports) {
+          const dest = `${w.ip}:${p.targetPort}`;
+          if (!this.byDestination.has(dest)) {
+            this.byDestination.set(dest, { kind: 'pod', workload: w, port: p.targetPort, protocol: p.protocol, key: `pod:${dest}` });
+          }
+        }
+      }
+    }
+    this.generation++;
+    this.emit('change', cfg);
+  }
+
+  namespace(name: string): Namespace | undefined {
+    return this.namespaces.get(name);
+  }
+
+  /** A namespace is meshed when it carries `weft.io/mesh: enabled`. */
+  isMeshed(ns: string): boolean {
+    return this.namespaces.get(ns)?.labels[MESH_LABEL] === MESH_LABEL_ENABLED;
+  }
+
+  service(ns: string, name: string): Service | undefined {
+    return this.services.get(`${ns}/${name}`);
+  }
+
+  workload(ns: string, name: string): Workload | undefined {
+    return this.workloads.get(`${ns}/${name}`);
+  }
+
+  workloadByIp(ip: string): Workload | undefined {
+    return this.workloadsByIp.get(ip);
+  }
+
+  allWorkloads(): readonly Workload[] {
+    return this.cfg.workloads;
+  }
+
+  allServices(): readonly Service[] {
+    return this.cfg.services;
+  }
+
+  /** Workloads scheduled on this node whose namespace is meshed: the ones capture attaches to. */
+  meshedLocalWorkloads(): Workload[] {
+    return this.cfg.workloads.filter((w) => w.node === this.cfg.node.name && this.isMeshed(w.namespace));
+  }
+
+  /** What an original destination (ip, port) means to the mesh, if anything. */
+  resolve(ip: string, port: number): Target | undefined {
+    return this.byDestination.get(`${ip}:${port}`);
+  }
+
+  /** Every (ip, port) that connect4 should redirect: service VIP ports and meshed pods' target ports. */
+  destinations(): { ip: string; port: number }[] {
+    const out: { ip: string; port: number }[] = [];
+    for (const k of this.byDestination.keys()) {
+      const i = k.lastIndexOf(':');
+      out.push({ ip: k.slice(0, i), port: Number(k.slice(i + 1)) });
+    }
+    return out;
+  }
+
+  /** The endpoints (pods) of a service port, described for the data plane. */
+  endpointsOf(service: Service, port: ServicePort): EndpointInfo[] {
+    const eps = this.endpointsByService.get(serviceKey(service)) ?? [];
+    return eps.map((w) => this.endpointInfo(w, port.targetPort));
+  }
+
+  endpointInfo(w: Workload, port: number): EndpointInfo {
+    return {
+      ip: w.ip,
+      port,
+      weight: w.weight,
+      workload: w.name,
+      namespace: w.namespace,
+      node: w.node,
+      serviceAccount: w.serviceAccount,
+      ready: w.ready,
+      local: w.node === this.cfg.node.name,
+      meshed: this.isMeshed(w.namespace),
+    };
+  }
+
+  servicesOf(w: Workload): readonly Service[] {
+    return this.servicesByWorkload.get(workloadKey(w)) ?? [];
+  }
+}
