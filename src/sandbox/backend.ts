@@ -1,0 +1,343 @@
+/**
+ * A sample workload for tests, benchmarks and the sandbox: an HTTP server that says which
+ * pod answered and can be told to fail, slow down or turn unhealthy, plus an optional TCP
+ * echo server.
+ *
+ * As a script (inside a pod, see `TopoPod.spawnBackend` in ./topology.ts):
+ *
+ *   node dist/src/sandbox/backend.js --name api-0 --port 8080 [--tcp-echo-port 9000] [--host 0.0.0.0]
+ *
+ * It prints `backend <name> listening on <host>:<port>` once both servers listen.
+ *
+ * HTTP behaviour (every answer carries `x-pod: <name>`):
+ * - any path: 200, JSON `{pod, method, path, headers, remoteAddress}` (path includes the
+ *   query string; remoteAddress is the peer IP as the backend sees it);
+ * - `/healthz`: 200, or 503 while unhealthy;
+ * - per request: `?status=N` answers with status N, `?delay=MS` waits before answering;
+ * - `/_ctl/fail?status=503` answers every later request (except `/_ctl/*`) with that status,
+ *   `/_ctl/ok` undoes it; `/_ctl/delay?ms=200` delays every later answer (`ms=0` undoes it);
+ *   `/_ctl/unhealthy`, `/_ctl/healthy`; `/_ctl/size?bytes=1024` pads every JSON body to that
+ *   many bytes (0 undoes it); `/_ctl/state` shows the state and the request count,
+ *   `/_ctl/reset` restores the defaults and zeroes the count. `/_ctl/*` answers are never
+ *   delayed nor failed.
+ */
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
+import { existsSync, realpathSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+export interface BackendOptions {
+  /** The pod name reported in bodies and in `x-pod`. */
+  name: string;
+  /** HTTP port; 0 picks a free one. */
+  port: number;
+  /** Default '0.0.0.0'. */
+  host?: string;
+  /** Start a TCP echo server on this port too (0 picks a free one). */
+  tcpEchoPort?: number;
+  /** Where the listen line and errors go. Default: stdout. */
+  log?: (line: string) => void;
+}
+
+export interface BackendState {
+  /** Status forced on every non-control request, or null. */
+  failStatus: number | null;
+  delayMs: number;
+  healthy: boolean;
+  /** Pad JSON bodies to this many bytes (0: no padding). */
+  sizeBytes: number;
+  /** Requests answered, control requests excluded. */
+  requests: number;
+}
+
+export interface Backend {
+  name: string;
+  host: string;
+  port: number;
+  /** Set when a TCP echo server was asked for. */
+  tcpEchoPort?: number;
+  /** The live state; tests may read it or change it directly. */
+  state: BackendState;
+  close(): Promise<void>;
+}
+
+function initialState(): BackendState {
+  return { failStatus: null, delayMs: 0, healthy: true, sizeBytes: 0, requests: 0 };
+}
+
+function intParam(value: string | null, min: number, max: number): number | undefined {
+  if (value === null || !/^\d+$/.test(value)) return undefined;
+  const n = Number(value);
+  return n >= min && n <= max ? n : undefined;
+}
+
+function send(res: ServerResponse, name: string, status: number, body: object, sizeBytes = 0): void {
+  let text = JSON.stringify(body);
+  if (sizeBytes > Buffer.byteLength(text)) {
+    const base = JSON.stringify({ ...body, pad: '' });
+    const padLen = sizeBytes - Buffer.byteLength(base);
+    if (padLen > 0) text = JSON.stringify({ ...body, pad: 'x'.repeat(padLen) });
+  }
+  const buf = Buffer.from(text);
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': buf.length,
+    'x-pod': name,
+  });
+  res.end(res.req.method === 'HEAD' ? undefined : buf);
+}
+
+function handleControl(url: URL, state: BackendState): object | undefined {
+  const p = url.searchParams;
+  switch (url.pathname) {
+    case '/_ctl/fail': {
+      const status = p.has('status') ? intParam(p.get('status'), 100, 599) : 503;
+      if (status === undefined) return undefined;
+      state.failStatus = status;
+      break;
+    }
+    case '/_ctl/ok':
+      state.failStatus = null;
+      break;
+    case '/_ctl/delay': {
+      const ms = intParam(p.get('ms'), 0, 600_000);
+      if (ms === undefined) return undefined;
+      state.delayMs = ms;
+      break;
+    }
+    case '/_ctl/unhealthy':
+      state.healthy = false;
+      break;
+    case '/_ctl/healthy':
+      state.healthy = true;
+      break;
+    case '/_ctl/size': {
+      const bytes = intParam(p.get('bytes'), 0, 64 * 1024 * 1024);
+      if (bytes === undefined) return undefined;
+      state.sizeBytes = bytes;
+      break;
+    }
+    case '/_ctl/reset':
+      Object.assign(state, initialState());
+      break;
+    case '/_ctl/state':
+      break;
+    default:
+      return undefined;
+  }
+  return { ok: true, state: { ...state } };
+}
+
+/** Start the backend in this process (integration tests use it on loopback). */
+export async function startBackend(opts: BackendOptions): Promise<Backend> {
+  const { name } = opts;
+  const host = opts.host ?? '0.0.0.0';
+  const log = opts.log ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const state = initialState();
+  const timers = new Set<NodeJS.Timeout>();
+
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    const url = new URL(req.url ?? '/', 'http://backend');
+    const answer = (): void => {
+      if (url.pathname.startsWith('/_ctl/')) {
+        const result = handleControl(url, state);
+        if (result) send(res, name, 200, { pod: name, ...result });
+        else send(res, name, 400, { pod: name, error: `bad control request ${url.pathname}${url.search}` });
+        return;
+      }
+      state.requests++;
+      const echo = {
+        pod: name,
+        method: req.method,
+        path: req.url,
+        headers: req.headers,
+        remoteAddress: req.socket.remoteAddress,
+      };
+      const perRequest = intParam(url.searchParams.get('status'), 100, 599);
+      let status = 200;
+      if (url.pathname === '/healthz' && !state.healthy) status = 503;
+      if (state.failStatus !== null) status = state.failStatus;
+      if (perRequest !== undefined) status = perRequest;
+      const delay = intParam(url.searchParams.get('delay'), 0, 600_000) ?? state.delayMs;
+      if (delay > 0) {
+        const t = setTimeout(() => {
+          timers.delete(t);
+          if (!res.destroyed) send(res, name, status, echo, state.sizeBytes);
+        }, delay);
+        timers.add(t);
+      } else {
+        send(res, name, status, echo, state.sizeBytes);
+      }
+    };
+    // Answer once the request body is read, so keep-alive connections stay in sync.
+    req.on('error', () => {});
+    req.on('end', answer);
+    req.resume();
+  };
+
+  const http = createHttpServer({ keepAlive: true }, onRequest);
+  // Proxies pool upstream connections; a short idle timeout here would race their reuse
+  // and show up as resets in tests.
+  http.keepAliveTimeout = 60_000;
+  http.headersTimeout = 65_000;
+  http.requestTimeout = 0;
+
+  let tcp: TcpServer | undefined;
+  const sockets = new Set<Socket>();
+  const listen = (server: TcpServer | typeof http, port: number): Promise<number> =>
+    new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        const addr = server.address();
+        resolve(typeof addr === 'object' && addr ? addr.port : port);
+      });
+    });
+
+  let tcpEchoPort: number | undefined;
+  try {
+    if (opts.tcpEchoPort !== undefined) {
+      tcp = createTcpServer((socket) => {
+        sockets.add(socket);
+        socket.on('close', () => sockets.delete(socket));
+        socket.on('error', () => {});
+        socket.write(`${name}\n`);
+        socket.pipe(socket);
+      });
+      tcpEchoPort = await listen(tcp, opts.tcpEchoPort);
+      log(`backend ${name} tcp-echo listening on ${host}:${tcpEchoPort}`);
+    }
+    const port = await listen(http, opts.port);
+    log(`backend ${name} listening on ${host}:${port}`);
+
+    let closing: Promise<void> | undefined;
+    const close = (): Promise<void> =>
+      (closing ??= (async () => {
+        for (const t of timers) clearTimeout(t);
+        timers.clear();
+        const done = [new Promise<void>((r) => http.close(() => r()))];
+        http.closeAllConnections();
+        if (tcp) {
+          const server = tcp;
+          done.push(new Promise<void>((r) => server.close(() => r())));
+          for (const s of sockets) s.destroy();
+        }
+        await Promise.all(done);
+      })());
+
+    return { name, host, port, tcpEchoPort, state, close };
+  } catch (err) {
+    tcp?.close();
+    http.close();
+    throw err;
+  }
+}
+
+const execFileAsync = promisify(execFile);
+
+/** The repository root: the nearest directory above this file with a package.json. */
+function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new Error(`no package.json above ${fileURLToPath(import.meta.url)}`);
+    dir = up;
+  }
+}
+
+/**
+ * Path of the compiled backend script, for `node <path> --name ...` inside a pod.
+ *
+ * Pods run the compiled file (`dist/src/sandbox/backend.js`) with plain `node`: no loader,
+ * no transpile at start-up, the same file the lead's build produces. When it is missing or
+ * older than `src/sandbox/backend.ts` (tests run from TS sources), this builds it once with
+ * `tsc -p tsconfig.json`; tsc still emits when other files have type errors, so only a
+ * missing output is an error.
+ */
+export async function backendScriptPath(): Promise<string> {
+  const root = repoRoot();
+  const script = join(root, 'dist', 'src', 'sandbox', 'backend.js');
+  const source = join(root, 'src', 'sandbox', 'backend.ts');
+  const fresh = (): boolean =>
+    existsSync(script) && (!existsSync(source) || statSync(script).mtimeMs >= statSync(source).mtimeMs);
+  if (fresh()) return script;
+  const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc');
+  let buildError = '';
+  try {
+    await execFileAsync(process.execPath, [tsc, '-p', join(root, 'tsconfig.json')], {
+      cwd: root,
+      maxBuffer: 16 * 1024 * 1024,
+      timeout: 300_000,
+    });
+  } catch (err) {
+    const e = err as { stdout?: string; message: string };
+    buildError = e.stdout?.trim() || e.message;
+  }
+  if (!fresh()) throw new Error(`could not build ${script} with tsc: ${buildError.slice(0, 4000)}`);
+  return script;
+}
+
+function parseArgs(argv: string[]): BackendOptions {
+  const opts: Partial<BackendOptions> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    const value = argv[i + 1];
+    if (value === undefined) throw new Error(`${flag} needs a value`);
+    const port = (): number => {
+      const n = intParam(value, 0, 65535);
+      if (n === undefined) throw new Error(`${flag}: not a port: ${value}`);
+      return n;
+    };
+    switch (flag) {
+      case '--name': opts.name = value; break;
+      case '--port': opts.port = port(); break;
+      case '--tcp-echo-port': opts.tcpEchoPort = port(); break;
+      case '--host': opts.host = value; break;
+      default: throw new Error(`unknown flag ${flag}`);
+    }
+    i++;
+  }
+  if (!opts.name) throw new Error('--name is required');
+  if (opts.port === undefined) throw new Error('--port is required');
+  return opts as BackendOptions;
+}
+
+async function main(): Promise<void> {
+  let opts: BackendOptions;
+  try {
+    opts = parseArgs(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(
+      `${(err as Error).message}\nusage: backend --name NAME --port PORT [--tcp-echo-port PORT] [--host ADDR]\n`,
+    );
+    process.exit(2);
+  }
+  const backend = await startBackend(opts);
+  const stop = (): void => {
+    void backend.close().then(() => process.exit(0));
+    setTimeout(() => process.exit(0), 2_000).unref();
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+function isMain(): boolean {
+  const entry = process.argv[1];
+  if (!entry) return false;
+  try {
+    return import.meta.url === pathToFileURL(realpathSync(entry)).href;
+  } catch {
+    return false;
+  }
+}
+
+if (isMain()) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`backend: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  });
+}
