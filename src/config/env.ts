@@ -1,0 +1,88 @@
+/**
+ * `${VAR}` substitution in the config's string values, so one file can serve several
+ * machines (the sandbox fills in `${CGROUP_ROOT}`).
+ *
+ * - `${NAME}`: the variable's value; an unset variable is an error, never an empty string
+ *   (a cgroup path of `/api-0` would be wrong in a way that is hard to see).
+ * - `${NAME:-default}`: the default when NAME is unset or empty.
+ * - `$${`: a literal `${`.
+ * Substitution happens in values (not keys) after YAML parsing, so a value cannot change the
+ * document's structure. An unquoted value that becomes a number or a boolean after
+ * substitution (`port: ${PORT}`) is typed as YAML would type it; a quoted one stays a string.
+ */
+import { isMap, isPair, isScalar, isSeq, parse, visit, type Document, type LineCounter, type Scalar } from 'yaml';
+import { formatPath, type PathSegment } from './path.js';
+
+const REFERENCE = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{/g;
+
+/**
+ * Substitute `${VAR}` in one string.
+ * @returns the result, or the problems (without a path) when a variable is unset or a
+ *   reference is malformed.
+ */
+export function substituteString(
+  text: string,
+  env: Readonly<Record<string, string | undefined>>,
+): { value: string; problems: string[]; changed: boolean } {
+  const problems: string[] = [];
+  let changed = false;
+  const value = text.replace(REFERENCE, (match, name: string | undefined, fallback: string | undefined) => {
+    changed = true;
+    if (match === '$${') return '${';
+    if (name === undefined) {
+      problems.push(`malformed reference in "${text}": write \${NAME} or \${NAME:-default} (or $\${ for a literal \${)`);
+      return match;
+    }
+    const v = env[name];
+    if (v !== undefined && (v !== '' || fallback === undefined)) return v;
+    if (fallback !== undefined) return fallback;
+    problems.push(`environment variable ${name} is not set (write \${${name}:-default} to give a default)`);
+    return match;
+  });
+  return { value, problems, changed };
+}
+
+function pathOf(ancestors: readonly unknown[], node: unknown): PathSegment[] {
+  const out: PathSegment[] = [];
+  for (let i = 0; i < ancestors.length; i++) {
+    const a = ancestors[i];
+    const next = i + 1 < ancestors.length ? ancestors[i + 1] : node;
+    if (isPair(a)) out.push(isScalar(a.key) ? String(a.key.value) : '?');
+    else if (isSeq(a)) out.push(a.items.indexOf(next as never));
+    else if (isMap(a)) continue;
+  }
+  return out;
+}
+
+/** Substitute in every scalar value of `doc`, in place. @returns problems, `path (line N): ...`. */
+export function substituteEnv(
+  doc: Document,
+  env: Readonly<Record<string, string | undefined>>,
+  lines?: LineCounter,
+): string[] {
+  const problems: string[] = [];
+  visit(doc, {
+    Scalar(key, node: Scalar, ancestors) {
+      if (key === 'key' || typeof node.value !== 'string' || !node.value.includes('${')) return;
+      const result = substituteString(node.value, env);
+      if (result.problems.length) {
+        const where = formatPath(pathOf(ancestors, node));
+        const line = lines && node.range ? ` (line ${lines.linePos(node.range[0]).line})` : '';
+        for (const p of result.problems) problems.push(`${where}${line}: ${p}`);
+        return;
+      }
+      if (!result.changed) return;
+      let value: unknown = result.value;
+      if (node.type === 'PLAIN') {
+        try {
+          const typed: unknown = parse(result.value);
+          if (typeof typed === 'number' || typeof typed === 'boolean') value = typed;
+        } catch {
+          // Not a YAML scalar on its own: it stays a string.
+        }
+      }
+      node.value = value;
+    },
+  });
+  return problems;
+}

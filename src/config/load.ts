@@ -1,0 +1,81 @@
+/**
+ * The embedded-mode config file: YAML text -> `${VAR}` substitution -> schema -> semantic
+ * checks -> defaults -> MeshConfig. Anything invalid is a ConfigError whose `problems` name
+ * where (a line and column for YAML syntax, a path like `services[0].ports[0].port` after
+ * that) and what is wrong.
+ */
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { LineCounter, parseDocument, type YAMLError } from 'yaml';
+import { ConfigError } from '../errors.js';
+import { substituteEnv } from './env.js';
+import { normalizeConfig } from './normalize.js';
+import type { MeshConfig } from './types.js';
+
+export interface ParseOptions {
+  /** Variables for `${VAR}` substitution (default: process.env). */
+  env?: Readonly<Record<string, string | undefined>>;
+  /** Directory that relative file paths in the config are resolved against (default: the working directory). */
+  baseDir?: string;
+}
+
+/** The first line of a yaml library error, without its own position suffix. */
+function yamlMessage(message: string): string {
+  return (message.split('\n')[0] ?? message).replace(/ at line \d+, column \d+:?$/, '');
+}
+
+/** The first few YAML errors: after the first, the parser's errors mostly cascade from it. */
+const MAX_YAML_ERRORS = 3;
+
+function yamlProblems(errors: readonly YAMLError[], text: string): string[] {
+  const out = errors.slice(0, MAX_YAML_ERRORS).map((e) => {
+    const pos = e.linePos?.[0];
+    let message = yamlMessage(e.message);
+    // `key: { a: ${X} }`: in flow style `{` is syntax, so an unquoted ${X} breaks the line.
+    const line = pos ? text.split('\n')[pos.line - 1] ?? '' : '';
+    if (/[{[][^\n]*(?<!["'])\$\{/.test(line)) message += ' (inside { } or [ ], quote a ${VAR} value: "${VAR}")';
+    return pos ? `line ${pos.line}, column ${pos.col}: ${message}` : message;
+  });
+  if (errors.length > MAX_YAML_ERRORS) out.push(`(${errors.length - MAX_YAML_ERRORS} more YAML errors, likely caused by the first)`);
+  return out;
+}
+
+/**
+ * Parse and validate config text.
+ * @param source names the text in error messages (usually the file path).
+ * @throws ConfigError listing every problem found.
+ */
+export function parseConfig(text: string, source: string, opts: ParseOptions = {}): MeshConfig {
+  const lines = new LineCounter();
+  // merge: YAML `<<: *anchor` keys, handy for sharing a trafficPolicy between services.
+  const doc = parseDocument(text, { lineCounter: lines, merge: true, uniqueKeys: true, prettyErrors: true });
+  if (doc.errors.length) throw new ConfigError(source, yamlProblems(doc.errors, text));
+  const envProblems = substituteEnv(doc, opts.env ?? process.env, lines);
+  if (envProblems.length) throw new ConfigError(source, envProblems);
+
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: 1000 });
+  } catch (err) {
+    throw new ConfigError(source, [(err as Error).message]);
+  }
+  if (raw === null || raw === undefined) {
+    throw new ConfigError(source, ['(top level): the config is empty; it needs at least node: { name, address }']);
+  }
+  return normalizeConfig(raw, source, { baseDir: opts.baseDir });
+}
+
+/**
+ * Read and validate a config file. Relative paths inside it are resolved against its
+ * directory (unless `opts.baseDir` says otherwise).
+ * @throws ConfigError when the file cannot be read or is invalid.
+ */
+export async function loadConfigFile(path: string, opts: ParseOptions = {}): Promise<MeshConfig> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(path, [`cannot read the config file: ${(err as Error).message}`]);
+  }
+  return parseConfig(text, path, { ...opts, baseDir: opts.baseDir ?? dirname(resolve(path)) });
+}

@@ -1,0 +1,637 @@
+/**
+ * From raw (schema-valid) config to MeshConfig: the checks that span fields or objects,
+ * then the defaults. Every problem is collected before anything is thrown, so one run of the
+ * loader lists all that is wrong with a file.
+ *
+ * Decisions worth knowing (also in types.ts):
+ * - A namespace that workloads, services or policies use but `namespaces:` does not declare
+ *   exists, unlabelled (so not meshed), strict: it is added to MeshConfig.namespaces. That is
+ *   how Kubernetes behaves for a namespace without the opt-in label, and it lets a file list
+ *   off-mesh pods without ceremony.
+ * - Relative file paths (stateDir, ca.rootCert, ca.tokenFile, jwtRules[].jwksFile) are
+ *   resolved against the config file's directory.
+ */
+import { resolve } from 'node:path';
+import { ConfigError } from '../errors.js';
+import {
+  DEFAULT_AGENT,
+  DEFAULT_CIRCUIT_BREAKER,
+  DEFAULT_CONNECTION_POOL,
+  DEFAULT_HEALTH_CHECK,
+  DEFAULT_LOAD_BALANCER,
+  DEFAULT_MAGLEV_TABLE_SIZE,
+  DEFAULT_OUTLIER_DETECTION,
+  DEFAULT_PEER_AUTHENTICATION,
+  DEFAULT_RETRIES,
+  DEFAULT_RING_SIZE,
+  DEFAULT_SERVICE_ACCOUNT,
+  DEFAULT_STATE_DIR,
+  DEFAULT_TIMEOUT,
+  DEFAULT_TRUST_DOMAIN,
+  PEER_AUTH_LABEL,
+} from './defaults.js';
+import { formatDuration, parseDuration } from './duration.js';
+import { formatPath, type PathSegment } from './path.js';
+import { isIPv4Block, matchPatternProblem } from './patterns.js';
+import { schemaProblems } from './schema.js';
+import {
+  DEFAULT_PORTS,
+  type AuthorizationPolicy,
+  type CaConfig,
+  type CircuitBreakerPolicy,
+  type ConnectionPoolPolicy,
+  type HealthCheckPolicy,
+  type JwtRule,
+  type LoadBalancerPolicy,
+  type LoadBalancerType,
+  type MeshConfig,
+  type Namespace,
+  type OutlierDetectionPolicy,
+  type PeerAuthMode,
+  type PolicyOperation,
+  type PolicyRule,
+  type PolicySource,
+  type Ports,
+  type Protocol,
+  type RequestAuthentication,
+  type RetryOn,
+  type RetryPolicy,
+  type Service,
+  type ServicePort,
+  type TrafficPolicy,
+  type Workload,
+} from './types.js';
+
+// --- raw shapes (what CONFIG_SCHEMA admits) ----------------------------------------------
+
+type RawDuration = string | number;
+type Labels = Record<string, string>;
+
+interface RawTrafficPolicy {
+  loadBalancer?: {
+    type?: LoadBalancerType;
+    hashOn?: { header?: string; sourceIp?: boolean };
+    minRingSize?: number;
+    tableSize?: number;
+  };
+  healthCheck?: {
+    type?: 'tcp' | 'http';
+    path?: string;
+    interval?: RawDuration;
+    timeout?: RawDuration;
+    unhealthyThreshold?: number;
+    healthyThreshold?: number;
+    jitter?: number;
+  };
+  outlierDetection?: Partial<Record<keyof OutlierDetectionPolicy, number | RawDuration>>;
+  retries?: {
+    attempts?: number;
+    perTryTimeout?: RawDuration;
+    retryOn?: RetryOn[];
+    retriableStatusCodes?: number[];
+    budget?: { percent?: number; minPerSecond?: number };
+    backoff?: { base?: RawDuration; max?: RawDuration };
+  };
+  timeout?: RawDuration;
+  connectionPool?: Partial<Record<keyof ConnectionPoolPolicy, number | RawDuration>>;
+  circuitBreaker?: Partial<Record<keyof CircuitBreakerPolicy, number | RawDuration>>;
+  fallback?: { service: string };
+}
+
+interface RawConfig {
+  node: { name: string; address: string };
+  mesh?: { trustDomain?: string };
+  ports?: Partial<Ports>;
+  ca?: { url?: string; rootCert?: string; tokenFile?: string; certTtl?: RawDuration };
+  stateDir?: string;
+  namespaces?: { name: string; labels?: Labels; peerAuthentication?: PeerAuthMode }[];
+  workloads?: {
+    name: string;
+    namespace: string;
+    node?: string;
+    ip: string;
+    serviceAccount?: string;
+    labels?: Labels;
+    weight?: number;
+    ready?: boolean;
+    cgroup?: string;
+    uid?: string;
+  }[];
+  services?: {
+    name: string;
+    namespace: string;
+    vip: string;
+    ports: { name?: string; port: number; targetPort?: number; protocol?: Protocol }[];
+    selector?: Labels;
+    trafficPolicy?: RawTrafficPolicy;
+  }[];
+  requestAuthentications?: {
+    name: string;
+    namespace: string;
+    selector?: Labels;
+    jwtRules: {
+      issuer: string;
+      audiences?: string[];
+      jwksFile?: string;
+      jwksUri?: string;
+      fromHeader?: string;
+      forwardOriginalToken?: boolean;
+    }[];
+  }[];
+  policies?: {
+    name: string;
+    namespace: string;
+    selector?: Labels;
+    action?: 'ALLOW' | 'DENY';
+    rules?: { from?: PolicySource[]; to?: PolicyOperation[] }[];
+  }[];
+  agent?: { drainTimeout?: RawDuration; logLevel?: string };
+}
+
+export interface NormalizeOptions {
+  /** Directory that relative file paths are resolved against (default: the working directory). */
+  baseDir?: string;
+}
+
+// --- the checker -------------------------------------------------------------------------
+
+class Problems {
+  readonly list: string[] = [];
+  add(path: readonly PathSegment[], message: string): void {
+    this.list.push(`${formatPath(path)}: ${message}`);
+  }
+  /** parseDuration, with failures recorded (the schema has already vetted syntax). */
+  duration(value: RawDuration | undefined, fallback: number, path: readonly PathSegment[], positive = false): number {
+    if (value === undefined) return fallback;
+    let ms: number;
+    try {
+      ms = parseDuration(value);
+    } catch (err) {
+      this.add(path, (err as Error).message);
+      return fallback;
+    }
+    if (positive && ms === 0) this.add(path, 'must be greater than 0');
+    return ms;
+  }
+}
+
+/**
+ * Validate raw config (a parsed YAML document, after env substitution) and normalize it.
+ * @throws ConfigError listing every problem, schema and semantic.
+ */
+export function normalizeConfig(raw: unknown, source: string, opts: NormalizeOptions = {}): MeshConfig {
+  const shape = schemaProblems(raw);
+  // Cross-field checks assume the shape; on a malformed document they would only add noise.
+  if (shape.length) throw new ConfigError(source, shape);
+  const problems = new Problems();
+  const config = build(raw as RawConfig, problems, opts.baseDir ?? process.cwd());
+  if (problems.list.length) throw new ConfigError(source, problems.list);
+  return config;
+}
+
+function build(raw: RawConfig, p: Problems, baseDir: string): MeshConfig {
+  const ports: Ports = { ...DEFAULT_PORTS, ...raw.ports };
+  const byPort = new Map<number, string>();
+  for (const [name, value] of Object.entries(ports)) {
+    if (value === 0) continue; // any free port: never a clash
+    const other = byPort.get(value);
+    if (other) p.add(['ports', name], `${value} is already the ${other} port; the agent's ports must differ`);
+    else byPort.set(value, name);
+  }
+
+  // Built in document order, so that problems are listed in the order of the file.
+  const ca = buildCa(raw, p, baseDir);
+  const namespaces = buildNamespaces(raw, p);
+  const workloads = buildWorkloads(raw, p, raw.node.name);
+  const services = buildServices(raw, p, workloads);
+  const requestAuthentications = buildRequestAuthentications(raw, p, baseDir);
+  const policies = buildPolicies(raw, p);
+
+  // Namespaces that are used but not declared exist, unlabelled (see the file comment).
+  const known = new Set(namespaces.map((n) => n.name));
+  for (const { namespace } of [...workloads, ...services, ...requestAuthentications, ...policies]) {
+    if (known.has(namespace)) continue;
+    known.add(namespace);
+    namespaces.push({ name: namespace, labels: {}, peerAuthentication: DEFAULT_PEER_AUTHENTICATION });
+  }
+
+  for (const [i, s] of services.entries()) {
+    if (s.vip === raw.node.address) p.add(['services', i, 'vip'], `${s.vip} is the node address`);
+  }
+
+  return {
+    node: { name: raw.node.name, address: raw.node.address },
+    mesh: { trustDomain: raw.mesh?.trustDomain ?? DEFAULT_TRUST_DOMAIN },
+    ports,
+    ca,
+    stateDir: resolve(baseDir, raw.stateDir ?? DEFAULT_STATE_DIR),
+    namespaces,
+    workloads,
+    services,
+    requestAuthentications,
+    policies,
+    agent: {
+      drainTimeout: p.duration(raw.agent?.drainTimeout, DEFAULT_AGENT.drainTimeout, ['agent', 'drainTimeout']),
+      logLevel: raw.agent?.logLevel ?? DEFAULT_AGENT.logLevel,
+    },
+  };
+}
+
+function buildCa(raw: RawConfig, p: Problems, baseDir: string): CaConfig {
+  const ca = raw.ca ?? {};
+  const out: CaConfig = {};
+  if (ca.url !== undefined) {
+    out.url = ca.url;
+    if (ca.rootCert === undefined) p.add(['ca', 'rootCert'], 'is required with ca.url (the remote CA\'s root certificate)');
+    if (ca.tokenFile === undefined) p.add(['ca', 'tokenFile'], 'is required with ca.url (from `weft ca token`)');
+  } else {
+    for (const key of ['rootCert', 'tokenFile'] as const) {
+      if (ca[key] !== undefined) p.add(['ca', key], 'is only used with ca.url (a remote CA); the embedded CA needs none');
+    }
+  }
+  if (ca.rootCert !== undefined) out.rootCert = resolve(baseDir, ca.rootCert);
+  if (ca.tokenFile !== undefined) out.tokenFile = resolve(baseDir, ca.tokenFile);
+  if (ca.certTtl !== undefined) out.certTtl = p.duration(ca.certTtl, 0, ['ca', 'certTtl'], true);
+  return out;
+}
+
+function buildNamespaces(raw: RawConfig, p: Problems): Namespace[] {
+  const seen = new Map<string, number>();
+  return (raw.namespaces ?? []).map((ns, i) => {
+    const first = seen.get(ns.name);
+    if (first !== undefined) p.add(['namespaces', i, 'name'], `duplicate namespace ${ns.name} (also namespaces[${first}])`);
+    else seen.set(ns.name, i);
+    const labels = { ...ns.labels };
+    const label = labels[PEER_AUTH_LABEL];
+    if (label !== undefined && label !== 'strict' && label !== 'permissive') {
+      p.add(['namespaces', i, 'labels', PEER_AUTH_LABEL], `must be strict or permissive (got "${label}")`);
+    }
+    // The explicit key wins over the label (it is the more specific, file-only spelling).
+    const peerAuthentication: PeerAuthMode =
+      ns.peerAuthentication ?? (label === 'permissive' || label === 'strict' ? label : DEFAULT_PEER_AUTHENTICATION);
+    return { name: ns.name, labels, peerAuthentication };
+  });
+}
+
+function buildWorkloads(raw: RawConfig, p: Problems, nodeName: string): Workload[] {
+  const names = new Map<string, number>();
+  const ips = new Map<string, number>();
+  const cgroups = new Map<string, number>();
+  return (raw.workloads ?? []).map((w, i) => {
+    const key = `${w.namespace}/${w.name}`;
+    const dupName = names.get(key);
+    if (dupName !== undefined) p.add(['workloads', i, 'name'], `duplicate workload ${key} (also workloads[${dupName}])`);
+    else names.set(key, i);
+    const dupIp = ips.get(w.ip);
+    if (dupIp !== undefined) p.add(['workloads', i, 'ip'], `${w.ip} is already the ip of workloads[${dupIp}]`);
+    else ips.set(w.ip, i);
+    if (w.cgroup !== undefined) {
+      // The cgroup tells the agent which workload is calling: two workloads cannot share one.
+      const cg = w.cgroup.replace(/\/+$/, '') || '/';
+      const dupCg = cgroups.get(cg);
+      if (dupCg !== undefined) p.add(['workloads', i, 'cgroup'], `${w.cgroup} is already the cgroup of workloads[${dupCg}]`);
+      else cgroups.set(cg, i);
+    }
+    const out: Workload = {
+      name: w.name,
+      namespace: w.namespace,
+      node: w.node ?? nodeName,
+      ip: w.ip,
+      serviceAccount: w.serviceAccount ?? DEFAULT_SERVICE_ACCOUNT,
+      labels: { ...w.labels },
+      weight: w.weight ?? 1,
+      ready: w.ready ?? true,
+    };
+    if (w.cgroup !== undefined) out.cgroup = w.cgroup;
+    if (w.uid !== undefined) out.uid = w.uid;
+    return out;
+  });
+}
+
+/** Istio's convention: a port named `http`, `http-*`, `http2*` or `grpc*` speaks HTTP. */
+function protocolFromName(name: string | undefined): Protocol {
+  return name !== undefined && /^(http|http2|grpc)(-|$)/.test(name) ? 'http' : 'tcp';
+}
+
+function buildServices(raw: RawConfig, p: Problems, workloads: Workload[]): Service[] {
+  const names = new Map<string, number>();
+  const vipPorts = new Map<string, string>();
+  const workloadIps = new Map(workloads.map((w, i) => [w.ip, i]));
+  const services = (raw.services ?? []).map((s, i): Service => {
+    const at: PathSegment[] = ['services', i];
+    const key = `${s.namespace}/${s.name}`;
+    const dup = names.get(key);
+    if (dup !== undefined) p.add([...at, 'name'], `duplicate service ${key} (also services[${dup}])`);
+    else names.set(key, i);
+    const podIndex = workloadIps.get(s.vip);
+    if (podIndex !== undefined) p.add([...at, 'vip'], `${s.vip} is the ip of workloads[${podIndex}]; a VIP must not be a pod ip`);
+
+    const portNumbers = new Set<number>();
+    const portNames = new Set<string>();
+    const ports = s.ports.map((sp, j): ServicePort => {
+      const pat = [...at, 'ports', j];
+      if (portNumbers.has(sp.port)) p.add([...pat, 'port'], `port ${sp.port} is listed twice`);
+      portNumbers.add(sp.port);
+      if (sp.name !== undefined) {
+        if (portNames.has(sp.name)) p.add([...pat, 'name'], `port name ${sp.name} is used twice`);
+        portNames.add(sp.name);
+      }
+      const vipPort = `${s.vip}:${sp.port}`;
+      const owner = vipPorts.get(vipPort);
+      if (owner !== undefined && owner !== key) p.add([...pat, 'port'], `${vipPort} is already service ${owner}`);
+      else vipPorts.set(vipPort, key);
+      const out: ServicePort = {
+        port: sp.port,
+        targetPort: sp.targetPort ?? sp.port,
+        protocol: sp.protocol ?? protocolFromName(sp.name),
+      };
+      if (sp.name !== undefined) out.name = sp.name;
+      return out;
+    });
+    return {
+      name: s.name,
+      namespace: s.namespace,
+      vip: s.vip,
+      ports,
+      selector: { ...s.selector },
+      trafficPolicy: buildTrafficPolicy(s.trafficPolicy ?? {}, [...at, 'trafficPolicy'], p, ports),
+    };
+  });
+  checkFallbacks(services, p);
+  return services;
+}
+
+function checkFallbacks(services: Service[], p: Problems): void {
+  const byKey = new Map(services.map((s) => [`${s.namespace}/${s.name}`, s]));
+  for (const [i, s] of services.entries()) {
+    const fb = s.trafficPolicy.fallback;
+    if (!fb) continue;
+    const at = ['services', i, 'trafficPolicy', 'fallback', 'service'];
+    if (fb.service === s.name) {
+      p.add(at, 'a service cannot be its own fallback');
+      continue;
+    }
+    const target = byKey.get(`${s.namespace}/${fb.service}`);
+    if (!target) {
+      p.add(at, `no service ${fb.service} in namespace ${s.namespace} (a fallback must be in the same namespace)`);
+      continue;
+    }
+    // A request to port P falls back to the fallback's port P, so each port must exist there.
+    for (const sp of s.ports) {
+      const there = target.ports.find((tp) => tp.port === sp.port);
+      if (!there) p.add(at, `${fb.service} has no port ${sp.port}, which ${s.name} serves`);
+      else if (there.protocol !== sp.protocol) {
+        p.add(at, `${fb.service} port ${sp.port} is ${there.protocol}, but ${s.name} port ${sp.port} is ${sp.protocol}`);
+      }
+    }
+    // Fallbacks may chain, but not in a circle.
+    const chain = [s.name];
+    let cur: Service | undefined = target;
+    while (cur) {
+      if (chain.includes(cur.name)) {
+        if (cur.name === s.name) p.add(at, `fallbacks form a cycle: ${[...chain, cur.name].join(' -> ')}`);
+        break;
+      }
+      chain.push(cur.name);
+      const next: string | undefined = cur.trafficPolicy.fallback?.service;
+      cur = next === undefined ? undefined : byKey.get(`${s.namespace}/${next}`);
+    }
+  }
+}
+
+function isPrime(n: number): boolean {
+  if (n < 2) return false;
+  for (let d = 2; d * d <= n; d++) if (n % d === 0) return false;
+  return true;
+}
+
+function buildTrafficPolicy(raw: RawTrafficPolicy, at: PathSegment[], p: Problems, ports: ServicePort[]): TrafficPolicy {
+  const lbAt = [...at, 'loadBalancer'];
+  const type = raw.loadBalancer?.type ?? DEFAULT_LOAD_BALANCER;
+  const loadBalancer: LoadBalancerPolicy = { type };
+  const hashed = type === 'ring-hash' || type === 'maglev';
+  const hashOn = raw.loadBalancer?.hashOn;
+  if (hashed && !hashOn) {
+    p.add([...lbAt, 'hashOn'], `is required for ${type}: { header: <name> } or { sourceIp: true }`);
+  } else if (!hashed && hashOn) {
+    p.add([...lbAt, 'hashOn'], `only ring-hash and maglev use hashOn, not ${type}`);
+  } else if (hashOn) {
+    if (hashOn.header !== undefined && hashOn.sourceIp !== undefined) {
+      p.add([...lbAt, 'hashOn'], 'set either header or sourceIp, not both');
+    } else if (hashOn.sourceIp === false) {
+      p.add([...lbAt, 'hashOn', 'sourceIp'], 'must be true (to hash on a header, use header: <name>)');
+    } else if (hashOn.header !== undefined && !ports.some((sp) => sp.protocol === 'http')) {
+      p.add([...lbAt, 'hashOn', 'header'], 'needs an http port; this service has only tcp ports (use sourceIp: true)');
+    }
+    loadBalancer.hashOn = hashOn.header !== undefined ? { header: hashOn.header.toLowerCase() } : { sourceIp: true };
+  }
+  const { minRingSize, tableSize } = raw.loadBalancer ?? {};
+  if (minRingSize !== undefined && type !== 'ring-hash') p.add([...lbAt, 'minRingSize'], `only applies to ring-hash, not ${type}`);
+  if (tableSize !== undefined && type !== 'maglev') p.add([...lbAt, 'tableSize'], `only applies to maglev, not ${type}`);
+  if (tableSize !== undefined && !isPrime(tableSize)) p.add([...lbAt, 'tableSize'], `must be a prime number (got ${tableSize}; e.g. 65537)`);
+  if (type === 'ring-hash') loadBalancer.minRingSize = minRingSize ?? DEFAULT_RING_SIZE;
+  if (type === 'maglev') loadBalancer.tableSize = tableSize ?? DEFAULT_MAGLEV_TABLE_SIZE;
+
+  const timeout = p.duration(raw.timeout, DEFAULT_TIMEOUT, [...at, 'timeout']);
+  const cpRaw = raw.connectionPool ?? {};
+  const cpAt = [...at, 'connectionPool'];
+  const connectionPool: ConnectionPoolPolicy = {
+    maxConnections: (cpRaw.maxConnections as number | undefined) ?? DEFAULT_CONNECTION_POOL.maxConnections,
+    maxPendingRequests: (cpRaw.maxPendingRequests as number | undefined) ?? DEFAULT_CONNECTION_POOL.maxPendingRequests,
+    maxRequests: (cpRaw.maxRequests as number | undefined) ?? DEFAULT_CONNECTION_POOL.maxRequests,
+    connectTimeout: p.duration(cpRaw.connectTimeout, DEFAULT_CONNECTION_POOL.connectTimeout, [...cpAt, 'connectTimeout'], true),
+    idleTimeout: p.duration(cpRaw.idleTimeout, DEFAULT_CONNECTION_POOL.idleTimeout, [...cpAt, 'idleTimeout']),
+  };
+
+  const policy: TrafficPolicy = { loadBalancer, timeout, connectionPool };
+  if (raw.healthCheck) policy.healthCheck = buildHealthCheck(raw.healthCheck, [...at, 'healthCheck'], p);
+  if (raw.outlierDetection) policy.outlierDetection = buildOutlierDetection(raw.outlierDetection, [...at, 'outlierDetection'], p);
+  if (raw.retries) policy.retries = buildRetries(raw.retries, [...at, 'retries'], p, timeout);
+  if (raw.circuitBreaker) policy.circuitBreaker = buildCircuitBreaker(raw.circuitBreaker, [...at, 'circuitBreaker'], p);
+  if (raw.fallback) policy.fallback = { service: raw.fallback.service };
+  return policy;
+}
+
+function buildHealthCheck(raw: NonNullable<RawTrafficPolicy['healthCheck']>, at: PathSegment[], p: Problems): HealthCheckPolicy {
+  const d = DEFAULT_HEALTH_CHECK;
+  const type = raw.type ?? d.type;
+  if (raw.path !== undefined && type !== 'http') {
+    p.add([...at, 'path'], 'is only used by http health checks; add type: http');
+  }
+  const interval = p.duration(raw.interval, d.interval, [...at, 'interval'], true);
+  const timeout = p.duration(raw.timeout, d.timeout, [...at, 'timeout'], true);
+  if (timeout >= interval && interval > 0) {
+    p.add([...at, 'timeout'], `must be shorter than interval (${formatDuration(timeout)} >= ${formatDuration(interval)})`);
+  }
+  return {
+    type,
+    path: raw.path ?? d.path,
+    interval,
+    timeout,
+    unhealthyThreshold: raw.unhealthyThreshold ?? d.unhealthyThreshold,
+    healthyThreshold: raw.healthyThreshold ?? d.healthyThreshold,
+    jitter: raw.jitter ?? d.jitter,
+  };
+}
+
+function buildOutlierDetection(
+  raw: NonNullable<RawTrafficPolicy['outlierDetection']>,
+  at: PathSegment[],
+  p: Problems,
+): OutlierDetectionPolicy {
+  const d = DEFAULT_OUTLIER_DETECTION;
+  const n = (k: keyof OutlierDetectionPolicy) => (raw[k] as number | undefined) ?? d[k];
+  const baseEjectionTime = p.duration(raw.baseEjectionTime, d.baseEjectionTime, [...at, 'baseEjectionTime'], true);
+  // An explicit base above the default cap raises the cap with it, unless the cap is explicit too.
+  const maxDefault = Math.max(d.maxEjectionTime, baseEjectionTime);
+  const maxEjectionTime = p.duration(raw.maxEjectionTime, maxDefault, [...at, 'maxEjectionTime'], true);
+  if (maxEjectionTime < baseEjectionTime) p.add([...at, 'maxEjectionTime'], 'must not be shorter than baseEjectionTime');
+  return {
+    consecutive5xx: n('consecutive5xx'),
+    consecutiveGatewayErrors: n('consecutiveGatewayErrors'),
+    interval: p.duration(raw.interval, d.interval, [...at, 'interval'], true),
+    baseEjectionTime,
+    maxEjectionTime,
+    maxEjectionPercent: n('maxEjectionPercent'),
+    successRateMinimumHosts: n('successRateMinimumHosts'),
+    successRateRequestVolume: n('successRateRequestVolume'),
+    successRateStdevFactor: n('successRateStdevFactor'),
+    panicThreshold: n('panicThreshold'),
+  };
+}
+
+function buildRetries(raw: NonNullable<RawTrafficPolicy['retries']>, at: PathSegment[], p: Problems, timeout: number): RetryPolicy {
+  const d = DEFAULT_RETRIES;
+  const retryOn = raw.retryOn ?? d.retryOn;
+  const codes = raw.retriableStatusCodes ?? d.retriableStatusCodes;
+  if (retryOn.includes('retriable-status-codes') && codes.length === 0) {
+    p.add([...at, 'retriableStatusCodes'], 'is required when retryOn includes retriable-status-codes');
+  }
+  if (codes.length > 0 && !retryOn.includes('retriable-status-codes')) {
+    p.add([...at, 'retriableStatusCodes'], 'is only used when retryOn includes retriable-status-codes');
+  }
+  const perTryTimeout = p.duration(raw.perTryTimeout, d.perTryTimeout, [...at, 'perTryTimeout']);
+  if (timeout > 0 && perTryTimeout > timeout) {
+    p.add([...at, 'perTryTimeout'], `is longer than the service timeout (${formatDuration(timeout)}), so it never fires`);
+  }
+  const base = p.duration(raw.backoff?.base, d.backoff.base, [...at, 'backoff', 'base'], true);
+  // As with Envoy, the cap follows an explicit base (10x) unless it is explicit too.
+  const max = p.duration(raw.backoff?.max, raw.backoff?.base !== undefined ? base * 10 : d.backoff.max, [...at, 'backoff', 'max'], true);
+  if (max < base) p.add([...at, 'backoff', 'max'], 'must not be shorter than backoff.base');
+  return {
+    attempts: raw.attempts ?? d.attempts,
+    perTryTimeout,
+    retryOn: [...retryOn],
+    retriableStatusCodes: [...codes],
+    budget: {
+      percent: raw.budget?.percent ?? d.budget.percent,
+      minPerSecond: raw.budget?.minPerSecond ?? d.budget.minPerSecond,
+    },
+    backoff: { base, max },
+  };
+}
+
+function buildCircuitBreaker(
+  raw: NonNullable<RawTrafficPolicy['circuitBreaker']>,
+  at: PathSegment[],
+  p: Problems,
+): CircuitBreakerPolicy {
+  const d = DEFAULT_CIRCUIT_BREAKER;
+  const openDuration = p.duration(raw.openDuration, d.openDuration, [...at, 'openDuration'], true);
+  const maxOpenDuration = p.duration(raw.maxOpenDuration, Math.max(d.maxOpenDuration, openDuration), [...at, 'maxOpenDuration'], true);
+  if (maxOpenDuration < openDuration) p.add([...at, 'maxOpenDuration'], 'must not be shorter than openDuration');
+  return {
+    consecutiveFailures: (raw.consecutiveFailures as number | undefined) ?? d.consecutiveFailures,
+    openDuration,
+    maxOpenDuration,
+    halfOpenRequests: (raw.halfOpenRequests as number | undefined) ?? d.halfOpenRequests,
+  };
+}
+
+function checkDuplicateNames(items: { name: string; namespace: string }[], kind: string, top: string, p: Problems): void {
+  const seen = new Map<string, number>();
+  for (const [i, item] of items.entries()) {
+    const key = `${item.namespace}/${item.name}`;
+    const first = seen.get(key);
+    if (first !== undefined) p.add([top, i, 'name'], `duplicate ${kind} ${key} (also ${top}[${first}])`);
+    else seen.set(key, i);
+  }
+}
+
+function buildRequestAuthentications(raw: RawConfig, p: Problems, baseDir: string): RequestAuthentication[] {
+  const list = raw.requestAuthentications ?? [];
+  checkDuplicateNames(list, 'request authentication', 'requestAuthentications', p);
+  return list.map((ra, i) => ({
+    name: ra.name,
+    namespace: ra.namespace,
+    selector: { ...ra.selector },
+    jwtRules: ra.jwtRules.map((r, j): JwtRule => {
+      const at = ['requestAuthentications', i, 'jwtRules', j];
+      if ((r.jwksFile === undefined) === (r.jwksUri === undefined)) {
+        p.add(at, 'set exactly one of jwksFile or jwksUri');
+      }
+      const out: JwtRule = {
+        issuer: r.issuer,
+        audiences: [...(r.audiences ?? [])],
+        forwardOriginalToken: r.forwardOriginalToken ?? true,
+      };
+      if (r.jwksFile !== undefined) out.jwksFile = resolve(baseDir, r.jwksFile);
+      if (r.jwksUri !== undefined) out.jwksUri = r.jwksUri;
+      if (r.fromHeader !== undefined) out.fromHeader = r.fromHeader.toLowerCase();
+      return out;
+    }),
+  }));
+}
+
+const PATTERN_FIELDS = [
+  'principals',
+  'notPrincipals',
+  'namespaces',
+  'notNamespaces',
+  'requestPrincipals',
+  'notRequestPrincipals',
+  'hosts',
+  'notHosts',
+  'paths',
+  'notPaths',
+] as const;
+
+function checkPolicyStrings(entry: PolicySource & PolicyOperation, at: PathSegment[], p: Problems): void {
+  for (const field of PATTERN_FIELDS) {
+    for (const [k, value] of (entry[field] ?? []).entries()) {
+      const where = [...at, field, k];
+      const bad = matchPatternProblem(value);
+      if (bad) p.add(where, bad);
+      else if ((field === 'principals' || field === 'notPrincipals') && value.startsWith('spiffe://')) {
+        p.add(where, `write principals without "spiffe://" (e.g. ${value.slice('spiffe://'.length)})`);
+      } else if ((field === 'paths' || field === 'notPaths') && !value.startsWith('/') && !value.startsWith('*')) {
+        p.add(where, `"${value}": a path must start with / (or * for a suffix match)`);
+      }
+    }
+  }
+  for (const field of ['ipBlocks', 'notIpBlocks'] as const) {
+    for (const [k, value] of (entry[field] ?? []).entries()) {
+      if (!isIPv4Block(value)) p.add([...at, field, k], `must be an IPv4 address or CIDR block like 10.0.0.0/8 (got "${value}")`);
+    }
+  }
+}
+
+function buildPolicies(raw: RawConfig, p: Problems): AuthorizationPolicy[] {
+  const list = raw.policies ?? [];
+  checkDuplicateNames(list, 'policy', 'policies', p);
+  return list.map((pol, i) => ({
+    name: pol.name,
+    namespace: pol.namespace,
+    selector: { ...pol.selector },
+    action: pol.action ?? 'ALLOW',
+    rules: (pol.rules ?? []).map((rule, j): PolicyRule => {
+      const at = ['policies', i, 'rules', j];
+      (rule.from ?? []).forEach((src, k) => checkPolicyStrings(src, [...at, 'from', k], p));
+      (rule.to ?? []).forEach((op, k) => checkPolicyStrings(op, [...at, 'to', k], p));
+      return {
+        from: (rule.from ?? []).map((src) => structuredClone(src)),
+        to: (rule.to ?? []).map((op) => structuredClone(op)),
+      };
+    }),
+  }));
+}

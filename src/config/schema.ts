@@ -1,0 +1,389 @@
+/**
+ * The JSON Schema of the raw YAML (embedded mode, DESIGN.md), and its validation with
+ * problems worded for people: `services[0].trafficPolicy.loadBalancer.type: must be one of ...`.
+ *
+ * The schema checks shape: keys, types, ranges, enums, address and duration syntax. Every
+ * mapping is closed (`additionalProperties: false`) so that a misspelt key is an error, not a
+ * silently ignored setting. Rules that span fields or objects live in normalize.ts.
+ */
+import { Ajv, type ErrorObject, type SchemaObject } from 'ajv';
+import { LOG_LEVELS } from './defaults.js';
+import { parseDuration } from './duration.js';
+import { formatPath, pointerSegments, type PathSegment } from './path.js';
+import { DNS_LABEL, DNS_SUBDOMAIN, HEADER_NAME, HTTP_METHOD, isIPv4 } from './patterns.js';
+
+export const LOAD_BALANCER_TYPES = [
+  'random',
+  'round-robin',
+  'weighted-round-robin',
+  'least-request',
+  'peak-ewma',
+  'ring-hash',
+  'maglev',
+] as const;
+export const RETRY_ON = ['connect-failure', 'reset', '5xx', 'gateway-error', 'retriable-status-codes'] as const;
+
+// --- builders -------------------------------------------------------------------------
+
+function obj(properties: Record<string, SchemaObject>, required: string[] = [], extra: SchemaObject = {}): SchemaObject {
+  return { type: 'object', properties, required, additionalProperties: false, ...extra };
+}
+function list(items: SchemaObject, minItems = 0): SchemaObject {
+  return minItems ? { type: 'array', items, minItems } : { type: 'array', items };
+}
+function int(minimum: number, maximum?: number): SchemaObject {
+  return maximum === undefined ? { type: 'integer', minimum } : { type: 'integer', minimum, maximum };
+}
+function num(minimum: number, maximum?: number): SchemaObject {
+  return maximum === undefined ? { type: 'number', minimum } : { type: 'number', minimum, maximum };
+}
+function oneOfStrings(values: readonly string[]): SchemaObject {
+  return { type: 'string', enum: [...values] };
+}
+function str(pattern: string, message: string): SchemaObject {
+  return { type: 'string', pattern, message };
+}
+
+const duration: SchemaObject = { weftDuration: true };
+const nonEmpty: SchemaObject = { type: 'string', minLength: 1 };
+const ipv4: SchemaObject = { type: 'string', format: 'ipv4', message: 'must be an IPv4 address like 10.77.0.1' };
+const port: SchemaObject = int(1, 65535);
+const agentPort: SchemaObject = int(0, 65535);
+const labelName = str(DNS_LABEL, 'must be a DNS label: lower-case letters, digits and "-", at most 63 characters');
+const subdomainName = str(
+  DNS_SUBDOMAIN,
+  'must be a DNS name: lower-case letters, digits, "-" and ".", at most 253 characters',
+);
+const labels: SchemaObject = {
+  type: 'object',
+  additionalProperties: { type: 'string', message: 'must be a string (quote numbers and booleans: "1", "true")' },
+};
+const headerName = str(HEADER_NAME, 'must be an HTTP header name');
+const absolutePath = str('^/', 'must be an absolute path');
+const stringList: SchemaObject = list(nonEmpty, 1);
+
+// --- the schema ------------------------------------------------------------------------
+
+const hashOn = obj(
+  { header: headerName, sourceIp: { type: 'boolean' } },
+  [],
+  { minProperties: 1 },
+);
+
+const trafficPolicy = obj({
+  loadBalancer: obj({
+    type: oneOfStrings(LOAD_BALANCER_TYPES),
+    hashOn,
+    minRingSize: int(1, 8_388_608),
+    tableSize: int(1, 5_000_011),
+  }),
+  healthCheck: obj({
+    type: oneOfStrings(['tcp', 'http']),
+    path: str('^/', 'must be an absolute request path, like /healthz'),
+    interval: duration,
+    timeout: duration,
+    unhealthyThreshold: int(1),
+    healthyThreshold: int(1),
+    jitter: num(0, 1),
+  }),
+  outlierDetection: obj({
+    consecutive5xx: int(0),
+    consecutiveGatewayErrors: int(0),
+    interval: duration,
+    baseEjectionTime: duration,
+    maxEjectionTime: duration,
+    maxEjectionPercent: num(0, 100),
+    successRateMinimumHosts: int(0),
+    successRateRequestVolume: int(1),
+    successRateStdevFactor: { type: 'number', exclusiveMinimum: 0 },
+    panicThreshold: num(0, 100),
+  }),
+  retries: obj({
+    attempts: int(0, 10),
+    perTryTimeout: duration,
+    retryOn: { ...list(oneOfStrings(RETRY_ON), 1), uniqueItems: true },
+    retriableStatusCodes: { ...list(int(100, 599), 1), uniqueItems: true },
+    budget: obj({ percent: num(0, 100), minPerSecond: int(0) }),
+    backoff: obj({ base: duration, max: duration }),
+  }),
+  timeout: duration,
+  connectionPool: obj({
+    maxConnections: int(1),
+    maxPendingRequests: int(1),
+    maxRequests: int(1),
+    connectTimeout: duration,
+    idleTimeout: duration,
+  }),
+  circuitBreaker: obj({
+    consecutiveFailures: int(1),
+    openDuration: duration,
+    maxOpenDuration: duration,
+    halfOpenRequests: int(1),
+  }),
+  fallback: obj({ service: labelName }, ['service']),
+});
+
+const servicePort = obj(
+  {
+    name: labelName,
+    port,
+    targetPort: port,
+    protocol: oneOfStrings(['http', 'tcp']),
+  },
+  ['port'],
+);
+
+const jwtRule = obj(
+  {
+    issuer: nonEmpty,
+    audiences: list(nonEmpty),
+    jwksFile: nonEmpty,
+    jwksUri: str('^https?://[^\\s]+$', 'must be an http:// or https:// URL'),
+    fromHeader: headerName,
+    forwardOriginalToken: { type: 'boolean' },
+  },
+  ['issuer'],
+);
+
+const policySource = obj(
+  {
+    principals: stringList,
+    notPrincipals: stringList,
+    namespaces: stringList,
+    notNamespaces: stringList,
+    requestPrincipals: stringList,
+    notRequestPrincipals: stringList,
+    ipBlocks: stringList,
+    notIpBlocks: stringList,
+  },
+  [],
+  { minProperties: 1 },
+);
+
+const method = str(HTTP_METHOD, 'must be an upper-case HTTP method, like GET');
+const policyOperation = obj(
+  {
+    ports: list(port, 1),
+    notPorts: list(port, 1),
+    methods: list(method, 1),
+    notMethods: list(method, 1),
+    paths: stringList,
+    notPaths: stringList,
+    hosts: stringList,
+    notHosts: stringList,
+  },
+  [],
+  { minProperties: 1 },
+);
+
+/** The raw YAML of embedded mode. */
+export const CONFIG_SCHEMA: SchemaObject = obj(
+  {
+    node: obj({ name: subdomainName, address: ipv4 }, ['name', 'address']),
+    mesh: obj({ trustDomain: subdomainName }),
+    // 0: any free port (tests); Agent.addresses tells which.
+    ports: obj({ outbound: agentPort, inbound: agentPort, tunnel: agentPort, admin: agentPort, metrics: agentPort }),
+    ca: obj({
+      url: str('^https://[^\\s]+$', 'must be an https:// URL'),
+      rootCert: nonEmpty,
+      tokenFile: nonEmpty,
+      certTtl: duration,
+    }),
+    stateDir: nonEmpty,
+    namespaces: list(
+      obj({ name: labelName, labels, peerAuthentication: oneOfStrings(['strict', 'permissive']) }, ['name']),
+    ),
+    workloads: list(
+      obj(
+        {
+          name: subdomainName,
+          namespace: labelName,
+          node: subdomainName,
+          ip: ipv4,
+          serviceAccount: subdomainName,
+          labels,
+          weight: int(1, 1_000_000),
+          ready: { type: 'boolean' },
+          cgroup: absolutePath,
+          uid: nonEmpty,
+        },
+        ['name', 'namespace', 'ip'],
+      ),
+    ),
+    services: list(
+      obj(
+        {
+          name: labelName,
+          namespace: labelName,
+          vip: ipv4,
+          ports: list(servicePort, 1),
+          selector: labels,
+          trafficPolicy,
+        },
+        ['name', 'namespace', 'vip', 'ports'],
+      ),
+    ),
+    requestAuthentications: list(
+      obj({ name: subdomainName, namespace: labelName, selector: labels, jwtRules: list(jwtRule, 1) }, [
+        'name',
+        'namespace',
+        'jwtRules',
+      ]),
+    ),
+    policies: list(
+      obj(
+        {
+          name: subdomainName,
+          namespace: labelName,
+          selector: labels,
+          action: oneOfStrings(['ALLOW', 'DENY']),
+          rules: list(obj({ from: list(policySource), to: list(policyOperation) })),
+        },
+        ['name', 'namespace'],
+      ),
+    ),
+    agent: obj({ drainTimeout: duration, logLevel: oneOfStrings(LOG_LEVELS) }),
+  },
+  ['node'],
+  // `x-` keys are ignored (a docker-compose convention): a place for YAML anchors to share.
+  { patternProperties: { '^x-': {} } },
+);
+
+// --- validation ------------------------------------------------------------------------
+
+/** The `weftDuration` keyword: parseDuration's own message becomes the problem. */
+function validateDuration(_schema: boolean, data: unknown): boolean {
+  try {
+    parseDuration(data);
+    return true;
+  } catch (err) {
+    validateDuration.errors = [{ keyword: 'weftDuration', message: (err as Error).message, params: {} }];
+    return false;
+  }
+}
+validateDuration.errors = undefined as Partial<ErrorObject>[] | undefined;
+
+function buildValidator() {
+  const ajv = new Ajv({ allErrors: true, strict: true, verbose: true });
+  ajv.addVocabulary(['message']);
+  ajv.addFormat('ipv4', { type: 'string', validate: isIPv4 });
+  ajv.addKeyword({ keyword: 'weftDuration', schemaType: 'boolean', errors: true, validate: validateDuration });
+  return ajv.compile(CONFIG_SCHEMA);
+}
+
+let validator: ReturnType<typeof buildValidator> | undefined;
+
+/**
+ * Check the raw (parsed YAML) config against CONFIG_SCHEMA.
+ * @returns every problem found, `path: what is wrong`; empty when the shape is valid.
+ */
+export function schemaProblems(raw: unknown): string[] {
+  validator ??= buildValidator();
+  if (validator(raw)) return [];
+  const out: string[] = [];
+  for (const err of validator.errors ?? []) {
+    const [segments, message] = describe(err);
+    const line = `${formatPath(segments)}: ${message}`;
+    if (!out.includes(line)) out.push(line);
+  }
+  return out;
+}
+
+const TYPE_NAMES: Record<string, string> = {
+  object: 'a mapping',
+  array: 'a list',
+  string: 'a string',
+  integer: 'an integer',
+  number: 'a number',
+  boolean: 'a boolean (true or false)',
+};
+
+function shown(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'a list';
+  if (typeof value === 'object') return 'a mapping';
+  const text = JSON.stringify(value);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+/** `must be an integer from 1 to 65535`, `must be a number >= 0`, `must be a number > 0`. */
+function range(schema: SchemaObject): string {
+  const kind = schema.type === 'integer' ? 'an integer' : 'a number';
+  const { minimum, maximum, exclusiveMinimum } = schema as { minimum?: number; maximum?: number; exclusiveMinimum?: number };
+  if (minimum !== undefined && maximum !== undefined) return `must be ${kind} from ${minimum} to ${maximum}`;
+  if (minimum !== undefined) return `must be ${kind} >= ${minimum}`;
+  if (maximum !== undefined) return `must be ${kind} <= ${maximum}`;
+  return `must be ${kind} > ${exclusiveMinimum}`;
+}
+
+/** Edit distance, for "did you mean" on unknown keys. */
+function distance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const cur = row[j]!;
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1]!.toLowerCase() === b[j - 1]!.toLowerCase() ? 0 : 1));
+      prev = cur;
+    }
+  }
+  return row[b.length]!;
+}
+
+function unknownKey(key: string, allowed: string[]): string {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of allowed) {
+    const d = distance(key, candidate);
+    if (d < bestDistance) [best, bestDistance] = [candidate, d];
+  }
+  if (best !== undefined && bestDistance <= Math.max(2, Math.floor(key.length / 3))) {
+    return `unknown key (did you mean "${best}"?)`;
+  }
+  return allowed.length ? `unknown key; expected one of: ${allowed.join(', ')}` : 'unknown key';
+}
+
+function describe(err: ErrorObject): [PathSegment[], string] {
+  const segments = pointerSegments(err.instancePath);
+  const schema = (err.parentSchema ?? {}) as SchemaObject;
+  const got = ` (got ${shown(err.data)})`;
+  switch (err.keyword) {
+    case 'required':
+      return [[...segments, err.params.missingProperty as string], 'is required'];
+    case 'additionalProperties':
+      return [
+        [...segments, err.params.additionalProperty as string],
+        unknownKey(err.params.additionalProperty as string, Object.keys(schema.properties ?? {})),
+      ];
+    case 'minProperties':
+      return [segments, `must set at least one of: ${Object.keys(schema.properties ?? {}).join(', ')}`];
+    case 'type':
+      if (err.data === null && schema.type === 'object') {
+        return [segments, 'must be a mapping (write {} to take every default)'];
+      }
+      return [segments, (schema.message as string | undefined) ?? `must be ${TYPE_NAMES[String(err.params.type)] ?? err.params.type}${got}`];
+    case 'enum':
+      return [segments, `must be one of ${(err.params.allowedValues as unknown[]).join(', ')}${got}`];
+    case 'minimum':
+    case 'maximum':
+    case 'exclusiveMinimum':
+      return [segments, `${range(schema)}${got}`];
+    case 'minItems':
+      return [segments, err.params.limit === 1 ? 'must not be empty' : `must have at least ${err.params.limit} items`];
+    case 'minLength':
+      return [segments, 'must not be empty'];
+    case 'uniqueItems':
+    {
+      const [a, b] = [err.params.i as number, err.params.j as number].sort((x, y) => x - y);
+      return [segments, `must not repeat an item (items ${a} and ${b} are equal)`];
+    }
+    case 'pattern':
+    case 'format':
+      return [segments, `${(schema.message as string | undefined) ?? err.message}${got}`];
+    case 'weftDuration':
+      return [segments, err.message ?? 'must be a duration'];
+    default:
+      return [segments, err.message ?? `failed ${err.keyword}`];
+  }
+}
