@@ -12,6 +12,7 @@ import type { OrigDstLookup, SourceLookup } from './proxy/context.js';
 import { CaptureManager } from './capture/manager.js';
 import { Datapath } from './capture/datapath.js';
 import type { ConfigError } from './errors.js';
+import { Enforcer } from './authz/enforcer.js';
 
 export interface AgentOptions {
   discovery: Discovery;
@@ -41,6 +42,7 @@ export class Agent {
   private outbound!: OutboundListener;
   private admin!: AdminServer;
   private capture?: CaptureManager;
+  private enforcer!: Enforcer;
   private datapath?: Datapath;
   private ready = false;
   private draining = false;
@@ -80,7 +82,16 @@ export class Agent {
     this.clusters.sync();
     const log = this.log;
 
-    this.http = new HttpProxy({ clusters: this.clusters, transport: this.transport, metrics: this.metrics, log: log.child({ component: 'http' }) });
+    const enforcer = (this.enforcer = new Enforcer(this.state, this.metrics, log));
+    // Same-node traffic is authorized here, where the destination lives; the source is the
+    // workload whose cgroup made the connection (never its source IP alone).
+    this.http = new HttpProxy({
+      clusters: this.clusters,
+      transport: this.transport,
+      metrics: this.metrics,
+      log: log.child({ component: 'http' }),
+      authorize: (ctx, ep, req) => enforcer.http(enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep, req),
+    });
     const capture = this.opts.capture ?? true;
     const origDst: OrigDstLookup | undefined = this.opts.origDst ?? (capture ? (s) => this.datapath!.origDst(s) : undefined);
     if (!origDst) throw new Error('capture is off and no original-destination lookup was given');
@@ -91,7 +102,13 @@ export class Agent {
       origDst,
       source,
       http: this.http,
-      tcp: { clusters: this.clusters, transport: this.transport, metrics: this.metrics, log: log.child({ component: 'tcp' }) },
+      tcp: {
+        clusters: this.clusters,
+        transport: this.transport,
+        metrics: this.metrics,
+        log: log.child({ component: 'tcp' }),
+        authorize: (ctx, ep) => (ep.info.local ? enforcer.tcp(enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep) : { allowed: true }),
+      },
       metrics: this.metrics,
       log: log.child({ component: 'outbound' }),
     });
@@ -135,6 +152,7 @@ export class Agent {
       this.log.warn({ ports: next.ports, address: next.node.address }, 'node address or ports changed: restart the agent to apply them; the rest of the change is applied now');
     }
     this.state.apply(next);
+    this.enforcer.update(next);
     this.clusters.sync();
     this.capture?.reconcile();
     const live = new Set<string>();
@@ -164,6 +182,7 @@ export class Agent {
       services: cfg.services,
       clusters: [...this.clusters.all()].map((c) => c.describe()),
       capture: this.capture?.describe() ?? 'disabled',
+      authorization: this.enforcer?.describe(),
     };
   }
 
@@ -189,6 +208,7 @@ export class Agent {
     await this.http?.close();
     this.clusters.stop();
     await this.admin?.close();
+    this.enforcer?.close();
     this.datapath?.close();
     await this.opts.discovery.stop();
     this.log.info('agent stopped');

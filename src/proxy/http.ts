@@ -362,7 +362,6 @@ export class HttpProxy {
 
   private finish(req: http.IncomingMessage, res: http.ServerResponse, ctx: ConnContext, cluster: Cluster | undefined, ep: Endpoint | undefined, err: WeftError, started: number, attempts: number): void {
     const status = this.answerError(res, err);
-    if (err.code === 'WEFT_ERR_DENIED') this.deps.metrics.authzDenied.inc({ policy: (err as WeftError & { policy?: string }).policy ?? 'unknown' });
     this.logAccess(req, ctx, cluster, ep, status, started, attempts, err.code, err.message);
     // Drain an unread request body so the connection stays usable.
     if (!req.complete) req.resume();

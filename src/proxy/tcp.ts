@@ -15,7 +15,7 @@ export interface TcpProxyDeps {
   transport: Transport;
   metrics: Metrics;
   log: Logger;
-  /** Called before any byte reaches the upstream: false closes the connection (authorization). */
+  /** Called before any byte reaches the upstream: not allowed resets the connection (authorization; the authorizer logs and counts). */
   authorize?: (ctx: ConnContext, ep: Endpoint) => { allowed: boolean; policy?: string };
 }
 
@@ -60,8 +60,7 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
     if (verdict && !verdict.allowed) {
       release(adm);
       cluster.limits.closeConnection();
-      metrics.authzDenied.inc({ policy: verdict.policy ?? 'unknown' });
-      log.warn({ ...accessFields(ctx, cluster.serviceName, ep), policy: verdict.policy, error: 'denied' }, 'connection denied by authorization');
+      log.info({ ...accessFields(ctx, cluster.serviceName, ep), protocol: 'tcp', policy: verdict.policy, error: 'denied' }, 'access');
       down.resetAndDestroy();
       return;
     }

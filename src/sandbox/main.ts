@@ -1,0 +1,179 @@
+/**
+ * `npm start`: a sandbox node on this machine running the embedded default config, real
+ * eBPF capture, a burst of traffic, and a readable account of what the mesh did.
+ * On a terminal it stays up for exploring until Ctrl-C; otherwise it tears down and exits.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { MeshSandbox } from './mesh-sandbox.js';
+import type { TopoPod } from './topology.js';
+
+const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
+const dim = (s: string) => (process.stdout.isTTY ? `\x1b[2m${s}\x1b[0m` : s);
+const ok = (s: string) => console.log(`  ${process.stdout.isTTY ? '\x1b[32m✓\x1b[0m' : '✓'} ${s}`);
+const bad = (s: string) => console.log(`  ${process.stdout.isTTY ? '\x1b[31m✗\x1b[0m' : '✗'} ${s}`);
+const step = (s: string) => console.log(`\n${bold(s)}`);
+
+async function spread(pod: TopoPod, url: string, n: number): Promise<{ counts: Record<string, number>; statuses: Record<string, number>; errors: Record<string, number> }> {
+  const counts: Record<string, number> = {};
+  const statuses: Record<string, number> = {};
+  const errors: Record<string, number> = {};
+  // One curl process, n sequential requests over keep-alive: a realistic client.
+  const args = ['-s', '--max-time', '20', '-o', '/dev/null', '-D', '-'];
+  const urls: string[] = [];
+  for (let i = 0; i < n; i++) urls.push(url);
+  const r = await pod.exec('curl', [...args, ...urls.flatMap((u, i) => (i === 0 ? [u] : ['--next', ...args, u]))], { timeoutMs: 60_000 });
+  for (const block of r.stdout.split(/\r?\n\r?\n/)) {
+    const status = /^HTTP\/[\d.]+ (\d+)/.exec(block)?.[1];
+    if (!status) continue;
+    statuses[status] = (statuses[status] ?? 0) + 1;
+    const pod = /^x-pod: (.+)$/im.exec(block)?.[1]?.trim();
+    if (pod) counts[pod] = (counts[pod] ?? 0) + 1;
+    const e = /^x-weft-error: (.+)$/im.exec(block)?.[1]?.trim();
+    if (e) errors[e] = (errors[e] ?? 0) + 1;
+  }
+  return { counts, statuses, errors };
+}
+
+const fmt = (o: Record<string, number>) =>
+  Object.entries(o)
+    .sort()
+    .map(([k, v]) => `${k}=${v}`)
+    .join(' ') || '(none)';
+
+async function ctl(sb: MeshSandbox, ip: string, path: string): Promise<void> {
+  // From the node namespace: the node address is admitted by strict mode (it is where the agent and kubelet live).
+  await sb.node.exec('curl', ['-s', '--max-time', '3', '-o', '/dev/null', `http://${ip}:8080${path}`]);
+}
+
+async function waitFor(what: string, fn: () => Promise<boolean>, timeoutMs = 15_000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await fn()) return true;
+    await sleep(250);
+  }
+  bad(`timed out waiting for ${what}`);
+  return false;
+}
+
+async function endpointState(sb: MeshSandbox, cluster: string, workload: string): Promise<any> {
+  const dump = await sb.configDump();
+  return dump.clusters.find((c: any) => c.key === cluster)?.endpoints.find((e: any) => e.workload === workload);
+}
+
+async function demo(sb: MeshSandbox): Promise<void> {
+  const cfg = sb.config;
+  const web = sb.pod('web-0');
+  const legacy = sb.pod('legacy-client-0');
+  const api = cfg.services.find((s) => s.name === 'api')!;
+  const echo = cfg.services.find((s) => s.name === 'echo')!;
+  const apiUrl = `http://${api.vip}/items`;
+
+  step('1. Capture: eBPF programs on each meshed pod cgroup');
+  const dump = await sb.configDump();
+  for (const c of dump.capture as any[]) (c.captured ? ok : bad)(`${c.workload}: ${c.captured ? `captured (cgroup id ${c.cgroupId}${c.strict ? ', strict mTLS' : ''})` : c.error}`);
+  const show = await sb.node.exec('bpftool', ['cgroup', 'show', web.cgroup]);
+  console.log(dim(show.stdout.trim().split('\n').map((l) => `      ${l}`).join('\n')));
+  const legacyShow = await sb.node.exec('bpftool', ['cgroup', 'show', legacy.cgroup]);
+  (legacyShow.stdout.trim() === '' ? ok : bad)(`legacy-client-0 (namespace legacy, no weft.io/mesh label): ${legacyShow.stdout.trim() === '' ? 'no programs attached' : 'unexpectedly captured'}`);
+
+  step(`2. Balancing: 30 requests from web-0 to the api VIP ${api.vip}:80 (${api.trafficPolicy.loadBalancer.type})`);
+  const r1 = await spread(web, apiUrl, 30);
+  ok(`answered by ${fmt(r1.counts)}; statuses ${fmt(r1.statuses)}`);
+  const peer = await web.exec(process.execPath, ['-e', `const s=require('net').connect(80,'${api.vip}',()=>{console.log(s.remoteAddress+':'+s.remotePort);s.destroy()});s.on('error',e=>{console.log('error '+e.code)})`]);
+  (peer.stdout.trim() === `${api.vip}:80` ? ok : bad)(`getpeername() inside web-0 shows ${peer.stdout.trim()} (the address it dialed), though the agent on ${cfg.node.address}:${cfg.ports.outbound} answered`);
+
+  step(`3. TCP: the echo service ${echo.vip}:${echo.ports[0]!.port} (${echo.trafficPolicy.loadBalancer.type}), spliced by the agent`);
+  const e1 = await web.exec(process.execPath, ['-e', `const s=require('net').connect(${echo.ports[0]!.port},'${echo.vip}',()=>s.write('ping'));let b='';s.on('data',d=>{b+=d;if(b.includes('ping')){console.log(JSON.stringify(b));s.end()}});s.on('error',e=>console.log('error '+e.code))`]);
+  ok(`echo answered ${e1.stdout.trim()}`);
+
+  step('4. Not meshed: legacy-client-0 dials the api VIP');
+  const l1 = await legacy.curl(apiUrl, ['--max-time', '2']);
+  (l1.status === 0 ? ok : bad)(`not redirected: curl ${l1.status === 0 ? `failed (exit ${l1.code}: no route to a VIP outside the mesh)` : `got HTTP ${l1.status}`}`);
+
+  const hc = api.trafficPolicy.healthCheck;
+  step(`5. Health: api-2 starts failing its ${hc?.type ?? 'tcp'} check ${hc?.path ?? ''} (every ${hc ? hc.interval / 1000 : '?'}s, unhealthy after ${hc?.unhealthyThreshold})`);
+  const api2 = cfg.workloads.find((w) => w.name === 'api-2')!;
+  await ctl(sb, api2.ip, '/_ctl/unhealthy');
+  if (await waitFor('api-2 to be marked unhealthy', async () => (await endpointState(sb, 'shop/api:80', 'shop/api-2'))?.health === 'unhealthy')) {
+    ok('config_dump: api-2 health=unhealthy, out of rotation');
+    const r2 = await spread(web, apiUrl, 20);
+    (r2.counts['api-2'] ? bad : ok)(`20 requests answered by ${fmt(r2.counts)}`);
+  }
+  await ctl(sb, api2.ip, '/_ctl/healthy');
+  if (await waitFor('api-2 to be healthy again', async () => (await endpointState(sb, 'shop/api:80', 'shop/api-2'))?.health === 'healthy')) ok('api-2 healthy again and back in rotation');
+
+  const od = api.trafficPolicy.outlierDetection;
+  step(`6. Retries and outlier detection: api-1 answers 503 to everything (ejected after ${od?.consecutive5xx} consecutive 5xx)`);
+  const api1 = cfg.workloads.find((w) => w.name === 'api-1')!;
+  await ctl(sb, api1.ip, '/_ctl/fail?status=503');
+  const r3 = await spread(web, apiUrl, 30);
+  ok(`30 requests: statuses ${fmt(r3.statuses)}, answered by ${fmt(r3.counts)} (failed tries were retried on other endpoints)`);
+  const s1 = await endpointState(sb, 'shop/api:80', 'shop/api-1');
+  (s1?.ejected ? ok : bad)(`config_dump: api-1 ejected=${s1?.ejected} until ${s1?.ejectedUntil ?? '-'} (${s1?.ejectionReason ?? 'no reason'})`);
+  await ctl(sb, api1.ip, '/_ctl/ok');
+
+  const cb = api.trafficPolicy.circuitBreaker;
+  step(`7. Circuit breaker and fallback: every api replica fails (breaker opens after ${cb?.consecutiveFailures} failures; fallback ${api.trafficPolicy.fallback?.service})`);
+  for (const w of cfg.workloads.filter((x) => x.labels.app === 'api')) await ctl(sb, w.ip, '/_ctl/fail?status=503');
+  const r4 = await spread(web, apiUrl, 30);
+  ok(`30 requests: statuses ${fmt(r4.statuses)}, answered by ${fmt(r4.counts)}${Object.keys(r4.errors).length ? `, agent errors ${fmt(r4.errors)}` : ''}`);
+  const cdump = (await sb.configDump()).clusters.find((c: any) => c.key === 'shop/api:80');
+  ok(`config_dump: api circuit ${cdump?.circuitBreaker?.state}`);
+  for (const w of cfg.workloads.filter((x) => x.labels.app === 'api')) await ctl(sb, w.ip, '/_ctl/ok');
+
+  step('8. Strict mTLS: legacy-client-0 dials api-0 directly at its pod IP');
+  const api0 = cfg.workloads.find((w) => w.name === 'api-0')!;
+  const l2 = await legacy.curl(`http://${api0.ip}:8080/`, ['--max-time', '2']);
+  (l2.status === 0 ? ok : bad)(l2.status === 0 ? `refused: plaintext from outside the mesh does not reach a strict pod (curl exit ${l2.code})` : `got HTTP ${l2.status}: not enforced`);
+
+  step('9. Metrics');
+  const m = await sb.metrics();
+  const pick = (re: RegExp) => m.split('\n').filter((l) => re.test(l) && !l.startsWith('#'));
+  for (const l of pick(/^weft_requests_total\{.*destination_service="shop\/api(-degraded)?"/).slice(0, 8)) console.log(dim(`    ${l}`));
+  for (const l of pick(/^weft_(captured_workloads|tcp_connections_opened_total|upstream_ejections_total|retries_total|circuit_breaker_open)/).slice(0, 8)) console.log(dim(`    ${l}`));
+}
+
+async function main(): Promise<number> {
+  if (process.getuid?.() !== 0) {
+    console.error('npm start needs root: it creates network namespaces, cgroups and loads eBPF programs.');
+    return 1;
+  }
+  console.log(bold('weft sandbox: one node, pods in network namespaces, the agent with eBPF capture'));
+  let sb: MeshSandbox | undefined;
+  let stopping = false;
+  const teardown = async () => {
+    if (stopping || !sb) return;
+    stopping = true;
+    console.log('\ntearing down the sandbox (agent, pods, namespaces, cgroups, bpf pins)...');
+    await sb.destroy();
+    console.log(`done. The agent's log is kept in ${sb.logFile}`);
+  };
+  process.on('SIGINT', () => void teardown().then(() => process.exit(0)));
+  process.on('SIGTERM', () => void teardown().then(() => process.exit(0)));
+  try {
+    sb = await MeshSandbox.create({ log: (s) => console.log(dim(`  ${s}`)) });
+    console.log(dim(`  agent running in netns ${sb.node.netns}: weft agent --config ${sb.configFile}`));
+    await demo(sb);
+    const ns = `/run/netns/${sb.node.netns}`;
+    step('Where to look');
+    console.log(`  metrics     nsenter --net=${ns} curl -s http://${sb.config.node.address}:${sb.config.ports.metrics}/metrics`);
+    console.log(`  config dump nsenter --net=${ns} curl -s http://127.0.0.1:${sb.config.ports.admin}/config_dump`);
+    console.log(`  readiness   nsenter --net=${ns} curl -s http://127.0.0.1:${sb.config.ports.admin}/healthz/ready`);
+    console.log(`  a pod       nsenter --net=/run/netns/${sb.pod('web-0').netns} curl -si http://10.96.0.20/items`);
+    console.log(`  config      ${sb.configFile} (watched: edit it, the agent applies the change live)`);
+    console.log(`  agent log   ${sb.logFile} (pino JSON; one access line per request and per TCP connection)`);
+    if (process.stdin.isTTY && !process.env.CI) {
+      console.log(bold('\nThe sandbox stays up for you to explore. Press Ctrl-C to tear it down.'));
+      await new Promise(() => {});
+    }
+    await teardown();
+    return 0;
+  } catch (err) {
+    console.error(`sandbox failed: ${(err as Error).stack ?? err}`);
+    if (sb?.agent) console.error(`agent output (last lines):\n${sb.agent.output().slice(-3000)}`);
+    await teardown().catch(() => undefined);
+    return 1;
+  }
+}
+
+main().then((code) => process.exit(code));

@@ -1,0 +1,231 @@
+/**
+ * A sandbox node running the real agent: the topology of DESIGN.md (a node namespace with a
+ * bridge, a namespace + cgroup per pod), a sample backend in every pod that serves a
+ * service, and `weft agent --config FILE` inside the node namespace with eBPF capture.
+ * `npm start` and the e2e tests both build on it.
+ */
+import { mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseConfig } from '../config/load.js';
+import { defaultConfigPath } from '../config/default-config.js';
+import type { MeshConfig } from '../config/types.js';
+import { Topology, type ManagedProcess, type TopoNode, type TopoPod } from './topology.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+/** The repository root, from src/sandbox (tsx) or dist/src/sandbox (compiled). */
+export function repoRoot(): string {
+  let dir = here;
+  for (let i = 0; i < 5; i++) {
+    try {
+      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string };
+      if (pkg.name === 'weft') return dir;
+    } catch {
+      /* keep climbing */
+    }
+    dir = dirname(dir);
+  }
+  throw new Error(`cannot find the weft repository above ${here}`);
+}
+
+
+export interface SandboxOptions {
+  /** YAML text of the agent config; `${CGROUP_ROOT}` is the node's pod cgroup directory. Default: the embedded default. */
+  configText?: string;
+  /** Netns/cgroup/pin name prefix (must contain 'weft'). */
+  prefix?: string;
+  /** Extra `weft agent` arguments. */
+  agentArgs?: string[];
+  /** Print progress. */
+  log?: (msg: string) => void;
+  /** Start the agent (default true). */
+  startAgent?: boolean;
+}
+
+export class MeshSandbox {
+  readonly pods = new Map<string, TopoPod>();
+  readonly backends = new Map<string, ManagedProcess>();
+  agent?: ManagedProcess;
+  readonly configFile: string;
+  readonly stateDir: string;
+  readonly logFile: string;
+  private agentLog = '';
+
+  private constructor(
+    readonly topo: Topology,
+    readonly node: TopoNode,
+    readonly config: MeshConfig,
+    private configText: string,
+    readonly workDir: string,
+    private readonly opts: SandboxOptions,
+  ) {
+    this.configFile = join(workDir, 'weft.yaml');
+    this.stateDir = join(workDir, 'state');
+    // Outside workDir, so the log outlives the teardown.
+    this.logFile = join(tmpdir(), `${topo.id}-agent.log`);
+  }
+
+  get env(): NodeJS.ProcessEnv {
+    return { ...process.env, CGROUP_ROOT: this.node.cgroup, WEFT_STATE_DIR: this.stateDir };
+  }
+
+  static async create(opts: SandboxOptions = {}): Promise<MeshSandbox> {
+    const log = opts.log ?? (() => {});
+    const prefix = opts.prefix ?? 'weft-sbx';
+    await Topology.sweep(prefix);
+    const configText = opts.configText ?? readFileSync(defaultConfigPath(), 'utf8');
+    const topo = await Topology.create({ prefix });
+    const workDir = mkdtempSync(join(tmpdir(), `${topo.id}-`));
+    topo.trackPath(workDir);
+    try {
+      // Parse once with a placeholder to learn the node and its pods.
+      const probe = withEnv({ CGROUP_ROOT: '/sandbox-placeholder', WEFT_STATE_DIR: join(workDir, 'state') }, () => parseConfig(configText, 'sandbox'));
+      const node = await topo.addNode(probe.node.name, { address: probe.node.address });
+      const config = withEnv({ CGROUP_ROOT: node.cgroup, WEFT_STATE_DIR: join(workDir, 'state') }, () => parseConfig(configText, 'sandbox'));
+      const sb = new MeshSandbox(topo, node, config, configText, workDir, opts);
+      writeFileSync(sb.configFile, configText);
+      const local = config.workloads.filter((w) => w.node === config.node.name);
+      log(`building node ${node.name} (${node.address}) with ${local.length} pods in network namespaces`);
+      for (const w of local) {
+        const pod = await node.addPod(w.name, { ip: w.ip });
+        if (w.cgroup && w.cgroup !== pod.cgroup) {
+          throw new Error(`workload ${w.namespace}/${w.name}: config cgroup ${w.cgroup} is not the pod's cgroup ${pod.cgroup} (use \${CGROUP_ROOT}/${w.name})`);
+        }
+        sb.pods.set(w.name, pod);
+      }
+      // A backend in every pod that some service selects, on its target ports.
+      await Promise.all(
+        local.map(async (w) => {
+          const ports = config.services
+            .filter((s) => s.namespace === w.namespace && Object.keys(s.selector).length > 0 && Object.entries(s.selector).every(([k, v]) => w.labels[k] === v))
+            .flatMap((s) => s.ports);
+          const http = ports.find((p) => p.protocol === 'http');
+          const tcp = ports.find((p) => p.protocol === 'tcp');
+          if (!http && !tcp) return;
+          const pod = sb.pods.get(w.name)!;
+          const proc = await pod.spawnBackend({ port: http?.targetPort ?? 18080, tcpEchoPort: tcp?.targetPort });
+          sb.backends.set(w.name, proc);
+        }),
+      );
+      if (opts.startAgent ?? true) await sb.startAgent();
+      return sb;
+    } catch (err) {
+      await topo.destroy().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Start (or restart) the agent in the node namespace and wait until it is ready. */
+  async startAgent(extraArgs: string[] = []): Promise<ManagedProcess> {
+    const args = [join(repoRoot(), 'bin', 'weft.js'), 'agent', '--config', this.configFile, '--pin-root', this.topo.bpfRoot, ...(this.opts.agentArgs ?? []), ...extraArgs];
+    const proc = this.node.spawn(process.execPath, args, { env: this.env, label: 'agent' });
+    this.agent = proc;
+    proc.child.stdout?.on('data', (d: Buffer) => {
+      this.agentLog += d.toString();
+      if (this.agentLog.length > 8_000_000) this.agentLog = this.agentLog.slice(-4_000_000);
+    });
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const r = await this.admin('/healthz/ready').catch(() => undefined);
+      if (r?.status === 200) break;
+      const exited = await Promise.race([proc.exited.then(() => true), sleep(200).then(() => false)]);
+      if (exited) throw new Error(`the agent exited during start-up:\n${proc.output().slice(-4000)}`);
+      if (Date.now() > deadline) throw new Error(`the agent did not become ready within 30s:\n${proc.output().slice(-4000)}`);
+    }
+    return proc;
+  }
+
+  /** Stop the agent: SIGTERM (drain) by default, or SIGKILL to simulate a crash. */
+  async stopAgent(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    const a = this.agent;
+    if (!a) return null;
+    a.kill(signal);
+    const code = await a.exited;
+    this.agent = undefined;
+    return code;
+  }
+
+  /** GET on the admin port (127.0.0.1 inside the node namespace). */
+  async admin(path: string): Promise<{ status: number; body: string }> {
+    const r = await this.node.exec('curl', ['-s', '--max-time', '3', '-w', '\n%{http_code}', `http://127.0.0.1:${this.config.ports.admin}${path}`], { timeoutMs: 5000 });
+    const i = r.stdout.lastIndexOf('\n');
+    return { status: Number(r.stdout.slice(i + 1)) || 0, body: r.stdout.slice(0, i) };
+  }
+
+  async configDump(): Promise<any> {
+    return JSON.parse((await this.admin('/config_dump')).body);
+  }
+
+  /** The node's Prometheus endpoint, as a scraper on the node network sees it. */
+  async metrics(): Promise<string> {
+    const r = await this.node.exec('curl', ['-s', '--max-time', '3', `http://${this.config.node.address}:${this.config.ports.metrics}/metrics`], { timeoutMs: 5000 });
+    return r.stdout;
+  }
+
+  /** The agent's JSON log lines so far. */
+  agentLines(): any[] {
+    const out: any[] = [];
+    for (const line of this.agentLog.split('\n')) {
+      if (!line.startsWith('{')) continue;
+      try {
+        out.push(JSON.parse(line));
+      } catch {
+        /* a partial line */
+      }
+    }
+    return out;
+  }
+
+  pod(name: string): TopoPod {
+    const p = this.pods.get(name);
+    if (!p) throw new Error(`no pod ${name} in the sandbox`);
+    return p;
+  }
+
+  /** Replace the config file (the agent watches it) and wait for the agent to apply it. */
+  async writeConfig(text: string): Promise<void> {
+    const before = (await this.configDump()).generation as number;
+    this.configText = text;
+    writeFileSync(this.configFile + '.tmp', text);
+    rmSync(this.configFile, { force: true });
+    writeFileSync(this.configFile, text);
+    rmSync(this.configFile + '.tmp', { force: true });
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      const g = (await this.configDump()).generation as number;
+      if (g > before) return;
+      await sleep(100);
+    }
+    throw new Error('the agent did not apply the new config within 10s');
+  }
+
+  get currentConfigText(): string {
+    return this.configText;
+  }
+
+  async destroy(): Promise<void> {
+    if (this.agent) await this.stopAgent('SIGTERM').catch(() => undefined);
+    writeFileSync(this.logFile, this.agentLog);
+    await this.topo.destroy();
+  }
+}
+
+function withEnv<T>(vars: Record<string, string>, fn: () => T): T {
+  const saved: Record<string, string | undefined> = {};
+  for (const [k, v] of Object.entries(vars)) {
+    saved[k] = process.env[k];
+    process.env[k] = v;
+  }
+  try {
+    return fn();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+}
+
