@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * cgroup/connect4 on each meshed pod's cgroup: a TCP connect to a destination in weft_dests
+ * (flag WEFT_DST_F_REDIRECT) is rewritten to the agent's outbound listener, and the original
+ * destination is remembered by socket cookie for sockops (-> the agent) and getpeername4
+ * (-> the application). Anything else is left alone. The program never refuses a connect.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include "weft.h"
+
+SEC("cgroup/connect4")
+int weft_connect4(struct bpf_sock_addr *ctx)
+{
+	struct weft_dst_key key = {};
+	struct weft_dst_val *dst;
+	struct weft_config *cfg;
+	struct weft_orig_dst orig = {};
+	__u64 cookie, pid_tgid;
+
+	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
+		return 1;
+
+	/*
+	 * Verifier: user_ip4 and user_port are read with full 4-byte loads (narrower loads of
+	 * user_port are refused by older kernels); the port is in the low 16 bits, network order.
+	 */
+	key.ip = ctx->user_ip4;
+	key.port = (__u16)ctx->user_port;
+
+	dst = bpf_map_lookup_elem(&weft_dests, &key);
+	if (!dst || !(dst->flags & WEFT_DST_F_REDIRECT))
+		return 1;
+
+	cfg = weft_get_config();
+	/* Not configured yet (node_ip 0): redirecting would send the pod to 0.0.0.0. */
+	if (!cfg || !cfg->node_ip || !cfg->outbound_port)
+		return 1;
+
+	/* A pod dialing the agent's own listener directly is not redirected onto itself. */
+	if (key.ip == cfg->node_ip && key.port == cfg->outbound_port)
+		return 1;
+
+	pid_tgid = bpf_get_current_pid_tgid();
+	orig.cgroup_id = bpf_get_current_cgroup_id();
+	orig.ip = key.ip;
+	orig.port = key.port;
+	orig.pid = pid_tgid >> 32;
+	orig.tid = (__u32)pid_tgid;
+
+	cookie = bpf_get_socket_cookie(ctx);
+	/*
+	 * If the entry cannot be stored the agent could not tell where the connection was going:
+	 * leave the connection alone rather than redirect it blind.
+	 */
+	if (bpf_map_update_elem(&weft_cookie_dst, &cookie, &orig, BPF_ANY))
+		return 1;
+
+	/* Verifier: user_ip4/user_port are written with 4-byte stores only. */
+	ctx->user_ip4 = cfg->node_ip;
+	ctx->user_port = (__u32)cfg->outbound_port;
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

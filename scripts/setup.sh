@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what building and testing weft needs on a fresh Debian machine, and only what is
+# missing: a machine that has everything costs a few `command -v` calls. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+arch_dir="/usr/include/$(uname -m)-linux-gnu"
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+want_cmd() { have_cmd "$1" || need+=("$2"); }
+want_file() { [ -e "$1" ] || need+=("$2"); }
+
+want_cmd clang clang
+want_cmd llvm-strip llvm
+want_cmd bpftool bpftool
+want_cmd ip iproute2
+want_cmd nsenter util-linux
+want_cmd make make
+want_cmd g++ g++
+want_cmd pkg-config pkg-config
+want_file /usr/include/bpf/libbpf.h libbpf-dev
+want_file /usr/include/libelf.h libelf-dev
+want_file /usr/include/zlib.h zlib1g-dev
+want_file "$arch_dir/asm/types.h" linux-libc-dev
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    if have_cmd sudo; then sudo=(sudo); else
+      echo "setup: missing ${need[*]} and not root (no sudo): install them and rerun" >&2
+      exit 1
+    fi
+  else
+    sudo=()
+  fi
+  echo "setup: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ ! -d node_modules ]; then
+  echo "setup: installing node modules" >&2
+  if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error
+  else npm install --no-audit --no-fund --loglevel=error; fi
+fi

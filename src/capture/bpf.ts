@@ -1,0 +1,523 @@
+/**
+ * Typed access to the native addon (build/Release/weft_bpf.node). This is the only module
+ * that loads it. Every failure of a syscall or of libbpf surfaces as a {@link BpfError}
+ * carrying errno, its code (EPERM...) and the operation.
+ *
+ * Ownership: a {@link BpfObject} owns its program and map fds (closed by `close()`); a
+ * {@link BpfMap} and a {@link BpfLink} each own one fd of their own. All close their fds when
+ * garbage collected, but callers should close them: fds are a bounded resource.
+ */
+import { existsSync, statfsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { endianness } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { isIPv4 } from 'node:net';
+import { BpfError } from '../errors.js';
+import { BPF_FS_MAGIC, type AttachTypeName, STRUCTS } from './constants.js';
+
+/** The repository root, found from this file whether it runs from src/ (tsx, ts-node) or dist/src/. */
+export const repoRoot: string = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
+
+function findRepoRoot(from: string): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'binding.gyp'))) return dir;
+    if (dirname(dir) === dir) return join(from, '..', '..');
+  }
+}
+
+/** Where the addon is built. */
+export const addonPath = join(repoRoot, 'build', 'Release', 'weft_bpf.node');
+
+// ---- the addon's shape ----
+
+interface NativeMapInfo {
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+}
+
+interface NativeBpfObject {
+  load(): void;
+  programFd(name: string): number;
+  programNames(): string[];
+  mapFd(name: string): number;
+  mapNames(): string[];
+  mapInfo(name: string): NativeMapInfo & { pinPath: string | null };
+  close(): void;
+}
+
+interface NativeMapHandle {
+  readonly fd: number;
+  info(): NativeMapInfo & { id: number; name: string };
+  update(key: Buffer, value: Buffer, flags: number): void;
+  lookup(key: Buffer): Buffer | null;
+  delete(key: Buffer): boolean;
+  keys(): Buffer[];
+  close(): void;
+}
+
+interface Native {
+  BpfObject: new (path: string, pinRoot?: string) => NativeBpfObject;
+  MapHandle: new (fdOrPinPath: number | string) => NativeMapHandle;
+  attachCgroup(progFd: number, cgroupPath: string, attachType: AttachTypeName): number;
+  pin(fd: number, path: string): void;
+  openPin(path: string): number;
+  unpin(path: string): boolean;
+  linkUpdate(linkFd: number, progFd: number): void;
+  linkDetach(linkFd: number): void;
+  linkInfo(linkFd: number): LinkInfo;
+  progInfo(progFd: number): ProgInfo;
+  closeFd(fd: number): void;
+  mountBpffs(path: string): void;
+  origDst(map: NativeMapHandle, socketFd: number): { ip: string; port: number; cgroupId: bigint; pid: number; tid: number } | null;
+  attachTypes: Record<AttachTypeName, number>;
+}
+
+let native: Native | undefined;
+
+/** The addon, loaded on first use (importing this module never fails for lack of a build). */
+export function addon(): Native {
+  if (!native) {
+    if (!existsSync(addonPath)) throw new BpfError('load weft_bpf addon', 2, 'ENOENT', `${addonPath} is missing: run scripts/build.sh`);
+    native = createRequire(import.meta.url)(addonPath) as Native;
+  }
+  return native;
+}
+
+interface NativeError extends Error {
+  errno?: number;
+  code?: string;
+  op?: string;
+  detail?: string;
+}
+
+/** Runs a native call, turning its errno errors into BpfError (TypeError/RangeError pass through). */
+function sys<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw toBpfError(err);
+  }
+}
+
+function toBpfError(err: unknown): unknown {
+  const e = err as NativeError;
+  if (e instanceof Error && typeof e.errno === 'number' && typeof e.code === 'string' && typeof e.op === 'string') {
+    return new BpfError(e.op, e.errno, e.code, e.detail?.trim() || undefined);
+  }
+  return err;
+}
+
+// ---- objects ----
+
+export interface MapInfo {
+  /** enum bpf_map_type */
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+}
+
+export interface ProgInfo {
+  id: number;
+  name: string;
+  type: number;
+  /** The program's tag (hash of its instructions), hex. */
+  tag: string;
+}
+
+export interface LinkInfo {
+  id: number;
+  progId: number;
+  /** enum bpf_link_type (3: cgroup). */
+  type: number;
+  /** For cgroup links: the cgroup's id, 0n once the cgroup is gone (the link is defunct). */
+  cgroupId?: bigint;
+  /** For cgroup links: enum bpf_attach_type. */
+  attachType?: number;
+}
+
+/** One ELF object of programs and maps (libbpf's bpf_object). */
+export class BpfObject {
+  private constructor(
+    private readonly obj: NativeBpfObject,
+    readonly path: string,
+  ) {}
+
+  /**
+   * Opens (does not load) an object. With `pinRoot`, maps declared with
+   * LIBBPF_PIN_BY_NAME are pinned there, or reused when a compatible pin already exists.
+   */
+  static open(path: string, pinRoot?: string): BpfObject {
+    const a = addon();
+    return new BpfObject(sys(() => new a.BpfObject(path, pinRoot)), path);
+  }
+
+  /** Creates (or reuses) the maps and loads the programs through the verifier. */
+  load(): this {
+    sys(() => this.obj.load());
+    return this;
+  }
+
+  /** The fd of a loaded program, owned by this object. */
+  programFd(name: string): number {
+    return sys(() => this.obj.programFd(name));
+  }
+
+  programNames(): string[] {
+    return sys(() => this.obj.programNames());
+  }
+
+  /** The fd of a map, owned by this object (see {@link map} for one of your own). */
+  mapFd(name: string): number {
+    return sys(() => this.obj.mapFd(name));
+  }
+
+  mapNames(): string[] {
+    return sys(() => this.obj.mapNames());
+  }
+
+  /** The map's definition, available before load(). */
+  mapInfo(name: string): MapInfo & { pinPath: string | null } {
+    return sys(() => this.obj.mapInfo(name));
+  }
+
+  /** A map handle with its own fd: it outlives this object's close(). */
+  map(name: string): BpfMap {
+    return BpfMap.fromFd(this.mapFd(name));
+  }
+
+  /** Closes the program and map fds. Attached links and pins keep what they use alive. */
+  close(): void {
+    this.obj.close();
+  }
+}
+
+/** The native handle behind each BpfMap, for origDstOf (kept off the public surface). */
+const mapHandles = new WeakMap<BpfMap, NativeMapHandle>();
+
+/** BPF_ANY / BPF_NOEXIST / BPF_EXIST */
+export const UpdateFlags = { ANY: 0, NOEXIST: 1, EXIST: 2 } as const;
+
+/** One map, through its own fd. Keys and values are Buffers of exactly the map's sizes. */
+export class BpfMap {
+  readonly info: MapInfo & { id: number; name: string };
+
+  private constructor(private readonly handle: NativeMapHandle) {
+    this.info = handle.info();
+    mapHandles.set(this, handle);
+  }
+
+  /** A handle on the map behind `fd` (duplicated: the caller keeps its own fd). */
+  static fromFd(fd: number): BpfMap {
+    const a = addon();
+    return new BpfMap(sys(() => new a.MapHandle(fd)));
+  }
+
+  /** Opens a pinned map. */
+  static fromPin(path: string): BpfMap {
+    const a = addon();
+    return new BpfMap(sys(() => new a.MapHandle(path)));
+  }
+
+  get fd(): number {
+    return this.handle.fd;
+  }
+
+  update(key: Buffer, value: Buffer, flags: number = UpdateFlags.ANY): void {
+    sys(() => this.handle.update(key, value, flags));
+  }
+
+  lookup(key: Buffer): Buffer | undefined {
+    return sys(() => this.handle.lookup(key)) ?? undefined;
+  }
+
+  /** True when the key was there. */
+  delete(key: Buffer): boolean {
+    return sys(() => this.handle.delete(key));
+  }
+
+  /** Every key (a snapshot; the kernel may change the map meanwhile). */
+  keys(): Buffer[] {
+    return sys(() => this.handle.keys());
+  }
+
+  /** Decoded view with codecs for keys and values. */
+  typed<K, V>(key: Codec<K>, value: Codec<V>): TypedMap<K, V> {
+    return new TypedMap(this, key, value);
+  }
+
+  close(): void {
+    this.handle.close();
+  }
+
+}
+
+// ---- codecs for the structs of bpf/weft.h ----
+
+export interface Codec<T> {
+  size: number;
+  encode(v: T): Buffer;
+  decode(b: Buffer): T;
+}
+
+const LE = endianness() === 'LE';
+
+function writeU32Host(b: Buffer, v: number, off: number): void {
+  if (LE) b.writeUInt32LE(v >>> 0, off);
+  else b.writeUInt32BE(v >>> 0, off);
+}
+function readU32Host(b: Buffer, off: number): number {
+  return LE ? b.readUInt32LE(off) : b.readUInt32BE(off);
+}
+function readU64Host(b: Buffer, off: number): bigint {
+  return LE ? b.readBigUInt64LE(off) : b.readBigUInt64BE(off);
+}
+function writeU64Host(b: Buffer, v: bigint, off: number): void {
+  if (LE) b.writeBigUInt64LE(v, off);
+  else b.writeBigUInt64BE(v, off);
+}
+
+/** Writes a dotted IPv4 address in network order. */
+export function writeIp4(b: Buffer, ip: string, off: number): void {
+  if (!isIPv4(ip)) throw new TypeError(`not an IPv4 address: ${ip}`);
+  const parts = ip.split('.');
+  for (let i = 0; i < 4; i++) b[off + i] = Number(parts[i]);
+}
+
+export function readIp4(b: Buffer, off: number): string {
+  return `${b[off]}.${b[off + 1]}.${b[off + 2]}.${b[off + 3]}`;
+}
+
+function checkPort(port: number): number {
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new TypeError(`not a port: ${port}`);
+  return port;
+}
+
+export interface IpPort {
+  ip: string;
+  port: number;
+}
+
+export interface OrigDstValue {
+  cgroupId: bigint;
+  ip: string;
+  port: number;
+  pid: number;
+  tid: number;
+}
+
+export interface ConfigValue {
+  nodeIp: string;
+  outboundPort: number;
+}
+
+/** {ip, port} keys: struct weft_dst_key and struct weft_tuple_key share this layout. */
+const ipPortKey = (layout: typeof STRUCTS.weft_dst_key | typeof STRUCTS.weft_tuple_key): Codec<IpPort> => ({
+  size: layout.size,
+  encode: ({ ip, port }) => {
+    const b = Buffer.alloc(layout.size);
+    writeIp4(b, ip, layout.fields.ip);
+    b.writeUInt16BE(checkPort(port), layout.fields.port);
+    return b;
+  },
+  decode: (b) => ({ ip: readIp4(b, layout.fields.ip), port: b.readUInt16BE(layout.fields.port) }),
+});
+
+/** A u32 flags value (weft_dst_val, weft_pod_val, weft_agent_val), host order. */
+const flagsValue: Codec<number> = {
+  size: 4,
+  encode: (v) => {
+    const b = Buffer.alloc(4);
+    writeU32Host(b, v, 0);
+    return b;
+  },
+  decode: (b) => readU32Host(b, 0),
+};
+
+const O = STRUCTS.weft_orig_dst.fields;
+const C = STRUCTS.weft_config.fields;
+
+export const codecs = {
+  dstKey: ipPortKey(STRUCTS.weft_dst_key),
+  tupleKey: ipPortKey(STRUCTS.weft_tuple_key),
+  flags: flagsValue,
+  /** An IPv4 address key (weft_pods, weft_agents), network order. */
+  ip4: {
+    size: 4,
+    encode: (ip: string) => {
+      const b = Buffer.alloc(4);
+      writeIp4(b, ip, 0);
+      return b;
+    },
+    decode: (b: Buffer) => readIp4(b, 0),
+  } satisfies Codec<string>,
+  /** The array index key (u32, host order). */
+  u32: flagsValue,
+  config: {
+    size: STRUCTS.weft_config.size,
+    encode: ({ nodeIp, outboundPort }: ConfigValue) => {
+      const b = Buffer.alloc(STRUCTS.weft_config.size);
+      writeIp4(b, nodeIp, C.node_ip);
+      b.writeUInt16BE(checkPort(outboundPort), C.outbound_port);
+      return b;
+    },
+    decode: (b: Buffer): ConfigValue => ({ nodeIp: readIp4(b, C.node_ip), outboundPort: b.readUInt16BE(C.outbound_port) }),
+  } satisfies Codec<ConfigValue>,
+  origDst: {
+    size: STRUCTS.weft_orig_dst.size,
+    encode: (v: OrigDstValue) => {
+      const b = Buffer.alloc(STRUCTS.weft_orig_dst.size);
+      writeU64Host(b, v.cgroupId, O.cgroup_id);
+      writeIp4(b, v.ip, O.ip);
+      b.writeUInt16BE(checkPort(v.port), O.port);
+      writeU32Host(b, v.pid, O.pid);
+      writeU32Host(b, v.tid, O.tid);
+      return b;
+    },
+    decode: (b: Buffer): OrigDstValue => ({
+      cgroupId: readU64Host(b, O.cgroup_id),
+      ip: readIp4(b, O.ip),
+      port: b.readUInt16BE(O.port),
+      pid: readU32Host(b, O.pid),
+      tid: readU32Host(b, O.tid),
+    }),
+  } satisfies Codec<OrigDstValue>,
+};
+
+/** A map seen through codecs. */
+export class TypedMap<K, V> {
+  constructor(
+    readonly map: BpfMap,
+    private readonly key: Codec<K>,
+    private readonly value: Codec<V>,
+  ) {}
+
+  set(k: K, v: V, flags: number = UpdateFlags.ANY): void {
+    this.map.update(this.key.encode(k), this.value.encode(v), flags);
+  }
+
+  get(k: K): V | undefined {
+    const b = this.map.lookup(this.key.encode(k));
+    return b ? this.value.decode(b) : undefined;
+  }
+
+  delete(k: K): boolean {
+    return this.map.delete(this.key.encode(k));
+  }
+
+  keys(): K[] {
+    return this.map.keys().map((b) => this.key.decode(b));
+  }
+
+  /** Key/value pairs; keys deleted between listing and reading are skipped. */
+  entries(): [K, V][] {
+    const out: [K, V][] = [];
+    for (const kb of this.map.keys()) {
+      const vb = this.map.lookup(kb);
+      if (vb) out.push([this.key.decode(kb), this.value.decode(vb)]);
+    }
+    return out;
+  }
+}
+
+// ---- links ----
+
+const linkFinalizer = new FinalizationRegistry<number>((fd) => {
+  try {
+    addon().closeFd(fd);
+  } catch {
+    /* already closed */
+  }
+});
+
+/** A BPF link (here: a program attached to a cgroup), through its own fd. */
+export class BpfLink {
+  private _fd: number;
+
+  private constructor(fd: number) {
+    this._fd = fd;
+    linkFinalizer.register(this, fd, this);
+  }
+
+  /** Attaches a program to a cgroup v2 directory with a BPF link (bpf_link_create). */
+  static attachCgroup(progFd: number, cgroupPath: string, attachType: AttachTypeName): BpfLink {
+    const a = addon();
+    return new BpfLink(sys(() => a.attachCgroup(progFd, cgroupPath, attachType)));
+  }
+
+  /** Opens a pinned link. */
+  static fromPin(path: string): BpfLink {
+    const a = addon();
+    return new BpfLink(sys(() => a.openPin(path)));
+  }
+
+  get fd(): number {
+    if (this._fd < 0) throw new BpfError('bpf link', 9, 'EBADF', 'link is closed');
+    return this._fd;
+  }
+
+  /** Pins the link: it then outlives this process. */
+  pin(path: string): void {
+    sys(() => addon().pin(this.fd, path));
+  }
+
+  /** Replaces the link's program atomically (no moment without a program). */
+  update(progFd: number): void {
+    sys(() => addon().linkUpdate(this.fd, progFd));
+  }
+
+  /** Detaches the program now, whatever pins or fds still hold the link. */
+  detach(): void {
+    sys(() => addon().linkDetach(this.fd));
+  }
+
+  info(): LinkInfo {
+    return sys(() => addon().linkInfo(this.fd));
+  }
+
+  close(): void {
+    if (this._fd < 0) return;
+    const fd = this._fd;
+    this._fd = -1;
+    linkFinalizer.unregister(this);
+    sys(() => addon().closeFd(fd));
+  }
+}
+
+// ---- misc ----
+
+/** Removes a pin (the object lives on while other pins or fds hold it). False when absent. */
+export function unpin(path: string): boolean {
+  return sys(() => addon().unpin(path));
+}
+
+export function progInfo(progFd: number): ProgInfo {
+  return sys(() => addon().progInfo(progFd));
+}
+
+/** True when `path` is on a bpffs. */
+export function isBpffs(path: string): boolean {
+  try {
+    return statfsSync(path).type === BPF_FS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+/** mount -t bpf bpf PATH (mode 0700), via mount(2). */
+export function mountBpffs(path: string): void {
+  sys(() => addon().mountBpffs(path));
+}
+
+/**
+ * The original destination recorded for the peer of `socketFd` in a weft_tuple_dst map, or
+ * undefined. The entry is deleted once read.
+ */
+export function origDstOf(tupleMap: BpfMap, socketFd: number): OrigDstValue | undefined {
+  const handle = mapHandles.get(tupleMap)!;
+  const r = sys(() => addon().origDst(handle, socketFd));
+  return r ?? undefined;
+}

@@ -1,0 +1,520 @@
+/**
+ * The kernel side of capture, as the capture manager uses it: load the eBPF objects (their
+ * maps pinned and shared under one pin root), sync the maps, attach the programs to pods'
+ * cgroups with pinned BPF links, and read the original destination of accepted connections.
+ *
+ * Pins are the source of truth across agent restarts and upgrades:
+ *   <pinRoot>/weft_dests, weft_config, ...     the maps (pinned by libbpf, LIBBPF_PIN_BY_NAME)
+ *   <pinRoot>/links/<cgroupId>/<program>       one link per program per captured cgroup
+ * close() leaves them in place, so captured pods stay captured while no agent runs; the next
+ * agent adopts them (and moves them to its own programs) in attach().
+ */
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, statSync, statfsSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { join } from 'node:path';
+import pino from 'pino';
+import { BpfError } from '../errors.js';
+import {
+  BpfLink,
+  BpfMap,
+  BpfObject,
+  codecs,
+  isBpffs,
+  mountBpffs,
+  origDstOf,
+  progInfo,
+  repoRoot,
+  unpin,
+  type TypedMap,
+  type IpPort,
+} from './bpf.js';
+import { CGROUP2_SUPER_MAGIC, DST_F_REDIRECT, MAP_NAMES, POD_F_STRICT, PROGRAMS, type ProgramSpec } from './constants.js';
+
+export interface DatapathOptions {
+  /** Where maps and links are pinned. Default `/sys/fs/bpf/weft`. */
+  pinRoot?: string;
+  /** Where the compiled objects are. Default `<repo>/build/bpf`. */
+  objDir?: string;
+  /** The agent's node address: redirected connections go to nodeIp:outboundPort. */
+  nodeIp: string;
+  outboundPort: number;
+  /** Other weft agents allowed into strict pods (full sync when given). */
+  agentIps?: string[];
+  log?: pino.Logger;
+}
+
+export interface OrigDst {
+  ip: string;
+  port: number;
+  /** cgroup v2 id of the task that connected: identifies the calling pod. */
+  cgroupId: bigint;
+  /** tgid of the task that connected (root pid namespace). */
+  pid: number;
+}
+
+export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/weft';
+/** Where the bpffs is mounted when no bpffs holds the pin root. */
+const BPFFS_MOUNT = '/sys/fs/bpf';
+const ENOENT = 2;
+const EINVAL = 22;
+const ENOLINK = 67;
+
+interface LoadedProgram {
+  spec: ProgramSpec;
+  fd: number;
+  id: number;
+}
+
+type DestMap = TypedMap<IpPort, number>;
+type IpMap = TypedMap<string, number>;
+
+export class Datapath {
+  private readonly log: pino.Logger;
+  private readonly linksDir: string;
+  /** Last synced content of each map, `key hex -> value hex`: a sync that changes nothing costs no syscall. */
+  private readonly synced = new Map<string, Map<string, string>>();
+  /** cgroupId -> program name -> program id the pinned link runs, as this process left it. */
+  private readonly linked = new Map<bigint, Map<string, number>>();
+  private closed = false;
+
+  private constructor(
+    readonly pinRoot: string,
+    private readonly objects: BpfObject[],
+    private readonly programs: Map<string, LoadedProgram>,
+    private readonly maps: {
+      dests: DestMap;
+      config: TypedMap<number, { nodeIp: string; outboundPort: number }>;
+      tuple: BpfMap;
+      pods: IpMap;
+      agents: IpMap;
+    },
+    log: pino.Logger,
+  ) {
+    this.log = log;
+    this.linksDir = join(pinRoot, 'links');
+  }
+
+  /**
+   * Mounts the bpffs if needed, loads every object (reusing the maps already pinned under
+   * the pin root, with their content), and writes the config map. Does not attach anything.
+   */
+  static open(opts: DatapathOptions): Datapath {
+    const log = opts.log ?? pino({ level: 'silent' });
+    const pinRoot = opts.pinRoot ?? DEFAULT_PIN_ROOT;
+    const objDir = opts.objDir ?? join(repoRoot, 'build', 'bpf');
+    ensureBpffs(pinRoot, log);
+    mkdirSync(join(pinRoot, 'links'), { recursive: true, mode: 0o700 });
+
+    const objects: BpfObject[] = [];
+    const opened: BpfMap[] = [];
+    try {
+      const programs = new Map<string, LoadedProgram>();
+      for (const spec of PROGRAMS) {
+        const obj = BpfObject.open(join(objDir, spec.object), pinRoot);
+        objects.push(obj);
+        obj.load();
+        const fd = obj.programFd(spec.program);
+        programs.set(spec.name, { spec, fd, id: progInfo(fd).id });
+      }
+      // Every object declares every map, all pinned by name: any object's handle is the same map.
+      const map = (name: string): BpfMap => {
+        const m = objects[0]!.map(name);
+        opened.push(m);
+        return m;
+      };
+      const maps = {
+        dests: map(MAP_NAMES.dests).typed(codecs.dstKey, codecs.flags),
+        config: map(MAP_NAMES.config).typed(codecs.u32, codecs.config),
+        tuple: map(MAP_NAMES.tupleDst),
+        pods: map(MAP_NAMES.pods).typed(codecs.ip4, codecs.flags),
+        agents: map(MAP_NAMES.agents).typed(codecs.ip4, codecs.flags),
+      };
+      const dp = new Datapath(pinRoot, objects, programs, maps, log);
+      maps.config.set(0, { nodeIp: opts.nodeIp, outboundPort: opts.outboundPort });
+      if (opts.agentIps) dp.setAgentIps(opts.agentIps);
+      log.info(
+        { pinRoot, nodeIp: opts.nodeIp, outboundPort: opts.outboundPort, programs: Object.fromEntries([...programs].map(([n, p]) => [n, p.id])) },
+        'datapath loaded',
+      );
+      return dp;
+    } catch (err) {
+      for (const m of opened) m.close();
+      for (const o of objects) o.close();
+      throw err;
+    }
+  }
+
+  /**
+   * Full sync of the destinations map: every entry is redirected to the agent; entries not
+   * given are removed. Invalid entries are skipped with a warning. Cheap when unchanged.
+   */
+  setDestinations(entries: { ip: string; port: number }[]): void {
+    const desired = new Map<string, { key: Buffer; value: Buffer }>();
+    const value = codecs.flags.encode(DST_F_REDIRECT);
+    for (const e of entries) {
+      let key: Buffer;
+      try {
+        key = codecs.dstKey.encode(e);
+      } catch (err) {
+        this.log.warn({ ip: e.ip, port: e.port, err: (err as Error).message }, 'destination skipped');
+        continue;
+      }
+      desired.set(key.toString('hex'), { key, value });
+    }
+    this.sync(MAP_NAMES.dests, this.maps.dests.map, desired);
+  }
+
+  /** Full sync of the pods map (read by the strict ingress program). */
+  setPods(entries: { ip: string; strict: boolean }[]): void {
+    const desired = new Map<string, { key: Buffer; value: Buffer }>();
+    for (const e of entries) {
+      let key: Buffer;
+      try {
+        key = codecs.ip4.encode(e.ip);
+      } catch (err) {
+        this.log.warn({ ip: e.ip, err: (err as Error).message }, 'pod skipped');
+        continue;
+      }
+      desired.set(key.toString('hex'), { key, value: codecs.flags.encode(e.strict ? POD_F_STRICT : 0) });
+    }
+    this.sync(MAP_NAMES.pods, this.maps.pods.map, desired);
+  }
+
+  /** Full sync of the addresses of weft agents admitted into strict pods. */
+  setAgentIps(ips: string[]): void {
+    const desired = new Map<string, { key: Buffer; value: Buffer }>();
+    const value = codecs.flags.encode(0);
+    for (const ip of ips) {
+      let key: Buffer;
+      try {
+        key = codecs.ip4.encode(ip);
+      } catch (err) {
+        this.log.warn({ ip, err: (err as Error).message }, 'agent address skipped');
+        continue;
+      }
+      desired.set(key.toString('hex'), { key, value });
+    }
+    this.sync(MAP_NAMES.agents, this.maps.agents.map, desired);
+  }
+
+  /**
+   * Captures the pod whose cgroup v2 directory is `cgroupPath`. Idempotent: links already
+   * pinned for this cgroup are adopted, and moved to the programs this process loaded when
+   * they run others (an upgrade, atomic per link). `strict` (default false) adds or removes
+   * the ingress link. On failure, links created by this call are removed again.
+   */
+  attach(cgroupPath: string, opts?: { strict?: boolean }): { cgroupId: bigint } {
+    this.checkOpen();
+    const cgroupId = cgroupIdOf(cgroupPath);
+    if (statfsSync(cgroupPath).type !== CGROUP2_SUPER_MAGIC)
+      throw new BpfError('attach', EINVAL, 'EINVAL', `${cgroupPath} is not a cgroup v2 directory`);
+    const strict = opts?.strict ?? false;
+    const dir = join(this.linksDir, String(cgroupId));
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    let linked = this.linked.get(cgroupId);
+    if (!linked) this.linked.set(cgroupId, (linked = new Map()));
+
+    const created: string[] = [];
+    try {
+      for (const spec of PROGRAMS) {
+        if (spec.strictOnly && !strict) {
+          this.unlink(cgroupId, spec.name);
+          continue;
+        }
+        if (this.ensureLink(cgroupPath, cgroupId, dir, spec, linked)) created.push(spec.name);
+      }
+    } catch (err) {
+      for (const name of created.reverse()) {
+        try {
+          this.unlink(cgroupId, name);
+        } catch (e) {
+          this.log.warn({ cgroupId: String(cgroupId), program: name, err: (e as Error).message }, 'rollback of a link failed');
+        }
+      }
+      throw err;
+    }
+    if (created.length) this.log.debug({ cgroupPath, cgroupId: String(cgroupId), created }, 'links created');
+    return { cgroupId };
+  }
+
+  /** Releases a cgroup: detaches and unpins its links. No-op when nothing is pinned for it. */
+  detach(cgroupId: bigint): void {
+    this.checkOpen();
+    const dir = join(this.linksDir, String(cgroupId));
+    if (!existsSync(dir)) {
+      this.linked.delete(cgroupId);
+      return;
+    }
+    // Reverse attach order: connect4 goes first, so nothing is redirected without sockops.
+    const order = new Map(PROGRAMS.map((p, i) => [p.name as string, PROGRAMS.length - i]));
+    const names = readdirSync(dir).sort((a, b) => (order.get(a) ?? PROGRAMS.length + 1) - (order.get(b) ?? PROGRAMS.length + 1));
+    let first: unknown;
+    for (const name of names) {
+      try {
+        this.unlink(cgroupId, name);
+      } catch (err) {
+        first ??= err;
+      }
+    }
+    if (first) throw first;
+    rmdirSync(dir);
+    this.linked.delete(cgroupId);
+  }
+
+  /** cgroupId -> names of the programs pinned for it (what a restarted agent adopts). */
+  attached(): Map<bigint, string[]> {
+    const out = new Map<bigint, string[]>();
+    if (!existsSync(this.linksDir)) return out;
+    for (const entry of readdirSync(this.linksDir, { withFileTypes: true })) {
+      if (!entry.isDirectory() || !/^\d+$/.test(entry.name)) continue;
+      out.set(BigInt(entry.name), readdirSync(join(this.linksDir, entry.name)).sort());
+    }
+    return out;
+  }
+
+  /**
+   * The original destination of a connection the agent accepted, read (and removed) from
+   * the tuple map by the socket's peer address. Undefined when the connection was not
+   * redirected (or the socket has no fd, or is no longer connected).
+   */
+  origDst(socket: Socket): OrigDst | undefined {
+    this.checkOpen();
+    return lookupOrigDst(this.maps.tuple, socket);
+  }
+
+  /** Closes every fd. Pins stay: captured pods stay captured until an agent detaches them. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const { dests, config, tuple, pods, agents } = this.maps;
+    for (const m of [dests.map, config.map, tuple, pods.map, agents.map]) m.close();
+    for (const o of this.objects) o.close();
+  }
+
+  /** Detaches every cgroup, removes the links and maps under the pin root, then closes. */
+  destroy(): void {
+    this.checkOpen();
+    let first: unknown;
+    for (const id of this.attached().keys()) {
+      try {
+        this.detach(id);
+      } catch (err) {
+        first ??= err;
+      }
+    }
+    this.close();
+    for (const name of Object.values(MAP_NAMES)) unpin(join(this.pinRoot, name));
+    for (const dir of [this.linksDir, this.pinRoot]) {
+      try {
+        rmdirSync(dir);
+      } catch (err) {
+        // The pin root may be the bpffs root or hold pins of others: leave it.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') first ??= err;
+      }
+    }
+    if (first) throw first;
+  }
+
+  // ---- internals ----
+
+  private checkOpen(): void {
+    if (this.closed) throw new BpfError('datapath', 9, 'EBADF', 'the datapath is closed');
+  }
+
+  /**
+   * Makes the map hold exactly `desired`. The first sync reads what the kernel holds (the
+   * maps outlive agents); later ones diff against what this process last wrote.
+   */
+  private sync(name: string, map: BpfMap, desired: Map<string, { key: Buffer; value: Buffer }>): void {
+    this.checkOpen();
+    let current = this.synced.get(name);
+    if (!current) {
+      current = new Map();
+      for (const key of map.keys()) {
+        const v = map.lookup(key);
+        if (v) current.set(key.toString('hex'), v.toString('hex'));
+      }
+      this.synced.set(name, current);
+    }
+    let added = 0;
+    let removed = 0;
+    // Deletions first: room for the additions when the map is near full.
+    for (const hex of [...current.keys()]) {
+      if (desired.has(hex)) continue;
+      map.delete(Buffer.from(hex, 'hex'));
+      current.delete(hex);
+      removed++;
+    }
+    for (const [hex, { key, value }] of desired) {
+      const vhex = value.toString('hex');
+      if (current.get(hex) === vhex) continue;
+      map.update(key, value);
+      current.set(hex, vhex);
+      added++;
+    }
+    if (added || removed) this.log.debug({ map: name, added, removed, size: current.size }, 'map synced');
+  }
+
+  /** Ensures the pinned link of one program for one cgroup; true when it had to be created. */
+  private ensureLink(cgroupPath: string, cgroupId: bigint, dir: string, spec: ProgramSpec, linked: Map<string, number>): boolean {
+    const prog = this.programs.get(spec.name)!;
+    const pinPath = join(dir, spec.name);
+    const pinned = existsSync(pinPath);
+    if (pinned && linked.get(spec.name) === prog.id) return false;
+
+    if (pinned) {
+      const link = BpfLink.fromPin(pinPath);
+      try {
+        const info = link.info();
+        if (info.cgroupId === cgroupId) {
+          if (info.progId === prog.id) {
+            linked.set(spec.name, prog.id);
+            return false;
+          }
+          try {
+            link.update(prog.fd);
+            this.log.info({ cgroupId: String(cgroupId), program: spec.name, from: info.progId, to: prog.id }, 'link moved to the loaded program');
+            linked.set(spec.name, prog.id);
+            return false;
+          } catch (err) {
+            if ((err as BpfError).errno !== ENOLINK) throw err;
+          }
+        }
+        // Defunct (its cgroup is gone: id 0) or pinned for another cgroup: replace it.
+        this.log.warn({ cgroupId: String(cgroupId), program: spec.name, linkCgroupId: String(info.cgroupId) }, 'replacing a stale link pin');
+        try {
+          link.detach();
+        } catch {
+          /* defunct links may refuse; unpinning releases them */
+        }
+      } finally {
+        link.close();
+      }
+      unpin(pinPath);
+    }
+
+    const link = BpfLink.attachCgroup(prog.fd, cgroupPath, spec.attachType);
+    try {
+      link.pin(pinPath);
+    } catch (err) {
+      try {
+        link.detach();
+      } catch {
+        /* closing the last fd detaches it anyway */
+      }
+      throw err;
+    } finally {
+      link.close();
+    }
+    linked.set(spec.name, prog.id);
+    return true;
+  }
+
+  /** Detaches and unpins one program's link of one cgroup, if pinned. */
+  private unlink(cgroupId: bigint, name: string): void {
+    const pinPath = join(this.linksDir, String(cgroupId), name);
+    this.linked.get(cgroupId)?.delete(name);
+    if (!existsSync(pinPath)) return;
+    const link = BpfLink.fromPin(pinPath);
+    try {
+      link.detach();
+    } catch (err) {
+      // A defunct link (cgroup removed) has nothing left to detach.
+      if ((err as BpfError).errno !== ENOLINK) throw err;
+    } finally {
+      link.close();
+    }
+    unpin(pinPath);
+  }
+}
+
+/** The fd of a connected net.Socket (libuv's handle), or undefined. */
+function socketFd(socket: Socket): number | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}
+
+function lookupOrigDst(tuple: BpfMap, socket: Socket): OrigDst | undefined {
+  const fd = socketFd(socket);
+  if (fd === undefined) return undefined;
+  try {
+    const v = origDstOf(tuple, fd);
+    return v && { ip: v.ip, port: v.port, cgroupId: v.cgroupId, pid: v.pid };
+  } catch (err) {
+    // The client is already gone: nothing to proxy.
+    if ((err as BpfError).syscallCode === 'ENOTCONN') return undefined;
+    throw err;
+  }
+}
+
+/**
+ * Read access to the original destinations without loading anything: for a process other
+ * than the one that owns the Datapath (an out-of-process proxy, tests).
+ */
+export class OrigDstTable {
+  private constructor(private readonly map: BpfMap) {}
+
+  /** Opens `<pinRoot>/weft_tuple_dst`. */
+  static open(pinRoot: string = DEFAULT_PIN_ROOT): OrigDstTable {
+    return new OrigDstTable(BpfMap.fromPin(join(pinRoot, MAP_NAMES.tupleDst)));
+  }
+
+  /** As {@link Datapath.origDst}: the entry is removed once read. */
+  lookup(socket: Socket): OrigDst | undefined {
+    return lookupOrigDst(this.map, socket);
+  }
+
+  close(): void {
+    this.map.close();
+  }
+}
+
+/** Shorthand for {@link OrigDstTable.open}. */
+export function openOrigDstMap(pinRoot: string = DEFAULT_PIN_ROOT): OrigDstTable {
+  return OrigDstTable.open(pinRoot);
+}
+
+/**
+ * The id of a cgroup v2 directory: its inode number, which is what
+ * bpf_get_current_cgroup_id() returns for tasks in it. Throws BpfError ENOENT naming the path.
+ */
+export function cgroupIdOf(path: string): bigint {
+  try {
+    const st = statSync(path, { bigint: true });
+    if (!st.isDirectory()) throw new BpfError('cgroupIdOf', 20, 'ENOTDIR', path);
+    return st.ino;
+  } catch (err) {
+    if (err instanceof BpfError) throw err;
+    const e = err as NodeJS.ErrnoException;
+    throw new BpfError('cgroupIdOf', -(e.errno ?? -ENOENT), e.code ?? 'ENOENT', `cgroup ${path}`);
+  }
+}
+
+/** Where the cgroup v2 hierarchy is mounted, from /proc/mounts (first cgroup2 entry). */
+export function cgroup2Mount(): string {
+  for (const line of readFileSync('/proc/mounts', 'utf8').split('\n')) {
+    const [, mountPoint, fsType] = line.split(' ');
+    if (fsType === 'cgroup2' && mountPoint) return unescapeMount(mountPoint);
+  }
+  throw new BpfError('cgroup2Mount', ENOENT, 'ENOENT', 'no cgroup2 filesystem in /proc/mounts');
+}
+
+/** /proc/mounts escapes space, tab, newline and backslash as \ooo. */
+function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** Mounts the bpffs on /sys/fs/bpf when the pin root is not on one already. */
+function ensureBpffs(pinRoot: string, log: pino.Logger): void {
+  // The nearest existing ancestor tells which filesystem the pin root will be on.
+  let probe = pinRoot;
+  while (!existsSync(probe)) probe = join(probe, '..');
+  if (isBpffs(probe)) return;
+  if (pinRoot !== BPFFS_MOUNT && !pinRoot.startsWith(BPFFS_MOUNT + '/'))
+    throw new BpfError('mount bpf', EINVAL, 'EINVAL', `pin root ${pinRoot} is not on a bpffs`);
+  if (!isBpffs(BPFFS_MOUNT)) {
+    mkdirSync(BPFFS_MOUNT, { recursive: true });
+    mountBpffs(BPFFS_MOUNT);
+    log.info({ path: BPFFS_MOUNT }, 'mounted the bpffs');
+  }
+}
