@@ -138,7 +138,13 @@ export class Cluster {
     const now = this.now();
     const all = [...this.endpoints.values()];
     const threshold = this.policy.outlierDetection?.panicThreshold ?? DEFAULT_PANIC_THRESHOLD;
-    const { endpoints, panic } = selectEligible(all, now, threshold);
+    let { endpoints, panic } = selectEligible(all, now, threshold);
+    // Panic spreads load when a few healthy endpoints would be overloaded; with none healthy
+    // there is no one to protect, and the service has no healthy upstream (or its fallback serves).
+    if (panic && !all.some((e) => e.eligible(now))) {
+      endpoints = [];
+      panic = false;
+    }
     if (panic !== this.panic) {
       this.log.warn({ service: this.serviceName, healthy: all.filter((e) => e.eligible(now)).length, total: all.length }, panic ? 'panic mode: too few healthy endpoints, spreading over all ready ones' : 'left panic mode');
     }

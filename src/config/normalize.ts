@@ -11,6 +11,8 @@
  * - Relative file paths (stateDir, ca.rootCert, ca.tokenFile, jwtRules[].jwksFile) are
  *   resolved against the config file's directory.
  */
+import { validatePolicies } from '../authz/validate.js';
+import { validateRequestAuthentications } from '../authz/jwt.js';
 import { resolve } from 'node:path';
 import { ConfigError } from '../errors.js';
 import {
@@ -186,6 +188,10 @@ export function normalizeConfig(raw: unknown, source: string, opts: NormalizeOpt
   const problems = new Problems();
   const config = build(raw as RawConfig, problems, opts.baseDir ?? process.cwd());
   if (problems.list.length) throw new ConfigError(source, problems.list);
+  // The policy engine is the final word on what it can compile: a config it would refuse
+  // must be refused here, while the last good one is still in force.
+  const late = [...validatePolicies(config.policies), ...validateRequestAuthentications(config.requestAuthentications, 'requestAuthentications')];
+  if (late.length) throw new ConfigError(source, late);
   return config;
 }
 

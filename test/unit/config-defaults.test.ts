@@ -253,7 +253,7 @@ t.test('the embedded default.yaml parses', async (t) => {
   const api = c.workloads.filter((w) => w.labels.app === 'api');
   t.same(api.map((w) => [w.name, w.weight]), [['api-0', 1], ['api-1', 1], ['api-2', 2]]);
   t.same(c.workloads.filter((w) => w.labels.app === 'web').map((w) => w.name), ['web-0', 'web-1']);
-  t.equal(c.workloads[0]!.cgroup, '/sys/fs/cgroup/unified/weft/shop/api-0');
+  t.equal(c.workloads[0]!.cgroup, '/sys/fs/cgroup/unified/weft/api-0');
   const svc = Object.fromEntries(c.services.map((s) => [s.name, s]));
   t.equal(svc.api!.trafficPolicy.loadBalancer.type, 'round-robin');
   t.equal(svc.web!.trafficPolicy.loadBalancer.type, 'peak-ewma');

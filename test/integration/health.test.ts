@@ -1,0 +1,121 @@
+import t from 'tap';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startBackend, type Backend } from '../../src/sandbox/backend.js';
+import { startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
+import { loopbackMesh } from '../lib/mesh-yaml.js';
+
+const pods = [0, 1, 2].map((i) => ({ name: `api-${i}`, ip: `127.0.1.${i + 1}`, app: 'api' }));
+
+async function burst(la: LoopbackAgent, n: number, dest = '10.96.0.20:80'): Promise<{ pods: Record<string, number>; statuses: Record<number, number> }> {
+  const out = { pods: {} as Record<string, number>, statuses: {} as Record<number, number> };
+  for (let i = 0; i < n; i++) {
+    const r = await la.get('127.0.2.1', dest, '/');
+    out.statuses[r.status] = (out.statuses[r.status] ?? 0) + 1;
+    const p = r.headers['x-pod'] as string | undefined;
+    if (p) out.pods[p] = (out.pods[p] ?? 0) + 1;
+  }
+  return out;
+}
+
+async function until(what: string, fn: () => Promise<boolean> | boolean, ms: number): Promise<number> {
+  const start = Date.now();
+  while (Date.now() - start < ms) {
+    if (await fn()) return Date.now() - start;
+    await sleep(50);
+  }
+  throw new Error(`timed out after ${ms}ms waiting for ${what}`);
+}
+
+async function endpoint(la: LoopbackAgent, name: string): Promise<any> {
+  const dump = await la.configDump();
+  return dump.clusters.find((c: any) => c.key === 'shop/api:80').endpoints.find((e: any) => e.workload === `shop/${name}`);
+}
+
+t.test('active HTTP checks: a killed backend leaves rotation, a restarted one returns', async (t) => {
+  const backends = new Map<string, Backend>();
+  for (const p of pods) backends.set(p.name, await startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} }));
+  t.teardown(() => Promise.all([...backends.values()].map((b) => b.close())));
+  const la = await startLoopbackAgent(
+    loopbackMesh(pods, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ healthCheck: { type: http, path: /healthz, interval: 200ms, timeout: 100ms, unhealthyThreshold: 2, healthyThreshold: 2 } }' }]),
+  );
+  t.teardown(() => la.stop());
+  la.route('127.0.2.1', '10.96.0.20:80', 'shop/client-0');
+  t.same((await burst(la, 9)).pods, { 'api-0': 3, 'api-1': 3, 'api-2': 3 });
+
+  await backends.get('api-1')!.close();
+  const took = await until('api-1 unhealthy', async () => (await endpoint(la, 'api-1')).health === 'unhealthy', 5000);
+  t.ok(took < 2000, `marked unhealthy in ${took}ms (threshold 2 x 200ms + jitter)`);
+  const after = await burst(la, 20);
+  t.same(after.statuses, { 200: 20 }, 'every request succeeds once it is out');
+  t.notOk(after.pods['api-1'], 'no request reaches the dead endpoint');
+
+  backends.set('api-1', await startBackend({ name: 'api-1', port: 8080, host: '127.0.1.2', log: () => {} }));
+  await until('api-1 healthy', async () => (await endpoint(la, 'api-1')).health === 'healthy', 5000);
+  t.ok((await burst(la, 9)).pods['api-1'], 'back in rotation');
+
+  // Readiness from discovery: ready=false takes a pod out without any check.
+  la.update(loopbackMesh([{ ...pods[0]!, ready: false }, pods[1]!, pods[2]!], [{ name: 'api', vip: '10.96.0.20', app: 'api' }]));
+  const r = await burst(la, 10);
+  t.notOk(r.pods['api-0'], 'a not-ready workload gets no traffic');
+  const m = await la.metrics();
+  t.match(m, /weft_upstream_healthy_endpoints\{destination_service="shop\/api"\} 2/);
+});
+
+t.test('outlier detection ejects a 503 endpoint, re-admits it, ejects it longer', async (t) => {
+  const backends = await Promise.all(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  t.teardown(() => Promise.all(backends.map((b) => b.close())));
+  const la = await startLoopbackAgent(
+    loopbackMesh(pods, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ outlierDetection: { consecutive5xx: 3, interval: 100ms, baseEjectionTime: 500ms, maxEjectionPercent: 50 } }' }]),
+  );
+  t.teardown(() => la.stop());
+  la.route('127.0.2.1', '10.96.0.20:80', 'shop/client-0');
+  backends[2]!.state.failStatus = 503;
+  const first = await burst(la, 12);
+  t.equal(first.statuses[503], 3, 'exactly consecutive5xx failures before ejection');
+  const ep = await endpoint(la, 'api-2');
+  t.ok(ep.ejected, 'api-2 is ejected');
+  t.equal(ep.ejectionReason, 'consecutive-5xx');
+  t.same((await burst(la, 10)).statuses, { 200: 10 }, 'requests succeed while it is out');
+  const firstUntil = Date.parse(ep.ejectedUntil);
+  await until('re-admission', async () => !(await endpoint(la, 'api-2')).ejected, 3000);
+  await burst(la, 12);
+  const again = await endpoint(la, 'api-2');
+  t.ok(again.ejected, 'ejected again while it still fails');
+  t.ok(Date.parse(again.ejectedUntil) - Date.now() > 600, 'for longer the second time (base x count)');
+  t.ok(Date.parse(again.ejectedUntil) > firstUntil);
+  t.match(await la.metrics(), /weft_upstream_ejections_total\{destination_service="shop\/api",reason="consecutive-5xx"\} [2-9]/);
+});
+
+t.test('panic threshold: with too few healthy endpoints, spread over all', async (t) => {
+  const backends = await Promise.all(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  t.teardown(() => Promise.all(backends.map((b) => b.close())));
+  const la = await startLoopbackAgent(
+    loopbackMesh(pods, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ outlierDetection: { consecutive5xx: 1, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 100, panicThreshold: 50 } }' }]),
+  );
+  t.teardown(() => la.stop());
+  la.route('127.0.2.1', '10.96.0.20:80', 'shop/client-0');
+  backends[1]!.state.failStatus = 503;
+  backends[2]!.state.failStatus = 503;
+  await burst(la, 6);
+  const dump = await la.configDump();
+  const c = dump.clusters.find((x: any) => x.key === 'shop/api:80');
+  t.equal(c.endpoints.filter((e: any) => e.ejected).length, 2, 'two of three ejected');
+  t.equal(c.panic, true, 'one healthy of three is below 50%: panic');
+  const spread = await burst(la, 9);
+  t.equal(Object.keys(spread.pods).length, 3, 'traffic spreads over all endpoints rather than overloading one');
+});
+
+t.test('maxEjectionPercent caps ejections', async (t) => {
+  const backends = await Promise.all(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  t.teardown(() => Promise.all(backends.map((b) => b.close())));
+  const la = await startLoopbackAgent(
+    loopbackMesh(pods, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ outlierDetection: { consecutive5xx: 1, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 34, panicThreshold: 0 } }' }]),
+  );
+  t.teardown(() => la.stop());
+  la.route('127.0.2.1', '10.96.0.20:80', 'shop/client-0');
+  for (const b of backends) b.state.failStatus = 503;
+  await burst(la, 9);
+  const dump = await la.configDump();
+  const ejected = dump.clusters.find((x: any) => x.key === 'shop/api:80').endpoints.filter((e: any) => e.ejected).length;
+  t.equal(ejected, 1, 'at most 34% of 3 endpoints (one) is ejected');
+});
