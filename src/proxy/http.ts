@@ -12,7 +12,7 @@ import { type ConnContext, sourceLabels } from './context.js';
 import { admit, release, settle, type Admission } from './route.js';
 import type { Transport } from './transport.js';
 import { hashKey } from '../balancer/hash.js';
-import type { OutlierResult } from '../health/outlier.js';
+import { outlierResultForStatus, type OutlierResult } from '../health/outlier.js';
 import { backoffDelay, isRetriable } from '../resilience/retry.js';
 
 /** Requests whose body fits here are buffered, so that they can be retried. */
@@ -41,6 +41,8 @@ interface AttemptFailure {
   kind: 'connect-failure' | 'reset' | 'timeout' | 'status';
   status?: number;
   error: WeftError;
+  /** The retry budget was already charged for the retry this failure asks for. */
+  paid?: boolean;
 }
 
 /**
@@ -197,7 +199,7 @@ export class HttpProxy {
     let attempts = 0;
     for (let attempt = 0; attempt < maxAttempts; attempt++) {
       if (attempt > 0) {
-        if (!cluster.retryBudget?.tryRetry()) break;
+        if (!lastFailure?.paid && !cluster.retryBudget?.tryRetry()) break;
         metrics.retries.inc({ destination_service: cluster.serviceName });
         const delay = backoffDelay(attempt, retries!.backoff.base, retries!.backoff.max);
         if (performance.now() + delay >= deadline) break;
@@ -306,12 +308,15 @@ export class HttpProxy {
         },
         onHeaders: (statusCode, rawHeaders, resume) => {
           if (done) return false;
-          if (!final && cluster.policy.retries && statusCode >= 500 && isRetriable(cluster.policy.retries, { kind: 'status', status: statusCode })) {
+          // Discard a retriable answer only when the retry will really happen (budget
+          // charged now); otherwise the client gets the upstream's own answer.
+          const rp = cluster.policy.retries;
+          if (!final && rp && isRetriable(rp, { kind: 'status', status: statusCode }) && performance.now() + rp.backoff.base < deadline && cluster.retryBudget?.tryRetry()) {
             done = true;
             end();
-            cluster.report(ep, isGateway(statusCode) ? 'gateway' : 'http5xx', performance.now() - t0);
+            cluster.report(ep, outlierResultForStatus(statusCode), performance.now() - t0);
             abortFn?.(new Error('retrying'));
-            resolve({ kind: 'status', status: statusCode, error: new WeftError('WEFT_ERR_UPSTREAM_RESET', `upstream answered ${statusCode}`) });
+            resolve({ kind: 'status', status: statusCode, paid: true, error: new WeftError('WEFT_ERR_UPSTREAM_RESET', `upstream answered ${statusCode}`) });
             return false;
           }
           headersSent = true;
@@ -326,9 +331,8 @@ export class HttpProxy {
           done = true;
           end();
           const status = res.statusCode;
-          const ok = status < 500;
-          settle(adm, ok);
-          cluster.report(ep, ok ? 'success' : isGateway(status) ? 'gateway' : 'http5xx', performance.now() - t0);
+          settle(adm, status < 500);
+          cluster.report(ep, outlierResultForStatus(status), performance.now() - t0);
           res.end();
           this.logAccess(req, ctx, cluster, ep, status, started, attempts);
           resolve(undefined);
