@@ -90,7 +90,7 @@ export class Agent {
       transport: this.transport,
       metrics: this.metrics,
       log: log.child({ component: 'http' }),
-      authorize: (ctx, ep, req) => enforcer.http(enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep, req),
+      authorize: (ctx, ep, req) => enforcer.http(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep, req),
     });
     const capture = this.opts.capture ?? true;
     const origDst: OrigDstLookup | undefined = this.opts.origDst ?? (capture ? (s) => this.datapath!.origDst(s) : undefined);
@@ -107,7 +107,7 @@ export class Agent {
         transport: this.transport,
         metrics: this.metrics,
         log: log.child({ component: 'tcp' }),
-        authorize: (ctx, ep) => (ep.info.local ? enforcer.tcp(enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep) : { allowed: true }),
+        authorize: (ctx, ep) => (ep.info.local ? enforcer.tcp(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep) : { allowed: true }),
       },
       metrics: this.metrics,
       log: log.child({ component: 'outbound' }),

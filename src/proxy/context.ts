@@ -10,6 +10,13 @@ export interface ConnContext {
   origIp: string;
   origPort: number;
   target: Target;
+  /**
+   * The verified peer on inbound tunnel connections (its SPIFFE principal from the mTLS
+   * certificate). Absent on the outbound path, where `source` identifies the caller.
+   */
+  peer?: { principal?: string; namespace?: string; ip: string };
+  /** mTLS between agents carried this connection. */
+  tunnelled?: boolean;
 }
 
 export interface OrigDst {
