@@ -1,0 +1,116 @@
+/**
+ * The fake API server speaks the wire protocol the real one does: checked with plain HTTP,
+ * so that the discovery tests rest on a server that behaves like Kubernetes.
+ */
+import http from 'node:http';
+import t from 'tap';
+import { FakeApiServer, namespaceObject, podObject } from '../lib/fake-apiserver.js';
+
+async function get(server: FakeApiServer, path: string): Promise<{ status: number; body: any }> {
+  const res = await fetch(server.url + path);
+  return { status: res.status, body: await res.json() };
+}
+
+/** Open a watch; collect events as they arrive. */
+function watch(server: FakeApiServer, path: string) {
+  const events: { type: string; object: any }[] = [];
+  let ended = false;
+  let buf = '';
+  const req = http.get(server.url + path, (res) => {
+    res.setEncoding('utf8');
+    res.on('data', (chunk: string) => {
+      buf += chunk;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        events.push(JSON.parse(buf.slice(0, nl)));
+        buf = buf.slice(nl + 1);
+      }
+    });
+    res.on('end', () => (ended = true));
+    res.on('error', () => (ended = true));
+  });
+  req.on('error', () => (ended = true));
+  return {
+    events,
+    get ended() {
+      return ended;
+    },
+    close: () => req.destroy(),
+    async until(n: number) {
+      const deadline = Date.now() + 2000;
+      while (events.length < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      return events;
+    },
+  };
+}
+
+t.test('list, get, selectors', async (t) => {
+  const server = await FakeApiServer.start();
+  t.teardown(() => server.close());
+  server.apply(namespaceObject('shop', { team: 'a' }));
+  server.apply(podObject('p1', 'shop', { node: 'node-a', ip: '10.1.0.1', labels: { app: 'api', tier: 'web' } }));
+  server.apply(podObject('p2', 'shop', { node: 'node-b', ip: '10.1.0.2', labels: { app: 'db' } }));
+  server.apply(podObject('p3', 'other', { node: 'node-a', ip: '10.1.0.3' }));
+
+  const all = await get(server, '/api/v1/pods');
+  t.equal(all.body.kind, 'PodList');
+  t.equal(all.body.metadata.resourceVersion, String(server.resourceVersion));
+  t.equal(all.body.items.length, 3);
+  t.equal(all.body.items[0].kind, undefined, 'built-in list items carry no kind, as in the real API');
+  const names = async (q: string) => (await get(server, q)).body.items.map((p: any) => p.metadata.name).sort();
+  t.same(await names('/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a'), ['p1', 'p3']);
+  t.same(await names('/api/v1/pods?fieldSelector=spec.nodeName!%3Dnode-a'), ['p2']);
+  t.same(await names('/api/v1/namespaces/shop/pods'), ['p1', 'p2']);
+  t.same(await names('/api/v1/pods?labelSelector=app%3Dapi'), ['p1']);
+  t.same(await names('/api/v1/pods?labelSelector=app%20in%20(api,db),!tier'), ['p2']);
+  t.same(await names('/api/v1/pods?labelSelector=tier'), ['p1']);
+  t.same(await names('/api/v1/pods?labelSelector=app%20notin%20(api)'), ['p2', 'p3']);
+  t.equal((await get(server, '/api/v1/namespaces/shop')).body.metadata.labels.team, 'a');
+  t.equal((await get(server, '/api/v1/namespaces/shop/pods/p9')).status, 404);
+  t.equal((await get(server, '/apis/weft.io/v1alpha1/nothings')).status, 404);
+  server.failNext(1, 503);
+  t.equal((await get(server, '/api/v1/pods')).status, 503);
+  t.equal((await get(server, '/api/v1/pods')).status, 200);
+});
+
+t.test('watch: history, live events, selector transitions, bookmarks, 410', async (t) => {
+  const server = await FakeApiServer.start();
+  t.teardown(() => server.close());
+  server.apply(podObject('p1', 'shop', { node: 'node-a', ip: '10.1.0.1' }));
+  const rv = server.resourceVersion;
+  server.apply(podObject('p2', 'shop', { node: 'node-a', ip: '10.1.0.2' }));
+
+  const w = watch(server, `/api/v1/pods?watch=1&resourceVersion=${rv}&allowWatchBookmarks=true&fieldSelector=spec.nodeName%3Dnode-a`);
+  await w.until(1);
+  t.same(w.events.map((e) => `${e.type} ${e.object.metadata.name}`), ['ADDED p2'], 'history after the version');
+  server.apply(podObject('p2', 'shop', { node: 'node-a', ip: '10.1.0.2', ready: false }));
+  server.apply(podObject('p1', 'shop', { node: 'node-b', ip: '10.1.0.1' }));
+  server.apply(podObject('p1', 'shop', { node: 'node-a', ip: '10.1.0.1' }));
+  server.delete('Pod', 'shop', 'p2');
+  server.bookmark();
+  await w.until(6);
+  t.same(
+    w.events.map((e) => `${e.type} ${e.object.metadata.name}`),
+    ['ADDED p2', 'MODIFIED p2', 'DELETED p1', 'ADDED p1', 'DELETED p2', 'BOOKMARK '],
+    'leaving and entering the selector are DELETED and ADDED',
+  );
+  t.equal(w.events.at(-1)!.object.metadata.resourceVersion, String(server.resourceVersion));
+  const rvs = w.events.slice(0, -1).map((e) => Number(e.object.metadata.resourceVersion));
+  t.same(rvs, [...rvs].sort((a, b) => a - b), 'resourceVersions increase');
+
+  server.dropWatches();
+  await new Promise((r) => setTimeout(r, 50));
+  t.ok(w.ended, 'the stream was cut');
+
+  server.compact();
+  const gone = watch(server, `/api/v1/pods?watch=true&resourceVersion=${rv}`);
+  await gone.until(1);
+  t.match(gone.events, [{ type: 'ERROR', object: { kind: 'Status', code: 410, reason: 'Expired', message: /too old resource version/ } }]);
+  await new Promise((r) => setTimeout(r, 50));
+  t.ok(gone.ended, 'closed after the 410');
+  const fresh = watch(server, `/api/v1/pods?watch=true&resourceVersion=${server.resourceVersion}`);
+  server.apply(podObject('p4', 'shop', { node: 'node-a', ip: '10.1.0.4' }));
+  await fresh.until(1);
+  t.same(fresh.events.map((e) => e.type), ['ADDED'], 'watching from the head still works after compaction');
+  fresh.close();
+});

@@ -1,0 +1,607 @@
+/**
+ * A local Kubernetes API server for tests: real HTTP on 127.0.0.1, the real list and watch
+ * wire protocol, for the kinds weft's Kubernetes discovery reads. Nothing else.
+ *
+ * What it speaks:
+ * - `GET <collection>` (cluster-wide or namespaced): a `<Kind>List` with
+ *   `metadata.resourceVersion`; `limit`/`continue` are ignored (one page, no `continue`).
+ * - `GET <collection>?watch=1|true&resourceVersion=N[&allowWatchBookmarks=true]`: a chunked
+ *   stream of JSON lines `{type, object}` (ADDED | MODIFIED | DELETED | BOOKMARK | ERROR), first
+ *   the history after N, then live changes. Watching from a compacted version answers one
+ *   ERROR event (a `Status` with code 410, "too old resource version") and closes, as the
+ *   real server does. `resourceVersion` empty or `0` starts with synthetic ADDED events.
+ * - `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`) and
+ *   `fieldSelector` (`path=v`, `path!=v`, e.g. `spec.nodeName=node-a`). An object that stops
+ *   (starts) matching a watch's selectors is sent as DELETED (ADDED), like the real watch cache.
+ * - `GET <collection>/<name>` for one object.
+ *
+ * One resourceVersion counter for all kinds (etcd's revision). Test hooks: `apply`, `delete`,
+ * `compact` (forget history: older watches get 410), `dropWatches` (cut every stream),
+ * `bookmark` (send BOOKMARK to watches that asked for them), `failNext` (answer the next
+ * requests with an error status), `requests` (what the client asked).
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { randomUUID } from 'node:crypto';
+import { KubeConfig } from '@kubernetes/client-node';
+
+export interface KubeObject {
+  apiVersion?: string;
+  kind?: string;
+  metadata: {
+    name: string;
+    namespace?: string;
+    uid?: string;
+    resourceVersion?: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+    creationTimestamp?: string;
+    generation?: number;
+    [k: string]: unknown;
+  };
+  [k: string]: unknown;
+}
+
+interface KindInfo {
+  kind: string;
+  group: string;
+  version: string;
+  plural: string;
+  namespaced: boolean;
+  /** Custom resources keep apiVersion/kind on list items; built-in types drop them. */
+  custom: boolean;
+}
+
+/** The kinds this server knows. */
+export const KINDS: readonly KindInfo[] = [
+  { kind: 'Namespace', group: '', version: 'v1', plural: 'namespaces', namespaced: false, custom: false },
+  { kind: 'Pod', group: '', version: 'v1', plural: 'pods', namespaced: true, custom: false },
+  { kind: 'Service', group: '', version: 'v1', plural: 'services', namespaced: true, custom: false },
+  { kind: 'EndpointSlice', group: 'discovery.k8s.io', version: 'v1', plural: 'endpointslices', namespaced: true, custom: false },
+  { kind: 'TrafficPolicy', group: 'weft.io', version: 'v1alpha1', plural: 'trafficpolicies', namespaced: true, custom: true },
+  { kind: 'AuthorizationPolicy', group: 'weft.io', version: 'v1alpha1', plural: 'authorizationpolicies', namespaced: true, custom: true },
+  { kind: 'RequestAuthentication', group: 'weft.io', version: 'v1alpha1', plural: 'requestauthentications', namespaced: true, custom: true },
+];
+
+const byKind = new Map(KINDS.map((k) => [k.kind, k]));
+const apiVersionOf = (k: KindInfo) => (k.group ? `${k.group}/${k.version}` : k.version);
+
+type EventType = 'ADDED' | 'MODIFIED' | 'DELETED';
+
+interface HistoryEvent {
+  rv: number;
+  type: EventType;
+  kind: string;
+  object: KubeObject;
+  /** The object before this change (MODIFIED), for selector transitions. */
+  previous?: KubeObject;
+}
+
+type Matcher = (obj: KubeObject) => boolean;
+
+interface WatchStream {
+  kind: string;
+  namespace?: string;
+  matches: Matcher;
+  bookmarks: boolean;
+  res: http.ServerResponse;
+}
+
+/** One request as the server saw it. */
+export interface RequestRecord {
+  method: string;
+  path: string;
+  query: Record<string, string>;
+  watch: boolean;
+}
+
+const clone = <T>(v: T): T => structuredClone(v);
+
+function parseLabelSelector(selector: string): Matcher {
+  const terms: Matcher[] = [];
+  // Split on commas that are not inside parentheses.
+  const parts: string[] = [];
+  let depth = 0;
+  let cur = '';
+  for (const ch of selector) {
+    if (ch === '(') depth++;
+    if (ch === ')') depth--;
+    if (ch === ',' && depth === 0) {
+      parts.push(cur);
+      cur = '';
+    } else cur += ch;
+  }
+  if (cur.trim()) parts.push(cur);
+  for (const raw of parts) {
+    const part = raw.trim();
+    let m: RegExpMatchArray | null;
+    if ((m = part.match(/^([^\s!=]+)\s+(in|notin)\s+\(([^)]*)\)$/))) {
+      const [, key, op, list] = m;
+      const values = new Set(list!.split(',').map((s) => s.trim()));
+      terms.push((o) => {
+        const v = o.metadata.labels?.[key!];
+        return op === 'in' ? v !== undefined && values.has(v) : v === undefined || !values.has(v);
+      });
+    } else if ((m = part.match(/^([^\s!=]+)\s*!=\s*(\S*)$/))) {
+      const [, key, value] = m;
+      terms.push((o) => o.metadata.labels?.[key!] !== value);
+    } else if ((m = part.match(/^([^\s!=]+)\s*==?\s*(\S*)$/))) {
+      const [, key, value] = m;
+      terms.push((o) => o.metadata.labels?.[key!] === value);
+    } else if ((m = part.match(/^!\s*(\S+)$/))) {
+      const key = m[1]!;
+      terms.push((o) => o.metadata.labels?.[key] === undefined);
+    } else if ((m = part.match(/^(\S+)$/))) {
+      const key = m[1]!;
+      terms.push((o) => o.metadata.labels?.[key] !== undefined);
+    } else {
+      throw new Error(`unable to parse requirement: ${part}`);
+    }
+  }
+  return (o) => terms.every((t) => t(o));
+}
+
+function fieldValue(obj: unknown, path: string): string {
+  let cur: unknown = obj;
+  for (const key of path.split('.')) {
+    if (cur === null || typeof cur !== 'object') return '';
+    cur = (cur as Record<string, unknown>)[key];
+  }
+  return cur === undefined || cur === null ? '' : String(cur);
+}
+
+function parseFieldSelector(selector: string): Matcher {
+  const terms: Matcher[] = [];
+  for (const raw of selector.split(',')) {
+    const part = raw.trim();
+    if (!part) continue;
+    const m = part.match(/^([\w.]+)\s*(!=|==|=)\s*(.*)$/);
+    if (!m) throw new Error(`invalid field selector: ${part}`);
+    const [, path, op, value] = m;
+    terms.push((o) => (fieldValue(o, path!) === value) === (op !== '!='));
+  }
+  return (o) => terms.every((t) => t(o));
+}
+
+export class FakeApiServer {
+  /** Every request, in order. */
+  readonly requests: RequestRecord[] = [];
+  private readonly server: http.Server;
+  private readonly objects = new Map<string, KubeObject>();
+  private history: HistoryEvent[] = [];
+  private readonly watches = new Set<WatchStream>();
+  private rv = 1;
+  /** Watching from a version below this answers 410 Gone. */
+  private compactedRv = 0;
+  private failures: { count: number; status: number }[] = [];
+
+  private constructor(server: http.Server) {
+    this.server = server;
+  }
+
+  /** Listen on 127.0.0.1, port 0. */
+  static async start(): Promise<FakeApiServer> {
+    let self: FakeApiServer | undefined;
+    const server = http.createServer((req, res) => self!.handle(req, res));
+    self = new FakeApiServer(server);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => resolve());
+    });
+    return self;
+  }
+
+  get url(): string {
+    const { port } = this.server.address() as AddressInfo;
+    return `http://127.0.0.1:${port}`;
+  }
+
+  /** The current (latest) resourceVersion. */
+  get resourceVersion(): number {
+    return this.rv;
+  }
+
+  /** Number of open watch streams (optionally of one kind). */
+  watchCount(kind?: string): number {
+    let n = 0;
+    for (const w of this.watches) if (!kind || w.kind === kind) n++;
+    return n;
+  }
+
+  /** A KubeConfig pointing at this server (plain http, hence skipTLSVerify). */
+  kubeConfig(): KubeConfig {
+    const kc = new KubeConfig();
+    kc.loadFromOptions({
+      clusters: [{ name: 'fake', server: this.url, skipTLSVerify: true }],
+      users: [{ name: 'test', token: 'test-token' }],
+      contexts: [{ name: 'fake', cluster: 'fake', user: 'test' }],
+      currentContext: 'fake',
+    });
+    return kc;
+  }
+
+  /** Create or replace an object (kind from `obj.kind`); returns the stored copy. */
+  apply(obj: KubeObject): KubeObject {
+    const info = byKind.get(obj.kind ?? '');
+    if (!info) throw new Error(`fake apiserver: unknown kind ${obj.kind}`);
+    const stored = clone(obj);
+    stored.apiVersion = apiVersionOf(info);
+    if (!info.namespaced) delete stored.metadata.namespace;
+    else stored.metadata.namespace ??= 'default';
+    const key = this.key(info.kind, stored.metadata.namespace, stored.metadata.name);
+    const previous = this.objects.get(key);
+    stored.metadata.uid = previous?.metadata.uid ?? stored.metadata.uid ?? randomUUID();
+    stored.metadata.creationTimestamp =
+      previous?.metadata.creationTimestamp ?? stored.metadata.creationTimestamp ?? new Date().toISOString();
+    stored.metadata.generation = (previous?.metadata.generation ?? 0) + 1;
+    stored.metadata.resourceVersion = String(++this.rv);
+    this.objects.set(key, stored);
+    this.record({ rv: this.rv, type: previous ? 'MODIFIED' : 'ADDED', kind: info.kind, object: stored, previous });
+    return clone(stored);
+  }
+
+  /** Delete an object; returns false when there was none. `ns` is ignored for cluster-scoped kinds. */
+  delete(kind: string, ns: string | undefined, name: string): boolean {
+    const info = byKind.get(kind);
+    if (!info) throw new Error(`fake apiserver: unknown kind ${kind}`);
+    const key = this.key(kind, info.namespaced ? ns ?? 'default' : undefined, name);
+    const previous = this.objects.get(key);
+    if (!previous) return false;
+    this.objects.delete(key);
+    const tombstone = clone(previous);
+    tombstone.metadata.resourceVersion = String(++this.rv);
+    this.record({ rv: this.rv, type: 'DELETED', kind, object: tombstone });
+    return true;
+  }
+
+  get(kind: string, ns: string | undefined, name: string): KubeObject | undefined {
+    const info = byKind.get(kind);
+    if (!info) return undefined;
+    const obj = this.objects.get(this.key(kind, info.namespaced ? ns ?? 'default' : undefined, name));
+    return obj && clone(obj);
+  }
+
+  /** Forget all history: a watch from any version older than the current one gets 410 Gone. */
+  compact(): void {
+    this.compactedRv = this.rv;
+    this.history = [];
+  }
+
+  /**
+   * Cut every open watch stream. By default the TCP connection is destroyed mid-stream (the
+   * client sees an error); `graceful` ends the chunked response instead (a server-side timeout).
+   */
+  dropWatches(opts: { graceful?: boolean } = {}): number {
+    const n = this.watches.size;
+    for (const w of [...this.watches]) {
+      this.watches.delete(w);
+      if (opts.graceful) w.res.end();
+      else w.res.socket?.destroy();
+    }
+    return n;
+  }
+
+  /** Send a BOOKMARK at the current resourceVersion to every watch that allows bookmarks. */
+  bookmark(): number {
+    let n = 0;
+    for (const w of this.watches) {
+      if (!w.bookmarks) continue;
+      const info = byKind.get(w.kind)!;
+      this.send(w, 'BOOKMARK', {
+        apiVersion: apiVersionOf(info),
+        kind: info.kind,
+        metadata: { name: '', resourceVersion: String(this.rv) },
+      });
+      n++;
+    }
+    return n;
+  }
+
+  /** Answer the next `count` API requests with `status` (default 500); status 0: never answer them. */
+  failNext(count: number, status = 500): void {
+    this.failures.push({ count, status });
+  }
+
+  async close(): Promise<void> {
+    this.dropWatches();
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private key(kind: string, ns: string | undefined, name: string): string {
+    return `${kind}/${ns ?? ''}/${name}`;
+  }
+
+  private record(ev: HistoryEvent): void {
+    this.history.push(ev);
+    for (const w of this.watches) this.deliver(w, ev);
+  }
+
+  /** Send `ev` to `w` if it concerns it, turning selector transitions into ADDED/DELETED. */
+  private deliver(w: WatchStream, ev: HistoryEvent): void {
+    if (ev.kind !== w.kind) return;
+    if (w.namespace !== undefined && ev.object.metadata.namespace !== w.namespace) return;
+    const now = w.matches(ev.object);
+    if (ev.type === 'MODIFIED') {
+      const before = ev.previous ? w.matches(ev.previous) : false;
+      if (before && now) this.send(w, 'MODIFIED', ev.object);
+      else if (!before && now) this.send(w, 'ADDED', ev.object);
+      else if (before && !now) this.send(w, 'DELETED', ev.object);
+    } else if (now) {
+      this.send(w, ev.type, ev.object);
+    }
+  }
+
+  private send(w: WatchStream, type: string, object: unknown): void {
+    if (!w.res.writableEnded && !w.res.destroyed) w.res.write(`${JSON.stringify({ type, object })}\n`);
+  }
+
+  private status(res: http.ServerResponse, code: number, reason: string, message: string): void {
+    res.writeHead(code, { 'Content-Type': 'application/json' });
+    res.end(JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code }));
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const query = Object.fromEntries(url.searchParams.entries());
+    const watch = query.watch === 'true' || query.watch === '1';
+    this.requests.push({ method: req.method ?? 'GET', path: url.pathname, query, watch });
+
+    const failure = this.failures[0];
+    if (failure) {
+      if (--failure.count <= 0) this.failures.shift();
+      // Status 0: hang (close() ends the connection).
+      if (failure.status !== 0) this.status(res, failure.status, 'InternalError', 'injected failure');
+      return;
+    }
+    if (req.method !== 'GET') {
+      this.status(res, 405, 'MethodNotAllowed', `${req.method} is not supported by the fake apiserver`);
+      return;
+    }
+    const route = this.route(url.pathname);
+    if (!route) {
+      this.status(res, 404, 'NotFound', `the server could not find the requested resource (${url.pathname})`);
+      return;
+    }
+    const { info, namespace, name } = route;
+    let matches: Matcher;
+    try {
+      const label = query.labelSelector ? parseLabelSelector(query.labelSelector) : () => true;
+      const field = query.fieldSelector ? parseFieldSelector(query.fieldSelector) : () => true;
+      matches = (o) => label(o) && field(o);
+    } catch (err) {
+      this.status(res, 400, 'BadRequest', (err as Error).message);
+      return;
+    }
+
+    if (name !== undefined) {
+      const obj = this.objects.get(this.key(info.kind, namespace, name));
+      if (!obj) {
+        this.status(res, 404, 'NotFound', `${info.plural} "${name}" not found`);
+        return;
+      }
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify(obj));
+      return;
+    }
+
+    const current = [...this.objects.values()].filter(
+      (o) => o.kind === info.kind && (namespace === undefined || o.metadata.namespace === namespace) && matches(o),
+    );
+
+    if (!watch) {
+      const items = current.map((o) => {
+        if (info.custom) return o;
+        const { apiVersion: _a, kind: _k, ...rest } = o;
+        return rest;
+      });
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(
+        JSON.stringify({
+          apiVersion: apiVersionOf(info),
+          kind: `${info.kind}List`,
+          metadata: { resourceVersion: String(this.rv) },
+          items,
+        }),
+      );
+      return;
+    }
+
+    res.writeHead(200, { 'Content-Type': 'application/json', 'Transfer-Encoding': 'chunked' });
+    res.flushHeaders();
+    const stream: WatchStream = {
+      kind: info.kind,
+      namespace,
+      matches,
+      bookmarks: query.allowWatchBookmarks === 'true' || query.allowWatchBookmarks === '1',
+      res,
+    };
+    const from = query.resourceVersion ?? '';
+    if (from === '' || from === '0') {
+      for (const o of current) this.send(stream, 'ADDED', o);
+    } else {
+      const fromRv = Number(from);
+      if (!Number.isInteger(fromRv) || fromRv < this.compactedRv) {
+        this.send(stream, 'ERROR', {
+          kind: 'Status',
+          apiVersion: 'v1',
+          metadata: {},
+          status: 'Failure',
+          message: `too old resource version: ${from} (${this.compactedRv})`,
+          reason: 'Expired',
+          code: 410,
+        });
+        res.end();
+        return;
+      }
+      for (const ev of this.history) if (ev.rv > fromRv) this.deliver(stream, ev);
+    }
+    this.watches.add(stream);
+    const forget = () => this.watches.delete(stream);
+    res.on('close', forget);
+    req.on('close', forget);
+  }
+
+  private route(pathname: string): { info: KindInfo; namespace?: string; name?: string } | undefined {
+    const seg = pathname.split('/').filter(Boolean);
+    let group: string;
+    let version: string;
+    let rest: string[];
+    if (seg[0] === 'api') {
+      group = '';
+      version = seg[1] ?? '';
+      rest = seg.slice(2);
+    } else if (seg[0] === 'apis') {
+      group = seg[1] ?? '';
+      version = seg[2] ?? '';
+      rest = seg.slice(3);
+    } else return undefined;
+    const find = (plural: string | undefined) =>
+      KINDS.find((k) => k.group === group && k.version === version && k.plural === plural);
+
+    let namespace: string | undefined;
+    if (rest[0] === 'namespaces' && rest.length >= 3) {
+      namespace = rest[1];
+      rest = rest.slice(2);
+    }
+    const info = find(rest[0]);
+    if (!info || rest.length > 2) return undefined;
+    if (namespace !== undefined && !info.namespaced) return undefined;
+    return { info, namespace, name: rest[1] };
+  }
+}
+
+// --- real object JSON, as the API server would hold it ---------------------------------
+
+export function namespaceObject(name: string, labels: Record<string, string> = {}): KubeObject {
+  return { apiVersion: 'v1', kind: 'Namespace', metadata: { name, labels }, spec: { finalizers: ['kubernetes'] }, status: { phase: 'Active' } };
+}
+
+export interface PodSpecLite {
+  node: string;
+  ip?: string;
+  serviceAccount?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  uid?: string;
+  qosClass?: 'Guaranteed' | 'Burstable' | 'BestEffort';
+  ready?: boolean;
+  hostNetwork?: boolean;
+  /** Named container ports, e.g. { http: 8080 }. */
+  ports?: Record<string, number>;
+  phase?: string;
+}
+
+export function podObject(name: string, namespace: string, p: PodSpecLite): KubeObject {
+  const ready = p.ready ?? true;
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      name,
+      namespace,
+      ...(p.uid ? { uid: p.uid } : {}),
+      labels: p.labels ?? {},
+      annotations: { 'kubectl.kubernetes.io/restartedAt': '2026-01-01T00:00:00Z', ...p.annotations },
+      ownerReferences: [{ apiVersion: 'apps/v1', kind: 'ReplicaSet', name: `${name}-rs`, uid: randomUUID(), controller: true }],
+    },
+    spec: {
+      nodeName: p.node,
+      serviceAccountName: p.serviceAccount ?? 'default',
+      hostNetwork: p.hostNetwork,
+      restartPolicy: 'Always',
+      containers: [
+        {
+          name: 'app',
+          image: 'registry.example/app:1',
+          ports: Object.entries(p.ports ?? {}).map(([portName, containerPort]) => ({ name: portName, containerPort, protocol: 'TCP' })),
+          resources: {},
+        },
+      ],
+    },
+    status: {
+      phase: p.phase ?? 'Running',
+      qosClass: p.qosClass ?? 'BestEffort',
+      hostIP: '10.77.0.1',
+      ...(p.ip ? { podIP: p.ip, podIPs: [{ ip: p.ip }] } : {}),
+      conditions: [
+        { type: 'Initialized', status: 'True' },
+        { type: 'Ready', status: ready ? 'True' : 'False' },
+        { type: 'ContainersReady', status: ready ? 'True' : 'False' },
+        { type: 'PodScheduled', status: 'True' },
+      ],
+    },
+  };
+}
+
+export interface ServicePortLite {
+  name?: string;
+  port: number;
+  targetPort?: number | string;
+  appProtocol?: string;
+  protocol?: 'TCP' | 'UDP';
+}
+
+export function serviceObject(
+  name: string,
+  namespace: string,
+  s: { clusterIP: string; selector?: Record<string, string>; ports: ServicePortLite[]; type?: string },
+): KubeObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name, namespace },
+    spec: {
+      type: s.type ?? 'ClusterIP',
+      clusterIP: s.clusterIP,
+      clusterIPs: s.clusterIP === 'None' ? ['None'] : [s.clusterIP],
+      ipFamilies: ['IPv4'],
+      ...(s.selector ? { selector: s.selector } : {}),
+      ports: s.ports.map((p) => ({ protocol: 'TCP', ...p })),
+      sessionAffinity: 'None',
+    },
+    status: { loadBalancer: {} },
+  };
+}
+
+export interface EndpointLite {
+  ip: string;
+  pod: string;
+  node: string;
+  ready?: boolean;
+  serving?: boolean;
+  terminating?: boolean;
+}
+
+export function endpointSliceObject(
+  name: string,
+  namespace: string,
+  service: string,
+  endpoints: EndpointLite[],
+  ports: { name?: string; port: number; appProtocol?: string }[],
+): KubeObject {
+  return {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: {
+      name,
+      namespace,
+      labels: { 'kubernetes.io/service-name': service, 'endpointslice.kubernetes.io/managed-by': 'endpointslice-controller.k8s.io' },
+    },
+    addressType: 'IPv4',
+    endpoints: endpoints.map((e) => ({
+      addresses: [e.ip],
+      conditions: { ready: e.ready ?? true, serving: e.serving ?? e.ready ?? true, terminating: e.terminating ?? false },
+      nodeName: e.node,
+      targetRef: { kind: 'Pod', namespace, name: e.pod, uid: randomUUID() },
+    })),
+    ports: ports.map((p) => ({ protocol: 'TCP', ...p })),
+  };
+}
+
+/** A weft.io/v1alpha1 custom resource. */
+export function weftObject(kind: 'TrafficPolicy' | 'AuthorizationPolicy' | 'RequestAuthentication', name: string, namespace: string, spec: unknown): KubeObject {
+  return { apiVersion: 'weft.io/v1alpha1', kind, metadata: { name, namespace }, spec };
+}

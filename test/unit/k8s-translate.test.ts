@@ -1,0 +1,180 @@
+import t from 'tap';
+import type { V1EndpointSlice, V1Namespace, V1Pod, V1Service } from '@kubernetes/client-node';
+import { normalizeConfig } from '../../src/config/normalize.js';
+import { blame, translate, trimPod, type ClusterState, type CustomObject } from '../../src/discovery/k8s/translate.js';
+import { ConfigError } from '../../src/errors.js';
+import { endpointSliceObject, namespaceObject, podObject, serviceObject, weftObject } from '../lib/fake-apiserver.js';
+
+const NODE = 'node-a';
+
+function state(parts: Partial<ClusterState>): ClusterState {
+  return {
+    namespaces: [],
+    pods: [],
+    services: [],
+    endpointSlices: [],
+    trafficPolicies: [],
+    authorizationPolicies: [],
+    requestAuthentications: [],
+    ...parts,
+  };
+}
+const ctx = (cgroups: Record<string, string> = {}) => ({ nodeName: NODE, cgroupOf: (uid: string) => cgroups[uid] });
+const pod = (...a: Parameters<typeof podObject>) => {
+  const p = podObject(...a) as unknown as V1Pod;
+  p.metadata!.uid ??= `uid-${a[0]}`;
+  return p;
+};
+const ns = (...a: Parameters<typeof namespaceObject>) => namespaceObject(...a) as unknown as V1Namespace;
+const svc = (...a: Parameters<typeof serviceObject>) => serviceObject(...a) as unknown as V1Service;
+const slice = (...a: Parameters<typeof endpointSliceObject>) => endpointSliceObject(...a) as unknown as V1EndpointSlice;
+const cr = (...a: Parameters<typeof weftObject>) => weftObject(...a) as unknown as CustomObject;
+const MESHED = { 'weft.io/mesh': 'enabled' };
+
+const validate = (s: ClusterState) =>
+  normalizeConfig({ node: { name: NODE, address: '10.77.0.1' }, ...translate(s, ctx()).raw }, 'test', { baseDir: '/' });
+
+t.test('trimPod keeps what translation reads and drops the rest', async (t) => {
+  const full = pod('api-0', 'shop', { node: NODE, ip: '10.1.0.1', labels: { app: 'api' }, annotations: { 'weft.io/weight': '2' }, ports: { web: 8080 } });
+  const trimmed = trimPod(full);
+  t.same(trimmed.metadata?.annotations, { 'weft.io/weight': '2' }, 'only weft.io annotations');
+  t.equal(trimmed.metadata?.ownerReferences, undefined);
+  t.same(trimmed.spec?.containers, [{ name: 'app', ports: [{ name: 'web', containerPort: 8080, protocol: 'TCP' }] }]);
+  t.same(trimmed.status?.conditions?.map((c) => c.type), ['Ready']);
+  t.same(translate(state({ namespaces: [ns('shop', MESHED)], pods: [trimmed] }), ctx()).raw, translate(state({ namespaces: [ns('shop', MESHED)], pods: [full] }), ctx()).raw, 'same translation');
+});
+
+t.test('workloads: meshed namespaces, endpoints, weights, readiness, cgroups', async (t) => {
+  const s = state({
+    namespaces: [ns('shop', MESHED), ns('legacy'), ns('odd', { ...MESHED, 'weft.io/peer-authentication': 'sometimes' })],
+    pods: [
+      pod('api-0', 'shop', { node: NODE, ip: '10.1.0.1', serviceAccount: 'api', annotations: { 'weft.io/weight': '5' } }),
+      pod('api-1', 'shop', { node: 'node-b', ip: '10.1.1.1', annotations: { 'weft.io/weight': 'heavy' }, ready: false }),
+      pod('pending', 'shop', { node: NODE }),
+      pod('done', 'shop', { node: NODE, ip: '10.1.0.9', phase: 'Succeeded' }),
+      pod('db-0', 'legacy', { node: 'node-c', ip: '10.1.2.1' }),
+      pod('lonely', 'legacy', { node: 'node-c', ip: '10.1.2.2' }),
+    ],
+    endpointSlices: [slice('db-1', 'legacy', 'db', [{ ip: '10.1.2.1', pod: 'db-0', node: 'node-c', ready: false }], [{ port: 5432 }])],
+  });
+  const t1 = translate(s, ctx({ 'uid-api-0': '/sys/fs/cgroup/kubepods.slice/x.slice' }));
+  const names = t1.raw.workloads.map((w) => `${w.namespace}/${w.name}`);
+  t.same(names, ['shop/api-0', 'shop/api-1', 'legacy/db-0'], 'no IP, finished, and unmeshed non-endpoints are left out');
+  t.match(t1.raw.workloads[0], { weight: 5, serviceAccount: 'api', cgroup: '/sys/fs/cgroup/kubepods.slice/x.slice', uid: 'uid-api-0', ready: true });
+  t.match(t1.raw.workloads[1], { weight: 1, ready: false, serviceAccount: 'default' });
+  t.notOk('cgroup' in t1.raw.workloads[1]!, 'no cgroup for a remote pod');
+  t.equal(t1.raw.workloads[2]!.ready, false, 'readiness from the slice');
+  t.match(t1.warnings, [/weft\.io\/peer-authentication="sometimes".*strict/, /weft\.io\/weight="heavy"/]);
+  t.equal(t1.raw.namespaces.find((n) => n.name === 'odd')!.labels['weft.io/peer-authentication'], 'strict', 'fail closed');
+  t.doesNotThrow(() => validate(s), 'the loader accepts the translation');
+});
+
+t.test('pod IP reuse: the live pod keeps the address', async (t) => {
+  const old = pod('old', 'shop', { node: NODE, ip: '10.1.0.5' });
+  old.metadata!.deletionTimestamp = new Date() as never;
+  const s = state({ namespaces: [ns('shop', MESHED)], pods: [old, pod('new', 'shop', { node: NODE, ip: '10.1.0.5' })] });
+  t.same(translate(s, ctx()).raw.workloads.map((w) => w.name), ['new']);
+  t.doesNotThrow(() => validate(s));
+});
+
+t.test('services: VIPs, ports, protocols, named targetPorts', async (t) => {
+  const s = state({
+    namespaces: [ns('shop', MESHED)],
+    pods: [pod('api-0', 'shop', { node: NODE, ip: '10.1.0.1', labels: { app: 'api' }, ports: { web: 8080, metrics: 9090 } })],
+    services: [
+      svc('api', 'shop', {
+        clusterIP: '10.96.0.20',
+        selector: { app: 'api' },
+        ports: [
+          { name: 'http-web', port: 80, targetPort: 'web' },
+          { name: 'metrics', port: 9090, targetPort: 'metrics', appProtocol: 'http' },
+          { name: 'grpc', port: 9000, targetPort: 'missing' },
+          { name: 'dns', port: 53, protocol: 'UDP' },
+        ],
+      }),
+      svc('ext', 'shop', { clusterIP: '', type: 'ExternalName', selector: { app: 'x' }, ports: [{ port: 80 }] }),
+      svc('manual', 'shop', { clusterIP: '10.96.0.21', ports: [{ port: 80 }] }),
+    ],
+  });
+  const tr = translate(s, ctx());
+  t.same(tr.raw.services, [
+    {
+      name: 'api',
+      namespace: 'shop',
+      vip: '10.96.0.20',
+      ports: [
+        { name: 'http-web', port: 80, targetPort: 8080 },
+        { name: 'metrics', port: 9090, targetPort: 9090, protocol: 'http' },
+      ],
+      selector: { app: 'api' },
+      trafficPolicy: {},
+    },
+  ]);
+  t.match(tr.warnings, [/targetPort "missing"/]);
+  const cfg = validate(s);
+  t.same(cfg.services[0]!.ports.map((p) => p.protocol), ['http', 'http'], 'the loader applies the name convention');
+});
+
+t.test('traffic policies: oldest wins, malformed references are refused', async (t) => {
+  const older = cr('TrafficPolicy', 'a', 'shop', { targetRef: { name: 'api' }, timeout: '1s' });
+  older.metadata!.creationTimestamp = new Date('2026-01-01T00:00:00Z');
+  const newer = cr('TrafficPolicy', 'b', 'shop', { targetRef: { name: 'api' }, timeout: '2s' });
+  newer.metadata!.creationTimestamp = new Date('2026-02-01T00:00:00Z');
+  const s = state({
+    namespaces: [ns('shop', MESHED)],
+    services: [svc('api', 'shop', { clusterIP: '10.96.0.20', selector: { app: 'api' }, ports: [{ port: 80 }] })],
+    trafficPolicies: [
+      newer,
+      older,
+      cr('TrafficPolicy', 'c', 'shop', { timeout: '1s' }),
+      cr('TrafficPolicy', 'd', 'shop', { targetRef: { kind: 'Deployment', name: 'api' } }),
+      cr('TrafficPolicy', 'e', 'shop', 'nonsense'),
+      cr('TrafficPolicy', 'f', 'shop', { targetRef: { name: 'not-yet' } }),
+    ],
+  });
+  const tr = translate(s, ctx());
+  t.same(tr.raw.services[0]!.trafficPolicy, { timeout: '1s' });
+  t.same(tr.origins.trafficPolicies[0]?.name, 'a');
+  t.same(
+    tr.rejected.map((r) => `${r.origin.name}: ${r.problems[0]}`).sort(),
+    [
+      'b: spec.targetRef: Service shop/api already has TrafficPolicy a (the oldest one applies)',
+      'c: spec.targetRef.name: required (the Service this policy applies to)',
+      'd: spec.targetRef.kind: "Deployment" is not supported (only Service)',
+      'e: spec: must be an object',
+    ],
+    'a policy for a Service that does not exist yet is not an error',
+  );
+});
+
+t.test('blame maps loader problems to objects', async (t) => {
+  const s = state({
+    namespaces: [ns('shop', MESHED)],
+    services: [svc('api', 'shop', { clusterIP: '10.96.0.20', selector: { app: 'api' }, ports: [{ port: 80 }] })],
+    trafficPolicies: [cr('TrafficPolicy', 'tp', 'shop', { targetRef: { name: 'api' }, retries: { attempts: 99 } })],
+    authorizationPolicies: [cr('AuthorizationPolicy', 'ap', 'shop', { action: 'ALLOW', rules: [{ to: [{ paths: ['items'] }] }] })],
+  });
+  const tr = translate(s, ctx());
+  let problems: string[] = [];
+  try {
+    normalizeConfig({ node: { name: NODE, address: '10.77.0.1' }, ...tr.raw }, 'test');
+  } catch (err) {
+    problems = (err as ConfigError).problems;
+  }
+  t.ok(problems.length > 0);
+  const { blamed, unattributed } = blame([...problems, 'ports.admin: nonsense'], tr.origins);
+  t.same(unattributed, ['ports.admin: nonsense']);
+  t.same(
+    blamed.map((b) => [b.origin.kind, b.origin.name, b.problems]),
+    [['TrafficPolicy', 'tp', ['spec.retries.attempts: must be an integer from 0 to 10 (got 99)']]],
+    'schema problems come first; the loader stops before cross-field checks',
+  );
+  const again = translate(s, { ...ctx(), exclude: new Set(['TrafficPolicy shop/tp']) });
+  let second: string[] = [];
+  try {
+    normalizeConfig({ node: { name: NODE, address: '10.77.0.1' }, ...again.raw }, 'test');
+  } catch (err) {
+    second = (err as ConfigError).problems;
+  }
+  t.match(blame(second, again.origins).blamed, [{ origin: { kind: 'AuthorizationPolicy', name: 'ap' }, problems: [/^spec\.rules\[0\]\.to\[0\]\.paths\[0\]: "items": a path must start with \//] }]);
+});
