@@ -1,4 +1,5 @@
 import t from 'tap';
+import { mkdirSync } from 'node:fs';
 import { MeshSandbox } from '../../src/sandbox/mesh-sandbox.js';
 import { canRunE2e, curlBurst, peerNameFrom, until } from '../lib/e2e.js';
 
@@ -81,4 +82,14 @@ t.test('eBPF capture through the agent, end to end', async (t) => {
   t.equal(ghost.captured, false);
   t.match(ghost.error, /missing/);
   t.same((await curlBurst(client, 'http://10.96.0.20/', 3)).statuses, { 200: 3 }, 'the others are unaffected');
+
+  // A "cgroup" that is not a cgroup v2 directory: the attach fails with a clear log line.
+  const notCgroup = `${sb.workDir}/not-a-cgroup`;
+  mkdirSync(notCgroup, { recursive: true });
+  await sb.writeConfig(config(MESHED, `  - { name: odd-0, namespace: shop, ip: 10.77.0.98, serviceAccount: odd, labels: { app: odd }, cgroup: ${notCgroup} }`));
+  await until('failed attach logged', () => sb.agentLines().some((l) => /attach failed|cannot capture workload/.test(l.msg ?? '') && /odd-0/.test(l.workload ?? '')));
+  const odd = (await sb.configDump()).capture.find((c: any) => c.workload === 'shop/odd-0');
+  t.equal(odd.captured, false, 'a failed attach leaves that workload uncaptured');
+  t.ok(odd.error, `and says why: ${odd.error}`);
+  t.same((await curlBurst(client, 'http://10.96.0.20/', 3)).statuses, { 200: 3 }, 'the agent keeps running');
 });

@@ -119,3 +119,45 @@ t.test('maxEjectionPercent caps ejections', async (t) => {
   const ejected = dump.clusters.find((x: any) => x.key === 'shop/api:80').endpoints.filter((e: any) => e.ejected).length;
   t.equal(ejected, 1, 'at most 34% of 3 endpoints (one) is ejected');
 });
+
+t.test('L4 services: connect failures eject, TCP checks take a dead endpoint out', async (t) => {
+  const echoes = await Promise.all([0, 1].map((i) => startBackend({ name: `echo-${i}`, port: 18080, host: `127.0.1.${i + 1}`, tcpEchoPort: 9000, log: () => {} })));
+  t.teardown(() => Promise.all(echoes.map((b) => b.close())));
+  const pods3 = [0, 1, 2].map((i) => ({ name: `echo-${i}`, ip: `127.0.1.${i + 1}`, app: 'echo' }));
+  // echo-2 (127.0.1.3) has no server: connections to it are refused.
+  const la = await startLoopbackAgent(
+    loopbackMesh(pods3, [
+      { name: 'echo', vip: '10.96.0.40', app: 'echo', port: 9000, targetPort: 9000, protocol: 'tcp', policy: '{ loadBalancer: { type: round-robin }, outlierDetection: { consecutiveGatewayErrors: 2, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 50 } }' },
+      { name: 'echo-checked', vip: '10.96.0.41', app: 'echo', port: 9000, targetPort: 9000, protocol: 'tcp', policy: '{ healthCheck: { type: tcp, interval: 100ms, timeout: 80ms, unhealthyThreshold: 2, healthyThreshold: 1 } }' },
+    ]),
+  );
+  t.teardown(() => la.stop());
+  const { connect } = await import('node:net');
+  const dial = (src: string) =>
+    new Promise<string>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port: la.outboundPort, localAddress: src });
+      let buf = '';
+      s.on('data', (d) => {
+        buf += d;
+        if (buf.includes('\n')) s.end();
+      });
+      s.on('error', () => undefined);
+      s.on('close', () => resolve(buf.trim()));
+    });
+  la.route('127.0.2.7', '10.96.0.40:9000', 'shop/client-0');
+  const got: string[] = [];
+  for (let i = 0; i < 12; i++) got.push(await dial('127.0.2.7'));
+  t.ok(got.every((g) => g === 'echo-0' || g === 'echo-1'), 'every connection is served: a refused connect is retried on another endpoint');
+  const dump = await la.configDump();
+  const dead = dump.clusters.find((c: any) => c.key === 'shop/echo:9000').endpoints.find((e: any) => e.workload === 'shop/echo-2');
+  t.ok(dead.ejected, 'the refusing endpoint is ejected after consecutive connect failures');
+
+  la.route('127.0.2.8', '10.96.0.41:9000', 'shop/client-0');
+  await until('the TCP check marks echo-2 unhealthy', async () => {
+    const d = await la.configDump();
+    return d.clusters.find((c: any) => c.key === 'shop/echo-checked:9000').endpoints.find((e: any) => e.workload === 'shop/echo-2').health === 'unhealthy';
+  }, 3000);
+  const got2: string[] = [];
+  for (let i = 0; i < 6; i++) got2.push(await dial('127.0.2.8'));
+  t.ok(got2.every((g) => g === 'echo-0' || g === 'echo-1'), 'the TCP check keeps connections away from the dead endpoint');
+});
