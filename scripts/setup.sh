@@ -18,6 +18,8 @@ want_cmd nsenter util-linux
 want_cmd make make
 want_cmd g++ g++
 want_cmd pkg-config pkg-config
+want_cmd curl curl
+want_cmd tcpdump tcpdump
 want_file /usr/include/bpf/libbpf.h libbpf-dev
 want_file /usr/include/libelf.h libelf-dev
 want_file /usr/include/zlib.h zlib1g-dev
@@ -38,7 +40,8 @@ if [ ${#need[@]} -gt 0 ]; then
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-if [ ! -d node_modules ]; then
+# Missing, or older than the lock file (a pull that changed dependencies).
+if [ ! -d node_modules ] || { [ -f package-lock.json ] && [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
   echo "setup: installing node modules" >&2
   if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error
   else npm install --no-audit --no-fund --loglevel=error; fi
