@@ -1,19 +1,23 @@
 /**
  * The CA's HTTPS API, for agents:
  *
- *   POST /v1/sign   Authorization: Bearer <node token>
+ *   POST /v1/sign   Authorization: Bearer <token>
  *                   { csr: PEM, namespace, serviceAccount, ttlSeconds?, workload? }
  *                   -> 200 { certChain: [leaf, root], expiresAt, spiffeId }
- *                   401 bad or missing token; 403 the node runs no such workload;
- *                   400 malformed request; 413 body over 64 KiB
+ *                   401 bad or missing token; 403 the node runs no such workload (or the
+ *                   caller is not an agent); 400 malformed request; 413 body over 64 KiB;
+ *                   503 the CA cannot decide now (the Kubernetes API is unreachable)
  *   GET  /v1/root   -> the root certificate (PEM)
  *   GET  /healthz   -> ok
  *
  * Errors are JSON `{ error: { code, message } }`. The server's own certificate is issued by
  * the root at start (DNS `weft-ca`, plus the listen address) and renewed while it runs.
- * Which identities a node may obtain is the `authorize` callback's decision: from a mesh
- * YAML file (`identitiesByNodeFromConfig`) or, in Kubernetes, from the API; never from
- * anything the agent says.
+ * Which node the caller is, is the `authenticate` callback's answer (default: the node of a
+ * `weft1.` bootstrap token; in Kubernetes, a TokenReview of the agent's projected
+ * ServiceAccount token: ca-kubernetes.ts). Which identities a node may obtain is the
+ * `authorize` callback's decision: from a mesh YAML file (`identitiesByNodeFromConfig`) or,
+ * in Kubernetes, from the API; never from anything the agent says. Either callback may throw
+ * a `CaHttpError` to choose the answer (e.g. 503 while the API server is down).
  */
 import * as https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -41,10 +45,18 @@ export interface SignRequest {
 /** True when `node` runs a workload with the requested identity (and name, if given). */
 export type Authorizer = (node: string, request: SignRequest) => boolean | Promise<boolean>;
 
+/**
+ * The caller's node, from its bearer token. A thrown `CaHttpError` is answered as is; any
+ * other error is a 401 with its message.
+ */
+export type Authenticator = (token: string) => string | Promise<string>;
+
 export interface CaServerOptions {
   ca: CertificateAuthority;
   listen: { host: string; port: number };
   authorize: Authorizer;
+  /** Default: `ca.verifyNodeToken` (the `weft1.` bootstrap tokens of `weft ca token`). */
+  authenticate?: Authenticator;
   log?: Logger;
   /** Extra DNS names or IPs for the server certificate (e.g. a Service name). */
   serverNames?: string[];
@@ -62,7 +74,8 @@ export interface CaServer {
 const MAX_BODY_BYTES = 64 * 1024;
 const MAX_TTL_SECONDS = 10 * 365 * 24 * 3600;
 
-class HttpError extends Error {
+/** An answer of the CA's API: status, a short machine-readable code, and a message for people. */
+export class CaHttpError extends Error {
   constructor(
     readonly status: number,
     readonly code: string,
@@ -83,10 +96,11 @@ function send(res: ServerResponse, status: number, body: unknown, headers: Recor
   res.end(text);
 }
 
-function sendError(res: ServerResponse, err: HttpError): void {
+function sendError(res: ServerResponse, err: CaHttpError): void {
   const headers: Record<string, string> = {};
   if (err.status === 401) headers['www-authenticate'] = 'Bearer realm="weft-ca"';
   if (err.status === 413) headers.connection = 'close';
+  if (err.status === 503) headers['retry-after'] = '5';
   send(res, err.status, { error: { code: err.code, message: err.message } }, headers);
 }
 
@@ -94,7 +108,7 @@ function readBody(req: IncomingMessage): Promise<string> {
   return new Promise((resolve, reject) => {
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > MAX_BODY_BYTES) {
-      reject(new HttpError(413, 'too_large', `request body over ${MAX_BODY_BYTES} bytes`));
+      reject(new CaHttpError(413, 'too_large', `request body over ${MAX_BODY_BYTES} bytes`));
       return;
     }
     const chunks: Buffer[] = [];
@@ -102,7 +116,7 @@ function readBody(req: IncomingMessage): Promise<string> {
     req.on('data', (c: Buffer) => {
       size += c.length;
       if (size > MAX_BODY_BYTES) {
-        reject(new HttpError(413, 'too_large', `request body over ${MAX_BODY_BYTES} bytes`));
+        reject(new CaHttpError(413, 'too_large', `request body over ${MAX_BODY_BYTES} bytes`));
         // Drain the rest without keeping it, so the 413 can still be sent.
         req.removeAllListeners('data');
         req.resume();
@@ -121,10 +135,10 @@ function parseSignBody(text: string): SignRequest & { csr: string; ttlSeconds?: 
   try {
     body = JSON.parse(text);
   } catch {
-    throw new HttpError(400, 'bad_request', 'the body is not JSON: expected { "csr": PEM, "namespace": ..., "serviceAccount": ... }');
+    throw new CaHttpError(400, 'bad_request', 'the body is not JSON: expected { "csr": PEM, "namespace": ..., "serviceAccount": ... }');
   }
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
-    throw new HttpError(400, 'bad_request', 'the body must be a JSON object');
+    throw new CaHttpError(400, 'bad_request', 'the body must be a JSON object');
   }
   const b = body as Record<string, unknown>;
   const problems: string[] = [];
@@ -135,7 +149,7 @@ function parseSignBody(text: string): SignRequest & { csr: string; ttlSeconds?: 
     problems.push('ttlSeconds: expected a positive integer');
   }
   if (b.workload !== undefined && typeof b.workload !== 'string') problems.push('workload: expected a string');
-  if (problems.length) throw new HttpError(400, 'bad_request', problems.join('; '));
+  if (problems.length) throw new CaHttpError(400, 'bad_request', problems.join('; '));
   return {
     csr: b.csr as string,
     namespace: b.namespace as string,
@@ -164,6 +178,7 @@ function serverHosts(host: string, extra: string[]): string[] {
  */
 export async function startCaServer(opts: CaServerOptions): Promise<CaServer> {
   const { ca, authorize } = opts;
+  const authenticate: Authenticator = opts.authenticate ?? ((token) => ca.verifyNodeToken(token));
   const log = opts.log?.child({ component: 'ca-server' });
   const extra = opts.serverNames ?? [];
   let serving = await ca.issueServingCertificate(serverHosts(opts.listen.host, extra));
@@ -171,22 +186,31 @@ export async function startCaServer(opts: CaServerOptions): Promise<CaServer> {
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/v1/root' || path === '/healthz') {
-      if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, 'method_not_allowed', `${path} takes GET`);
+      if (req.method !== 'GET' && req.method !== 'HEAD') throw new CaHttpError(405, 'method_not_allowed', `${path} takes GET`);
       if (path === '/healthz') send(res, 200, { status: 'ok' });
       else send(res, 200, ca.rootPem);
       return;
     }
-    if (path !== '/v1/sign') throw new HttpError(404, 'not_found', `no such endpoint ${path}: use POST /v1/sign or GET /v1/root`);
-    if (req.method !== 'POST') throw new HttpError(405, 'method_not_allowed', '/v1/sign takes POST');
+    if (path !== '/v1/sign') throw new CaHttpError(404, 'not_found', `no such endpoint ${path}: use POST /v1/sign or GET /v1/root`);
+    if (req.method !== 'POST') throw new CaHttpError(405, 'method_not_allowed', '/v1/sign takes POST');
 
     // Authenticate before reading the body: an unknown caller costs no parsing.
     const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
-    if (!m) throw new HttpError(401, 'unauthenticated', 'missing node token: send Authorization: Bearer <token from `weft ca token`>');
+    if (!m) {
+      log?.warn({ remote: req.socket.remoteAddress }, 'refused a signing request: no bearer token');
+      throw new CaHttpError(401, 'unauthenticated', opts.authenticate
+        ? 'missing token: send Authorization: Bearer <the agent\'s token>'
+        : 'missing node token: send Authorization: Bearer <token from `weft ca token`>');
+    }
     let node: string;
     try {
-      node = ca.verifyNodeToken(m[1]!);
+      node = await authenticate(m[1]!);
     } catch (err) {
-      throw new HttpError(401, 'unauthenticated', (err as Error).message);
+      const e = err instanceof CaHttpError ? err : new CaHttpError(401, 'unauthenticated', (err as Error).message);
+      const line = { remote: req.socket.remoteAddress, status: e.status, code: e.code, reason: e.message };
+      if (e.status >= 500) log?.error(line, 'cannot authenticate a signing request');
+      else log?.warn(line, 'refused a signing request: authentication failed');
+      throw e;
     }
 
     const body = parseSignBody(await readBody(req));
@@ -194,20 +218,30 @@ export async function startCaServer(opts: CaServerOptions): Promise<CaServer> {
     try {
       id = makeSpiffeId(ca.trustDomain, body.namespace, body.serviceAccount);
     } catch (err) {
-      throw new HttpError(400, 'bad_request', (err as Error).message);
+      throw new CaHttpError(400, 'bad_request', (err as Error).message);
     }
     const request: SignRequest = { namespace: body.namespace, serviceAccount: body.serviceAccount, ...(body.workload ? { workload: body.workload } : {}) };
-    if (!(await authorize(node, request))) {
+    let allowed: boolean;
+    try {
+      allowed = await authorize(node, request);
+    } catch (err) {
+      if (!(err instanceof CaHttpError)) throw err;
+      const line = { node, identity: principalOf(id), status: err.status, code: err.code, reason: err.message };
+      if (err.status >= 500) log?.error(line, 'cannot authorize a signing request');
+      else log?.warn(line, 'refused a certificate');
+      throw err;
+    }
+    if (!allowed) {
       log?.warn({ node, identity: principalOf(id), workload: body.workload }, 'refused a certificate: the node runs no such workload');
       const what = body.workload ? `workload ${body.namespace}/${body.workload} running as ${body.serviceAccount}` : `workload running as ${body.namespace}/${body.serviceAccount}`;
-      throw new HttpError(403, 'denied', `node ${node} has no ${what}`);
+      throw new CaHttpError(403, 'denied', `node ${node} has no ${what}`);
     }
     let leaf: string;
     try {
       leaf = await ca.sign(body.csr, { spiffeId: id, ...(body.ttlSeconds !== undefined ? { ttlMs: body.ttlSeconds * 1000 } : {}) });
     } catch (err) {
       if (err instanceof WeftError && (err.code === 'WEFT_ERR_BAD_REQUEST' || err.code === 'WEFT_ERR_IDENTITY')) {
-        throw new HttpError(400, 'bad_request', err.message);
+        throw new CaHttpError(400, 'bad_request', err.message);
       }
       throw err;
     }
@@ -218,12 +252,12 @@ export async function startCaServer(opts: CaServerOptions): Promise<CaServer> {
 
   const server = https.createServer({ key: serving.keyPem, cert: serving.certPem, minVersion: 'TLSv1.2' }, (req, res) => {
     handle(req, res).catch((err: unknown) => {
-      if (!(err instanceof HttpError)) {
+      if (!(err instanceof CaHttpError)) {
         log?.error({ err }, 'CA request failed');
-        err = new HttpError(500, 'internal', 'internal error');
+        err = new CaHttpError(500, 'internal', 'internal error');
       }
       if (res.headersSent) res.destroy();
-      else sendError(res, err as HttpError);
+      else sendError(res, err as CaHttpError);
     });
   });
   server.on('tlsClientError', (err) => log?.debug({ err: err.message }, 'TLS handshake with a client failed'));
