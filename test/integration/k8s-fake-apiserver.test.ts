@@ -4,7 +4,7 @@
  */
 import http from 'node:http';
 import t from 'tap';
-import { FakeApiServer, namespaceObject, podObject } from '../lib/fake-apiserver.js';
+import { API_SERVER_AUDIENCE, FakeApiServer, namespaceObject, podObject, serviceAccountToken } from '../lib/fake-apiserver.js';
 
 async function get(server: FakeApiServer, path: string): Promise<{ status: number; body: any }> {
   const res = await fetch(server.url + path);
@@ -61,6 +61,8 @@ t.test('list, get, selectors', async (t) => {
   t.same(await names('/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a'), ['p1', 'p3']);
   t.same(await names('/api/v1/pods?fieldSelector=spec.nodeName!%3Dnode-a'), ['p2']);
   t.same(await names('/api/v1/namespaces/shop/pods'), ['p1', 'p2']);
+  t.same(await names('/api/v1/namespaces/shop/pods?fieldSelector=spec.nodeName%3Dnode-a'), ['p1'], 'namespaced list with a field selector');
+  t.same(await names('/api/v1/namespaces/other/pods?fieldSelector=spec.nodeName%3Dnode-b'), []);
   t.same(await names('/api/v1/pods?labelSelector=app%3Dapi'), ['p1']);
   t.same(await names('/api/v1/pods?labelSelector=app%20in%20(api,db),!tier'), ['p2']);
   t.same(await names('/api/v1/pods?labelSelector=tier'), ['p1']);
@@ -113,4 +115,47 @@ t.test('watch: history, live events, selector transitions, bookmarks, 410', asyn
   await fresh.until(1);
   t.same(fresh.events.map((e) => e.type), ['ADDED'], 'watching from the head still works after compaction');
   fresh.close();
+});
+
+t.test('TokenReview: the test-supplied table, audiences honoured', async (t) => {
+  const server = await FakeApiServer.start();
+  t.teardown(() => server.close());
+  server.setToken('agent', serviceAccountToken('weft-system', 'weft-agent', { pod: 'agent-a', podUid: 'u1', node: 'node-a', audiences: ['weft-ca'] }));
+  server.setToken('default-aud', serviceAccountToken('shop', 'api', { pod: 'api-0' }));
+  const review = async (token: string, audiences?: string[]) => {
+    const res = await fetch(`${server.url}/apis/authentication.k8s.io/v1/tokenreviews`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, ...(audiences ? { audiences } : {}) } }),
+    });
+    return { status: res.status, body: (await res.json()) as any };
+  };
+  const ok = await review('agent', ['weft-ca', 'other']);
+  t.equal(ok.status, 201);
+  t.equal(ok.body.kind, 'TokenReview');
+  t.match(ok.body.status, {
+    authenticated: true,
+    audiences: ['weft-ca'],
+    user: {
+      username: 'system:serviceaccount:weft-system:weft-agent',
+      groups: ['system:serviceaccounts', 'system:serviceaccounts:weft-system', 'system:authenticated'],
+      extra: {
+        'authentication.kubernetes.io/pod-name': ['agent-a'],
+        'authentication.kubernetes.io/pod-uid': ['u1'],
+        'authentication.kubernetes.io/node-name': ['node-a'],
+      },
+    },
+  });
+  t.match((await review('agent')).body.status, { authenticated: false, error: /audiences is invalid/ }, 'no audiences: the API server\'s own');
+  t.match((await review('default-aud')).body.status, { authenticated: true, audiences: [API_SERVER_AUDIENCE] });
+  t.match((await review('default-aud', ['weft-ca'])).body.status, { authenticated: false });
+  t.match((await review('nope', ['weft-ca'])).body.status, { authenticated: false, error: /invalid bearer token/ });
+  server.setToken('expired', { ...serviceAccountToken('shop', 'api'), authenticated: false, error: 'expired' });
+  t.same((await review('expired')).body.status, { authenticated: false, user: {}, error: 'expired' });
+  t.ok(server.deleteToken('agent'));
+  t.match((await review('agent', ['weft-ca'])).body.status, { authenticated: false });
+  t.equal((await review('')).status, 400);
+  const get = await fetch(`${server.url}/apis/authentication.k8s.io/v1/tokenreviews`);
+  t.equal(get.status, 405);
+  t.match(server.requests.at(-2), { method: 'POST', body: { spec: { token: '' } } }, 'POST bodies are recorded');
 });

@@ -14,11 +14,17 @@
  *   `fieldSelector` (`path=v`, `path!=v`, e.g. `spec.nodeName=node-a`). An object that stops
  *   (starts) matching a watch's selectors is sent as DELETED (ADDED), like the real watch cache.
  * - `GET <collection>/<name>` for one object.
+ * - `POST /apis/authentication.k8s.io/v1/tokenreviews`: a TokenReview answered from a table the
+ *   test supplies (`setToken`, `serviceAccountToken`), honouring `spec.audiences` as the real
+ *   server does: the token must carry one of them, and `status.audiences` is the intersection
+ *   (with no `spec.audiences`, the API server's own audience). An unknown token, or one for
+ *   other audiences, is `authenticated: false` with `status.error`.
  *
  * One resourceVersion counter for all kinds (etcd's revision). Test hooks: `apply`, `delete`,
  * `compact` (forget history: older watches get 410), `dropWatches` (cut every stream),
  * `bookmark` (send BOOKMARK to watches that asked for them), `failNext` (answer the next
- * requests with an error status), `requests` (what the client asked).
+ * requests with an error status), `requests` (what the client asked), `setToken` /
+ * `deleteToken` (the TokenReview table).
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -93,6 +99,53 @@ export interface RequestRecord {
   path: string;
   query: Record<string, string>;
   watch: boolean;
+  /** The parsed JSON body of a POST. */
+  body?: unknown;
+}
+
+/** The API server's own audience: what a TokenReview without `spec.audiences` checks against. */
+export const API_SERVER_AUDIENCE = 'https://kubernetes.default.svc.cluster.local';
+
+/** What the fake's TokenReview answers for one token. */
+export interface TokenReviewEntry {
+  /** Default true. false: the token is known but invalid (expired, bound object deleted). */
+  authenticated?: boolean;
+  user: { username: string; uid?: string; groups?: string[]; extra?: Record<string, string[]> };
+  /** The token's own audiences (`aud`); default [API_SERVER_AUDIENCE]. */
+  audiences?: string[];
+  /** status.error when not authenticated. */
+  error?: string;
+}
+
+/**
+ * A projected ServiceAccount token's review, as a real API server (1.30+) answers it: the
+ * username and groups of `namespace/serviceAccount`, and the bound pod (and its node, unless
+ * `node` is omitted, as before the node-binding feature) in `status.user.extra`.
+ */
+export function serviceAccountToken(
+  namespace: string,
+  serviceAccount: string,
+  bound: { pod?: string; podUid?: string; node?: string; nodeUid?: string; audiences?: string[] } = {},
+): TokenReviewEntry {
+  const extra: Record<string, string[]> = {};
+  if (bound.pod) {
+    extra['authentication.kubernetes.io/pod-name'] = [bound.pod];
+    extra['authentication.kubernetes.io/pod-uid'] = [bound.podUid ?? randomUUID()];
+  }
+  if (bound.node) {
+    extra['authentication.kubernetes.io/node-name'] = [bound.node];
+    extra['authentication.kubernetes.io/node-uid'] = [bound.nodeUid ?? randomUUID()];
+  }
+  extra['authentication.kubernetes.io/credential-id'] = [`JTI=${randomUUID()}`];
+  return {
+    user: {
+      username: `system:serviceaccount:${namespace}:${serviceAccount}`,
+      uid: randomUUID(),
+      groups: ['system:serviceaccounts', `system:serviceaccounts:${namespace}`, 'system:authenticated'],
+      extra,
+    },
+    audiences: bound.audiences ?? [API_SERVER_AUDIENCE],
+  };
 }
 
 const clone = <T>(v: T): T => structuredClone(v);
@@ -174,19 +227,20 @@ export class FakeApiServer {
   /** Watching from a version below this answers 410 Gone. */
   private compactedRv = 0;
   private failures: { count: number; status: number }[] = [];
+  private readonly tokens = new Map<string, TokenReviewEntry>();
 
   private constructor(server: http.Server) {
     this.server = server;
   }
 
-  /** Listen on 127.0.0.1, port 0. */
-  static async start(): Promise<FakeApiServer> {
+  /** Listen on 127.0.0.1, port 0 (or `port`: to come back where a closed server was). */
+  static async start(opts: { port?: number } = {}): Promise<FakeApiServer> {
     let self: FakeApiServer | undefined;
     const server = http.createServer((req, res) => self!.handle(req, res));
     self = new FakeApiServer(server);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve());
+      server.listen(opts.port ?? 0, '127.0.0.1', () => resolve());
     });
     return self;
   }
@@ -297,6 +351,16 @@ export class FakeApiServer {
     return n;
   }
 
+  /** What TokenReview answers for `token` from now on. */
+  setToken(token: string, entry: TokenReviewEntry): void {
+    this.tokens.set(token, structuredClone(entry));
+  }
+
+  /** Forget `token`: TokenReview answers `authenticated: false` for it. */
+  deleteToken(token: string): boolean {
+    return this.tokens.delete(token);
+  }
+
   /** Answer the next `count` API requests with `status` (default 500); status 0: never answer them. */
   failNext(count: number, status = 500): void {
     this.failures.push({ count, status });
@@ -344,16 +408,39 @@ export class FakeApiServer {
   }
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    if (req.method === 'POST') {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => this.handleRequest(req, res, Buffer.concat(chunks).toString('utf8')));
+      return;
+    }
+    this.handleRequest(req, res, undefined);
+  }
+
+  private handleRequest(req: http.IncomingMessage, res: http.ServerResponse, text: string | undefined): void {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const query = Object.fromEntries(url.searchParams.entries());
     const watch = query.watch === 'true' || query.watch === '1';
-    this.requests.push({ method: req.method ?? 'GET', path: url.pathname, query, watch });
+    let body: unknown;
+    if (text !== undefined) {
+      try {
+        body = JSON.parse(text);
+      } catch {
+        body = text;
+      }
+    }
+    this.requests.push({ method: req.method ?? 'GET', path: url.pathname, query, watch, ...(text !== undefined ? { body } : {}) });
 
     const failure = this.failures[0];
     if (failure) {
       if (--failure.count <= 0) this.failures.shift();
       // Status 0: hang (close() ends the connection).
       if (failure.status !== 0) this.status(res, failure.status, 'InternalError', 'injected failure');
+      return;
+    }
+    if (url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews') {
+      if (req.method !== 'POST') this.status(res, 405, 'MethodNotAllowed', `${req.method} is not supported on tokenreviews`);
+      else this.tokenReview(res, body);
       return;
     }
     if (req.method !== 'GET') {
@@ -442,6 +529,40 @@ export class FakeApiServer {
     const forget = () => this.watches.delete(stream);
     res.on('close', forget);
     req.on('close', forget);
+  }
+
+  /** TokenReview, as kube-apiserver's token authenticators answer it (201 Created). */
+  private tokenReview(res: http.ServerResponse, body: unknown): void {
+    const spec = (body as { spec?: { token?: unknown; audiences?: unknown } } | undefined)?.spec;
+    if (typeof spec?.token !== 'string' || spec.token === '') {
+      this.status(res, 400, 'BadRequest', 'TokenReview.authentication.k8s.io is invalid: spec.token: Required value');
+      return;
+    }
+    const wanted = Array.isArray(spec.audiences) && spec.audiences.length ? (spec.audiences as string[]) : [API_SERVER_AUDIENCE];
+    const entry = this.tokens.get(spec.token);
+    let status: Record<string, unknown>;
+    if (!entry) {
+      status = { authenticated: false, user: {}, error: '[invalid bearer token, square/go-jose: error in cryptographic primitive]' };
+    } else {
+      const audiences = wanted.filter((a) => (entry.audiences ?? [API_SERVER_AUDIENCE]).includes(a));
+      if (!audiences.length) {
+        status = { authenticated: false, user: {}, error: '[invalid bearer token, token audiences is invalid for the target audiences]' };
+      } else if (entry.authenticated === false) {
+        status = { authenticated: false, user: {}, error: entry.error ?? '[invalid bearer token, service account token has expired]' };
+      } else {
+        status = { authenticated: true, user: clone(entry.user), audiences };
+      }
+    }
+    res.writeHead(201, { 'Content-Type': 'application/json' });
+    res.end(
+      JSON.stringify({
+        kind: 'TokenReview',
+        apiVersion: 'authentication.k8s.io/v1',
+        metadata: { creationTimestamp: null },
+        spec: { token: spec.token, ...(Array.isArray(spec.audiences) ? { audiences: spec.audiences } : {}) },
+        status,
+      }),
+    );
   }
 
   private route(pathname: string): { info: KindInfo; namespace?: string; name?: string } | undefined {
