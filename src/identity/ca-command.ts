@@ -7,6 +7,13 @@
  *       --config (the mesh YAML), a node may obtain only the identities of its own workloads
  *       (the file is re-read when it changes). Without it every request is refused, unless
  *       --allow-any-identity says to trust every node with every identity (a lab setting).
+ *   weft ca --kubernetes --listen ADDR:PORT --state-dir DIR [--agent-service-account NS/NAME]...
+ *           [--token-audience AUD] [--kubeconfig FILE] [--trust-domain TD] [--server-name NAME]...
+ *       Serve the CA in a cluster (ca-kubernetes.ts): agents present their projected
+ *       ServiceAccount token, checked with a TokenReview (audience --token-audience, default
+ *       weft-ca; user one of --agent-service-account, default weft-system/weft-agent), and get
+ *       only the identities of pods that the API lists on their node. `weft1.` node tokens are
+ *       refused in this mode. API credentials: in-cluster, or --kubeconfig / KUBECONFIG.
  *   weft ca token --state-dir DIR --node NAME
  *       Print a bootstrap token for one node (the agent's `ca.tokenFile`).
  *   weft ca rotate-token-secret --state-dir DIR
@@ -16,6 +23,7 @@ import { parseArgs } from 'node:util';
 import type { Writable } from 'node:stream';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { KubeConfig } from '@kubernetes/client-node';
 import { createLogger } from '../telemetry/log.js';
 import { ConfigError } from '../errors.js';
 import { CertificateAuthority, ROOT_CERT_FILE } from './ca.js';
@@ -24,14 +32,18 @@ import {
   readCaConfigFile,
   startCaServer,
   watchConfigIdentities,
+  type Authenticator,
   type Authorizer,
   type CaServer,
 } from './ca-server.js';
+import { agentUsername, DEFAULT_AGENT_SERVICE_ACCOUNT, DEFAULT_TOKEN_AUDIENCE, defaultKubeConfig, KubernetesCaAuth } from './ca-kubernetes.js';
 
 export const DEFAULT_CA_PORT = 15012;
 
 const USAGE = `usage:
   weft ca --listen ADDR:PORT --state-dir DIR [--config FILE] [--trust-domain TD] [--server-name NAME]... [--allow-any-identity]
+  weft ca --kubernetes --listen ADDR:PORT --state-dir DIR [--agent-service-account NS/NAME]... [--token-audience AUD] [--kubeconfig FILE]
+          [--trust-domain TD] [--server-name NAME]...
   weft ca token --state-dir DIR --node NAME
   weft ca rotate-token-secret --state-dir DIR`;
 
@@ -43,6 +55,10 @@ export interface CaCommandIo {
   log?: Logger;
   /** Called once the server listens (tests read the bound port from it). */
   onListening?: (server: CaServer) => void;
+  /** With --kubernetes: the API client configuration (default: --kubeconfig, in-cluster, or KUBECONFIG). */
+  kubeConfig?: KubeConfig;
+  /** With --kubernetes: cache and timeout settings (tests shorten them). */
+  kubernetes?: { podCacheMs?: number; missRefreshMs?: number; tokenCacheMs?: number; requestTimeoutMs?: number };
 }
 
 /** `ADDR:PORT`, `[v6]:PORT`, or `:PORT` (all addresses). */
@@ -120,6 +136,10 @@ async function serve(args: string[], io: CaCommandIo, stderr: Writable): Promise
       'trust-domain': { type: 'string' },
       'server-name': { type: 'string', multiple: true },
       'allow-any-identity': { type: 'boolean', default: false },
+      kubernetes: { type: 'boolean', default: false },
+      'agent-service-account': { type: 'string', multiple: true },
+      'token-audience': { type: 'string' },
+      kubeconfig: { type: 'string' },
       'log-level': { type: 'string' },
     },
     strict: true,
@@ -131,10 +151,41 @@ async function serve(args: string[], io: CaCommandIo, stderr: Writable): Promise
   const listen = parseListen(values.listen ?? `0.0.0.0:${DEFAULT_CA_PORT}`);
   const log = io.log ?? createLogger(values['log-level'] ?? process.env.WEFT_LOG_LEVEL ?? 'info');
   const stateDir = values['state-dir'];
+  const k8sOnly = (['agent-service-account', 'token-audience', 'kubeconfig'] as const).filter((k) => values[k] !== undefined);
+  if (values.kubernetes && (values.config || values['allow-any-identity'])) {
+    stderr.write(`weft ca: --kubernetes takes the workloads from the API: drop ${values.config ? '--config' : '--allow-any-identity'}\n${USAGE}\n`);
+    return 2;
+  }
+  if (!values.kubernetes && k8sOnly.length) {
+    stderr.write(`weft ca: ${k8sOnly.map((k) => `--${k}`).join(', ')} only apply with --kubernetes\n${USAGE}\n`);
+    return 2;
+  }
 
   let authorize: Authorizer;
+  let authenticate: Authenticator | undefined;
   let trustDomain = values['trust-domain'];
-  if (values.config) {
+  if (values.kubernetes) {
+    const agents = (values['agent-service-account'] ?? [DEFAULT_AGENT_SERVICE_ACCOUNT]).map(agentUsername);
+    let kubeConfig = io.kubeConfig;
+    if (!kubeConfig && values.kubeconfig) {
+      kubeConfig = new KubeConfig();
+      kubeConfig.loadFromFile(values.kubeconfig);
+    }
+    kubeConfig ??= defaultKubeConfig();
+    const k8s = new KubernetesCaAuth({
+      kubeConfig,
+      audience: values['token-audience'] ?? DEFAULT_TOKEN_AUDIENCE,
+      agentUsernames: agents,
+      ...io.kubernetes,
+      log,
+    });
+    authenticate = k8s.authenticator;
+    authorize = k8s.authorizer;
+    log.info(
+      { apiServer: kubeConfig.getCurrentCluster()?.server, audience: k8s.audience, agents },
+      'kubernetes mode: agents authenticate with projected ServiceAccount tokens (TokenReview); node bootstrap tokens are refused',
+    );
+  } else if (values.config) {
     const cfg = await readCaConfigFile(values.config);
     trustDomain ??= cfg.trustDomain;
     authorize = authorizerFromIdentities(watchConfigIdentities(values.config, cfg, log.child({ component: 'ca-config' })));
@@ -147,7 +198,7 @@ async function serve(args: string[], io: CaCommandIo, stderr: Writable): Promise
   }
 
   const ca = await CertificateAuthority.open(stateDir, { trustDomain, log });
-  const server = await startCaServer({ ca, listen, authorize, log, serverNames: values['server-name'] ?? [] });
+  const server = await startCaServer({ ca, listen, authorize, ...(authenticate ? { authenticate } : {}), log, serverNames: values['server-name'] ?? [] });
   log.info({ url: server.url, root: join(stateDir, ROOT_CERT_FILE), trustDomain: ca.trustDomain }, 'weft ca serving');
   io.onListening?.(server);
 
