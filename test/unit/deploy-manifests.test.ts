@@ -323,6 +323,14 @@ t.test('the CA and RBAC', async (t) => {
   ]);
   const caRole = byKind(base, 'ClusterRole', 'weft-ca')!;
   t.match(caRole.rules, [{ apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] }, { resources: ['pods'] }]);
+  t.ok(caRole.rules.some((r: Obj) => r.resources.includes('pods') && r.verbs.includes('get') && r.verbs.includes('list')), 'the CA gets and lists pods');
+
+  // weft ca --kubernetes admits exactly the agents' ServiceAccount, with the audience their token is projected for.
+  t.ok(ca.args.includes('--kubernetes'));
+  const ds = byKind(base, 'DaemonSet', 'weft-agent')!;
+  t.ok(ca.args.includes(`--agent-service-account=${ds.metadata.namespace}/${ds.spec.template.spec.serviceAccountName}`), 'the agent account');
+  const caToken = ds.spec.template.spec.volumes.find((v: Obj) => v.name === 'ca-token').projected.sources[0].serviceAccountToken;
+  t.ok(ca.args.includes(`--token-audience=${caToken.audience}`), 'the agent token audience');
   for (const b of base.filter((o) => o.kind === 'ClusterRoleBinding')) {
     t.ok(byKind(base, 'ClusterRole', b.roleRef.name), `${b.metadata.name} binds an existing role`);
     t.ok(byKind(base, 'ServiceAccount', b.subjects[0].name), `${b.metadata.name} binds an existing account`);
@@ -469,6 +477,7 @@ t.test('chart values take effect', async (t) => {
   t.match(env, { WEFT_PORT_METRICS: '9020', WEFT_TRUST_DOMAIN: 'corp.example', WEFT_CA_URL: 'https://weft-ca.mesh.svc:8443' });
   t.equal(byKind(rendered, 'Service', 'weft-ca')!.spec.ports[0].port, 8443);
   t.same(byKind(rendered, 'ClusterRoleBinding', 'weft-agent')!.subjects[0].namespace, 'mesh');
+  t.ok(byKind(rendered, 'Deployment', 'weft-ca')!.spec.template.spec.containers[0].args.includes('--agent-service-account=mesh/weft-agent'), 'the agents of the release namespace');
 
   const noCa = renderChart({ ca: { enabled: false } });
   for (const obj of noCa) await t.resolves(validateObject(obj), `${key(obj)} validates (ca disabled)`);
