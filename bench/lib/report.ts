@@ -1,0 +1,342 @@
+/**
+ * The bench's output: markdown tables (printed, and docs/benchmarks/latest.md), a bar chart
+ * (latest.svg, hand-written SVG) and the raw figures (latest.json).
+ */
+import type { Row as BalancerRow } from '../balancer.js';
+import { formatBalancerTable } from '../balancer.js';
+import type { ChurnReport, MemoryReport } from '../scale.js';
+import type { ScenarioResult, ThroughputReport } from '../throughput.js';
+import type { MachineInfo } from './machine.js';
+
+export interface BenchMode {
+  quick: boolean;
+  only: string[];
+  durationS: number;
+  warmupS: number;
+  connections: number;
+  connRateDurationS: number;
+  proxyCpu: number;
+  clientCpu: number;
+}
+
+export interface TunnelSection {
+  skipped?: string;
+  error?: string;
+  result?: unknown;
+}
+
+export interface BenchReport {
+  machine: MachineInfo;
+  mode: BenchMode;
+  elapsedS: number;
+  throughput?: ThroughputReport;
+  churn?: ChurnReport;
+  memory?: MemoryReport;
+  balancers?: BalancerRow[];
+  tunnel?: TunnelSection;
+  /** Sections that threw, by name. */
+  sectionErrors: Record<string, string>;
+}
+
+export interface Check {
+  criterion: string;
+  target: string;
+  measured: string;
+  pass: boolean | undefined;
+}
+
+const f = (n: number | undefined, digits = 0): string => (n === undefined || Number.isNaN(n) ? '–' : n.toFixed(digits));
+const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a !== undefined && b !== undefined && b > 0 ? a / b : undefined);
+
+function byKey(t: ThroughputReport | undefined, key: string): ScenarioResult | undefined {
+  return t?.scenarios.find((s) => s.key === key && s.error === undefined);
+}
+
+/** The issue's done-when figures, judged from this run. */
+export function doneWhen(r: BenchReport): Check[] {
+  const t = r.throughput;
+  const l7 = byKey(t, 'l7');
+  const l4 = byKey(t, 'l4');
+  const nginx = byKey(t, 'nginx');
+  const direct = byKey(t, 'direct');
+  const checks: Check[] = [];
+  const rL7 = ratio(l7?.wrk?.reqPerSec, nginx?.wrk?.reqPerSec);
+  checks.push({ criterion: 'weft L7 req/s vs nginx', target: '>= 0.70x', measured: rL7 === undefined ? 'n/a' : `${rL7.toFixed(2)}x`, pass: rL7 === undefined ? undefined : rL7 >= 0.7 });
+  const p99 = ratio(l7?.wrk?.p99Ms, nginx?.wrk?.p99Ms);
+  checks.push({
+    criterion: 'weft L7 p99 vs nginx',
+    target: '<= 2x',
+    measured: p99 === undefined ? 'n/a' : `${p99.toFixed(2)}x (${f(l7?.wrk?.p99Ms, 2)} vs ${f(nginx?.wrk?.p99Ms, 2)} ms)`,
+    pass: p99 === undefined ? undefined : p99 <= 2,
+  });
+  const errs = [l7, l4].filter((s) => s?.wrk).map((s) => s!.wrk!.errors);
+  checks.push({
+    criterion: 'weft L7 and L4 errors',
+    target: '0',
+    measured: errs.length ? `${l7?.wrk?.errors ?? 'n/a'} (L7), ${l4?.wrk?.errors ?? 'n/a'} (L4)` : 'n/a',
+    pass: errs.length ? errs.every((e) => e === 0) : undefined,
+  });
+  const rL4 = ratio(l4?.wrk?.reqPerSec, direct?.wrk?.reqPerSec);
+  checks.push({ criterion: 'weft L4 req/s vs direct', target: '>= 0.90x', measured: rL4 === undefined ? 'n/a' : `${rL4.toFixed(2)}x`, pass: rL4 === undefined ? undefined : rL4 >= 0.9 });
+  const cpu = ratio(l7?.cpuPer1000, l4?.cpuPer1000);
+  checks.push({
+    criterion: 'agent CPU per 1000 requests, L7 / L4',
+    target: '>= 5x',
+    measured: cpu === undefined ? 'n/a' : `${cpu.toFixed(1)}x (${f(l7?.cpuPer1000, 4)} vs ${f(l4?.cpuPer1000, 4)} s)`,
+    pass: cpu === undefined ? undefined : cpu >= 5,
+  });
+  const m = r.memory;
+  const memOk = m && !m.error && m.rssMb !== undefined;
+  checks.push({
+    criterion: `agent RSS, ${m?.localWorkloads ?? 1000} local workloads + ${m?.remoteEndpoints ?? 10000} endpoints`,
+    target: '< 150 MB',
+    measured: memOk ? `${m.rssMb!.toFixed(1)} MB` : 'n/a',
+    pass: memOk ? m.rssMb! < 150 : undefined,
+  });
+  const c = r.churn;
+  const churnMs = c && !c.error && c.endToEndMs.length ? median(c.endToEndMs) : undefined;
+  checks.push({
+    criterion: `${c?.changed ?? 10000} endpoint changes applied (file write -> applied)`,
+    target: '< 1000 ms',
+    measured: churnMs === undefined ? 'n/a' : `${churnMs.toFixed(0)} ms (median of ${c!.endToEndMs.length})`,
+    pass: churnMs === undefined ? undefined : churnMs < 1000,
+  });
+  return checks;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[s.length >> 1]!;
+}
+
+export function throughputTable(t: ThroughputReport): string {
+  const nginx = byKey(t, 'nginx')?.wrk?.reqPerSec;
+  const direct = byKey(t, 'direct')?.wrk?.reqPerSec;
+  const lines = [
+    '| scenario | req/s | p50 ms | p99 ms | errors | vs nginx | vs direct | proxy CPU s / 1000 req | proxy RSS MB |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const s of t.scenarios) {
+    if (s.error || !s.wrk) {
+      lines.push(`| ${s.name} | failed: ${oneLine(s.error ?? 'no result')} | | | | | | | |`);
+      continue;
+    }
+    const w = s.wrk;
+    lines.push(
+      `| ${s.name} | ${f(w.reqPerSec)} | ${f(w.p50Ms, 2)} | ${f(w.p99Ms, 2)} | ${w.errors} | ${f(ratio(w.reqPerSec, nginx), 2)} | ${f(ratio(w.reqPerSec, direct), 2)} | ${f(s.cpuPer1000, 4)} | ${f(s.rssMb, 1)} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+export function connRateTable(t: ThroughputReport): string {
+  const direct = t.connectionRate.find((c) => c.key === 'direct' && !c.error)?.connPerSec;
+  const lines = ['| path | new connections/s | p50 ms | p99 ms | errors | vs direct | agent CPU s / 1000 conn |', '|---|---:|---:|---:|---:|---:|---:|'];
+  for (const c of t.connectionRate) {
+    if (c.error) {
+      lines.push(`| ${c.name} | failed: ${oneLine(c.error)} | | | | | |`);
+      continue;
+    }
+    lines.push(`| ${c.name} | ${f(c.connPerSec)} | ${f(c.p50Ms, 2)} | ${f(c.p99Ms, 2)} | ${c.errors ?? '–'} | ${f(ratio(c.connPerSec, direct), 2)} | ${f(c.cpuPer1000, 4)} |`);
+  }
+  return lines.join('\n');
+}
+
+function churnSection(c: ChurnReport): string {
+  if (c.error && c.endToEndMs.length === 0 && c.parseMs === undefined) return `Failed: ${oneLine(c.error)}`;
+  const lines = [
+    `${c.endpoints.toLocaleString('en-US')} endpoints (100 HTTP services of 100 pods on another node); every pod IP changes in one file write (${(c.configBytes / 1024).toFixed(0)} KiB of YAML).`,
+    '',
+    '| stage | ms |',
+    '|---|---:|',
+    `| file write -> agent's \`config applied\` (median; rounds: ${c.endToEndMs.map((x) => x.toFixed(0)).join(', ') || '–'}) | ${c.endToEndMs.length ? median(c.endToEndMs).toFixed(0) : '–'} |`,
+    '| of which: the file watch debounce (FileDiscovery default) | 100 |',
+    `| in process: parse + validate the YAML | ${f(c.parseMs, 0)} |`,
+    `| in process: StateStore.apply | ${f(c.applyMs, 1)} |`,
+    `| in process: ClusterManager.sync | ${f(c.syncMs, 1)} |`,
+    '',
+    `The end-to-end figure also holds the capture reconcile (10,000 pod destinations rewritten in the \`weft_dests\` BPF map) and the agent's log line. Agent RSS after the churn: ${f(c.agentRssMb, 1)} MB; start-up with this config: ${f(c.startupMs)} ms.`,
+  ];
+  if (c.error) lines.push('', `Error: ${oneLine(c.error)}`);
+  return lines.join('\n');
+}
+
+function memorySection(m: MemoryReport): string {
+  if (m.error && m.rssMb === undefined) return `Failed: ${oneLine(m.error)}`;
+  return [
+    `${m.localWorkloads.toLocaleString('en-US')} local workloads in a meshed namespace, each with a real cgroup v2 directory that the agent captures (eBPF programs attached, links pinned), serving ${m.localWorkloads / 100} local services; plus ${m.remoteEndpoints.toLocaleString('en-US')} endpoints on another node in ${m.remoteEndpoints / 100} services. No traffic.`,
+    '',
+    '| figure | value |',
+    '|---|---:|',
+    `| workloads captured (weft_captured_workloads) | ${m.captured ?? '–'} |`,
+    `| cgroups with pinned links | ${m.linkDirs ?? '–'} |`,
+    `| start-up to ready (attaching every cgroup) | ${f(m.startupMs)} ms |`,
+    `| RSS at ready | ${f(m.rssAtReadyMb, 1)} MB |`,
+    `| RSS settled (3 s after ready) | ${f(m.rssMb, 1)} MB |`,
+    `| peak RSS (VmHWM) | ${f(m.peakRssMb, 1)} MB |`,
+  ].join('\n');
+}
+
+function tunnelSection(t: TunnelSection): string {
+  if (t.skipped) return `Skipped: ${t.skipped}`;
+  if (t.error) return `Failed: ${oneLine(t.error)}`;
+  return renderUnknown(t.result);
+}
+
+/** benchTunnel()'s result, whatever its shape: markdown text, rows, or an object. */
+function renderUnknown(v: unknown): string {
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object' && 'markdown' in v && typeof (v as { markdown: unknown }).markdown === 'string') return (v as { markdown: string }).markdown;
+  const rows = Array.isArray(v) ? v : v && typeof v === 'object' && Array.isArray((v as { rows?: unknown }).rows) ? (v as { rows: unknown[] }).rows : undefined;
+  if (rows && rows.length > 0 && rows.every((r) => r && typeof r === 'object')) {
+    const cols = [...new Set(rows.flatMap((r) => Object.keys(r as object)))];
+    const cell = (x: unknown): string => (typeof x === 'number' ? (Number.isInteger(x) ? String(x) : x.toFixed(3)) : oneLine(typeof x === 'string' ? x : JSON.stringify(x) ?? ''));
+    return [`| ${cols.join(' | ')} |`, `|${cols.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${cols.map((c) => cell((r as Record<string, unknown>)[c])).join(' | ')} |`)].join('\n');
+  }
+  return `\`\`\`json\n${JSON.stringify(v, null, 2)}\n\`\`\``;
+}
+
+function oneLine(s: string): string {
+  const line = s.replace(/\s+/g, ' ').replace(/\|/g, '\\|').trim();
+  return line.length > 300 ? `${line.slice(0, 300)}…` : line;
+}
+
+export function machineLine(m: MachineInfo): string {
+  return `${m.cpuModel}, ${m.nproc} cores, ${m.memoryGiB} GiB; Linux ${m.kernel}; Node ${m.node}; commit ${m.commit}${m.dirty ? ' (with uncommitted changes)' : ''}; ${m.date}`;
+}
+
+/** The whole report as markdown. */
+export function toMarkdown(r: BenchReport, chartFile?: string): string {
+  const m = r.machine;
+  const mode = r.mode;
+  const out: string[] = [];
+  out.push('# weft benchmarks', '');
+  out.push(`Written by \`npm run bench\` (bench/run.ts)${mode.quick ? ' in --quick mode' : ''}${mode.only.length ? ` with --only=${mode.only.join(',')}` : ''}, in ${r.elapsedS.toFixed(0)} s.`, '');
+  out.push(`- machine: ${m.cpuModel}, ${m.nproc} cores, ${m.memoryGiB} GiB, Linux ${m.kernel}`);
+  out.push(`- software: Node ${m.node}; ${Object.entries(m.tools).map(([k, v]) => `${k} ${v.replace(/^(nginx version: |HAProxy version |wrk )/, '')}`).join('; ')}`);
+  out.push(`- commit: ${m.commit}${m.dirty ? ' (the work tree had uncommitted changes to tracked files)' : ''}`);
+  out.push(`- date: ${m.date}`, '');
+
+  const t = r.throughput;
+  out.push('## Throughput through the capture path', '');
+  if (t) {
+    out.push(
+      `wrk \`-t1 -c${mode.connections} -d${mode.durationS}s --latency\` (after a ${mode.warmupS} s warm-up) inside the client pod, pinned with the backend to core ${mode.clientCpu}; the proxy under test alone on core ${mode.proxyCpu}. ` +
+        'Client pod -> proxy on the node -> backend pod, 1 KiB responses, keep-alive connections. ' +
+        'weft is reached through eBPF capture (the client dials a service VIP); the peers listen on the node address. ' +
+        'Errors are socket errors plus non-2xx/3xx responses. Proxy CPU is utime + stime of the proxy process tree over the measured run.',
+      '',
+    );
+    if (t.setupError) out.push(`Setup failed: ${oneLine(t.setupError)}`, '');
+    if (t.scenarios.length) out.push(throughputTable(t), '');
+    if (chartFile && t.scenarios.some((s) => s.wrk)) out.push(`![requests per second by scenario](${chartFile})`, '');
+    const noisy = t.scenarios.filter((s) => s.cores && (s.cores.foreignCores > 0.1 || !s.cores.quiet));
+    const notes = [...t.notes];
+    if (t.scenarios.some((s) => s.cores)) {
+      notes.push(
+        noisy.length
+          ? `other work on the machine during: ${noisy.map((s) => `${s.name} (${s.cores!.foreignCores.toFixed(2)} cores${s.cores!.quiet ? '' : ', no quiet start'})`).join(', ')}: those figures are low`
+          : 'no other work on the machine during the runs (each waits for idle cores, and is measured again once if anything else used more than 0.1 core)',
+      );
+      notes.push(
+        `core use during the runs (client core / proxy core): ${t.scenarios
+          .filter((s) => s.cores)
+          .map((s) => `${s.name} ${(s.cores!.clientBusy * 100).toFixed(0)}% / ${(s.cores!.proxyBusy * 100).toFixed(0)}%`)
+          .join(', ')}`,
+      );
+    }
+    if (notes.length) out.push(...notes.map((n) => `- ${n}`), '');
+  } else {
+    out.push(r.sectionErrors.throughput ? `Failed: ${oneLine(r.sectionErrors.throughput)}` : 'Not run.', '');
+  }
+
+  out.push('## Done-when (issue 7)', '');
+  out.push('| criterion | target | measured | |', '|---|---|---|---|');
+  for (const c of doneWhen(r)) out.push(`| ${c.criterion} | ${c.target} | ${c.measured} | ${c.pass === undefined ? 'not measured' : c.pass ? 'pass' : 'FAIL'} |`);
+  out.push('');
+
+  out.push('## Connection rate', '');
+  if (t?.connectionRate.length) {
+    out.push(
+      `New TCP connections per second through the capture path: wrk \`-c${mode.connections} -d${mode.connRateDurationS}s -H 'Connection: close'\` from the client pod, so every request opens (and the server closes) a connection; for weft each one is redirected by connect4 and looked up by the agent.`,
+      '',
+      connRateTable(t),
+      '',
+    );
+  } else out.push('Not run.', '');
+
+  out.push('## Config churn', '');
+  out.push(r.churn ? churnSection(r.churn) : r.sectionErrors.churn ? `Failed: ${oneLine(r.sectionErrors.churn)}` : 'Not run.', '');
+
+  out.push('## Memory at scale', '');
+  out.push(r.memory ? memorySection(r.memory) : r.sectionErrors.memory ? `Failed: ${oneLine(r.sectionErrors.memory)}` : 'Not run.', '');
+
+  out.push('## Balancer picks', '');
+  if (r.balancers) {
+    out.push('bench/balancer.ts in the bench process: ns per pick with the proxy-side bookkeeping, and the cost of a rebuild at 10,000 endpoints.', '', formatBalancerTable(r.balancers), '');
+  } else out.push(r.sectionErrors.balancers ? `Failed: ${oneLine(r.sectionErrors.balancers)}` : 'Not run.', '');
+
+  out.push('## Tunnel (mTLS between agents)', '');
+  out.push(r.tunnel ? tunnelSection(r.tunnel) : 'Not run.', '');
+
+  const other = Object.entries(r.sectionErrors).filter(([k]) => !['throughput', 'churn', 'memory', 'balancers'].includes(k));
+  if (other.length) out.push('## Errors', '', ...other.map(([k, v]) => `- ${k}: ${oneLine(v)}`), '');
+  return out.join('\n');
+}
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+}
+
+/** Horizontal bars of req/s per scenario, with nginx's figure and 0.7x of it drawn across. */
+export function toSvg(r: BenchReport): string {
+  const rows = (r.throughput?.scenarios ?? []).filter((s) => s.wrk);
+  const nginx = rows.find((s) => s.key === 'nginx')?.wrk?.reqPerSec;
+  const W = 760;
+  const left = 170;
+  const right = 110;
+  const top = 58;
+  const barH = 26;
+  const gap = 12;
+  const plotW = W - left - right;
+  const H = top + Math.max(1, rows.length) * (barH + gap) + 46;
+  const max = Math.max(1, ...rows.map((s) => s.wrk!.reqPerSec)) * 1.08;
+  const x = (v: number): number => left + (v / max) * plotW;
+  const color = (k: string): string => (k === 'l7' || k === 'l4' ? '#2f6fdf' : k === 'direct' ? '#8a8f98' : '#e08a2c');
+  const parts: string[] = [];
+  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" font-size="13">`);
+  parts.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
+  parts.push(`<text x="${left}" y="22" font-size="15" font-weight="bold">Requests per second through the capture path (1 KiB, ${r.mode.connections} keep-alive connections)</text>`);
+  parts.push(`<text x="${left}" y="40" fill="#555" font-size="11">${esc(machineLine(r.machine))}</text>`);
+  // Grid: 5 ticks.
+  const step = niceStep(max / 5);
+  for (let v = 0; v <= max; v += step) {
+    parts.push(`<line x1="${x(v).toFixed(1)}" y1="${top - 6}" x2="${x(v).toFixed(1)}" y2="${H - 36}" stroke="#e6e6e6"/>`);
+    parts.push(`<text x="${x(v).toFixed(1)}" y="${H - 20}" text-anchor="middle" fill="#666" font-size="11">${v >= 1000 ? `${(v / 1000).toFixed(v % 1000 === 0 ? 0 : 1)}k` : v}</text>`);
+  }
+  rows.forEach((s, i) => {
+    const y = top + i * (barH + gap);
+    const v = s.wrk!.reqPerSec;
+    parts.push(`<text x="${left - 10}" y="${y + barH / 2 + 4}" text-anchor="end">${esc(s.name)}</text>`);
+    parts.push(`<rect x="${left}" y="${y}" width="${Math.max(1, x(v) - left).toFixed(1)}" height="${barH}" fill="${color(s.key)}" rx="2"/>`);
+    const label = `${Math.round(v).toLocaleString('en-US')}${s.wrk!.errors ? ` (${s.wrk!.errors} err)` : ''}`;
+    parts.push(`<text x="${(x(v) + 6).toFixed(1)}" y="${y + barH / 2 + 4}" fill="#222">${esc(label)}</text>`);
+  });
+  if (nginx !== undefined) {
+    const bottom = H - 36;
+    parts.push(`<line x1="${x(nginx).toFixed(1)}" y1="${top - 8}" x2="${x(nginx).toFixed(1)}" y2="${bottom}" stroke="#c0392b" stroke-width="1.5" stroke-dasharray="6 4"/>`);
+    parts.push(`<text x="${(x(nginx) + 4).toFixed(1)}" y="${top - 10}" fill="#c0392b" font-size="11">nginx</text>`);
+    const target = nginx * 0.7;
+    parts.push(`<line x1="${x(target).toFixed(1)}" y1="${top - 8}" x2="${x(target).toFixed(1)}" y2="${bottom}" stroke="#c0392b" stroke-width="1" stroke-dasharray="2 3"/>`);
+    parts.push(`<text x="${(x(target) - 4).toFixed(1)}" y="${top - 10}" fill="#c0392b" font-size="11" text-anchor="end">0.7 × nginx</text>`);
+  }
+  if (rows.length === 0) parts.push(`<text x="${left}" y="${top + 18}" fill="#c0392b">no throughput figures in this run</text>`);
+  parts.push('</svg>');
+  return `${parts.join('\n')}\n`;
+}
+
+function niceStep(raw: number): number {
+  const p = 10 ** Math.floor(Math.log10(Math.max(raw, 1)));
+  const n = raw / p;
+  return (n <= 1 ? 1 : n <= 2 ? 2 : n <= 5 ? 5 : 10) * p;
+}

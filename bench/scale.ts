@@ -1,0 +1,258 @@
+/**
+ * The agent at scale, on a node namespace of its own (10.79.0.1/16), no traffic:
+ *
+ * - config churn: an agent with 10,000 endpoints (100 HTTP services of 100 pods each, on
+ *   another node) sees a new config file in which every one of those 10,000 pod IPs changed.
+ *   Timed from the write to the agent's own `config applied` log line (its timestamp), so
+ *   the figure holds the file watch's debounce, the YAML parse, the state rebuild, the
+ *   clusters' sync and the BPF destinations map sync. The same change is also timed in this
+ *   process, stage by stage (parse, StateStore.apply, ClusterManager.sync), without the kernel.
+ * - memory: an agent with 1,000 local workloads in a meshed namespace (1,000 real cgroup v2
+ *   directories, captured: the eBPF programs attached to each) and 10,000 remote endpoints;
+ *   its RSS once it has settled.
+ */
+import { mkdirSync, readdirSync, writeFileSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { stringify } from 'yaml';
+import { parseConfig } from '../src/config/load.js';
+import { StateStore } from '../src/state/store.js';
+import { ClusterManager } from '../src/cluster/manager.js';
+import { Metrics } from '../src/telemetry/metrics.js';
+import { silentLogger } from '../src/telemetry/log.js';
+import { Topology, type TopoNode } from '../src/sandbox/topology.js';
+import { fileSize, metricValue, startAgent, waitLogLine, type RunningAgent } from './lib/agent.js';
+import { cpusAllowed, treePeakRssMb, treeRssMb } from './lib/proc.js';
+import { nodeGet } from './lib/spawn.js';
+import { PROXY_CPU } from './throughput.js';
+
+const NODE_IP = '10.79.0.1';
+const REMOTE_NODE = 'node-remote';
+const PER_SERVICE = 100;
+
+export interface ScaleOptions {
+  remoteEndpoints: number;
+  localWorkloads: number;
+  /** Churn samples (alternating between two configs). */
+  churnRounds: number;
+  workDir: string;
+  log: (msg: string) => void;
+}
+
+export interface ChurnReport {
+  endpoints: number;
+  changed: number;
+  configBytes: number;
+  /** Write -> `config applied` line, ms, per round. */
+  endToEndMs: number[];
+  /** In-process stages, ms: median over rounds. */
+  parseMs?: number;
+  applyMs?: number;
+  syncMs?: number;
+  agentRssMb?: number;
+  startupMs?: number;
+  error?: string;
+}
+
+export interface MemoryReport {
+  localWorkloads: number;
+  remoteEndpoints: number;
+  localEndpoints: number;
+  captured?: number;
+  linkDirs?: number;
+  startupMs?: number;
+  rssMb?: number;
+  peakRssMb?: number;
+  /** RSS right after the agent reported ready, MiB. */
+  rssAtReadyMb?: number;
+  agentCpus?: string;
+  error?: string;
+}
+
+interface ScaleConfigOptions {
+  node: TopoNode;
+  stateDir: string;
+  remoteEndpoints: number;
+  /** Second octet of the remote pod IPs (10.<n>.x.y): changing it moves every endpoint. */
+  remoteNet: number;
+  localWorkloads: number;
+}
+
+function remoteIp(net: number, i: number): string {
+  return `10.${net}.${Math.floor(i / 250)}.${(i % 250) + 1}`;
+}
+
+function localIp(i: number): string {
+  return `10.79.${Math.floor(i / 250)}.${(i % 250) + 2}`;
+}
+
+function vip(base: number, j: number): string {
+  return `10.${base}.${Math.floor(j / 250)}.${(j % 250) + 1}`;
+}
+
+/** 100-endpoint HTTP services over the remote pods, and over the local ones. */
+export function scaleConfig(o: ScaleConfigOptions): string {
+  const workloads: object[] = [];
+  const services: object[] = [];
+  for (let i = 0; i < o.remoteEndpoints; i++) {
+    const j = Math.floor(i / PER_SERVICE);
+    workloads.push({ name: `r-${i}`, namespace: 'scale', node: REMOTE_NODE, ip: remoteIp(o.remoteNet, i), serviceAccount: `svc-${j}`, labels: { app: `svc-${j}` } });
+  }
+  for (let j = 0; j * PER_SERVICE < o.remoteEndpoints; j++) {
+    services.push({ name: `svc-${j}`, namespace: 'scale', vip: vip(96, j), ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'http' }], selector: { app: `svc-${j}` } });
+  }
+  for (let i = 0; i < o.localWorkloads; i++) {
+    const j = Math.floor(i / PER_SERVICE);
+    workloads.push({
+      name: `l-${i}`,
+      namespace: 'scale',
+      node: o.node.name,
+      ip: localIp(i),
+      serviceAccount: `local-${j}`,
+      labels: { app: `local-${j}` },
+      cgroup: join(o.node.cgroup, `l-${i}`),
+    });
+  }
+  for (let j = 0; j * PER_SERVICE < o.localWorkloads; j++) {
+    services.push({ name: `local-${j}`, namespace: 'scale', vip: vip(97, j), ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'http' }], selector: { app: `local-${j}` } });
+  }
+  return stringify({
+    node: { name: o.node.name, address: o.node.address },
+    ports: { outbound: 15001, inbound: 15006, tunnel: 15008, admin: 15000, metrics: 15020 },
+    ca: {},
+    stateDir: o.stateDir,
+    namespaces: [{ name: 'scale', labels: { 'weft.io/mesh': 'enabled' } }],
+    workloads,
+    services,
+  });
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[s.length >> 1]!;
+}
+
+/** Write a file the way config tools do: a new file renamed over the old one. */
+function replaceFile(path: string, text: string): void {
+  writeFileSync(`${path}.tmp`, text);
+  renameSync(`${path}.tmp`, path);
+}
+
+/** The same change as the agent sees it, in this process, stage by stage. */
+function churnInProcess(a: string, b: string, rounds: number): { parseMs: number; applyMs: number; syncMs: number } {
+  const texts = [a, b];
+  const parse: number[] = [];
+  const apply: number[] = [];
+  const sync: number[] = [];
+  const first = parseConfig(a, 'bench-a', { env: {} });
+  const store = new StateStore(first);
+  const clusters = new ClusterManager(store, new Metrics(), silentLogger);
+  clusters.sync();
+  for (let r = 1; r <= rounds; r++) {
+    const text = texts[r % 2]!;
+    let t = performance.now();
+    const cfg = parseConfig(text, 'bench', { env: {} });
+    parse.push(performance.now() - t);
+    t = performance.now();
+    store.apply(cfg);
+    apply.push(performance.now() - t);
+    t = performance.now();
+    clusters.sync();
+    sync.push(performance.now() - t);
+  }
+  clusters.stop();
+  return { parseMs: median(parse), applyMs: median(apply), syncMs: median(sync) };
+}
+
+export async function runChurn(o: ScaleOptions): Promise<ChurnReport> {
+  const rep: ChurnReport = { endpoints: o.remoteEndpoints, changed: o.remoteEndpoints, configBytes: 0, endToEndMs: [] };
+  const topo = await Topology.create({ prefix: 'weft-bench' });
+  let agent: RunningAgent | undefined;
+  try {
+    const node = await topo.addNode('node-s', { address: NODE_IP, prefixLen: 16 });
+    const dir = join(o.workDir, 'churn');
+    mkdirSync(dir, { recursive: true });
+    topo.trackPath(dir);
+    const stateDir = join(dir, 'state');
+    const texts = [80, 81].map((net) => scaleConfig({ node, stateDir, remoteEndpoints: o.remoteEndpoints, remoteNet: net, localWorkloads: 0 }));
+    rep.configBytes = Buffer.byteLength(texts[0]!);
+    const configFile = join(dir, 'weft.yaml');
+    writeFileSync(configFile, texts[0]!);
+
+    const inproc = churnInProcess(texts[0]!, texts[1]!, Math.max(3, o.churnRounds));
+    Object.assign(rep, inproc);
+    o.log(`  in process: parse ${inproc.parseMs.toFixed(0)} ms, StateStore.apply ${inproc.applyMs.toFixed(1)} ms, ClusterManager.sync ${inproc.syncMs.toFixed(1)} ms`);
+
+    const logFile = join(dir, 'agent.log');
+    agent = await startAgent(node, { configFile, pinRoot: join(topo.bpfRoot, 'churn'), stateDir, logFile, cpu: PROXY_CPU });
+    rep.startupMs = agent.startupMs;
+    let generation = (JSON.parse((await nodeGet(node, 'http://127.0.0.1:15000/config_dump', 20)).body) as { generation: number }).generation;
+    for (let r = 1; r <= o.churnRounds; r++) {
+      // Let the previous change settle (and the poll backstop not race the watch).
+      await sleep(500);
+      const from = fileSize(logFile);
+      const t0 = Date.now();
+      replaceFile(configFile, texts[r % 2]!);
+      const want = generation + 1;
+      const hit = await waitLogLine(logFile, from, (l) => l.msg === 'config applied' && Number(l.generation) >= want, 30_000);
+      generation = Number(hit.line.generation);
+      const ms = hit.time - t0;
+      rep.endToEndMs.push(ms);
+      o.log(`  round ${r}: ${o.remoteEndpoints} endpoint IPs changed, applied ${ms} ms after the write (generation ${generation})`);
+    }
+    rep.agentRssMb = treeRssMb(agent.pid);
+  } catch (err) {
+    rep.error = (err as Error).message;
+    o.log(`  churn: FAILED: ${rep.error}`);
+  } finally {
+    if (agent) await agent.stop().catch(() => undefined);
+    await topo.destroy().catch((err: unknown) => o.log(`churn: topology cleanup: ${(err as Error).message}`));
+  }
+  return rep;
+}
+
+export async function runMemory(o: ScaleOptions): Promise<MemoryReport> {
+  const localEndpoints = o.localWorkloads;
+  const rep: MemoryReport = { localWorkloads: o.localWorkloads, remoteEndpoints: o.remoteEndpoints, localEndpoints };
+  const topo = await Topology.create({ prefix: 'weft-bench' });
+  let agent: RunningAgent | undefined;
+  try {
+    const node = await topo.addNode('node-s', { address: NODE_IP, prefixLen: 16 });
+    const dir = join(o.workDir, 'memory');
+    mkdirSync(dir, { recursive: true });
+    topo.trackPath(dir);
+    // Real pod cgroups (empty: capture attaches to a cgroup, not to its processes). They sit
+    // under the node's cgroup, which the topology removes recursively.
+    for (let i = 0; i < o.localWorkloads; i++) mkdirSync(join(node.cgroup, `l-${i}`));
+    const stateDir = join(dir, 'state');
+    const configFile = join(dir, 'weft.yaml');
+    writeFileSync(configFile, scaleConfig({ node, stateDir, remoteEndpoints: o.remoteEndpoints, remoteNet: 80, localWorkloads: o.localWorkloads }));
+    const pinRoot = join(topo.bpfRoot, 'memory');
+    agent = await startAgent(node, { configFile, pinRoot, stateDir, logFile: join(dir, 'agent.log'), cpu: PROXY_CPU, readyTimeoutMs: 180_000 });
+    rep.startupMs = agent.startupMs;
+    rep.rssAtReadyMb = treeRssMb(agent.pid);
+    rep.agentCpus = cpusAllowed(agent.pid);
+    const metrics = await nodeGet(node, `http://${NODE_IP}:15020/metrics`, 10);
+    rep.captured = metrics.status === 200 ? metricValue(metrics.body, 'weft_captured_workloads') : undefined;
+    try {
+      rep.linkDirs = readdirSync(join(pinRoot, 'links')).length;
+    } catch {
+      rep.linkDirs = undefined;
+    }
+    // Settle: start-up garbage collected, timers quiet.
+    await sleep(3_000);
+    rep.rssMb = treeRssMb(agent.pid);
+    rep.peakRssMb = treePeakRssMb(agent.pid);
+    o.log(
+      `  ${o.localWorkloads} local workloads (captured ${rep.captured ?? '?'}, ${rep.linkDirs ?? '?'} cgroups with pinned links) + ${o.remoteEndpoints} remote endpoints: ` +
+        `ready in ${rep.startupMs} ms, RSS ${rep.rssMb.toFixed(1)} MB (peak ${rep.peakRssMb.toFixed(1)} MB)`,
+    );
+  } catch (err) {
+    rep.error = (err as Error).message;
+    o.log(`  memory: FAILED: ${rep.error}`);
+  } finally {
+    if (agent) await agent.stop().catch(() => undefined);
+    await topo.destroy().catch((err: unknown) => o.log(`memory: topology cleanup: ${(err as Error).message}`));
+  }
+  return rep;
+}

@@ -1,0 +1,386 @@
+/**
+ * Throughput and connection rate through the real capture path.
+ *
+ * One node namespace (bridge 10.77.0.1/24) with two pods: `client-0` (namespace `bench`,
+ * meshed: the agent's eBPF programs sit on its cgroup) and `backend-0` (the sample backend
+ * answering 1 KiB bodies, in the unmeshed namespace `plain`, so that every scenario reaches
+ * the very same backend the same way and `direct` is a plain pod-to-pod connection).
+ * Core 0 runs wrk and the backend; core 1 runs the proxy under test, alone.
+ *
+ *   direct     client-0 -> 10.77.0.20:8080 (no proxy)
+ *   weft L7    client-0 -> VIP 10.96.0.80:80 (protocol http) -> connect4 -> agent :15001 -> backend
+ *   weft L4    client-0 -> VIP 10.96.0.81:80 (protocol tcp)  -> connect4 -> agent :15001 -> backend
+ *   nginx      client-0 -> 10.77.0.1:18080 -> nginx on the node -> backend
+ *   haproxy    client-0 -> 10.77.0.1:18081 -> haproxy on the node -> backend
+ *   fastify    client-0 -> 10.77.0.1:18082 -> @fastify/http-proxy on the node -> backend
+ *
+ * The peers are dialed on the node address: "a proxy on the node" without weft's capture,
+ * which is the cost weft adds and they do not have.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { backendScriptPath } from '../src/sandbox/backend.js';
+import { Topology, type ManagedProcess, type TopoNode, type TopoPod } from '../src/sandbox/topology.js';
+import { startAgent, type RunningAgent } from './lib/agent.js';
+import { startPeer, type PeerName } from './lib/peers.js';
+import { cgroupCpuSeconds, coreTimes, coreUse, cpusAllowed, treeCpuSeconds, treePeakRssMb, treeRssMb, waitQuiet } from './lib/proc.js';
+import { nodeGet, waitHttp, type Running } from './lib/spawn.js';
+import { runWrk, type WrkOptions, type WrkResult } from './lib/wrk.js';
+
+export const CLIENT_CPU = 0;
+export const PROXY_CPU = 1;
+
+const NODE_IP = '10.77.0.1';
+const CLIENT_IP = '10.77.0.10';
+const BACKEND_IP = '10.77.0.20';
+const BACKEND_PORT = 8080;
+const L7_VIP = '10.96.0.80';
+const L4_VIP = '10.96.0.81';
+const BODY_BYTES = 1024;
+
+export type ScenarioKey = 'direct' | 'l7' | 'l4' | 'nginx' | 'haproxy' | 'fastify';
+export const SCENARIOS: readonly ScenarioKey[] = ['direct', 'l7', 'l4', 'nginx', 'haproxy', 'fastify'];
+export const SCENARIO_NAMES: Record<ScenarioKey, string> = {
+  direct: 'direct',
+  l7: 'weft L7',
+  l4: 'weft L4',
+  nginx: 'nginx',
+  haproxy: 'haproxy',
+  fastify: '@fastify/http-proxy',
+};
+
+const PEER_PORTS: Record<PeerName, number> = { nginx: 18080, haproxy: 18081, fastify: 18082 };
+
+export interface ScenarioResult {
+  key: ScenarioKey;
+  name: string;
+  url: string;
+  error?: string;
+  wrk?: Omit<WrkResult, 'bytesRead'> & { bytesRead: string };
+  /** CPU seconds the proxy (its whole process tree) used during the measured run. */
+  proxyCpuS?: number;
+  /** proxyCpuS per 1000 requests. */
+  cpuPer1000?: number;
+  /** Proxy RSS at the end of the run, and its peak, MiB. */
+  rssMb?: number;
+  peakRssMb?: number;
+  /** Cores the proxy was allowed on (should be the proxy core). */
+  proxyCpus?: string;
+  /** How busy each core was during the measured run, and CPU used by anything else. */
+  cores?: RunCores;
+  /** Measured runs made (a run disturbed by other work on the machine is made again once). */
+  attempts?: number;
+}
+
+export interface RunCores {
+  /** Busy share (0..1) of the client core and of the proxy core. */
+  clientBusy: number;
+  proxyBusy: number;
+  proxySoftirq: number;
+  /**
+   * CPU used during the run by tasks that are neither the proxy, nor the pods (wrk, the
+   * backend), nor this process, in cores (CPU s / s): other work on the machine.
+   */
+  foreignCores: number;
+  /** How long the run waited for a quiet machine before its warm-up, ms; whether it got one. */
+  quietWaitMs: number;
+  quiet: boolean;
+}
+
+export interface ConnRateResult {
+  key: 'direct' | 'l7' | 'l4';
+  name: string;
+  url: string;
+  error?: string;
+  /** New connections per second (one request per connection). */
+  connPerSec?: number;
+  p50Ms?: number;
+  p99Ms?: number;
+  errors?: number;
+  cpuPer1000?: number;
+  /** CPU used by other work on the machine during the run, in cores. */
+  foreignCores?: number;
+}
+
+export interface ThroughputOptions {
+  durationS: number;
+  warmupS: number;
+  connections: number;
+  connRateDurationS: number;
+  /** Scenarios to run (default all). */
+  only: readonly ScenarioKey[];
+  connRate: boolean;
+  workDir: string;
+  agentLogLevel?: string;
+  /** Longest wait for a quiet machine before each run, ms. */
+  quietTimeoutMs: number;
+  /** Measure a run again when other work disturbed it. */
+  retryDisturbed: boolean;
+  log: (msg: string) => void;
+}
+
+/** More than this much CPU (in cores) used by other work during a run makes it disturbed. */
+const FOREIGN_LIMIT = 0.1;
+/** A core busier than this before a run means other work is on the machine. */
+const QUIET_BUSY = 0.15;
+
+export interface ThroughputReport {
+  scenarios: ScenarioResult[];
+  connectionRate: ConnRateResult[];
+  notes: string[];
+  setupError?: string;
+}
+
+function agentConfig(node: TopoNode, client: TopoPod, backend: TopoPod, stateDir: string): string {
+  return stringify({
+    node: { name: node.name, address: node.address },
+    mesh: { trustDomain: 'cluster.local' },
+    ports: { outbound: 15001, inbound: 15006, tunnel: 15008, admin: 15000, metrics: 15020 },
+    ca: {},
+    stateDir,
+    namespaces: [
+      { name: 'bench', labels: { 'weft.io/mesh': 'enabled' } },
+      { name: 'plain', labels: {} },
+    ],
+    workloads: [
+      { name: client.name, namespace: 'bench', node: node.name, ip: client.ip, serviceAccount: 'client', labels: { app: 'client' }, cgroup: client.cgroup },
+      { name: backend.name, namespace: 'plain', node: node.name, ip: backend.ip, serviceAccount: 'backend', labels: { app: 'backend' }, cgroup: backend.cgroup },
+    ],
+    services: [
+      { name: 'backend-l7', namespace: 'plain', vip: L7_VIP, ports: [{ name: 'http', port: 80, targetPort: BACKEND_PORT, protocol: 'http' }], selector: { app: 'backend' } },
+      { name: 'backend-l4', namespace: 'plain', vip: L4_VIP, ports: [{ name: 'tcp', port: 80, targetPort: BACKEND_PORT, protocol: 'tcp' }], selector: { app: 'backend' } },
+    ],
+  });
+}
+
+/**
+ * Ephemeral ports and TIME_WAIT reuse: the connection-rate runs open tens of thousands. The
+ * ports the proxies listen on are reserved, or an upstream connection of the agent (in the
+ * node namespace) could hold 10.77.0.1:18080 when nginx comes to bind it.
+ */
+async function tuneNetns(topo: Topology, netns: string): Promise<void> {
+  await topo.sysctl(netns, [
+    'net.ipv4.ip_local_port_range=1024 65535',
+    'net.ipv4.ip_local_reserved_ports=8080,15000-15020,18080-18082',
+    'net.ipv4.tcp_tw_reuse=1',
+  ]);
+}
+
+async function checkAnswer(client: TopoPod, url: string): Promise<void> {
+  const r = await client.curl(url, ['--max-time', '5']);
+  if (r.status !== 200) throw new Error(`${url} answered status ${r.status} (curl ${r.code} ${r.stderr.trim()}) ${r.body.slice(0, 200)}`);
+  const len = Number(r.headers['content-length'] ?? r.body.length);
+  if (len < BODY_BYTES) throw new Error(`${url} answered ${len} bytes, not the ${BODY_BYTES} the bench asks for`);
+}
+
+/** Run every scenario (and the connection-rate runs) on a topology of its own. */
+export async function runThroughput(o: ThroughputOptions): Promise<ThroughputReport> {
+  const report: ThroughputReport = { scenarios: [], connectionRate: [], notes: [] };
+  const topo = await Topology.create({ prefix: 'weft-bench' });
+  topo.trackPath(o.workDir);
+  let agent: RunningAgent | undefined;
+  try {
+    const node = await topo.addNode('node-a', { address: NODE_IP });
+    const client = await node.addPod('client-0', { ip: CLIENT_IP });
+    const backendPod = await node.addPod('backend-0', { ip: BACKEND_IP });
+    for (const ns of [node.netns, client.netns, backendPod.netns]) await tuneNetns(topo, ns);
+
+    // The backend on the client's core: the proxy's core holds the proxy alone.
+    const script = await backendScriptPath();
+    const backend: ManagedProcess = backendPod.spawn('taskset', ['-c', String(CLIENT_CPU), process.execPath, script, '--name', 'backend-0', '--port', String(BACKEND_PORT)], {
+      label: 'backend',
+    });
+    await backend.waitFor(/backend backend-0 listening on /, 15_000);
+    const size = await client.curl(`http://${BACKEND_IP}:${BACKEND_PORT}/_ctl/size?bytes=${BODY_BYTES}`);
+    if (size.status !== 200) throw new Error(`could not set the backend's body size: ${size.status} ${size.body}`);
+    report.notes.push(`backend: the sample backend (node:http) on core ${CLIENT_CPU} with wrk, ${BODY_BYTES}-byte bodies; pinned to ${cpusAllowed(backend.pid)}`);
+
+    mkdirSync(o.workDir, { recursive: true });
+    const stateDir = join(o.workDir, 'agent-state');
+    const configFile = join(o.workDir, 'weft-throughput.yaml');
+    writeFileSync(configFile, agentConfig(node, client, backendPod, stateDir));
+
+    let agentRuns = 0;
+    const launchAgent = async (): Promise<RunningAgent> => {
+      const a = await startAgent(node, {
+        configFile,
+        pinRoot: join(topo.bpfRoot, 'throughput'),
+        stateDir,
+        logFile: join(o.workDir, `agent-throughput-${++agentRuns}.log`),
+        cpu: PROXY_CPU,
+        logLevel: o.agentLogLevel,
+      });
+      const dump = JSON.parse((await nodeGet(node, 'http://127.0.0.1:15000/config_dump')).body) as { capture: Array<{ workload: string; captured: boolean; error?: string }> };
+      const cap = dump.capture.find((c) => c.workload === 'bench/client-0');
+      if (!cap?.captured) {
+        await a.stop();
+        throw new Error(`client-0 is not captured: ${JSON.stringify(cap)}`);
+      }
+      return a;
+    };
+    report.notes.push(
+      `weft agent: \`node bin/weft.js agent\` pinned to core ${PROXY_CPU}, log level ${o.agentLogLevel ?? 'default (info: one access-log line per request, to a file)'}; client-0 captured (eBPF on its cgroup)`,
+    );
+
+    const scenarioUrl = (k: ScenarioKey): string => {
+      switch (k) {
+        case 'direct':
+          return `http://${BACKEND_IP}:${BACKEND_PORT}/`;
+        case 'l7':
+          return `http://${L7_VIP}/`;
+        case 'l4':
+          return `http://${L4_VIP}/`;
+        default:
+          return `http://${NODE_IP}:${PEER_PORTS[k]}/`;
+      }
+    };
+
+    const podCgroups = [client.cgroup, backendPod.cgroup];
+    const podsCpu = (): number => podCgroups.reduce((sum, d) => sum + cgroupCpuSeconds(d), 0);
+
+    /** One measured wrk run, with what the cores did meanwhile. */
+    const measuredRun = async (url: string, proxyPid: number | undefined, wrkOpts: WrkOptions) => {
+      const q = await waitQuiet(QUIET_BUSY, o.quietTimeoutMs);
+      if (o.warmupS > 0) await runWrk(client, url, { ...wrkOpts, durationS: Math.min(o.warmupS, wrkOpts.durationS) });
+      const cpu0 = proxyPid ? treeCpuSeconds(proxyPid) : 0;
+      const pods0 = podsCpu();
+      const self0 = process.cpuUsage();
+      const cores0 = coreTimes();
+      const t0 = performance.now();
+      const w = await runWrk(client, url, wrkOpts);
+      const seconds = (performance.now() - t0) / 1000;
+      const use = coreUse(cores0, coreTimes(), seconds);
+      const proxyCpuS = proxyPid ? treeCpuSeconds(proxyPid) - cpu0 : 0;
+      const self = process.cpuUsage(self0);
+      const foreign = use.taskSeconds - proxyCpuS - (podsCpu() - pods0) - (self.user + self.system) / 1e6;
+      const cores: RunCores = {
+        clientBusy: use.busy[CLIENT_CPU] ?? Number.NaN,
+        proxyBusy: use.busy[PROXY_CPU] ?? Number.NaN,
+        proxySoftirq: use.softirq[PROXY_CPU] ?? Number.NaN,
+        foreignCores: Math.max(0, foreign) / seconds,
+        quietWaitMs: q.waitedMs,
+        quiet: q.quiet,
+      };
+      return { w, proxyCpuS, cores };
+    };
+
+    const measure = async (k: ScenarioKey, proxyPid: number | undefined): Promise<ScenarioResult> => {
+      const url = scenarioUrl(k);
+      const res: ScenarioResult = { key: k, name: SCENARIO_NAMES[k], url };
+      try {
+        await checkAnswer(client, url);
+        const wrkOpts: WrkOptions = { cpu: CLIENT_CPU, connections: o.connections, durationS: o.durationS };
+        let run = await measuredRun(url, proxyPid, wrkOpts);
+        res.attempts = 1;
+        if (o.retryDisturbed && run.cores.foreignCores > FOREIGN_LIMIT) {
+          o.log(`  ${res.name}: other work used ${run.cores.foreignCores.toFixed(2)} cores during the run: measuring again`);
+          const again = await measuredRun(url, proxyPid, wrkOpts);
+          res.attempts = 2;
+          if (again.cores.foreignCores < run.cores.foreignCores) run = again;
+        }
+        const { w } = run;
+        res.cores = run.cores;
+        if (proxyPid) {
+          res.proxyCpuS = run.proxyCpuS;
+          res.cpuPer1000 = w.requests > 0 ? (run.proxyCpuS / w.requests) * 1000 : undefined;
+          res.rssMb = treeRssMb(proxyPid);
+          res.peakRssMb = treePeakRssMb(proxyPid);
+          res.proxyCpus = cpusAllowed(proxyPid);
+        }
+        const { raw: _raw, ...rest } = w;
+        res.wrk = rest;
+        o.log(
+          `  ${res.name}: ${w.reqPerSec.toFixed(0)} req/s, p50 ${w.p50Ms.toFixed(2)} ms, p99 ${w.p99Ms.toFixed(2)} ms, errors ${w.errors}` +
+            (res.cpuPer1000 !== undefined ? `, ${res.cpuPer1000.toFixed(4)} CPU s/1000 req, RSS ${res.rssMb!.toFixed(1)} MB` : '') +
+            `; cores busy: client ${(run.cores.clientBusy * 100).toFixed(0)}%, proxy ${(run.cores.proxyBusy * 100).toFixed(0)}%; other work ${run.cores.foreignCores.toFixed(2)} cores`,
+        );
+      } catch (err) {
+        res.error = (err as Error).message;
+        o.log(`  ${res.name}: FAILED: ${res.error}`);
+      }
+      return res;
+    };
+
+    const results = new Map<ScenarioKey, ScenarioResult>();
+    if (o.only.includes('direct')) results.set('direct', await measure('direct', undefined));
+    if (o.only.includes('l7') || o.only.includes('l4')) {
+      try {
+        agent = await launchAgent();
+        for (const k of ['l7', 'l4'] as const) if (o.only.includes(k)) results.set(k, await measure(k, agent.pid));
+      } catch (err) {
+        for (const k of ['l7', 'l4'] as const) {
+          if (o.only.includes(k) && !results.has(k)) results.set(k, { key: k, name: SCENARIO_NAMES[k], url: scenarioUrl(k), error: (err as Error).message });
+        }
+        o.log(`  weft: FAILED: ${(err as Error).message}`);
+      } finally {
+        await agent?.stop();
+        agent = undefined;
+      }
+    }
+
+    // Peers one at a time, each alone on the proxy core.
+    for (const k of ['nginx', 'haproxy', 'fastify'] as const) {
+      if (!o.only.includes(k)) continue;
+      let peer: Running | undefined;
+      try {
+        peer = startPeer(node, k, {
+          dir: join(o.workDir, k),
+          listenHost: NODE_IP,
+          listenPort: PEER_PORTS[k],
+          upstreamHost: BACKEND_IP,
+          upstreamPort: BACKEND_PORT,
+          cpu: PROXY_CPU,
+        });
+        await waitHttp(client, scenarioUrl(k), peer);
+        results.set(k, await measure(k, peer.pid));
+      } catch (err) {
+        const error = (err as Error).message;
+        o.log(`  ${SCENARIO_NAMES[k]}: FAILED: ${error}`);
+        results.set(k, { key: k, name: SCENARIO_NAMES[k], url: scenarioUrl(k), error });
+      } finally {
+        await peer?.stop();
+      }
+    }
+    report.scenarios = SCENARIOS.flatMap((k) => results.get(k) ?? []);
+
+    // Last: tens of thousands of short connections leave TIME_WAIT sockets behind, which
+    // should not sit under the keep-alive runs. A fresh agent, so its CPU figure is its own.
+    if (o.connRate) {
+      o.log('connection rate (one request per connection: wrk -H "Connection: close")');
+      try {
+        agent = await launchAgent();
+      } catch (err) {
+        o.log(`  weft: FAILED: ${(err as Error).message}`);
+      }
+      for (const k of ['direct', 'l4', 'l7'] as const) {
+        const url = scenarioUrl(k);
+        const r: ConnRateResult = { key: k, name: SCENARIO_NAMES[k], url };
+        try {
+          const wrkOpts: WrkOptions = { cpu: CLIENT_CPU, connections: o.connections, durationS: o.connRateDurationS, headers: ['Connection: close'] };
+          if (k !== 'direct' && !agent) throw new Error('the agent did not start');
+          const pid = k === 'direct' ? undefined : agent?.pid;
+          const { w, proxyCpuS, cores } = await measuredRun(url, pid, wrkOpts);
+          r.connPerSec = w.reqPerSec;
+          r.p50Ms = w.p50Ms;
+          r.p99Ms = w.p99Ms;
+          r.errors = w.errors;
+          r.foreignCores = cores.foreignCores;
+          if (pid && w.requests > 0) r.cpuPer1000 = (proxyCpuS / w.requests) * 1000;
+          o.log(`  ${r.name}: ${w.reqPerSec.toFixed(0)} conn/s, p99 ${w.p99Ms.toFixed(2)} ms, errors ${w.errors}; other work ${cores.foreignCores.toFixed(2)} cores`);
+        } catch (err) {
+          r.error = (err as Error).message;
+          o.log(`  ${r.name}: FAILED: ${r.error}`);
+        }
+        report.connectionRate.push(r);
+      }
+    }
+  } catch (err) {
+    report.setupError = (err as Error).stack ?? String(err);
+    o.log(`throughput: setup failed: ${(err as Error).message}`);
+  } finally {
+    if (agent) await agent.stop().catch(() => undefined);
+    await topo.destroy().catch((err: unknown) => o.log(`throughput: topology cleanup: ${(err as Error).message}`));
+  }
+  return report;
+}

@@ -1,0 +1,122 @@
+// The bench's own logic, without running anything: wrk report parsing, the done-when
+// verdicts, the markdown and the SVG chart.
+import t from 'tap';
+import { parseWrk, wrkArgs } from '../../bench/lib/wrk.js';
+import { doneWhen, toMarkdown, toSvg, type BenchReport } from '../../bench/lib/report.js';
+import type { ScenarioResult } from '../../bench/throughput.js';
+
+const WRK_OK = `Running 10s test @ http://10.96.0.80/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.10ms  512.33us  20.01ms   90.00%
+    Req/Sec    24.01k     1.20k   26.00k    70.00%
+  Latency Distribution
+     50%  850.00us
+     75%    2.20ms
+     90%    2.80ms
+     99%    1.02s
+  238922 requests in 10.00s, 290.12MB read
+Requests/sec:  23888.51
+Transfer/sec:     29.01MB
+`;
+
+const WRK_ERRORS = `Running 3s test @ http://10.77.0.1:18080/
+  1 threads and 50 connections
+  Latency Distribution
+     50%    1.50ms
+     75%    2.00ms
+     90%    3.00ms
+     99%   10.00ms
+  1000 requests in 3.00s, 1.2MB read
+  Socket errors: connect 2, read 3, write 0, timeout 5
+  Non-2xx or 3xx responses: 7
+Requests/sec:    333.33
+Transfer/sec:    400.00KB
+`;
+
+t.test('parseWrk reads rates, percentiles in every unit, and errors', async (t) => {
+  const ok = parseWrk(WRK_OK);
+  t.equal(ok.requests, 238922);
+  t.equal(ok.durationS, 10);
+  t.equal(ok.reqPerSec, 23888.51);
+  t.equal(ok.p50Ms, 0.85);
+  t.equal(ok.p75Ms, 2.2);
+  t.equal(ok.p99Ms, 1020);
+  t.equal(ok.errors, 0);
+  t.equal(ok.bytesRead, '290.12MB');
+
+  const bad = parseWrk(WRK_ERRORS);
+  t.same(bad.socketErrors, { connect: 2, read: 3, write: 0, timeout: 5 });
+  t.equal(bad.non2xx, 7);
+  t.equal(bad.errors, 17);
+  t.throws(() => parseWrk('unable to connect to 10.0.0.1:80 Connection refused'), /no request count/);
+});
+
+t.test('wrkArgs', async (t) => {
+  t.same(wrkArgs('http://x/', { cpu: 0, connections: 50, durationS: 3, headers: ['Connection: close'] }), [
+    '-t', '1', '-c', '50', '-d', '3s', '--latency', '-H', 'Connection: close', 'http://x/',
+  ]);
+});
+
+function scenario(key: ScenarioResult['key'], name: string, rps: number, p99: number, cpuPer1000?: number, errors = 0): ScenarioResult {
+  return {
+    key,
+    name,
+    url: 'http://x/',
+    wrk: { requests: rps * 10, durationS: 10, reqPerSec: rps, p50Ms: 1, p75Ms: 2, p90Ms: 3, p99Ms: p99, socketErrors: { connect: 0, read: 0, write: 0, timeout: 0 }, non2xx: errors, errors, bytesRead: '1MB' },
+    cpuPer1000,
+    rssMb: 50,
+  };
+}
+
+function report(scenarios: ScenarioResult[]): BenchReport {
+  return {
+    machine: { kernel: '6.1', nproc: 2, cpuModel: 'cpu <x>', memoryGiB: 24, node: 'v20', commit: 'abc1234', dirty: false, date: '2026-01-01T00:00:00Z', tools: { wrk: '4' } },
+    mode: { quick: false, only: [], durationS: 10, warmupS: 3, connections: 50, connRateDurationS: 5, proxyCpu: 1, clientCpu: 0 },
+    elapsedS: 100,
+    throughput: { scenarios, connectionRate: [], notes: [] },
+    churn: { endpoints: 10000, changed: 10000, configBytes: 1000, endToEndMs: [900, 800, 1200] },
+    memory: { localWorkloads: 1000, remoteEndpoints: 10000, localEndpoints: 1000, rssMb: 149 },
+    sectionErrors: {},
+  };
+}
+
+t.test('doneWhen judges the issue figures', async (t) => {
+  const r = report([
+    scenario('direct', 'direct', 30000, 5),
+    scenario('l7', 'weft L7', 19000, 12, 0.05),
+    scenario('l4', 'weft L4', 27500, 6, 0.01),
+    scenario('nginx', 'nginx', 27000, 6, 0.02),
+  ]);
+  const verdicts = Object.fromEntries(doneWhen(r).map((c) => [c.criterion, c.pass]));
+  t.equal(verdicts['weft L7 req/s vs nginx'], true); // 0.704
+  t.equal(verdicts['weft L7 p99 vs nginx'], true); // exactly 2x
+  t.equal(verdicts['weft L7 and L4 errors'], true);
+  t.equal(verdicts['weft L4 req/s vs direct'], true); // 0.917
+  t.equal(verdicts['agent CPU per 1000 requests, L7 / L4'], true); // 5x
+  t.equal(verdicts['agent RSS, 1000 local workloads + 10000 endpoints'], true);
+  t.equal(verdicts['10000 endpoint changes applied (file write -> applied)'], true); // median 900
+
+  const worse = report([scenario('l7', 'weft L7', 10000, 30, 0.02, 3), scenario('nginx', 'nginx', 27000, 6, 0.02)]);
+  const v2 = Object.fromEntries(doneWhen(worse).map((c) => [c.criterion, c.pass]));
+  t.equal(v2['weft L7 req/s vs nginx'], false);
+  t.equal(v2['weft L7 p99 vs nginx'], false);
+  t.equal(v2['weft L7 and L4 errors'], false);
+  t.equal(v2['weft L4 req/s vs direct'], undefined, 'not measured without L4 and direct');
+});
+
+t.test('markdown and SVG', async (t) => {
+  const r = report([scenario('direct', 'direct', 30000, 5), scenario('l7', 'weft L7', 19000, 12, 0.05), scenario('nginx', 'nginx', 27000, 6, 0.02)]);
+  r.throughput!.scenarios.push({ key: 'haproxy', name: 'haproxy', url: 'http://x/', error: 'bind | failed' });
+  const md = toMarkdown(r, 'latest.svg');
+  t.match(md, /\| weft L7 \| 19000 \| 1\.00 \| 12\.00 \| 0 \| 0\.70 \| 0\.63 \| 0\.0500 \| 50\.0 \|/);
+  t.match(md, /\| haproxy \| failed: bind \\\| failed \|/);
+  t.match(md, /commit: abc1234/);
+  t.match(md, /!\[requests per second by scenario\]\(latest\.svg\)/);
+  const svg = toSvg(r);
+  t.match(svg, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
+  t.equal((svg.match(/<rect x=/g) ?? []).length, 3, 'a bar per measured scenario');
+  t.match(svg, /0\.7 × nginx/);
+  t.match(svg, /cpu &lt;x&gt;/, 'text is escaped');
+  t.match(svg, /<\/svg>\n$/);
+});
