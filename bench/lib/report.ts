@@ -292,10 +292,10 @@ function esc(s: string): string {
 export function toSvg(r: BenchReport): string {
   const rows = (r.throughput?.scenarios ?? []).filter((s) => s.wrk);
   const nginx = rows.find((s) => s.key === 'nginx')?.wrk?.reqPerSec;
-  const W = 760;
+  const W = 840;
   const left = 170;
-  const right = 110;
-  const top = 58;
+  const right = 120;
+  const top = 92;
   const barH = 26;
   const gap = 12;
   const plotW = W - left - right;
@@ -306,8 +306,10 @@ export function toSvg(r: BenchReport): string {
   const parts: string[] = [];
   parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" font-size="13">`);
   parts.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
-  parts.push(`<text x="${left}" y="22" font-size="15" font-weight="bold">Requests per second through the capture path (1 KiB, ${r.mode.connections} keep-alive connections)</text>`);
-  parts.push(`<text x="${left}" y="40" fill="#555" font-size="11">${esc(machineLine(r.machine))}</text>`);
+  const m = r.machine;
+  parts.push(`<text x="16" y="24" font-size="15" font-weight="bold">Requests per second through the capture path (1 KiB responses, ${r.mode.connections} keep-alive connections)</text>`);
+  parts.push(`<text x="16" y="44" fill="#555" font-size="11">${esc(`client pod -> proxy on the node -> backend pod; wrk and the backend on core ${r.mode.clientCpu}, the proxy alone on core ${r.mode.proxyCpu}`)}</text>`);
+  parts.push(`<text x="16" y="60" fill="#555" font-size="11">${esc(`${m.cpuModel}, ${m.nproc} cores; Linux ${m.kernel}; Node ${m.node}; commit ${m.commit}${m.dirty ? ' (dirty)' : ''}; ${m.date.slice(0, 10)}`)}</text>`);
   // Grid: 5 ticks.
   const step = niceStep(max / 5);
   for (let v = 0; v <= max; v += step) {
