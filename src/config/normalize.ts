@@ -50,6 +50,7 @@ import {
   type Namespace,
   type OutlierDetectionPolicy,
   type PeerAuthMode,
+  type PeerNode,
   type PolicyOperation,
   type PolicyRule,
   type PolicySource,
@@ -102,6 +103,7 @@ interface RawTrafficPolicy {
 
 interface RawConfig {
   node: { name: string; address: string };
+  nodes?: { name: string; address: string }[];
   mesh?: { trustDomain?: string };
   ports?: Partial<Ports>;
   ca?: { url?: string; rootCert?: string; tokenFile?: string; certTtl?: RawDuration };
@@ -206,6 +208,7 @@ function build(raw: RawConfig, p: Problems, baseDir: string): MeshConfig {
   }
 
   // Built in document order, so that problems are listed in the order of the file.
+  const nodes = buildNodes(raw, p);
   const ca = buildCa(raw, p, baseDir);
   const namespaces = buildNamespaces(raw, p);
   const workloads = buildWorkloads(raw, p, raw.node.name);
@@ -227,6 +230,7 @@ function build(raw: RawConfig, p: Problems, baseDir: string): MeshConfig {
 
   return {
     node: { name: raw.node.name, address: raw.node.address },
+    nodes,
     mesh: { trustDomain: raw.mesh?.trustDomain ?? DEFAULT_TRUST_DOMAIN },
     ports,
     ca,
@@ -241,6 +245,31 @@ function build(raw: RawConfig, p: Problems, baseDir: string): MeshConfig {
       logLevel: raw.agent?.logLevel ?? DEFAULT_AGENT.logLevel,
     },
   };
+}
+
+/**
+ * `nodes:` without the local node: the local node may be listed (it keeps the file the same
+ * on every node), but then with its own address.
+ */
+function buildNodes(raw: RawConfig, p: Problems): PeerNode[] {
+  const names = new Map<string, number>();
+  const addresses = new Map<string, number>();
+  const out: PeerNode[] = [];
+  (raw.nodes ?? []).forEach((n, i) => {
+    const dupName = names.get(n.name);
+    if (dupName !== undefined) p.add(['nodes', i, 'name'], `duplicate node ${n.name} (also nodes[${dupName}])`);
+    else names.set(n.name, i);
+    const dupAddr = addresses.get(n.address);
+    if (dupAddr !== undefined) p.add(['nodes', i, 'address'], `${n.address} is already the address of nodes[${dupAddr}]`);
+    else addresses.set(n.address, i);
+    if (n.name === raw.node.name) {
+      if (n.address !== raw.node.address) p.add(['nodes', i, 'address'], `${n.name} is this node, whose address is ${raw.node.address} (node.address)`);
+      return;
+    }
+    if (n.address === raw.node.address) p.add(['nodes', i, 'address'], `${n.address} is this node's address (node.address), not ${n.name}'s`);
+    out.push({ name: n.name, address: n.address });
+  });
+  return out;
 }
 
 function buildCa(raw: RawConfig, p: Problems, baseDir: string): CaConfig {

@@ -180,6 +180,7 @@ const policyOperation = obj(
 export const CONFIG_SCHEMA: SchemaObject = obj(
   {
     node: obj({ name: subdomainName, address: ipv4 }, ['name', 'address']),
+    nodes: list(obj({ name: subdomainName, address: ipv4 }, ['name', 'address'])),
     mesh: obj({ trustDomain: subdomainName }),
     // 0: any free port (tests); Agent.addresses tells which.
     ports: obj({ outbound: agentPort, inbound: agentPort, tunnel: agentPort, admin: agentPort, metrics: agentPort }),

@@ -30,6 +30,17 @@ export interface NodeConfig {
 }
 
 /**
+ * Another node of the mesh (`nodes:`): where its agent is reached. Traffic to a meshed pod
+ * on that node goes through an mTLS tunnel to `address:<ports.tunnel>` (every agent uses the
+ * same ports), and strict pods on this node admit connections from `address` (the agents'
+ * health checks). The local node may be listed too (with its own address) or left out.
+ */
+export interface PeerNode {
+  name: string;
+  address: string;
+}
+
+/**
  * Remote CA (`weft ca`); absent fields mean the embedded CA. With `url`, `rootCert` and
  * `tokenFile` are required; without it, they are refused. File paths are absolute
  * (relative ones in the YAML are resolved against the config file's directory).
@@ -311,6 +322,11 @@ export interface AuthorizationPolicy {
 
 export interface MeshConfig {
   node: NodeConfig;
+  /**
+   * The other nodes of the mesh, by name (default []; the file loader never lists the local
+   * node here). Optional so that a discovery source that knows no peers may leave it out.
+   */
+  nodes?: PeerNode[];
   /** trustDomain default cluster.local. */
   mesh: { trustDomain: string };
   ports: Ports;

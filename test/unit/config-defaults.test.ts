@@ -28,6 +28,7 @@ t.test('top-level defaults', async (t) => {
   const c = parseConfig('node: { name: node-a, address: 10.77.0.1 }\n', 't', { env: {} });
   t.same(c, {
     node: { name: 'node-a', address: '10.77.0.1' },
+    nodes: [],
     mesh: { trustDomain: 'cluster.local' },
     ports: DEFAULT_PORTS,
     ca: {},

@@ -72,7 +72,7 @@ t.test('required keys and unknown keys', async (t) => {
   c.workloads[0].wieght = 2;
   c.extra = true;
   t.same(problemsOf(c), [
-    'extra: unknown key; expected one of: node, mesh, ports, ca, stateDir, namespaces, workloads, services, requestAuthentications, policies, agent',
+    'extra: unknown key; expected one of: node, nodes, mesh, ports, ca, stateDir, namespaces, workloads, services, requestAuthentications, policies, agent',
     'workloads[0].wieght: unknown key (did you mean "weight"?)',
     'services[0].trafficPolicy.loadBalncer: unknown key (did you mean "loadBalancer"?)',
   ]);
@@ -393,6 +393,34 @@ t.test('namespaces, peer authentication label, CA and agent', async (t) => {
   t.same(problemsOf(d), [
     "ca.rootCert: is required with ca.url (the remote CA's root certificate)",
     'ca.tokenFile: is required with ca.url (from `weft ca token`)',
+  ]);
+});
+
+t.test('nodes: peer agents by name', async (t) => {
+  const c = base();
+  c.nodes = [
+    { name: 'node-a', address: '10.77.0.1' },
+    { name: 'node-b', address: '10.77.1.1' },
+  ];
+  t.same(problemsOf(c), [], 'the local node may be listed, with its own address');
+  t.same(parseConfig(stringify(c), 't', { env: {} }).nodes, [{ name: 'node-b', address: '10.77.1.1' }], 'the local node is left out of MeshConfig.nodes');
+  c.nodes = [
+    { name: 'node-a', address: '10.77.0.9' },
+    { name: 'node-b', address: '10.77.1.1' },
+    { name: 'node-b', address: '10.77.2.1' },
+    { name: 'node-c', address: '10.77.1.1' },
+    { name: 'node-d', address: '10.77.0.1' },
+    { name: 'node-e' },
+  ];
+  t.same(problemsOf(c), [
+    'nodes[5].address: is required',
+  ]);
+  c.nodes.pop();
+  t.same(problemsOf(c), [
+    'nodes[0].address: node-a is this node, whose address is 10.77.0.1 (node.address)',
+    'nodes[2].name: duplicate node node-b (also nodes[1])',
+    'nodes[3].address: 10.77.1.1 is already the address of nodes[1]',
+    "nodes[4].address: 10.77.0.1 is this node's address (node.address), not node-d's",
   ]);
 });
 
