@@ -20,6 +20,7 @@ import { Topology } from '../src/sandbox/topology.js';
 import { repoRoot } from '../src/sandbox/mesh-sandbox.js';
 import { benchBalancers } from './balancer.js';
 import { ensureTools } from './lib/tools.js';
+import { setQuietBudget } from './lib/proc.js';
 import { machineInfo } from './lib/machine.js';
 import { toMarkdown, toSvg, doneWhen, type BenchReport, type BenchMode } from './lib/report.js';
 import { CLIENT_CPU, PROXY_CPU, SCENARIOS, runThroughput, type ScenarioKey } from './throughput.js';
@@ -110,6 +111,8 @@ async function main(): Promise<number> {
   if (missingTools.length) log(`bench: ${missingTools.join(', ')} could not be installed: those scenarios will fail`);
 
   await Topology.sweep('weft-bench', log);
+  // Waiting for idle cores makes figures honest on a shared machine, within reason.
+  setQuietBudget(quick ? 20_000 : 120_000);
   const workDir = mkdtempSync(join(tmpdir(), 'weft-bench-'));
   const report: BenchReport = { machine: await machineInfo(repo), mode, elapsedS: 0, sectionErrors: {} };
   log(`weft bench${quick ? ' (quick)' : ''}: ${report.machine.cpuModel}, ${report.machine.nproc} cores, commit ${report.machine.commit}; output -> ${outDir}`);
@@ -137,7 +140,7 @@ async function main(): Promise<number> {
         log(`throughput: FAILED: ${(err as Error).message}`);
       }
     }
-    const scale = { remoteEndpoints: 10_000, localWorkloads: 1_000, churnRounds: quick ? 2 : 3, workDir, log };
+    const scale = { remoteEndpoints: 10_000, localWorkloads: 1_000, churnRounds: quick ? 2 : 5, quietTimeoutMs: quick ? 10_000 : 60_000, workDir, log };
     if (wants('churn')) {
       log('config churn: 10,000 endpoints changing');
       try {

@@ -22,7 +22,7 @@ import { Metrics } from '../src/telemetry/metrics.js';
 import { silentLogger } from '../src/telemetry/log.js';
 import { Topology, type TopoNode } from '../src/sandbox/topology.js';
 import { fileSize, metricValue, startAgent, waitLogLine, type RunningAgent } from './lib/agent.js';
-import { cpusAllowed, treePeakRssMb, treeRssMb } from './lib/proc.js';
+import { cpusAllowed, treePeakRssMb, treeRssMb, waitQuiet } from './lib/proc.js';
 import { nodeGet } from './lib/spawn.js';
 import { PROXY_CPU } from './throughput.js';
 
@@ -35,6 +35,8 @@ export interface ScaleOptions {
   localWorkloads: number;
   /** Churn samples (alternating between two configs). */
   churnRounds: number;
+  /** Longest wait for idle cores before each timed step, ms. */
+  quietTimeoutMs: number;
   workDir: string;
   log: (msg: string) => void;
 }
@@ -51,6 +53,8 @@ export interface ChurnReport {
   syncMs?: number;
   agentRssMb?: number;
   startupMs?: number;
+  /** Rounds that started while other work kept a core busy (waited quietTimeoutMs in vain). */
+  busyRounds: number;
   error?: string;
 }
 
@@ -165,7 +169,7 @@ function churnInProcess(a: string, b: string, rounds: number): { parseMs: number
 }
 
 export async function runChurn(o: ScaleOptions): Promise<ChurnReport> {
-  const rep: ChurnReport = { endpoints: o.remoteEndpoints, changed: o.remoteEndpoints, configBytes: 0, endToEndMs: [] };
+  const rep: ChurnReport = { endpoints: o.remoteEndpoints, changed: o.remoteEndpoints, configBytes: 0, endToEndMs: [], busyRounds: 0 };
   const topo = await Topology.create({ prefix: 'weft-bench' });
   let agent: RunningAgent | undefined;
   try {
@@ -179,6 +183,7 @@ export async function runChurn(o: ScaleOptions): Promise<ChurnReport> {
     const configFile = join(dir, 'weft.yaml');
     writeFileSync(configFile, texts[0]!);
 
+    await waitQuiet(0.15, o.quietTimeoutMs);
     const inproc = churnInProcess(texts[0]!, texts[1]!, Math.max(3, o.churnRounds));
     Object.assign(rep, inproc);
     o.log(`  in process: parse ${inproc.parseMs.toFixed(0)} ms, StateStore.apply ${inproc.applyMs.toFixed(1)} ms, ClusterManager.sync ${inproc.syncMs.toFixed(1)} ms`);
@@ -188,8 +193,9 @@ export async function runChurn(o: ScaleOptions): Promise<ChurnReport> {
     rep.startupMs = agent.startupMs;
     let generation = (JSON.parse((await nodeGet(node, 'http://127.0.0.1:15000/config_dump', 20)).body) as { generation: number }).generation;
     for (let r = 1; r <= o.churnRounds; r++) {
-      // Let the previous change settle (and the poll backstop not race the watch).
+      // Let the previous change settle (and the poll backstop not race the watch), on idle cores.
       await sleep(500);
+      if (!(await waitQuiet(0.15, o.quietTimeoutMs)).quiet) rep.busyRounds++;
       const from = fileSize(logFile);
       const t0 = Date.now();
       replaceFile(configFile, texts[r % 2]!);
@@ -228,6 +234,7 @@ export async function runMemory(o: ScaleOptions): Promise<MemoryReport> {
     const configFile = join(dir, 'weft.yaml');
     writeFileSync(configFile, scaleConfig({ node, stateDir, remoteEndpoints: o.remoteEndpoints, remoteNet: 80, localWorkloads: o.localWorkloads }));
     const pinRoot = join(topo.bpfRoot, 'memory');
+    await waitQuiet(0.15, o.quietTimeoutMs);
     agent = await startAgent(node, { configFile, pinRoot, stateDir, logFile: join(dir, 'agent.log'), cpu: PROXY_CPU, readyTimeoutMs: 180_000 });
     rep.startupMs = agent.startupMs;
     rep.rssAtReadyMb = treeRssMb(agent.pid);

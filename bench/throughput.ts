@@ -24,7 +24,7 @@ import { backendScriptPath } from '../src/sandbox/backend.js';
 import { Topology, type ManagedProcess, type TopoNode, type TopoPod } from '../src/sandbox/topology.js';
 import { startAgent, type RunningAgent } from './lib/agent.js';
 import { startPeer, type PeerName } from './lib/peers.js';
-import { cgroupCpuSeconds, coreTimes, coreUse, cpusAllowed, treeCpuSeconds, treePeakRssMb, treeRssMb, waitQuiet } from './lib/proc.js';
+import { cgroupCpuSeconds, coreTimes, coreUse, cpusAllowed, kernelThreadCpuSeconds, treeCpuSeconds, treePeakRssMb, treeRssMb, waitQuiet } from './lib/proc.js';
 import { nodeGet, waitHttp, type Running } from './lib/spawn.js';
 import { runWrk, type WrkOptions, type WrkResult } from './lib/wrk.js';
 
@@ -80,7 +80,8 @@ export interface RunCores {
   proxySoftirq: number;
   /**
    * CPU used during the run by tasks that are neither the proxy, nor the pods (wrk, the
-   * backend), nor this process, in cores (CPU s / s): other work on the machine.
+   * backend), nor kernel threads, nor this process, in cores (CPU s / s): other work on
+   * the machine.
    */
   foreignCores: number;
   /** How long the run waited for a quiet machine before its warm-up, ms; whether it got one. */
@@ -246,14 +247,16 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
       const cpu0 = proxyPid ? treeCpuSeconds(proxyPid) : 0;
       const pods0 = podsCpu();
       const self0 = process.cpuUsage();
+      const kthreads0 = kernelThreadCpuSeconds();
       const cores0 = coreTimes();
       const t0 = performance.now();
       const w = await runWrk(client, url, wrkOpts);
       const seconds = (performance.now() - t0) / 1000;
       const use = coreUse(cores0, coreTimes(), seconds);
       const proxyCpuS = proxyPid ? treeCpuSeconds(proxyPid) - cpu0 : 0;
+      const kthreads = kernelThreadCpuSeconds() - kthreads0;
       const self = process.cpuUsage(self0);
-      const foreign = use.taskSeconds - proxyCpuS - (podsCpu() - pods0) - (self.user + self.system) / 1e6;
+      const foreign = use.taskSeconds - proxyCpuS - (podsCpu() - pods0) - kthreads - (self.user + self.system) / 1e6;
       const cores: RunCores = {
         clientBusy: use.busy[CLIENT_CPU] ?? Number.NaN,
         proxyBusy: use.busy[PROXY_CPU] ?? Number.NaN,

@@ -44,6 +44,28 @@ function cpuSecondsOf(pid: number): number {
   }
 }
 
+const PF_KTHREAD = 0x00200000;
+
+/**
+ * CPU seconds used so far by kernel threads (ksoftirqd, kworkers...): network work done
+ * on behalf of the processes under test lands there, and is not "other work".
+ */
+export function kernelThreadCpuSeconds(): number {
+  let sum = 0;
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // f[6] is field 9, flags.
+      if ((Number(f[6]) & PF_KTHREAD) !== 0) sum += (Number(f[11]) + Number(f[12])) / CLK_TCK;
+    } catch {
+      // gone
+    }
+  }
+  return sum;
+}
+
 /** A field of /proc/PID/status in kB (VmRSS, VmHWM), 0 when missing. */
 function statusKb(pid: number, field: string): number {
   try {
@@ -121,11 +143,27 @@ export function cgroupCpuSeconds(dir: string): number {
   }
 }
 
+let quietBudgetMs = Number.POSITIVE_INFINITY;
+
+/** Bound the total time all waitQuiet() calls may spend waiting, so a busy machine cannot stretch a run without end. */
+export function setQuietBudget(ms: number): void {
+  quietBudgetMs = ms;
+}
+
 /**
  * Wait until no core is busier than `maxBusy` over a `windowMs` sample (other work on the
- * machine skews every figure), at most `timeoutMs`. Returns the last sample's busiest core.
+ * machine skews every figure), at most `timeoutMs` (and what is left of the quiet budget).
+ * Returns the last sample's busiest core.
  */
 export async function waitQuiet(maxBusy: number, timeoutMs: number, windowMs = 500): Promise<{ quiet: boolean; busiest: number; waitedMs: number }> {
+  const started = Date.now();
+  const r = await sampleUntilQuiet(maxBusy, Math.min(timeoutMs, Math.max(0, quietBudgetMs)), windowMs);
+  // The first window is the measurement itself, not a wait.
+  quietBudgetMs -= Math.max(0, Date.now() - started - windowMs);
+  return r;
+}
+
+async function sampleUntilQuiet(maxBusy: number, timeoutMs: number, windowMs: number): Promise<{ quiet: boolean; busiest: number; waitedMs: number }> {
   const started = Date.now();
   for (;;) {
     const a = coreTimes();

@@ -157,6 +157,7 @@ function churnSection(c: ChurnReport): string {
     '',
     `The end-to-end figure also holds the capture reconcile (10,000 pod destinations rewritten in the \`weft_dests\` BPF map) and the agent's log line. Agent RSS after the churn: ${f(c.agentRssMb, 1)} MB; start-up with this config: ${f(c.startupMs)} ms.`,
   ];
+  if (c.busyRounds > 0) lines.push('', `${c.busyRounds} round(s) started while other work kept a core busy: those are slow.`);
   if (c.error) lines.push('', `Error: ${oneLine(c.error)}`);
   return lines.join('\n');
 }
@@ -212,6 +213,11 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
   const out: string[] = [];
   out.push('# weft benchmarks', '');
   out.push(`Written by \`npm run bench\` (bench/run.ts)${mode.quick ? ' in --quick mode' : ''}${mode.only.length ? ` with --only=${mode.only.join(',')}` : ''}, in ${r.elapsedS.toFixed(0)} s.`, '');
+  out.push(
+    'Run it as root: `npm run bench` (about 4 minutes; writes this file, latest.svg and latest.json here), `npm run bench -- --quick` (about a minute and a half, writes to a temp dir), ' +
+      '`--only=direct,l7,l4,nginx,haproxy,fastify,connrate,churn,memory,balancers,tunnel` for parts, `--out=DIR`, `--agent-log-level=warn` to take the access log out of the agent\'s cost.',
+    '',
+  );
   out.push(`- machine: ${m.cpuModel}, ${m.nproc} cores, ${m.memoryGiB} GiB, Linux ${m.kernel}`);
   out.push(`- software: Node ${m.node}; ${Object.entries(m.tools).map(([k, v]) => `${k} ${v.replace(/^(nginx version: |HAProxy version |wrk )/, '')}`).join('; ')}`);
   out.push(`- commit: ${m.commit}${m.dirty ? ' (the work tree had uncommitted changes to tracked files)' : ''}`);
@@ -238,11 +244,14 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
           ? `other work on the machine during: ${noisy.map((s) => `${s.name} (${s.cores!.foreignCores.toFixed(2)} cores${s.cores!.quiet ? '' : ', no quiet start'})`).join(', ')}: those figures are low`
           : 'no other work on the machine during the runs (each waits for idle cores, and is measured again once if anything else used more than 0.1 core)',
       );
+      const bound = (c: NonNullable<ScenarioResult['cores']>): string =>
+        c.proxyBusy >= 0.95 ? ', proxy-bound' : c.clientBusy >= 0.95 ? ', client-core-bound' : '';
       notes.push(
         `core use during the runs (client core / proxy core): ${t.scenarios
           .filter((s) => s.cores)
-          .map((s) => `${s.name} ${(s.cores!.clientBusy * 100).toFixed(0)}% / ${(s.cores!.proxyBusy * 100).toFixed(0)}%`)
-          .join(', ')}`,
+          .map((s) => `${s.name} ${(s.cores!.clientBusy * 100).toFixed(0)}% / ${(s.cores!.proxyBusy * 100).toFixed(0)}%${bound(s.cores!)}`)
+          .join('; ')}. ` +
+          'Where the client core is the one saturated, the figure is bounded by wrk, the backend and the kernel work of the extra hop (softirq runs on the sending core), not by the proxy.',
       );
     }
     if (notes.length) out.push(...notes.map((n) => `- ${n}`), '');

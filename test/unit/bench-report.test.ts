@@ -75,7 +75,7 @@ function report(scenarios: ScenarioResult[]): BenchReport {
     mode: { quick: false, only: [], durationS: 10, warmupS: 3, connections: 50, connRateDurationS: 5, proxyCpu: 1, clientCpu: 0 },
     elapsedS: 100,
     throughput: { scenarios, connectionRate: [], notes: [] },
-    churn: { endpoints: 10000, changed: 10000, configBytes: 1000, endToEndMs: [900, 800, 1200] },
+    churn: { endpoints: 10000, changed: 10000, configBytes: 1000, endToEndMs: [900, 800, 1200], busyRounds: 0 },
     memory: { localWorkloads: 1000, remoteEndpoints: 10000, localEndpoints: 1000, rssMb: 149 },
     sectionErrors: {},
   };
