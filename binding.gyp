@@ -7,7 +7,8 @@
         "native/errors.cc",
         "native/object.cc",
         "native/map.cc",
-        "native/ops.cc"
+        "native/ops.cc",
+        "native/splice.cc"
       ],
       "include_dirs": ["bpf"],
       "dependencies": [

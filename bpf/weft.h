@@ -32,6 +32,8 @@
 #define WEFT_ORIG_MAX 65536
 #define WEFT_PODS_MAX 16384
 #define WEFT_AGENTS_MAX 4096
+/* Sockets the agent may splice at once: two per connection (bpf/splice.bpf.c). */
+#define WEFT_SPLICE_MAX 65536
 
 /* weft_dests key: a destination the mesh knows (service VIP:port or pod IP:port). */
 struct weft_dst_key {
@@ -74,6 +76,15 @@ struct weft_pod_val {
 
 struct weft_agent_val {
 	__u32 flags; /* none yet */
+};
+
+/*
+ * weft_spl_peer value, keyed by the socket cookie of one of the agent's two sockets of a
+ * spliced L4 connection (bpf/splice.bpf.c).
+ */
+struct weft_splice_val {
+	__u64 peer;  /* socket cookie of the other socket: where this one's bytes go */
+	__u64 bytes; /* payload bytes received on this socket and redirected to the peer */
 };
 
 #if defined(__bpf__) || defined(__BPF__)

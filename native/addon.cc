@@ -6,6 +6,7 @@
 #include "map.h"
 #include "object.h"
 #include "ops.h"
+#include "splice.h"
 
 namespace weft {
 
@@ -19,7 +20,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->map_ctor = Napi::Persistent(map_ctor);
   exports.Set("MapHandle", map_ctor);
 
+  exports.Set("Splicer", Splicer::Init(env));
+
   exports.Set("attachCgroup", Napi::Function::New<AttachCgroup>(env, "attachCgroup"));
+  exports.Set("attachMap", Napi::Function::New<AttachMap>(env, "attachMap"));
   exports.Set("pin", Napi::Function::New<Pin>(env, "pin"));
   exports.Set("openPin", Napi::Function::New<OpenPin>(env, "openPin"));
   exports.Set("unpin", Napi::Function::New<Unpin>(env, "unpin"));

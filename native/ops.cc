@@ -28,6 +28,7 @@ const AttachTypeName kAttachTypes[] = {
     {"sock_ops", BPF_CGROUP_SOCK_OPS},
     {"inet4_getpeername", BPF_CGROUP_INET4_GETPEERNAME},
     {"inet_ingress", BPF_CGROUP_INET_INGRESS},
+    {"sk_skb_verdict", BPF_SK_SKB_VERDICT},
 };
 
 enum bpf_attach_type ArgAttachType(const Napi::CallbackInfo& info, size_t i) {
@@ -70,6 +71,17 @@ Napi::Value AttachCgroup(const Napi::CallbackInfo& info) {
   close(cg);
   if (fd < 0) ThrowErrno(env, "bpf_link_create", err, path);
   return Napi::Number::New(env, fd);
+}
+
+Napi::Value AttachMap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int prog_fd = ArgFd(info, 0, "progFd");
+  int map_fd = ArgFd(info, 1, "mapFd");
+  enum bpf_attach_type type = ArgAttachType(info, 2);
+  // Attached to the map itself (no link): it lasts as long as the map, and a second attach
+  // replaces the program.
+  if (bpf_prog_attach(prog_fd, map_fd, type, 0)) ThrowErrno(env, "bpf_prog_attach", errno);
+  return env.Undefined();
 }
 
 Napi::Value Pin(const Napi::CallbackInfo& info) {

@@ -7,6 +7,7 @@
 namespace weft {
 
 Napi::Value AttachCgroup(const Napi::CallbackInfo& info);  // (progFd, cgroupPath, type) -> fd
+Napi::Value AttachMap(const Napi::CallbackInfo& info);     // (progFd, mapFd, type): sockmap programs
 Napi::Value Pin(const Napi::CallbackInfo& info);           // (fd, path)
 Napi::Value OpenPin(const Napi::CallbackInfo& info);       // (path) -> fd
 Napi::Value Unpin(const Napi::CallbackInfo& info);         // (path) -> removed?

@@ -58,10 +58,25 @@ interface NativeMapHandle {
   close(): void;
 }
 
+/** See native/splice.h. Sides: 0 is the first socket given to add(), 1 the second. */
+interface NativeSplicer {
+  add(fdA: number, fdB: number): number;
+  bytes(id: number): [number, number];
+  unsent(id: number, side: 0 | 1): number;
+  shutdown(id: number, side: 0 | 1): number;
+  arm(id: number, side: 0 | 1, watchFin: boolean): void;
+  socketError(id: number, side: 0 | 1): number;
+  remove(id: number): [number, number] | null;
+  close(): void;
+  readonly size: number;
+}
+
 interface Native {
   BpfObject: new (path: string, pinRoot?: string) => NativeBpfObject;
   MapHandle: new (fdOrPinPath: number | string) => NativeMapHandle;
+  Splicer: new (inMap: NativeMapHandle, outMap: NativeMapHandle, peerMap: NativeMapHandle, onEvents: (events: Uint32Array) => void) => NativeSplicer;
   attachCgroup(progFd: number, cgroupPath: string, attachType: AttachTypeName): number;
+  attachMap(progFd: number, mapFd: number, attachType: AttachTypeName): void;
   pin(fd: number, path: string): void;
   openPin(path: string): number;
   unpin(path: string): boolean;
@@ -484,6 +499,76 @@ export class BpfLink {
     this._fd = -1;
     linkFinalizer.unregister(this);
     sys(() => addon().closeFd(fd));
+  }
+}
+
+// ---- the kernel splice (bpf/splice.bpf.c) ----
+
+/** Attaches a socket-map program (sk_skb, sk_msg) to a map: it stays as long as the map lives. */
+export function attachToMap(progFd: number, map: BpfMap, attachType: AttachTypeName): void {
+  sys(() => addon().attachMap(progFd, map.fd, attachType));
+}
+
+/** epoll bits the splicer reports (uapi values). */
+export const EPOLL = { ERR: 0x8, HUP: 0x10, RDHUP: 0x2000 } as const;
+
+/**
+ * The addon's Splicer (native/splice.h): pairs of socket fds spliced in the kernel, their byte
+ * counters, and one event source for FIN and errors on them. The policy (when to shut down,
+ * when to give up) is src/capture/splice.ts's.
+ */
+export class KernelSplicer {
+  private readonly native: NativeSplicer;
+
+  /** `onEvents` gets batches of [id, side, epoll events] triples. */
+  constructor(maps: { in: BpfMap; out: BpfMap; peer: BpfMap }, onEvents: (events: Uint32Array) => void) {
+    const a = addon();
+    const h = (m: BpfMap) => mapHandles.get(m)!;
+    this.native = sys(() => new a.Splicer(h(maps.in), h(maps.out), h(maps.peer), onEvents));
+  }
+
+  /** Splices two connected TCP socket fds (dups are kept). Throws BpfError: E2BIG when full, EOPNOTSUPP when a socket is not established. */
+  add(fdA: number, fdB: number): number {
+    return sys(() => this.native.add(fdA, fdB));
+  }
+
+  /** Bytes the kernel moved so far: [received on A and sent to B, received on B and sent to A]. */
+  bytes(id: number): [number, number] {
+    return sys(() => this.native.bytes(id));
+  }
+
+  /** Bytes moved toward `side` that its send queue has not taken yet (<= 0: none). */
+  unsent(id: number, side: 0 | 1): number {
+    return sys(() => this.native.unsent(id, side));
+  }
+
+  /** shutdown(SHUT_WR) of one side; returns errno, 0 when it worked. */
+  shutdown(id: number, side: 0 | 1): number {
+    return sys(() => this.native.shutdown(id, side));
+  }
+
+  /** Re-arms the one-shot watch of a side: FIN and errors, or (watchFin false) errors and hang-up only. */
+  arm(id: number, side: 0 | 1, watchFin: boolean): void {
+    sys(() => this.native.arm(id, side, watchFin));
+  }
+
+  /** The pending socket error of a side (SO_ERROR, which clears it), 0 when none. */
+  socketError(id: number, side: 0 | 1): number {
+    return sys(() => this.native.socketError(id, side));
+  }
+
+  /** Takes a pair out of the kernel and closes its dups; the final byte counts, or undefined when unknown. */
+  remove(id: number): [number, number] | undefined {
+    return sys(() => this.native.remove(id)) ?? undefined;
+  }
+
+  get size(): number {
+    return this.native.size;
+  }
+
+  /** Removes every pair and stops watching. */
+  close(): void {
+    this.native.close();
   }
 }
 

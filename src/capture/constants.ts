@@ -13,6 +13,8 @@ export const DESTS_MAX = 65536;
 export const ORIG_MAX = 65536;
 export const PODS_MAX = 16384;
 export const AGENTS_MAX = 4096;
+/** Sockets the agent may splice at once, two per connection. (WEFT_SPLICE_MAX) */
+export const SPLICE_MAX = 65536;
 
 /** Every `#define WEFT_*` of bpf/weft.h, by its C name. */
 export const DEFINES: Readonly<Record<string, number>> = {
@@ -22,6 +24,7 @@ export const DEFINES: Readonly<Record<string, number>> = {
   WEFT_ORIG_MAX: ORIG_MAX,
   WEFT_PODS_MAX: PODS_MAX,
   WEFT_AGENTS_MAX: AGENTS_MAX,
+  WEFT_SPLICE_MAX: SPLICE_MAX,
 };
 
 /** The maps; each is pinned under the pin root by this name. */
@@ -36,7 +39,7 @@ export const MAP_NAMES = {
 export type MapName = (typeof MAP_NAMES)[keyof typeof MAP_NAMES];
 
 /** enum bpf_map_type values used by weft (stable kernel ABI). */
-export const MAP_TYPE = { hash: 1, array: 2, lruHash: 9 } as const;
+export const MAP_TYPE = { hash: 1, array: 2, lruHash: 9, sockhash: 18 } as const;
 
 /** Struct layouts: total size and byte offset of each member (x86_64 and BPF agree). */
 export const STRUCTS = {
@@ -47,6 +50,7 @@ export const STRUCTS = {
   weft_tuple_key: { size: 8, fields: { ip: 0, port: 4, _pad: 6 } },
   weft_pod_val: { size: 4, fields: { flags: 0 } },
   weft_agent_val: { size: 4, fields: { flags: 0 } },
+  weft_splice_val: { size: 16, fields: { peer: 0, bytes: 8 } },
 } as const;
 
 export interface MapSpec {
@@ -66,7 +70,7 @@ export const MAPS: Readonly<Record<MapName, MapSpec>> = {
 };
 
 /** Attach types by the names the addon knows (it maps them to enum bpf_attach_type). */
-export type AttachTypeName = 'inet4_connect' | 'sock_ops' | 'inet4_getpeername' | 'inet_ingress';
+export type AttachTypeName = 'inet4_connect' | 'sock_ops' | 'inet4_getpeername' | 'inet_ingress' | 'sk_skb_verdict';
 
 export interface ProgramSpec {
   /** Name of the link pin under `<pinRoot>/links/<cgroupId>/`. */
@@ -91,6 +95,25 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   { name: 'connect4', object: 'connect4.bpf.o', program: 'weft_connect4', attachType: 'inet4_connect', strictOnly: false },
   { name: 'ingress', object: 'ingress.bpf.o', program: 'weft_ingress', attachType: 'inet_ingress', strictOnly: true },
 ];
+
+/**
+ * The kernel splice of L4 connections (bpf/splice.bpf.c): one program attached to a socket map
+ * of its own object, not to cgroups. Its maps are declared in that object only and are not
+ * pinned: the sockets in them belong to the agent process that loaded it, and die with it.
+ */
+export const SPLICE = {
+  object: 'splice.bpf.o',
+  program: 'weft_splice_verdict',
+  attachType: 'sk_skb_verdict',
+  /** The program runs on sockets of `in`, redirects to sockets of `out`, pairs them in `peer`. */
+  maps: { in: 'weft_spl_in', out: 'weft_spl_out', peer: 'weft_spl_peer' },
+} as const;
+
+export const SPLICE_MAPS: Readonly<Record<(typeof SPLICE.maps)[keyof typeof SPLICE.maps], MapSpec>> = {
+  weft_spl_in: { type: MAP_TYPE.sockhash, keySize: 8, valueSize: 8, maxEntries: SPLICE_MAX },
+  weft_spl_out: { type: MAP_TYPE.sockhash, keySize: 8, valueSize: 8, maxEntries: SPLICE_MAX },
+  weft_spl_peer: { type: MAP_TYPE.hash, keySize: 8, valueSize: STRUCTS.weft_splice_val.size, maxEntries: SPLICE_MAX },
+};
 
 /** statfs f_type of a bpffs (BPF_FS_MAGIC). */
 export const BPF_FS_MAGIC = 0xcafe4a11;

@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { addon, addonPath, BpfObject, codecs, repoRoot } from '../../src/capture/bpf.js';
-import { DEFINES, MAP_NAMES, MAPS, PROGRAMS, STRUCTS } from '../../src/capture/constants.js';
+import { DEFINES, MAP_NAMES, MAPS, PROGRAMS, SPLICE, SPLICE_MAPS, STRUCTS } from '../../src/capture/constants.js';
 
 const header = join(repoRoot, 'bpf', 'weft.h');
 const headerText = readFileSync(header, 'utf8');
@@ -60,7 +60,7 @@ t.test('codecs put addresses and ports in network order', async (t) => {
 });
 
 const objDir = join(repoRoot, 'build', 'bpf');
-const built = existsSync(addonPath) && PROGRAMS.every((p) => existsSync(join(objDir, p.object)));
+const built = existsSync(addonPath) && [...PROGRAMS, SPLICE].every((p) => existsSync(join(objDir, p.object)));
 
 t.test('the built objects define the maps and programs constants.ts expects', { skip: built ? false : `not built (${addonPath}, ${objDir}): run scripts/build.sh` }, async (t) => {
   for (const p of PROGRAMS) {
@@ -77,5 +77,23 @@ t.test('the built objects define the maps and programs constants.ts expects', { 
     } finally {
       obj.close();
     }
+  }
+});
+
+t.test('the splice object: its program, its private maps and every shared one', { skip: built ? false : `not built (${addonPath}, ${objDir}): run scripts/build.sh` }, async (t) => {
+  t.ok(SPLICE.attachType in addon().attachTypes, `the addon knows attach type ${SPLICE.attachType}`);
+  t.same(Object.values(SPLICE.maps).sort(), Object.keys(SPLICE_MAPS).sort());
+  for (const name of Object.keys(SPLICE_MAPS)) t.ok(name.length <= 15 && name.startsWith('weft_'), `${name}: weft_ prefix, at most 15 chars`);
+  const obj = BpfObject.open(join(objDir, SPLICE.object));
+  try {
+    t.ok(obj.programNames().includes(SPLICE.program), `${SPLICE.object} has program ${SPLICE.program}`);
+    t.same(obj.mapNames().sort(), [...Object.values(MAP_NAMES), ...Object.values(SPLICE.maps)].sort(), 'the shared maps and its own');
+    for (const [name, spec] of Object.entries({ ...MAPS, ...SPLICE_MAPS })) {
+      const info = obj.mapInfo(name);
+      t.same({ type: info.type, keySize: info.keySize, valueSize: info.valueSize, maxEntries: info.maxEntries }, spec, name);
+    }
+    for (const name of Object.values(SPLICE.maps)) t.equal(obj.mapInfo(name).pinPath, null, `${name} is not pinned: its sockets are the loading process's`);
+  } finally {
+    obj.close();
   }
 });
