@@ -15,10 +15,12 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { BpfError } from '../errors.js';
 import {
+  attachToMap,
   BpfLink,
   BpfMap,
   BpfObject,
   codecs,
+  KernelSplicer,
   isBpffs,
   mountBpffs,
   origDstOf,
@@ -28,7 +30,8 @@ import {
   type TypedMap,
   type IpPort,
 } from './bpf.js';
-import { CGROUP2_SUPER_MAGIC, DST_F_REDIRECT, MAP_NAMES, POD_F_STRICT, PROGRAMS, type ProgramSpec } from './constants.js';
+import { CGROUP2_SUPER_MAGIC, DST_F_REDIRECT, MAP_NAMES, POD_F_STRICT, PROGRAMS, SPLICE, type ProgramSpec } from './constants.js';
+import { SocketSplicer, type SpliceHandle, type SpliceOptions, type SpliceRefusal } from './splice.js';
 
 export interface DatapathOptions {
   /** Where maps and links are pinned. Default `/sys/fs/bpf/weft`. */
@@ -40,6 +43,11 @@ export interface DatapathOptions {
   outboundPort: number;
   /** Other weft agents allowed into strict pods (full sync when given). */
   agentIps?: string[];
+  /**
+   * Load the kernel splice of L4 connections (bpf/splice.bpf.c). Default true. When the kernel
+   * refuses it, the datapath still opens, without it (see {@link Datapath.splicing}).
+   */
+  splice?: boolean;
   log?: pino.Logger;
 }
 
@@ -75,6 +83,7 @@ export class Datapath {
   private readonly synced = new Map<string, Map<string, string>>();
   /** cgroupId -> program name -> program id the pinned link runs, as this process left it. */
   private readonly linked = new Map<bigint, Map<string, number>>();
+  private splicer?: SocketSplicer;
   private closed = false;
 
   private constructor(
@@ -130,10 +139,17 @@ export class Datapath {
         agents: map(MAP_NAMES.agents).typed(codecs.ip4, codecs.flags),
       };
       const dp = new Datapath(pinRoot, objects, programs, maps, log);
+      if (opts.splice ?? true) dp.splicer = openSplicer(join(objDir, SPLICE.object), pinRoot, objects, log);
       maps.config.set(0, { nodeIp: opts.nodeIp, outboundPort: opts.outboundPort });
       if (opts.agentIps) dp.setAgentIps(opts.agentIps);
       log.info(
-        { pinRoot, nodeIp: opts.nodeIp, outboundPort: opts.outboundPort, programs: Object.fromEntries([...programs].map(([n, p]) => [n, p.id])) },
+        {
+          pinRoot,
+          nodeIp: opts.nodeIp,
+          outboundPort: opts.outboundPort,
+          programs: Object.fromEntries([...programs].map(([n, p]) => [n, p.id])),
+          l4Splice: dp.splicing,
+        },
         'datapath loaded',
       );
       return dp;
@@ -282,9 +298,31 @@ export class Datapath {
     return lookupOrigDst(this.maps.tuple, socket);
   }
 
-  /** Closes every fd. Pins stay: captured pods stay captured until an agent detaches them. */
+  /** Whether L4 connections can be spliced in the kernel ({@link splice}). */
+  get splicing(): boolean {
+    return this.splicer !== undefined && !this.closed;
+  }
+
+  /**
+   * Splices two connected TCP sockets of this process in the kernel (bpf/splice.bpf.c): the
+   * bytes of each go to the other without reaching user space, FIN and RST are passed on, and
+   * both sockets are destroyed when the connection ends, after which `opts.onEnd` reports the
+   * bytes moved. Nothing may have been read from either socket. Returns why not (the caller
+   * keeps both sockets, paused, and pipes them itself) when splicing is off or refused: the
+   * maps are full, a socket is closing, or it is not a kernel TCP socket.
+   */
+  splice(down: Socket, up: Socket, opts: SpliceOptions): SpliceHandle | SpliceRefusal | 'off' {
+    if (!this.splicer || this.closed) return 'off';
+    return this.splicer.splice(down, up, opts);
+  }
+
+  /**
+   * Closes every fd. Pins stay: captured pods stay captured until an agent detaches them.
+   * Spliced connections end (their sockets are this process's).
+   */
   close(): void {
     if (this.closed) return;
+    this.splicer?.close();
     this.closed = true;
     const { dests, config, tuple, pods, agents } = this.maps;
     for (const m of [dests.map, config.map, tuple, pods.map, agents.map]) m.close();
@@ -425,6 +463,43 @@ export class Datapath {
       link.close();
     }
     unpin(pinPath);
+  }
+}
+
+/**
+ * Loads the splice object (its maps private to this process) and attaches its verdict program
+ * to its socket map. Undefined, with a warning, when the kernel refuses: L4 then stays in user
+ * space. The object joins `objects`, closed with the datapath.
+ */
+function openSplicer(path: string, pinRoot: string, objects: BpfObject[], log: pino.Logger): SocketSplicer | undefined {
+  if (!existsSync(path)) {
+    log.warn({ path }, 'no splice object: L4 connections use the userspace pipe');
+    return undefined;
+  }
+  let obj: BpfObject | undefined;
+  const maps: BpfMap[] = [];
+  try {
+    obj = BpfObject.open(path, pinRoot);
+    obj.load();
+    const m = (name: string): BpfMap => {
+      const map = obj!.map(name);
+      maps.push(map);
+      return map;
+    };
+    const inMap = m(SPLICE.maps.in);
+    attachToMap(obj.programFd(SPLICE.program), inMap, SPLICE.attachType);
+    let splicer: SocketSplicer | undefined;
+    const kernel = new KernelSplicer({ in: inMap, out: m(SPLICE.maps.out), peer: m(SPLICE.maps.peer) }, (ev) => splicer?.onEvents(ev));
+    splicer = new SocketSplicer(kernel, log);
+    objects.push(obj);
+    return splicer;
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'the kernel refused the L4 splice: L4 connections use the userspace pipe');
+    obj?.close();
+    return undefined;
+  } finally {
+    // The splicer holds dups of the map fds it needs.
+    for (const m of maps) m.close();
   }
 }
 
