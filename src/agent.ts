@@ -25,6 +25,11 @@ export interface AgentOptions {
   origDst?: OrigDstLookup;
   /** Override the source-workload lookup (tests without eBPF). */
   sourceLookup?: SourceLookup;
+  /**
+   * Splice plain-TCP L4 connections in the kernel (needs capture). Default: on, unless the
+   * environment says WEFT_L4_SPLICE=0 (the userspace pipe then carries every L4 byte).
+   */
+  l4Splice?: boolean;
 }
 
 /**
@@ -108,6 +113,8 @@ export class Agent {
         metrics: this.metrics,
         log: log.child({ component: 'tcp' }),
         authorize: (ctx, ep) => (ep.info.local ? enforcer.tcp(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep) : { allowed: true }),
+        // Opened below, with capture; until then (and without capture) every L4 byte is piped here.
+        splice: (down, up, o) => this.datapath?.splice(down, up, o) ?? 'off',
       },
       metrics: this.metrics,
       log: log.child({ component: 'outbound' }),
@@ -128,7 +135,13 @@ export class Agent {
     });
 
     if (capture) {
-      this.datapath = Datapath.open({ pinRoot: this.opts.pinRoot, nodeIp: node.address, outboundPort: this.addresses.outbound, log: log.child({ component: 'datapath' }) });
+      this.datapath = Datapath.open({
+        pinRoot: this.opts.pinRoot,
+        nodeIp: node.address,
+        outboundPort: this.addresses.outbound,
+        splice: this.opts.l4Splice ?? process.env.WEFT_L4_SPLICE !== '0',
+        log: log.child({ component: 'datapath' }),
+      });
       this.capture = new CaptureManager(this.state, this.datapath, this.metrics, log);
       this.capture.start();
     }

@@ -1,4 +1,4 @@
-import type net from 'node:net';
+import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { ClusterManager } from '../cluster/manager.js';
 import type { Endpoint } from '../cluster/endpoint.js';
@@ -9,6 +9,7 @@ import { type ConnContext, sourceLabels } from './context.js';
 import { admit, release, settle, type Admission } from './route.js';
 import type { Transport } from './transport.js';
 import { hashKey } from '../balancer/hash.js';
+import type { SpliceHandle, SpliceOptions } from '../capture/splice.js';
 
 export interface TcpProxyDeps {
   clusters: ClusterManager;
@@ -17,6 +18,11 @@ export interface TcpProxyDeps {
   log: Logger;
   /** Called before any byte reaches the upstream: not allowed resets the connection (authorization; the authorizer logs and counts). */
   authorize?: (ctx: ConnContext, ep: Endpoint) => { allowed: boolean; policy?: string };
+  /**
+   * Splices the two sockets in the kernel (Datapath.splice): returns a handle when it took
+   * them, or anything else to have them piped here. Absent: always the userspace pipe.
+   */
+  splice?: (down: net.Socket, up: net.Socket, opts: SpliceOptions) => SpliceHandle | string;
 }
 
 /** Connect attempts to distinct endpoints before the client connection is reset. */
@@ -26,6 +32,12 @@ const CONNECT_ATTEMPTS = 3;
  * L4: one upstream connection per downstream connection, spliced both ways. Connect failures
  * are retried on other endpoints; when none answers, the client connection is reset, which
  * is what a TCP client sees when a server refuses it.
+ *
+ * Once authorized and connected, a plain TCP upstream is spliced to the client in the kernel
+ * when `deps.splice` takes the pair (no byte of either socket has been read by then: the client
+ * was paused since accept, and nothing awaits between the upstream's connect and here). Else
+ * (a tunnel stream, the kernel's maps full, splicing off) the bytes are piped here. Both ways
+ * pass half-closes on: a FIN from one side ends the other's write side only.
  */
 export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProxyDeps): Promise<void> {
   const started = Date.now();
@@ -92,8 +104,9 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
   let sent = 0;
   let received = 0;
   let closed = false;
+  let spliced = false;
   const idle = cluster.policy.connectionPool.idleTimeout;
-  const finish = (reason: string) => {
+  const finish = (reason: string, error?: string) => {
     if (closed) return;
     closed = true;
     endpoint.active--;
@@ -102,8 +115,30 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
     metrics.tcpClosed.inc(labels);
     metrics.tcpSent.inc(labels, sent);
     metrics.tcpReceived.inc(labels, received);
-    log.info({ ...accessFields(ctx, cluster.serviceName, endpoint), protocol: 'tcp', sent_bytes: sent, received_bytes: received, duration_ms: Date.now() - started, close: reason, security }, 'access');
+    log.info(
+      { ...accessFields(ctx, cluster.serviceName, endpoint), protocol: 'tcp', sent_bytes: sent, received_bytes: received, duration_ms: Date.now() - started, close: reason, error, security, spliced },
+      'access',
+    );
   };
+  if (deps.splice && upstream instanceof net.Socket && security === 'none') {
+    const handle = deps.splice(down, upstream, {
+      idleTimeoutMs: idle,
+      onEnd: (r) => {
+        sent = r.sent;
+        received = r.received;
+        finish(r.reason, r.error);
+      },
+    });
+    if (typeof handle !== 'string') {
+      spliced = true;
+      return;
+    }
+  }
+  // Half-closes pass through: each side's FIN ends the other's write side (pipe() does that),
+  // and a TCP socket closes once both of its directions are done, instead of ending its own
+  // write side at the FIN it reads (net's default), which would cut the answer to a client
+  // that half-closed after its request. (A tunnel stream keeps its own rules.)
+  for (const s of [down, upstream]) if (s instanceof net.Socket) s.allowHalfOpen = true;
   down.on('data', (b: Buffer) => {
     sent += b.length;
   });
