@@ -6,7 +6,14 @@ import type { StateStore } from '../state/store.js';
 import type { Endpoint } from '../cluster/endpoint.js';
 import { WeftError } from '../errors.js';
 import { compilePolicies, type CompiledPolicies, type Decision } from './engine.js';
-import { JwtAuthenticator } from './jwt.js';
+import { JwtAuthenticator, type HeaderMap } from './jwt.js';
+
+/**
+ * The parts of an HTTP request that authorization reads: an IncomingMessage has them, and so
+ * does the forwarder's view of a parsed head. A header deleted from `headers` (a JWT that must
+ * not be forwarded) is not sent upstream.
+ */
+export type HttpRequestView = Pick<http.IncomingMessage, 'method' | 'url'> & { headers: HeaderMap };
 
 /** Who is calling, as the destination's agent established it. */
 export interface PeerIdentity {
@@ -79,20 +86,30 @@ export class Enforcer {
     return d;
   }
 
-  /** HTTP: authenticate the request's JWT, then authorize; returns the error to answer with, if any. */
-  async http(peer: PeerIdentity, ep: Endpoint, req: http.IncomingMessage): Promise<WeftError | undefined> {
+  /**
+   * HTTP: authenticate the request's JWT, then authorize; returns the error to answer with, if
+   * any. Synchronous unless a JWT rule applies to the destination (verifying a token is
+   * asynchronous): the proxy's common path then does not wait for a microtask.
+   */
+  http(peer: PeerIdentity, ep: Endpoint, req: HttpRequestView): WeftError | undefined | Promise<WeftError | undefined> {
     const dst = this.destination(ep);
     if (!dst) return undefined;
-    let requestPrincipal: string | undefined;
-    if (this.jwt.appliesTo(dst)) {
-      const authn = await this.jwt.authenticate(dst, req.headers);
-      if (!authn.ok) {
-        this.log.warn({ src: peer.principal, src_ip: peer.ip, dst: `${dst.namespace}/${dst.name}`, reason: authn.reason }, 'request refused: invalid JWT');
-        return new WeftError('WEFT_ERR_UNAUTHENTICATED', `invalid token: ${authn.reason}`);
-      }
-      requestPrincipal = authn.principal;
-      if (authn.principal && authn.forwardOriginalToken === false && authn.header) delete req.headers[authn.header];
+    if (this.jwt.appliesTo(dst)) return this.httpWithJwt(peer, ep, dst, req);
+    return this.authorizeHttp(peer, ep, dst, req, undefined);
+  }
+
+  private async httpWithJwt(peer: PeerIdentity, ep: Endpoint, dst: Workload, req: HttpRequestView): Promise<WeftError | undefined> {
+    const authn = await this.jwt.authenticate(dst, req.headers);
+    if (!authn.ok) {
+      this.log.warn({ src: peer.principal, src_ip: peer.ip, dst: `${dst.namespace}/${dst.name}`, reason: authn.reason }, 'request refused: invalid JWT');
+      return new WeftError('WEFT_ERR_UNAUTHENTICATED', `invalid token: ${authn.reason}`);
     }
+    if (authn.principal && authn.forwardOriginalToken === false && authn.header) delete req.headers[authn.header];
+    return this.authorizeHttp(peer, ep, dst, req, authn.principal);
+  }
+
+  private authorizeHttp(peer: PeerIdentity, ep: Endpoint, dst: Workload, req: HttpRequestView, requestPrincipal: string | undefined): WeftError | undefined {
+    const host = req.headers.host;
     const d = this.compiled.forWorkload(dst).evaluate({
       protocol: 'http',
       sourcePrincipal: peer.principal,
@@ -102,7 +119,7 @@ export class Enforcer {
       port: ep.info.port,
       method: req.method,
       path: req.url,
-      host: req.headers.host,
+      host: Array.isArray(host) ? host[0] : host,
     });
     if (d.allowed) return undefined;
     this.denied(d, peer, dst, ep, 'http', req);
@@ -111,7 +128,7 @@ export class Enforcer {
     return err;
   }
 
-  private denied(d: Decision, peer: PeerIdentity, dst: Workload, ep: Endpoint, protocol: string, req?: http.IncomingMessage): void {
+  private denied(d: Decision, peer: PeerIdentity, dst: Workload, ep: Endpoint, protocol: string, req?: HttpRequestView): void {
     this.metrics.authzDenied.inc({ policy: d.policy ?? 'unknown' });
     this.log.warn(
       { policy: d.policy, action: d.action, protocol, src: peer.principal, src_ip: peer.ip, dst: `${dst.namespace}/${dst.name}`, endpoint: ep.id, method: req?.method, path: req?.url },
