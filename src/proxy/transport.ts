@@ -5,8 +5,11 @@ import { WeftError } from '../errors.js';
 
 export interface ConnectOptions {
   timeoutMs: number;
-  /** The source workload, for the tunnel's client certificate (cross-node). */
-  source?: { namespace: string; serviceAccount: string };
+  /**
+   * The source workload, for the tunnel's client certificate (cross-node). `name` and `ip`,
+   * when given (a Workload is), only label the tunnel's logs and the peer's metrics.
+   */
+  source?: { namespace: string; serviceAccount: string; name?: string; ip?: string };
 }
 
 /**
@@ -42,7 +45,7 @@ export function connectTcp(ip: string, port: number, timeoutMs: number): Promise
   });
 }
 
-/** A tunnel implementation plugs in here (HBONE to the peer agent). */
+/** A tunnel implementation plugs in here (HBONE to the peer agent: proxy/hbone-tunnel.ts). */
 export interface Tunnel {
   connect(ep: Endpoint, opts: ConnectOptions): Promise<Duplex>;
 }

@@ -5,6 +5,9 @@
  * real kernel path.
  */
 import { connect as netConnect, type Socket } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Agent as UndiciAgent, request } from 'undici';
 import { Agent } from '../../src/agent.js';
 import { StaticDiscovery } from '../../src/discovery/static.js';
@@ -40,6 +43,9 @@ export interface LoopbackAgent {
 
 export async function startLoopbackAgent(yaml: string): Promise<LoopbackAgent> {
   const config = parseConfig(yaml, 'test');
+  // The embedded CA keeps its key in stateDir: a test without one must not use /var/lib/weft.
+  let tmpState: string | undefined;
+  if (!/^stateDir:/m.test(yaml)) config.stateDir = tmpState = mkdtempSync(join(tmpdir(), 'weft-loopback-'));
   const discovery = new StaticDiscovery(config);
   const routes = new Map<string, { ip: string; port: number; workload?: string }>();
   const log = process.env.WEFT_TEST_LOG ? createLogger('debug') : silentLogger;
@@ -93,7 +99,9 @@ export async function startLoopbackAgent(yaml: string): Promise<LoopbackAgent> {
       return { status: res.statusCode, headers: res.headers, body };
     },
     update(text) {
-      discovery.set(parseConfig(text, 'test'));
+      const next = parseConfig(text, 'test');
+      if (tmpState && !/^stateDir:/m.test(text)) next.stateDir = tmpState;
+      discovery.set(next);
     },
     async metrics() {
       const res = await request(`http://127.0.0.1:${addrs.metrics}/metrics`);
@@ -106,6 +114,7 @@ export async function startLoopbackAgent(yaml: string): Promise<LoopbackAgent> {
     async stop() {
       await Promise.all([...clients.values()].map((c) => c.close()));
       await agent.stop({ drainMs: 0 });
+      if (tmpState) rmSync(tmpState, { recursive: true, force: true });
     },
   };
   return la;

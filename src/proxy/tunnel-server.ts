@@ -1,0 +1,253 @@
+/**
+ * The tunnel listener (15008): HTTP/2 over mutual TLS from other agents (hbone.ts has the
+ * protocol). A `tls.Server` (http2's secure server) verifies the caller's certificate
+ * against the mesh root during the handshake (requestCert + rejectUnauthorized: a client
+ * with no certificate, or one from another CA, never gets a stream) and picks its own
+ * certificate by SNI: the destination workload's. Each CONNECT stream is then checked
+ * (a local meshed pod, running as the identity of the session) and served as the
+ * destination: authorization with the caller's SPIFFE principal, then the pod.
+ */
+import http2, { type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
+import type * as tls from 'node:tls';
+import { isIPv4 } from 'node:net';
+import type { StateStore } from '../state/store.js';
+import type { Logger } from '../telemetry/log.js';
+import type { LocalIdentities } from '../identity/local-identities.js';
+import { peerSpiffeId } from '../identity/verify.js';
+import { parseSpiffeId, principalOf, spiffeId } from '../identity/spiffe.js';
+import type { ConnContext } from './context.js';
+import { serveInbound, type InboundDeps } from './inbound.js';
+import {
+  CONNECT_ERROR,
+  HBONE_ALPN,
+  MAX_CONCURRENT_STREAMS,
+  SESSION_WINDOW,
+  STREAM_WINDOW,
+  forwardedFor,
+  identityOfServerName,
+  parseAuthority,
+  streamAsSocket,
+} from './hbone.js';
+
+export interface TunnelServerDeps {
+  state: StateStore;
+  identities: LocalIdentities;
+  /** Where streams go: an HttpProxy and TCP deps whose authorizers take `ctx.peer`; security `mutual_tls`. */
+  inbound: InboundDeps;
+  log: Logger;
+  /** How long a handshake may wait for the first certificate of the identity asked for (default 5s). */
+  certWaitMs?: number;
+}
+
+/** The verified caller of one TLS session, worked out once per session. */
+interface SessionPeer {
+  spiffeId: string;
+  principal: string;
+  namespace: string;
+  serviceAccount: string;
+  ip: string;
+  port: number;
+  /** The local identity the client asked for by SNI (whose certificate it was shown). */
+  local: { namespace: string; serviceAccount: string };
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: 'bad_request',
+  403: 'denied',
+  404: 'not_a_local_mesh_destination',
+  405: 'connect_only',
+  421: 'misdirected',
+  503: 'connect_failure',
+};
+
+export class TunnelServer {
+  readonly server: http2.Http2SecureServer;
+  private readonly sessions = new Set<ServerHttp2Session>();
+  private readonly peers = new WeakMap<ServerHttp2Session, SessionPeer | null>();
+  private readonly log: Logger;
+  private readonly certWaitMs: number;
+  private accepted = 0;
+  private refused = 0;
+
+  constructor(private readonly deps: TunnelServerDeps) {
+    this.log = deps.log;
+    this.certWaitMs = deps.certWaitMs ?? 5_000;
+    this.server = http2.createSecureServer({
+      // The server's certificate comes from SNICallback; `ca` (the mesh root, and nothing
+      // else: no public CAs) is what client certificates must chain to.
+      SNICallback: (name, cb) => this.selectContext(name, cb),
+      ca: deps.identities.rootPem,
+      requestCert: true,
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.3',
+      ALPNProtocols: [HBONE_ALPN],
+      allowHTTP1: false,
+      maxSessionMemory: 64,
+      settings: { initialWindowSize: STREAM_WINDOW, maxConcurrentStreams: MAX_CONCURRENT_STREAMS, enablePush: false },
+    });
+    this.server.on('session', (s) => this.onSession(s));
+    this.server.on('stream', (stream, headers) => this.onStream(stream, headers));
+    this.server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
+      this.refused++;
+      this.log.warn({ peer_ip: stripV4Mapped(socket.remoteAddress), err: err.message, code: err.code }, 'tunnel handshake refused');
+    });
+  }
+
+  listen(host: string, port: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ host, port, backlog: 4096 }, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
+  get port(): number {
+    return (this.server.address() as { port: number }).port;
+  }
+
+  describe(): unknown {
+    return { sessions: this.sessions.size, streamsAccepted: this.accepted, handshakesRefused: this.refused };
+  }
+
+  /** Stop accepting; with `destroy`, cut every session now (else they drain). */
+  close(opts: { destroy?: boolean } = {}): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve());
+      for (const s of this.sessions) {
+        if (opts.destroy) s.destroy();
+        else s.close();
+      }
+    });
+  }
+
+  /** The certificate of the local identity the SNI names; an unknown name fails the handshake. */
+  private selectContext(name: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void): void {
+    const id = identityOfServerName(name);
+    if (!id || !this.deps.identities.has(id.namespace, id.serviceAccount)) {
+      cb(new Error(`no local workload runs as ${JSON.stringify(name)}`));
+      return;
+    }
+    this.deps.identities.context(id.namespace, id.serviceAccount, this.certWaitMs).then(
+      (ctx) => (ctx ? cb(null, ctx) : cb(new Error(`no certificate yet for ${id.namespace}/${id.serviceAccount}`))),
+      (err: Error) => cb(err),
+    );
+  }
+
+  private onSession(session: ServerHttp2Session): void {
+    this.sessions.add(session);
+    session.once('close', () => this.sessions.delete(session));
+    session.on('error', (err) => this.log.debug({ err: err.message }, 'tunnel session error'));
+    try {
+      session.setLocalWindowSize(SESSION_WINDOW);
+    } catch {
+      // the session may already be closing
+    }
+  }
+
+  private peerOf(session: ServerHttp2Session): SessionPeer | undefined {
+    const known = this.peers.get(session);
+    if (known !== undefined) return known ?? undefined;
+    const socket = session.socket as tls.TLSSocket;
+    let peer: SessionPeer | null = null;
+    const id = peerSpiffeId(socket);
+    const local = identityOfServerName(socket.servername);
+    if (id && local) {
+      const parts = parseSpiffeId(id);
+      if (parts.trustDomain === this.deps.identities.trustDomain) {
+        peer = {
+          spiffeId: id,
+          principal: principalOf(id),
+          namespace: parts.namespace,
+          serviceAccount: parts.serviceAccount,
+          ip: stripV4Mapped(socket.remoteAddress),
+          port: socket.remotePort ?? 0,
+          local,
+        };
+        const cert = socket.getPeerCertificate();
+        this.log.info(
+          { src_principal: peer.principal, dst_principal: principalOf(spiffeId(parts.trustDomain, local.namespace, local.serviceAccount)), peer_ip: peer.ip, cert_serial: cert?.serialNumber, cert_expiry: cert?.valid_to },
+          'tunnel session accepted',
+        );
+      } else {
+        this.log.warn({ peer_ip: stripV4Mapped(socket.remoteAddress), spiffe_id: id }, 'tunnel client from another trust domain refused');
+      }
+    }
+    this.peers.set(session, peer);
+    return peer ?? undefined;
+  }
+
+  private onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+    stream.on('error', (err) => this.log.debug({ err: err.message }, 'tunnel stream error'));
+    const peer = this.peerOf(stream.session as ServerHttp2Session);
+    const refuse = (status: number, why: string, extra: Record<string, unknown> = {}) => {
+      this.log.warn({ src_principal: peer?.principal, peer_ip: peer?.ip, dst: headers[':authority'], status, reason: why, ...extra }, 'tunnel connection refused');
+      if (!stream.headersSent && !stream.destroyed) stream.respond({ ':status': status, 'x-weft-error': STATUS_TEXT[status] ?? 'refused' }, { endStream: true });
+      else stream.close(CONNECT_ERROR);
+    };
+    if (!peer) {
+      // The handshake verified the chain; a certificate without one valid SPIFFE ID of our
+      // trust domain still has no identity to authorize.
+      stream.session?.destroy();
+      return;
+    }
+    if (headers[':method'] !== 'CONNECT') return refuse(405, 'only CONNECT is served on the tunnel port');
+    const dst = parseAuthority(headers[':authority']);
+    if (!dst) return refuse(400, 'the :authority is not an IPv4 ip:port');
+    const { state } = this.deps;
+    const target = state.resolve(dst.ip, dst.port);
+    if (!target || target.kind !== 'pod' || target.workload.node !== state.nodeName || !state.isMeshed(target.workload.namespace)) {
+      return refuse(404, 'not a meshed pod port on this node');
+    }
+    const w = target.workload;
+    if (w.namespace !== peer.local.namespace || w.serviceAccount !== peer.local.serviceAccount) {
+      return refuse(421, `the pod runs as ${w.namespace}/${w.serviceAccount}, the session is for ${peer.local.namespace}/${peer.local.serviceAccount}`);
+    }
+    // The source pod's address is a hint, believed only for a pod of the verified identity.
+    const hinted = forwardedFor(headers.forwarded);
+    const claimed = hinted ? state.workloadByIp(hinted) : undefined;
+    const source = claimed && claimed.namespace === peer.namespace && claimed.serviceAccount === peer.serviceAccount ? claimed : undefined;
+    const srcIp = source?.ip ?? peer.ip;
+    const ctx: ConnContext = {
+      source,
+      sourceIp: srcIp,
+      origIp: dst.ip,
+      origPort: dst.port,
+      target,
+      peer: { principal: peer.principal, namespace: peer.namespace, ip: srcIp },
+      tunnelled: true,
+    };
+    const dstPrincipal = principalOf(spiffeId(this.deps.identities.trustDomain, w.namespace, w.serviceAccount));
+    const fields = {
+      protocol: 'hbone',
+      direction: 'inbound',
+      src_principal: peer.principal,
+      dst_principal: dstPrincipal,
+      src_workload: source ? `${source.namespace}/${source.name}` : undefined,
+      src_ip: srcIp,
+      peer_ip: peer.ip,
+      dst: `${dst.ip}:${dst.port}`,
+      dst_workload: `${w.namespace}/${w.name}`,
+      app_protocol: target.protocol,
+    };
+    this.accepted++;
+    this.log.info(fields, 'tunnel connection accepted');
+    const started = Date.now();
+    stream.once('close', () => {
+      this.log.info({ ...fields, duration_ms: Date.now() - started, rst_code: stream.rstCode || undefined, security: 'mutual_tls' }, 'access');
+    });
+    const down = streamAsSocket(stream, { ip: srcIp, port: peer.port }, () => stream.close(CONNECT_ERROR));
+    serveInbound(down, ctx, this.deps.inbound, {
+      accept: () => {
+        if (!stream.headersSent && !stream.destroyed) stream.respond({ ':status': 200 });
+      },
+      refuse: (status, reason) => refuse(status, reason),
+    });
+  }
+}
+
+function stripV4Mapped(ip: string | undefined): string {
+  if (!ip) return '';
+  return ip.startsWith('::ffff:') && isIPv4(ip.slice(7)) ? ip.slice(7) : ip;
+}
