@@ -22,7 +22,7 @@ import { identityKey, principalOf, spiffeId } from '../identity/spiffe.js';
 import { uriSans } from '../identity/verify.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ConnectOptions, Tunnel } from './transport.js';
-import { HBONE_ALPN, SESSION_WINDOW, STREAM_WINDOW, buffersOnly, serverNameFor } from './hbone.js';
+import { HBONE_ALPN, MAX_FRAME_SIZE, SESSION_WINDOW, STREAM_WINDOW, buffersOnly, serverNameFor } from './hbone.js';
 
 export interface PeerAgent {
   host: string;
@@ -239,8 +239,8 @@ export class HboneTunnel implements Tunnel {
     return new Promise<Pooled>((resolve, reject) => {
       let settled = false;
       const session = http2.connect(`https://${peer.host}:${peer.port}`, {
-        createConnection: () =>
-          tls.connect({
+        createConnection: () => {
+          const socket = tls.connect({
             host: peer.host,
             port: peer.port,
             ...(this.opts.localAddress ? { localAddress: this.opts.localAddress } : {}),
@@ -250,9 +250,13 @@ export class HboneTunnel implements Tunnel {
             ALPNProtocols: [HBONE_ALPN],
             rejectUnauthorized: true,
             checkServerIdentity: (_host, cert) => checkPeerIdentity(expected, cert),
-          }),
+          });
+          // Frames are small and already batched by nghttp2: Nagle would only add delay.
+          socket.setNoDelay(true);
+          return socket;
+        },
         maxSessionMemory: 64,
-        settings: { initialWindowSize: STREAM_WINDOW, enablePush: false },
+        settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME_SIZE, enablePush: false },
       });
       const entry: Pooled = { key, session, peer: `${peer.host}:${peer.port}`, source, destination, created: Date.now(), streams: 0 };
       const timer = setTimeout(() => fail(new Error(`handshake not done within ${Math.max(0, deadline - Date.now())}ms`)), Math.max(1, deadline - Date.now()));

@@ -36,6 +36,11 @@ export const SNI_SUFFIX = '.weft';
  */
 export const STREAM_WINDOW = 4 * 1024 * 1024;
 export const SESSION_WINDOW = 16 * 1024 * 1024;
+/**
+ * Largest DATA frame a peer may send us (HTTP/2 default 16 KiB): bigger frames mean fewer
+ * frame headers and fewer trips through nghttp2 for a bulk transfer.
+ */
+export const MAX_FRAME_SIZE = 256 * 1024;
 /** Concurrent CONNECT streams per session. */
 export const MAX_CONCURRENT_STREAMS = 10_000;
 

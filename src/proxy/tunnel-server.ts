@@ -21,6 +21,7 @@ import {
   CONNECT_ERROR,
   HBONE_ALPN,
   MAX_CONCURRENT_STREAMS,
+  MAX_FRAME_SIZE,
   SESSION_WINDOW,
   STREAM_WINDOW,
   forwardedFor,
@@ -83,8 +84,9 @@ export class TunnelServer {
       ALPNProtocols: [HBONE_ALPN],
       allowHTTP1: false,
       maxSessionMemory: 64,
-      settings: { initialWindowSize: STREAM_WINDOW, maxConcurrentStreams: MAX_CONCURRENT_STREAMS, enablePush: false },
+      settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME_SIZE, maxConcurrentStreams: MAX_CONCURRENT_STREAMS, enablePush: false },
     });
+    this.server.on('secureConnection', (socket: tls.TLSSocket) => socket.setNoDelay(true));
     this.server.on('session', (s) => this.onSession(s));
     this.server.on('stream', (stream, headers) => this.onStream(stream, headers));
     this.server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
