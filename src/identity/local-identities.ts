@@ -31,17 +31,19 @@ export class LocalIdentities {
   sync(state: StateStore): void {
     const next = new Map<string, { namespace: string; serviceAccount: string }>();
     for (const w of state.meshedLocalWorkloads()) next.set(identityKey(w.namespace, w.serviceAccount), { namespace: w.namespace, serviceAccount: w.serviceAccount });
+    const before = this.wanted;
+    // Updated first: the embedded CA asks `has()` whether it may sign.
+    this.wanted = new Set(next.keys());
     for (const [key, id] of next) {
-      if (this.wanted.has(key)) continue;
+      if (before.has(key)) continue;
       // Fire and forget: the cert manager retries in the background while the CA fails.
       void this.certs.ensure(id.namespace, id.serviceAccount).catch(() => undefined);
     }
-    for (const key of this.wanted) {
+    for (const key of before) {
       if (next.has(key)) continue;
       const [namespace, serviceAccount] = key.split('/') as [string, string];
       this.certs.release(namespace, serviceAccount);
     }
-    this.wanted = new Set(next.keys());
   }
 
   /** True when a local meshed workload runs as `namespace/serviceAccount`. */

@@ -182,7 +182,12 @@ export class TunnelServer {
 
   private onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
     stream.on('error', (err) => this.log.debug({ err: err.message }, 'tunnel stream error'));
-    const peer = this.peerOf(stream.session as ServerHttp2Session);
+    const session = stream.session as ServerHttp2Session | undefined;
+    if (!session || session.destroyed) {
+      stream.destroy();
+      return;
+    }
+    const peer = this.peerOf(session);
     const refuse = (status: number, why: string, extra: Record<string, unknown> = {}) => {
       this.log.warn({ src_principal: peer?.principal, peer_ip: peer?.ip, dst: headers[':authority'], status, reason: why, ...extra }, 'tunnel connection refused');
       if (!stream.headersSent && !stream.destroyed) stream.respond({ ':status': status, 'x-weft-error': STATUS_TEXT[status] ?? 'refused' }, { endStream: true });
@@ -191,7 +196,7 @@ export class TunnelServer {
     if (!peer) {
       // The handshake verified the chain; a certificate without one valid SPIFFE ID of our
       // trust domain still has no identity to authorize.
-      stream.session?.destroy();
+      session.destroy();
       return;
     }
     if (headers[':method'] !== 'CONNECT') return refuse(405, 'only CONNECT is served on the tunnel port');

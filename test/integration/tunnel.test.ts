@@ -53,7 +53,7 @@ workloads:
   - { name: api-0, namespace: shop, node: node-b, ip: ${API_IP}, serviceAccount: api, labels: { app: api } }
   - { name: echo-0, namespace: shop, node: node-b, ip: ${ECHO_IP}, serviceAccount: echo, labels: { app: echo } }
 services:
-  - { name: api, namespace: shop, vip: 10.96.0.20, ports: [ { port: 80, targetPort: ${o.apiPort}, protocol: http } ], selector: { app: api } }
+  - { name: api, namespace: shop, vip: 10.96.0.20, ports: [ { port: 80, targetPort: ${o.apiPort}, protocol: http } ], selector: { app: api }, trafficPolicy: { connectionPool: { connectTimeout: 1s } } }
   - { name: echo, namespace: shop, vip: 10.96.0.40, ports: [ { port: 7000, targetPort: ${o.echoPort}, protocol: tcp } ], selector: { app: echo } }
 ${o.extra ?? ''}`;
 }
@@ -296,6 +296,15 @@ t.test('mTLS tunnel between two agents', async (t) => {
     }
     t.equal(sneaky?.state, 'pending', 'node-a asked, the CA (which knows sneaky-0 runs on node-b) refused');
     t.ok(sneaky?.failures >= 1);
+  });
+
+  await t.test('a caller without a certificate waits for one, then fails', async (t) => {
+    a.route('127.0.2.9', '10.96.0.20:80', 'shop/sneaky-0');
+    const t0 = Date.now();
+    const r = await a.get('127.0.2.9', '10.96.0.20:80', '/no-cert');
+    t.equal(r.status, 503);
+    t.equal(r.headers['x-weft-error'], 'connect_failure');
+    t.ok(Date.now() - t0 >= 900, 'after waiting for the certificate up to the connect timeout');
   });
 
   await t.test('certificates rotate under load without a failed request', async (t) => {
