@@ -8,6 +8,7 @@
         "native/object.cc",
         "native/map.cc",
         "native/ops.cc",
+        "native/ring.cc",
         "native/splice.cc"
       ],
       "include_dirs": ["bpf"],

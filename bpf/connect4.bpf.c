@@ -4,11 +4,62 @@
  * (flag WEFT_DST_F_REDIRECT) is rewritten to the agent's outbound listener, and the original
  * destination is remembered by socket cookie for sockops (-> the agent) and getpeername4
  * (-> the application). Anything else is left alone. The program never refuses a connect.
+ *
+ * Socket LB: a service port flagged WEFT_DST_F_LB is balanced here instead, over the slots
+ * the agent keeps in weft_lb_slots (healthy endpoints, a weight being a number of slots),
+ * and the connection goes straight to the endpoint: no agent on its path. The choice is kept
+ * in the socket's storage for sockops (events for the agent's metrics and access log, and
+ * the flow that strict ingress on the endpoint must admit).
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include "weft.h"
+
+/* Picks a backend for a balanced service port; false when it has none (then: the agent). */
+static __always_inline int balance(struct bpf_sock_addr *ctx, const struct weft_dst_key *key,
+				   const struct weft_orig_dst *orig, __u64 cookie)
+{
+	struct weft_lb_slot_key slot = {};
+	struct weft_lb_backend *be;
+	struct weft_lb_sock *ls;
+	struct weft_lb_svc *svc;
+	struct bpf_sock *sk;
+
+	svc = bpf_map_lookup_elem(&weft_lb_svcs, key);
+	if (!svc || !svc->slots || svc->slots > WEFT_LB_SLOTS_MAX)
+		return 0;
+	slot.ip = key->ip;
+	slot.port = key->port;
+	slot.slot = (__u16)(bpf_get_prandom_u32() % svc->slots);
+	be = bpf_map_lookup_elem(&weft_lb_slots, &slot);
+	if (!be || !be->ip)
+		return 0;
+
+	/* Verifier: ctx->sk may be NULL and must be a full socket for socket storage. */
+	sk = ctx->sk;
+	if (!sk)
+		return 0;
+	ls = bpf_sk_storage_get(&weft_lb_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!ls)
+		return 0;
+	/* getpeername4 answers from the cookie map, balanced or not. */
+	if (bpf_map_update_elem(&weft_cookie_dst, &cookie, orig, BPF_ANY)) {
+		bpf_sk_storage_delete(&weft_lb_socks, sk);
+		return 0;
+	}
+	ls->cgroup_id = orig->cgroup_id;
+	ls->start_ns = 0;
+	ls->flags = 0;
+	ls->orig_ip = key->ip;
+	ls->orig_port = key->port;
+	ls->backend_ip = be->ip;
+	ls->backend_port = be->port;
+
+	ctx->user_ip4 = be->ip;
+	ctx->user_port = (__u32)be->port;
+	return 1;
+}
 
 SEC("cgroup/connect4")
 int weft_connect4(struct bpf_sock_addr *ctx)
@@ -50,6 +101,8 @@ int weft_connect4(struct bpf_sock_addr *ctx)
 	orig.tid = (__u32)pid_tgid;
 
 	cookie = bpf_get_socket_cookie(ctx);
+	if ((dst->flags & WEFT_DST_F_LB) && balance(ctx, &key, &orig, cookie))
+		return 1;
 	/*
 	 * If the entry cannot be stored the agent could not tell where the connection was going:
 	 * leave the connection alone rather than redirect it blind.

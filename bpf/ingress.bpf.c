@@ -19,6 +19,11 @@
  * matching the destination port would need the pod's list of listening ports.
  * Connections accepted before strict mode was switched on are not cut.
  *
+ * Also admitted: a connection that connect4 balanced itself (socket LB) from a meshed pod of
+ * this node straight to this pod, recorded in weft_lb_flows by sockops before its SYN left.
+ * The agent balances a service port that way only when no authorization policy selects its
+ * endpoints, so such a connection is one the agent would have admitted and forwarded.
+ *
  * Non-TCP traffic is allowed. IPv6: weft agents speak IPv4, so an IPv6 connection to a
  * listener is admitted only from ::1 or from the pod's own address.
  *
@@ -40,6 +45,7 @@
 
 /* Offsets of the addresses in the fixed IP headers (skb data starts at the network header). */
 #define IP4_SADDR_OFF 12
+#define IP4_IHL_OFF 0
 #define IP6_SADDR_OFF 8
 #define IP6_DADDR_OFF 24
 
@@ -54,6 +60,24 @@ static __always_inline int is_tcp_listener(struct __sk_buff *skb)
 	if (!sk)
 		return 0;
 	return sk->protocol == IPPROTO_TCP && sk->state == BPF_TCP_LISTEN;
+}
+
+/* True when this segment belongs to a connection that connect4 balanced to this pod. */
+static __always_inline int balanced_flow(struct __sk_buff *skb, __u32 saddr, __u32 daddr)
+{
+	struct weft_lb_flow_key fk = {};
+	__u16 ports[2]; /* source, destination: the first 4 bytes of the TCP header */
+	__u8 vihl;
+
+	if (bpf_skb_load_bytes(skb, IP4_IHL_OFF, &vihl, 1))
+		return 0;
+	if (bpf_skb_load_bytes(skb, (vihl & 0x0f) * 4, ports, sizeof(ports)))
+		return 0;
+	fk.saddr = saddr;
+	fk.daddr = daddr;
+	fk.sport = ports[0];
+	fk.dport = ports[1];
+	return bpf_map_lookup_elem(&weft_lb_flows, &fk) != 0;
 }
 
 static __always_inline int ingress4(struct __sk_buff *skb)
@@ -83,6 +107,8 @@ static __always_inline int ingress4(struct __sk_buff *skb)
 	if (cfg && cfg->node_ip && saddr == cfg->node_ip)
 		return PASS;
 	if (bpf_map_lookup_elem(&weft_agents, &saddr))
+		return PASS;
+	if (balanced_flow(skb, saddr, daddr))
 		return PASS;
 
 	return DROP;

@@ -24,6 +24,12 @@
 
 /* weft_dests value flags */
 #define WEFT_DST_F_REDIRECT (1U << 0) /* rewrite connects to this destination to the agent */
+/*
+ * With REDIRECT: balance connects to this service port in connect4, over weft_lb_slots
+ * (socket LB), instead of sending them to the agent. Set by the agent only for plain-TCP
+ * service ports where it has nothing to add; without backends it falls back to REDIRECT.
+ */
+#define WEFT_DST_F_LB (1U << 1)
 
 /* weft_pods value flags */
 #define WEFT_POD_F_STRICT (1U << 0) /* strict mTLS: refuse inbound connections from non-agents */
@@ -34,6 +40,18 @@
 #define WEFT_AGENTS_MAX 4096
 /* Sockets the agent may splice at once: two per connection (bpf/splice.bpf.c). */
 #define WEFT_SPLICE_MAX 65536
+
+/* Socket LB (connect4 balances plain-TCP service ports itself). */
+#define WEFT_LB_SVCS_MAX 16384
+#define WEFT_LB_SLOTS_MAX 256 /* backend slots per service port: weights are slot counts */
+#define WEFT_LB_BACKENDS_MAX 262144
+#define WEFT_LB_FLOWS_MAX 65536
+#define WEFT_LB_EVENTS_BYTES (1U << 20) /* ring buffer of connection events, bytes */
+#define WEFT_LB_EV_OPEN 1
+#define WEFT_LB_EV_CLOSE 2
+/* weft_lb_sock flags: the FINs that TCP counts in bytes_received / bytes_acked, not bytes. */
+#define WEFT_LB_F_FIN_IN (1U << 0)    /* the peer's FIN was received */
+#define WEFT_LB_F_FIN_ACKED (1U << 1) /* our FIN was acknowledged */
 
 /* weft_dests key: a destination the mesh knows (service VIP:port or pod IP:port). */
 struct weft_dst_key {
@@ -76,6 +94,67 @@ struct weft_pod_val {
 
 struct weft_agent_val {
 	__u32 flags; /* none yet */
+};
+
+/* weft_lb_svcs value, keyed by the service port (struct weft_dst_key). */
+struct weft_lb_svc {
+	__u32 slots; /* slots 0..slots-1 of weft_lb_slots are filled; 0: none (go to the agent) */
+	__u32 _pad;
+};
+
+/* weft_lb_slots key: one slot of a service port's table. */
+struct weft_lb_slot_key {
+	__u32 ip;   /* service VIP, network order */
+	__u16 port; /* network order */
+	__u16 slot; /* host order, < WEFT_LB_SLOTS_MAX */
+};
+
+struct weft_lb_backend {
+	__u32 ip;   /* endpoint, network order */
+	__u16 port; /* network order */
+	__u16 _pad;
+};
+
+/* Per socket (weft_lb_socks, socket storage): a connection connect4 balanced. */
+struct weft_lb_sock {
+	__u64 cgroup_id; /* the connecting pod */
+	__u64 start_ns;  /* bpf_ktime_get_ns() when established; 0 until then */
+	__u32 orig_ip;   /* the service VIP:port it dialed, network order */
+	__u16 orig_port;
+	__u16 flags; /* WEFT_LB_F_* */
+	__u32 backend_ip; /* the endpoint connect4 chose, network order */
+	__u16 backend_port;
+	__u16 _pad2;
+};
+
+/*
+ * weft_lb_flows key: a balanced connection as the endpoint pod sees it, so that strict
+ * ingress admits it (it comes from the client pod, not from an agent). Network order.
+ */
+struct weft_lb_flow_key {
+	__u32 saddr; /* client pod */
+	__u32 daddr; /* endpoint */
+	__u16 sport;
+	__u16 dport;
+};
+
+/* A record of weft_lb_events: a balanced connection was established (OPEN) or closed. */
+struct weft_lb_event {
+	__u32 type; /* WEFT_LB_EV_* */
+	__u32 _pad0;
+	__u64 cookie;
+	__u64 cgroup_id;
+	__u64 duration_ns; /* CLOSE: since established */
+	__u64 bytes_sent;  /* CLOSE: client -> endpoint, acknowledged */
+	__u64 bytes_received;
+	__u32 orig_ip; /* network order, like every address and port below */
+	__u16 orig_port;
+	__u16 client_port;
+	__u32 backend_ip;
+	__u16 backend_port;
+	__u16 _pad;
+	__u32 client_ip;
+	__u32 _pad2;
 };
 
 /*
@@ -142,6 +221,58 @@ struct {
 	__type(value, struct weft_agent_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weft_agents SEC(".maps");
+
+/* Socket LB: the service ports connect4 balances, and their backend slots. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_LB_SVCS_MAX);
+	__type(key, struct weft_dst_key);
+	__type(value, struct weft_lb_svc);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_lb_svcs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_LB_BACKENDS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct weft_lb_slot_key);
+	__type(value, struct weft_lb_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_lb_slots SEC(".maps");
+
+/* connect4 -> sockops: what connect4 chose for a balanced socket. Freed with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct weft_lb_sock);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_lb_socks SEC(".maps");
+
+/* sockops -> strict ingress on the endpoint pod. Entries go at close; the LRU bounds the rest. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEFT_LB_FLOWS_MAX);
+	__type(key, struct weft_lb_flow_key);
+	__type(value, __u64); /* socket cookie of the client */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_lb_flows SEC(".maps");
+
+/* sockops -> the agent: balanced connections opened and closed, for metrics and access logs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, WEFT_LB_EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_lb_events SEC(".maps");
+
+/* weft_lb_lost[0]: events the ring buffer had no room for (the agent was not reading). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_lb_lost SEC(".maps");
 
 /* Values that no system header reachable from the BPF target defines. */
 #ifndef AF_INET

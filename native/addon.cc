@@ -6,6 +6,7 @@
 #include "map.h"
 #include "object.h"
 #include "ops.h"
+#include "ring.h"
 #include "splice.h"
 
 namespace weft {
@@ -21,6 +22,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("MapHandle", map_ctor);
 
   exports.Set("Splicer", Splicer::Init(env));
+  exports.Set("RingReader", RingReader::Init(env));
 
   exports.Set("attachCgroup", Napi::Function::New<AttachCgroup>(env, "attachCgroup"));
   exports.Set("attachMap", Napi::Function::New<AttachMap>(env, "attachMap"));

@@ -71,8 +71,14 @@ interface NativeSplicer {
   readonly size: number;
 }
 
+interface NativeRingReader {
+  drain(): number;
+  close(): void;
+}
+
 interface Native {
   BpfObject: new (path: string, pinRoot?: string) => NativeBpfObject;
+  RingReader: new (map: NativeMapHandle, recordSize: number, onRecords: (records: Buffer) => void) => NativeRingReader;
   MapHandle: new (fdOrPinPath: number | string) => NativeMapHandle;
   Splicer: new (inMap: NativeMapHandle, outMap: NativeMapHandle, peerMap: NativeMapHandle, onEvents: (events: Uint32Array) => void) => NativeSplicer;
   attachCgroup(progFd: number, cgroupPath: string, attachType: AttachTypeName): number;
@@ -354,6 +360,30 @@ const flagsValue: Codec<number> = {
 
 const O = STRUCTS.weft_orig_dst.fields;
 const C = STRUCTS.weft_config.fields;
+const LS = STRUCTS.weft_lb_slot_key.fields;
+const LB = STRUCTS.weft_lb_backend.fields;
+const EV = STRUCTS.weft_lb_event.fields;
+
+/** A socket-LB slot: which backend slot `slot` of a service port holds. */
+export interface LbSlotKey extends IpPort {
+  slot: number;
+}
+
+/** A record of weft_lb_events (struct weft_lb_event). */
+export interface LbEvent {
+  /** LB_EV_OPEN or LB_EV_CLOSE */
+  type: number;
+  cookie: bigint;
+  cgroupId: bigint;
+  durationNs: bigint;
+  bytesSent: number;
+  bytesReceived: number;
+  /** The service VIP:port the client dialed. */
+  orig: IpPort;
+  /** The endpoint connect4 chose. */
+  backend: IpPort;
+  client: IpPort;
+}
 
 export const codecs = {
   dstKey: ipPortKey(STRUCTS.weft_dst_key),
@@ -371,6 +401,16 @@ export const codecs = {
   } satisfies Codec<string>,
   /** The array index key (u32, host order). */
   u32: flagsValue,
+  /** A counter value (u64, host order). */
+  u64: {
+    size: 8,
+    encode: (v: bigint) => {
+      const b = Buffer.alloc(8);
+      writeU64Host(b, v, 0);
+      return b;
+    },
+    decode: (b: Buffer) => readU64Host(b, 0),
+  } satisfies Codec<bigint>,
   config: {
     size: STRUCTS.weft_config.size,
     encode: ({ nodeIp, outboundPort }: ConfigValue) => {
@@ -381,6 +421,49 @@ export const codecs = {
     },
     decode: (b: Buffer): ConfigValue => ({ nodeIp: readIp4(b, C.node_ip), outboundPort: b.readUInt16BE(C.outbound_port) }),
   } satisfies Codec<ConfigValue>,
+  lbSvc: {
+    size: STRUCTS.weft_lb_svc.size,
+    encode: (slots: number) => {
+      const b = Buffer.alloc(STRUCTS.weft_lb_svc.size);
+      writeU32Host(b, slots, STRUCTS.weft_lb_svc.fields.slots);
+      return b;
+    },
+    decode: (b: Buffer) => readU32Host(b, STRUCTS.weft_lb_svc.fields.slots),
+  } satisfies Codec<number>,
+  lbSlotKey: {
+    size: STRUCTS.weft_lb_slot_key.size,
+    encode: ({ ip, port, slot }: LbSlotKey) => {
+      const b = Buffer.alloc(STRUCTS.weft_lb_slot_key.size);
+      writeIp4(b, ip, LS.ip);
+      b.writeUInt16BE(checkPort(port), LS.port);
+      if (LE) b.writeUInt16LE(slot, LS.slot);
+      else b.writeUInt16BE(slot, LS.slot);
+      return b;
+    },
+    decode: (b: Buffer): LbSlotKey => ({ ip: readIp4(b, LS.ip), port: b.readUInt16BE(LS.port), slot: LE ? b.readUInt16LE(LS.slot) : b.readUInt16BE(LS.slot) }),
+  } satisfies Codec<LbSlotKey>,
+  lbBackend: {
+    size: STRUCTS.weft_lb_backend.size,
+    encode: ({ ip, port }: IpPort) => {
+      const b = Buffer.alloc(STRUCTS.weft_lb_backend.size);
+      writeIp4(b, ip, LB.ip);
+      b.writeUInt16BE(checkPort(port), LB.port);
+      return b;
+    },
+    decode: (b: Buffer): IpPort => ({ ip: readIp4(b, LB.ip), port: b.readUInt16BE(LB.port) }),
+  } satisfies Codec<IpPort>,
+  /** Decodes the record at `off` of a batch from the ring (decode only: the kernel writes them). */
+  lbEvent: (b: Buffer, off = 0): LbEvent => ({
+    type: readU32Host(b, off + EV.type),
+    cookie: readU64Host(b, off + EV.cookie),
+    cgroupId: readU64Host(b, off + EV.cgroup_id),
+    durationNs: readU64Host(b, off + EV.duration_ns),
+    bytesSent: Number(readU64Host(b, off + EV.bytes_sent)),
+    bytesReceived: Number(readU64Host(b, off + EV.bytes_received)),
+    orig: { ip: readIp4(b, off + EV.orig_ip), port: b.readUInt16BE(off + EV.orig_port) },
+    backend: { ip: readIp4(b, off + EV.backend_ip), port: b.readUInt16BE(off + EV.backend_port) },
+    client: { ip: readIp4(b, off + EV.client_ip), port: b.readUInt16BE(off + EV.client_port) },
+  }),
   origDst: {
     size: STRUCTS.weft_orig_dst.size,
     encode: (v: OrigDstValue) => {
@@ -567,6 +650,30 @@ export class KernelSplicer {
   }
 
   /** Removes every pair and stops watching. */
+  close(): void {
+    this.native.close();
+  }
+}
+
+// ---- ring buffers ----
+
+/**
+ * Reads a BPF ring buffer of fixed-size records from the event loop (native/ring.h): batches
+ * of records, back to back in one Buffer, as they come. Does not keep the process alive.
+ */
+export class RingReader {
+  private readonly native: NativeRingReader;
+
+  constructor(map: BpfMap, recordSize: number, onRecords: (records: Buffer) => void) {
+    const a = addon();
+    this.native = sys(() => new a.RingReader(mapHandles.get(map)!, recordSize, onRecords));
+  }
+
+  /** Hands what the ring holds now to onRecords (synchronously); the number of records. */
+  drain(): number {
+    return this.native.drain();
+  }
+
   close(): void {
     this.native.close();
   }

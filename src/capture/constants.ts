@@ -6,6 +6,8 @@
 
 /** weft_dests value flag: rewrite a connect to this destination to the agent. (WEFT_DST_F_REDIRECT) */
 export const DST_F_REDIRECT = 1 << 0;
+/** weft_dests value flag, with REDIRECT: balance in connect4 over weft_lb_slots (socket LB). (WEFT_DST_F_LB) */
+export const DST_F_LB = 1 << 1;
 /** weft_pods value flag: refuse inbound connections from non-agents. (WEFT_POD_F_STRICT) */
 export const POD_F_STRICT = 1 << 0;
 
@@ -16,15 +18,39 @@ export const AGENTS_MAX = 4096;
 /** Sockets the agent may splice at once, two per connection. (WEFT_SPLICE_MAX) */
 export const SPLICE_MAX = 65536;
 
+/** Socket LB sizes (WEFT_LB_*): service ports, slots per service port, slots in all, flows. */
+export const LB_SVCS_MAX = 16384;
+export const LB_SLOTS_MAX = 256;
+export const LB_BACKENDS_MAX = 262144;
+export const LB_FLOWS_MAX = 65536;
+/** Bytes of the ring buffer of balanced-connection events. */
+export const LB_EVENTS_BYTES = 1 << 20;
+/** weft_lb_event types. */
+export const LB_EV_OPEN = 1;
+export const LB_EV_CLOSE = 2;
+/** weft_lb_sock flags (kernel-internal: which FINs TCP's byte counters include). */
+export const LB_F_FIN_IN = 1 << 0;
+export const LB_F_FIN_ACKED = 1 << 1;
+
 /** Every `#define WEFT_*` of bpf/weft.h, by its C name. */
 export const DEFINES: Readonly<Record<string, number>> = {
   WEFT_DST_F_REDIRECT: DST_F_REDIRECT,
+  WEFT_DST_F_LB: DST_F_LB,
   WEFT_POD_F_STRICT: POD_F_STRICT,
   WEFT_DESTS_MAX: DESTS_MAX,
   WEFT_ORIG_MAX: ORIG_MAX,
   WEFT_PODS_MAX: PODS_MAX,
   WEFT_AGENTS_MAX: AGENTS_MAX,
   WEFT_SPLICE_MAX: SPLICE_MAX,
+  WEFT_LB_SVCS_MAX: LB_SVCS_MAX,
+  WEFT_LB_SLOTS_MAX: LB_SLOTS_MAX,
+  WEFT_LB_BACKENDS_MAX: LB_BACKENDS_MAX,
+  WEFT_LB_FLOWS_MAX: LB_FLOWS_MAX,
+  WEFT_LB_EVENTS_BYTES: LB_EVENTS_BYTES,
+  WEFT_LB_EV_OPEN: LB_EV_OPEN,
+  WEFT_LB_EV_CLOSE: LB_EV_CLOSE,
+  WEFT_LB_F_FIN_IN: LB_F_FIN_IN,
+  WEFT_LB_F_FIN_ACKED: LB_F_FIN_ACKED,
 };
 
 /** The maps; each is pinned under the pin root by this name. */
@@ -35,11 +61,17 @@ export const MAP_NAMES = {
   tupleDst: 'weft_tuple_dst',
   pods: 'weft_pods',
   agents: 'weft_agents',
+  lbSvcs: 'weft_lb_svcs',
+  lbSlots: 'weft_lb_slots',
+  lbSocks: 'weft_lb_socks',
+  lbFlows: 'weft_lb_flows',
+  lbEvents: 'weft_lb_events',
+  lbLost: 'weft_lb_lost',
 } as const;
 export type MapName = (typeof MAP_NAMES)[keyof typeof MAP_NAMES];
 
 /** enum bpf_map_type values used by weft (stable kernel ABI). */
-export const MAP_TYPE = { hash: 1, array: 2, lruHash: 9, sockhash: 18 } as const;
+export const MAP_TYPE = { hash: 1, array: 2, lruHash: 9, sockhash: 18, skStorage: 24, ringbuf: 27 } as const;
 
 /** Struct layouts: total size and byte offset of each member (x86_64 and BPF agree). */
 export const STRUCTS = {
@@ -51,6 +83,31 @@ export const STRUCTS = {
   weft_pod_val: { size: 4, fields: { flags: 0 } },
   weft_agent_val: { size: 4, fields: { flags: 0 } },
   weft_splice_val: { size: 16, fields: { peer: 0, bytes: 8 } },
+  weft_lb_svc: { size: 8, fields: { slots: 0, _pad: 4 } },
+  weft_lb_slot_key: { size: 8, fields: { ip: 0, port: 4, slot: 6 } },
+  weft_lb_backend: { size: 8, fields: { ip: 0, port: 4, _pad: 6 } },
+  weft_lb_sock: { size: 32, fields: { cgroup_id: 0, start_ns: 8, orig_ip: 16, orig_port: 20, flags: 22, backend_ip: 24, backend_port: 28, _pad2: 30 } },
+  weft_lb_flow_key: { size: 12, fields: { saddr: 0, daddr: 4, sport: 8, dport: 10 } },
+  weft_lb_event: {
+    size: 72,
+    fields: {
+      type: 0,
+      _pad0: 4,
+      cookie: 8,
+      cgroup_id: 16,
+      duration_ns: 24,
+      bytes_sent: 32,
+      bytes_received: 40,
+      orig_ip: 48,
+      orig_port: 52,
+      client_port: 54,
+      backend_ip: 56,
+      backend_port: 60,
+      _pad: 62,
+      client_ip: 64,
+      _pad2: 68,
+    },
+  },
 } as const;
 
 export interface MapSpec {
@@ -67,6 +124,12 @@ export const MAPS: Readonly<Record<MapName, MapSpec>> = {
   weft_tuple_dst: { type: MAP_TYPE.lruHash, keySize: STRUCTS.weft_tuple_key.size, valueSize: STRUCTS.weft_orig_dst.size, maxEntries: ORIG_MAX },
   weft_pods: { type: MAP_TYPE.hash, keySize: 4, valueSize: STRUCTS.weft_pod_val.size, maxEntries: PODS_MAX },
   weft_agents: { type: MAP_TYPE.hash, keySize: 4, valueSize: STRUCTS.weft_agent_val.size, maxEntries: AGENTS_MAX },
+  weft_lb_svcs: { type: MAP_TYPE.hash, keySize: STRUCTS.weft_dst_key.size, valueSize: STRUCTS.weft_lb_svc.size, maxEntries: LB_SVCS_MAX },
+  weft_lb_slots: { type: MAP_TYPE.hash, keySize: STRUCTS.weft_lb_slot_key.size, valueSize: STRUCTS.weft_lb_backend.size, maxEntries: LB_BACKENDS_MAX },
+  weft_lb_socks: { type: MAP_TYPE.skStorage, keySize: 4, valueSize: STRUCTS.weft_lb_sock.size, maxEntries: 0 },
+  weft_lb_flows: { type: MAP_TYPE.lruHash, keySize: STRUCTS.weft_lb_flow_key.size, valueSize: 8, maxEntries: LB_FLOWS_MAX },
+  weft_lb_events: { type: MAP_TYPE.ringbuf, keySize: 0, valueSize: 0, maxEntries: LB_EVENTS_BYTES },
+  weft_lb_lost: { type: MAP_TYPE.array, keySize: 4, valueSize: 8, maxEntries: 1 },
 };
 
 /** Attach types by the names the addon knows (it maps them to enum bpf_attach_type). */

@@ -26,11 +26,24 @@ import {
   origDstOf,
   progInfo,
   repoRoot,
+  RingReader,
   unpin,
   type TypedMap,
   type IpPort,
+  type LbEvent,
 } from './bpf.js';
-import { CGROUP2_SUPER_MAGIC, DST_F_REDIRECT, MAP_NAMES, POD_F_STRICT, PROGRAMS, SPLICE, type ProgramSpec } from './constants.js';
+import {
+  CGROUP2_SUPER_MAGIC,
+  DST_F_LB,
+  DST_F_REDIRECT,
+  LB_SLOTS_MAX,
+  MAP_NAMES,
+  POD_F_STRICT,
+  PROGRAMS,
+  SPLICE,
+  STRUCTS,
+  type ProgramSpec,
+} from './constants.js';
 import { SocketSplicer, type SpliceHandle, type SpliceOptions, type SpliceRefusal } from './splice.js';
 
 export interface DatapathOptions {
@@ -60,6 +73,14 @@ export interface OrigDst {
   pid: number;
 }
 
+/** A service port that connect4 balances itself (socket LB), and its backend slots. */
+export interface BalancedPort {
+  ip: string;
+  port: number;
+  /** 1..LB_SLOTS_MAX backends, one per slot: an endpoint with twice the weight fills twice the slots. */
+  slots: IpPort[];
+}
+
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/weft';
 /** Where the bpffs is mounted when no bpffs holds the pin root. */
 const BPFFS_MOUNT = '/sys/fs/bpf';
@@ -84,6 +105,10 @@ export class Datapath {
   /** cgroupId -> program name -> program id the pinned link runs, as this process left it. */
   private readonly linked = new Map<bigint, Map<string, number>>();
   private splicer?: SocketSplicer;
+  /** What setDestinations asked for, and the service ports balanced in connect4 ("ip:port"). */
+  private redirects: { ip: string; port: number }[] = [];
+  private balanced = new Set<string>();
+  private lbReader?: RingReader;
   private closed = false;
 
   private constructor(
@@ -96,6 +121,10 @@ export class Datapath {
       tuple: BpfMap;
       pods: IpMap;
       agents: IpMap;
+      lbSvcs: BpfMap;
+      lbSlots: BpfMap;
+      lbEvents: BpfMap;
+      lbLost: BpfMap;
     },
     log: pino.Logger,
   ) {
@@ -137,6 +166,10 @@ export class Datapath {
         tuple: map(MAP_NAMES.tupleDst),
         pods: map(MAP_NAMES.pods).typed(codecs.ip4, codecs.flags),
         agents: map(MAP_NAMES.agents).typed(codecs.ip4, codecs.flags),
+        lbSvcs: map(MAP_NAMES.lbSvcs),
+        lbSlots: map(MAP_NAMES.lbSlots),
+        lbEvents: map(MAP_NAMES.lbEvents),
+        lbLost: map(MAP_NAMES.lbLost),
       };
       const dp = new Datapath(pinRoot, objects, programs, maps, log);
       if (opts.splice ?? true) dp.splicer = openSplicer(join(objDir, SPLICE.object), pinRoot, objects, log);
@@ -165,9 +198,73 @@ export class Datapath {
    * given are removed. Invalid entries are skipped with a warning. Cheap when unchanged.
    */
   setDestinations(entries: { ip: string; port: number }[]): void {
+    this.redirects = entries;
+    this.syncDestinations();
+  }
+
+  /**
+   * Full sync of the service ports that connect4 balances itself (socket LB) and their backend
+   * slots. A port must also be a destination (setDestinations). Whatever is missing or half
+   * written at a given moment (a slot, the slot count) makes connect4 send that connect to the
+   * agent, which serves it: so the order below only keeps such moments short. Ports leaving
+   * lose their flag first; ports entering get it last, once their slots are there.
+   */
+  setBalanced(ports: BalancedPort[]): void {
+    this.checkOpen();
+    const next = new Map<string, BalancedPort>();
+    const slots = new Map<string, { key: Buffer; value: Buffer }>();
+    const svcs = new Map<string, { key: Buffer; value: Buffer }>();
+    for (const p of ports) {
+      try {
+        if (p.slots.length === 0 || p.slots.length > LB_SLOTS_MAX) throw new TypeError(`${p.slots.length} slots (1..${LB_SLOTS_MAX})`);
+        const svcKey = codecs.dstKey.encode(p);
+        const entries = p.slots.map((b, slot) => ({ key: codecs.lbSlotKey.encode({ ip: p.ip, port: p.port, slot }), value: codecs.lbBackend.encode(b) }));
+        for (const e of entries) slots.set(e.key.toString('hex'), e);
+        svcs.set(svcKey.toString('hex'), { key: svcKey, value: codecs.lbSvc.encode(p.slots.length) });
+        next.set(`${p.ip}:${p.port}`, p);
+      } catch (err) {
+        this.log.warn({ ip: p.ip, port: p.port, err: (err as Error).message }, 'balanced service port skipped');
+      }
+    }
+    const leaving = [...this.balanced].filter((k) => !next.has(k));
+    if (leaving.length) {
+      for (const k of leaving) this.balanced.delete(k);
+      this.syncDestinations();
+    }
+    this.sync(MAP_NAMES.lbSlots, this.maps.lbSlots, slots);
+    this.sync(MAP_NAMES.lbSvcs, this.maps.lbSvcs, svcs);
+    const entering = [...next.keys()].filter((k) => !this.balanced.has(k));
+    if (entering.length) {
+      this.balanced = new Set(next.keys());
+      this.syncDestinations();
+    }
+  }
+
+  /**
+   * Reads the events of balanced connections (opened, closed: struct weft_lb_event) as they
+   * come, from the event loop, and those the ring holds already. Once per datapath.
+   */
+  onLbEvents(handler: (e: LbEvent) => void): void {
+    this.checkOpen();
+    if (this.lbReader) throw new Error('onLbEvents: a reader is registered already');
+    const size = STRUCTS.weft_lb_event.size;
+    this.lbReader = new RingReader(this.maps.lbEvents, size, (records) => {
+      for (let off = 0; off + size <= records.length; off += size) handler(codecs.lbEvent(records, off));
+    });
+    this.lbReader.drain();
+  }
+
+  /** Events the ring had no room for, since the maps were made (weft_lb_lost). */
+  lbEventsLost(): number {
+    const v = this.maps.lbLost.lookup(codecs.u32.encode(0));
+    return v ? Number(codecs.u64.decode(v)) : 0;
+  }
+
+  private syncDestinations(): void {
     const desired = new Map<string, { key: Buffer; value: Buffer }>();
-    const value = codecs.flags.encode(DST_F_REDIRECT);
-    for (const e of entries) {
+    const redirect = codecs.flags.encode(DST_F_REDIRECT);
+    const balance = codecs.flags.encode(DST_F_REDIRECT | DST_F_LB);
+    for (const e of this.redirects) {
       let key: Buffer;
       try {
         key = codecs.dstKey.encode(e);
@@ -175,7 +272,7 @@ export class Datapath {
         this.log.warn({ ip: e.ip, port: e.port, err: (err as Error).message }, 'destination skipped');
         continue;
       }
-      desired.set(key.toString('hex'), { key, value });
+      desired.set(key.toString('hex'), { key, value: this.balanced.has(`${e.ip}:${e.port}`) ? balance : redirect });
     }
     this.sync(MAP_NAMES.dests, this.maps.dests.map, desired);
   }
@@ -323,9 +420,10 @@ export class Datapath {
   close(): void {
     if (this.closed) return;
     this.splicer?.close();
+    this.lbReader?.close();
     this.closed = true;
-    const { dests, config, tuple, pods, agents } = this.maps;
-    for (const m of [dests.map, config.map, tuple, pods.map, agents.map]) m.close();
+    const { dests, config, tuple, pods, agents, lbSvcs, lbSlots, lbEvents, lbLost } = this.maps;
+    for (const m of [dests.map, config.map, tuple, pods.map, agents.map, lbSvcs, lbSlots, lbEvents, lbLost]) m.close();
     for (const o of this.objects) o.close();
   }
 
