@@ -13,6 +13,7 @@ import type { Endpoint } from './cluster/endpoint.js';
 import type { IncomingMessage } from 'node:http';
 import { CaptureManager } from './capture/manager.js';
 import { Datapath } from './capture/datapath.js';
+import { SocketLb } from './capture/socket-lb.js';
 import type { ConfigError } from './errors.js';
 import { Enforcer } from './authz/enforcer.js';
 import { CertManager } from './identity/cert-manager.js';
@@ -40,6 +41,11 @@ export interface AgentOptions {
    * environment says WEFT_L4_SPLICE=0 (the userspace pipe then carries every L4 byte).
    */
   l4Splice?: boolean;
+  /**
+   * Balance eligible plain-TCP service ports in connect4 (socket LB, capture/socket-lb.ts).
+   * Default: on, unless the environment says WEFT_L4_SOCKET_LB=0.
+   */
+  socketLb?: boolean;
 }
 
 /**
@@ -63,6 +69,7 @@ export class Agent {
   private plaintextInbound?: PlaintextInbound;
   private admin!: AdminServer;
   private capture?: CaptureManager;
+  private socketLb?: SocketLb;
   private enforcer!: Enforcer;
   private datapath?: Datapath;
   private ready = false;
@@ -207,6 +214,22 @@ export class Agent {
       });
       this.capture = new CaptureManager(this.state, this.datapath, this.metrics, log);
       this.capture.start();
+      if (this.opts.socketLb ?? process.env.WEFT_L4_SOCKET_LB !== '0') {
+        const capture = this.capture;
+        this.socketLb = new SocketLb({
+          state: this.state,
+          clusters: this.clusters,
+          datapath: this.datapath,
+          governed: (w) => enforcer.governs(w),
+          workloadByCgroupId: (id) => capture.workloadByCgroupId(id),
+          metrics: this.metrics,
+          log,
+        });
+        this.socketLb.start();
+      } else {
+        // What an agent before this one left balanced goes back to the agent.
+        this.datapath.setBalanced([]);
+      }
     }
 
     discovery.on('update', (next: MeshConfig) => this.onUpdate(next));
@@ -279,6 +302,7 @@ export class Agent {
     this.clusters.sync();
     this.identities?.sync(this.state);
     this.capture?.reconcile();
+    this.socketLb?.sync();
     try {
       this.datapath?.setAgentIps(peerAgentIps(next));
     } catch (err) {
@@ -313,6 +337,7 @@ export class Agent {
       services: cfg.services,
       clusters: [...this.clusters.all()].map((c) => c.describe()),
       capture: this.capture?.describe() ?? 'disabled',
+      socketLb: this.socketLb?.describe() ?? 'disabled',
       authorization: this.enforcer?.describe(),
       nodes: cfg.nodes ?? [],
       identity: this.identities
@@ -331,6 +356,7 @@ export class Agent {
     const drainMs = opts.drainMs ?? this.state.config?.agent.drainTimeout ?? 20_000;
     this.draining = true;
     this.capture?.stop();
+    this.socketLb?.stop();
     if (this.outbound) {
       const closing = this.outbound.stopAccepting();
       const tunnelClosing = this.tunnelServer?.close();

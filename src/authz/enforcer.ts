@@ -77,6 +77,12 @@ export class Enforcer {
     return { principal: principalOf(this.state.config.mesh.trustDomain, source), namespace: source.namespace, ip };
   }
 
+  /** Whether any DENY or ALLOW policy selects `w`: when none does, every connection to it is allowed. */
+  governs(w: Workload): boolean {
+    const wp = this.compiled.forWorkload(w);
+    return wp.deny.length > 0 || wp.allow.length > 0;
+  }
+
   /** TCP: may `peer` open a connection to `ep`? */
   tcp(peer: PeerIdentity, ep: Endpoint): Decision {
     const dst = this.destination(ep);

@@ -1,6 +1,7 @@
 // The L4 fast path for real: a meshed client pod dials a plain TCP service through eBPF
 // capture; the agent authorizes, connects the backend pod and splices the two sockets in the
-// kernel (bpf/splice.bpf.c). Bytes, FINs and RSTs must pass exactly as through the userspace
+// kernel (bpf/splice.bpf.c). An authorization policy selects the backend, so the agent has
+// something to add and the service port is not balanced in connect4 (socket LB) instead. Bytes, FINs and RSTs must pass exactly as through the userspace
 // pipe, the metrics must count the bytes, and WEFT_L4_SPLICE=0 must bring the pipe back.
 import t from 'tap';
 import { createHash } from 'node:crypto';
@@ -30,6 +31,12 @@ services:
     ports: [ { port: 7000, targetPort: 7000, protocol: tcp } ]
     selector: { app: echo }
     trafficPolicy: { connectionPool: { idleTimeout: 600ms } }
+policies:
+  - name: echo-from-client
+    namespace: app
+    selector: { app: echo }
+    action: ALLOW
+    rules: [ { from: [ { principals: [cluster.local/ns/app/sa/client] } ] } ]
 `;
 
 // The sample backend's TCP echo first writes its pod name and a newline, then echoes.
