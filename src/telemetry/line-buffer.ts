@@ -118,10 +118,13 @@ export class LineBuffer {
   /** Write out everything now (at exit). */
   flushSync(): void {
     if (this.dead) return;
-    this.rotate();
-    // A write still in flight may or may not complete before the process ends: write it again
-    // (a line twice in the log beats a lost one).
-    const pending = this.backlog;
+    if (this.len > 0) {
+      this.backlog.push(this.buf.subarray(0, this.len));
+      this.len = 0;
+    }
+    // A write in flight was handed to the thread pool in an earlier turn: it completes (or
+    // already did) even though its callback will never run. Writing it again would repeat it.
+    const pending = this.writing ? this.backlog.slice(1) : this.backlog;
     this.backlog = [];
     this.backlogBytes = 0;
     for (let b of pending) {
