@@ -131,7 +131,9 @@ t.test('mTLS between two nodes', async (t) => {
   await until('certificates issued', async () => (await certOf(nodeA, 'cluster.local/ns/shop/sa/client'))?.state === 'valid' && (await certOf(nodeB, 'cluster.local/ns/shop/sa/api'))?.state === 'valid', 15_000, 200);
 
   const pcap = join(dir, 'inter-node.pcap');
-  const dump = nodeA.spawn('tcpdump', ['-i', link.a.dev, '-n', '-U', '-s', '0', '-w', pcap], { label: 'tcpdump' });
+  // --immediate-mode: packets reach the file as they come, not when a ring block fills (or
+  // its timeout expires), so stopping tcpdump loses none.
+  const dump = nodeA.spawn('tcpdump', ['-i', link.a.dev, '-n', '--immediate-mode', '-U', '-s', '0', '-w', pcap], { label: 'tcpdump' });
   await dump.waitFor(/listening on/, 10_000);
 
   const marker = `secret-${randomBytes(6).toString('hex')}`;
@@ -151,7 +153,7 @@ t.test('mTLS between two nodes', async (t) => {
   });
 
   await t.test('only TLS to the tunnel port crossed the link', async (t) => {
-    await sleep(300);
+    await sleep(1000);
     dump.kill('SIGINT');
     await dump.exited;
     const bytes = readFileSync(pcap);
