@@ -232,7 +232,15 @@ export class Agent {
       }
     }
 
-    discovery.on('update', (next: MeshConfig) => this.onUpdate(next));
+    discovery.on('update', (next: MeshConfig) => {
+      // A bug in applying one change must not take the node's traffic down with it.
+      try {
+        this.onUpdate(next);
+      } catch (err) {
+        this.metrics.agentErrors.inc({ kind: 'config' });
+        log.error({ err }, 'applying the new config failed; continuing with what was applied');
+      }
+    });
     discovery.on('rejected', (err: ConfigError) => {
       this.metrics.configRejected.inc();
       this.lastRejection = { at: new Date().toISOString(), problems: err.problems ?? [err.message] };
