@@ -16,6 +16,7 @@ import { Datapath } from './capture/datapath.js';
 import { SocketLb } from './capture/socket-lb.js';
 import type { ConfigError } from './errors.js';
 import { Enforcer } from './authz/enforcer.js';
+import { setProbeSourceAddress } from './health/probe.js';
 import { CertManager } from './identity/cert-manager.js';
 import { createCertificateSigner } from './identity/ca-client.js';
 import { LocalIdentities } from './identity/local-identities.js';
@@ -190,6 +191,7 @@ export class Agent {
     });
 
     const { ports, node } = cfg;
+    setProbeSourceAddress(node.address);
     await this.outbound.listen(node.address, ports.outbound).catch((err: Error) => {
       throw new Error(`cannot listen on outbound ${node.address}:${ports.outbound}: ${err.message}`);
     });

@@ -128,7 +128,10 @@ export class Cluster {
     }
     for (const id of this.endpoints.keys()) if (!seen.has(id)) this.endpoints.delete(id);
     const all = [...this.endpoints.values()];
-    this.checker?.setEndpoints(all);
+    // A meshed pod on another node is not probed from here: the probe would cross the link in
+    // plaintext, around the tunnel. Passive outlier detection covers it; its own node's agent
+    // serves it only while it is alive.
+    this.checker?.setEndpoints(all.filter((ep) => ep.info.local || !ep.info.meshed));
     this.outlier?.setEndpoints(all);
     this.refresh();
   }

@@ -58,10 +58,21 @@ function settleOnce(
   return finish;
 }
 
+let sourceAddress: string | undefined;
+
+/**
+ * Probes leave from this address (the node address): strict pods on other nodes admit
+ * connections from agents' node addresses only, and the kernel would otherwise pick whatever
+ * address the route says (an inter-node link address, say). Undefined: the kernel chooses.
+ */
+export function setProbeSourceAddress(addr: string | undefined): void {
+  sourceAddress = addr;
+}
+
 /** TCP check: success when the connection is established within the timeout; then closed. */
 export function tcpProbe(target: ProbeTarget, policy: HealthCheckPolicy, signal: AbortSignal): Promise<ProbeResult> {
   return new Promise((resolve) => {
-    const sock = net.connect({ host: target.ip, port: target.port });
+    const sock = net.connect({ host: target.ip, port: target.port, localAddress: sourceAddress });
     const finish = settleOnce(policy.timeout, signal, () => sock.destroy(), resolve);
     sock.once('connect', () => finish(true, ''));
     // `on`, not `once`: a late error after destroy must not become an uncaught exception.
@@ -79,6 +90,7 @@ export function httpProbe(target: ProbeTarget, policy: HealthCheckPolicy, signal
     const req = http.request({
       host: target.ip,
       port: target.port,
+      localAddress: sourceAddress,
       method: 'GET',
       path: policy.path?.startsWith('/') ? policy.path : `/${policy.path ?? ''}`,
       agent: false,
