@@ -88,8 +88,12 @@ export class HttpProxy implements ExchangeHost {
     return this.inflight;
   }
 
-  /** Resolves when no request is in flight. */
+  /**
+   * Resolves when no request is in flight. For draining: from this call on, answers carry
+   * `connection: close`, so keep-alive clients move away instead of sending more requests.
+   */
   idle(): Promise<void> {
+    this.draining = true;
     if (this.inflight === 0) return Promise.resolve();
     return new Promise((r) => this.idleWaiters.push(r));
   }

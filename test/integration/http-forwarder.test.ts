@@ -462,3 +462,35 @@ t.test('WebSocket-style upgrade: spliced after the 101', async (t) => {
   const m = await la.metrics();
   t.match(m, /weft_requests_total\{[^}]*response_code="101"[^}]*\} 1/, 'the upgrade is counted');
 });
+
+t.test('a client that stops sending in the middle of a body gets 400', async (t) => {
+  await httpBackend(t, echo);
+  const la = await agentFor(t);
+  const c = await RawClient.connect(la.outboundPort, clientIp(la));
+  c.write('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc');
+  c.sock.end();
+  const r = await c.readResponse();
+  t.equal(r.status, 400);
+  t.equal(r.headers['x-weft-error'], 'bad_request');
+  await c.waitClosed();
+});
+
+t.test('draining: in-flight answers say connection: close, idle connections are closed', async (t) => {
+  await httpBackend(t, (req, res) => setTimeout(() => res.end('ok'), req.url === '/slow' ? 300 : 0));
+  const la = await startLoopbackAgent(loopbackMesh([POD], [{ name: 'api', vip: '10.96.0.20', app: 'api' }]));
+  t.teardown(() => la.stop().catch(() => undefined));
+  const idle = await RawClient.connect(la.outboundPort, clientIp(la));
+  idle.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  t.equal((await idle.readResponse()).status, 200);
+  const busy = await RawClient.connect(la.outboundPort, clientIp(la));
+  busy.write('GET /slow HTTP/1.1\r\nHost: x\r\n\r\n');
+  await sleep(50);
+  const stopped = la.agent.stop({ drainMs: 3000 });
+  const r = await busy.readResponse();
+  t.equal(r.status, 200, 'the request in flight completes');
+  t.equal(r.headers.connection, 'close', 'and tells the client not to reuse the connection');
+  await busy.waitClosed();
+  await idle.waitClosed();
+  t.ok(idle.closed, 'the idle keep-alive connection is closed');
+  await stopped;
+});

@@ -319,6 +319,11 @@ export class Downstream {
       return;
     }
     this.closing = true;
+    if (this.parsing !== undefined) {
+      // The client stopped sending in the middle of a request body: that request cannot complete.
+      this.parseError(Object.assign(new Error('request body cut short'), { code: 'HPE_INVALID_EOF_STATE', bytesParsed: 0 }));
+      return;
+    }
     if (this.queue.length === 0) {
       if (this.pendingError !== undefined) this.answerPendingError();
       else this.closeGracefully();
