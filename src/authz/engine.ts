@@ -368,11 +368,19 @@ class WorkloadPoliciesImpl implements WorkloadPolicies {
   }
 }
 
+/** Keys already computed, by workload object: config snapshots are not changed in place. */
+const workloadKeys = new WeakMap<WorkloadRef, string>();
+
 function workloadKey(w: WorkloadRef): string {
-  const labels = Object.keys(w.labels)
-    .sort()
-    .map((k) => [k, w.labels[k]]);
-  return JSON.stringify([w.namespace, labels]);
+  let key = workloadKeys.get(w);
+  if (key === undefined) {
+    const labels = Object.keys(w.labels)
+      .sort()
+      .map((k) => [k, w.labels[k]]);
+    key = JSON.stringify([w.namespace, labels]);
+    workloadKeys.set(w, key);
+  }
+  return key;
 }
 
 /** Bound on the per-workload cache, so a churn of label sets cannot grow it without limit. */
