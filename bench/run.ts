@@ -28,8 +28,10 @@ import { runChurn, runMemory } from './scale.js';
 
 const SECTIONS = ['throughput', 'connrate', 'churn', 'memory', 'balancers', 'tunnel'] as const;
 
+const t0 = Date.now();
+
 function log(msg: string): void {
-  process.stderr.write(`${msg}\n`);
+  process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(3)}s] ${msg}\n`);
 }
 
 function parseCli(argv: string[]) {
@@ -112,7 +114,7 @@ async function main(): Promise<number> {
 
   await Topology.sweep('weft-bench', log);
   // Waiting for idle cores makes figures honest on a shared machine, within reason.
-  setQuietBudget(quick ? 20_000 : 120_000);
+  setQuietBudget(quick ? 10_000 : 120_000);
   const workDir = mkdtempSync(join(tmpdir(), 'weft-bench-'));
   const report: BenchReport = { machine: await machineInfo(repo), mode, elapsedS: 0, sectionErrors: {} };
   log(`weft bench${quick ? ' (quick)' : ''}: ${report.machine.cpuModel}, ${report.machine.nproc} cores, commit ${report.machine.commit}; output -> ${outDir}`);
