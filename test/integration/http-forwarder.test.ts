@@ -494,3 +494,48 @@ t.test('draining: in-flight answers say connection: close, idle connections are 
   t.ok(idle.closed, 'the idle keep-alive connection is closed');
   await stopped;
 });
+
+t.test('connection limits: maxConnections with a pending queue, then overflow', async (t) => {
+  const backend = await httpBackend(t, (_req, res) => setTimeout(() => res.end('ok'), 200));
+  const la = await agentFor(t, '{ connectionPool: { maxConnections: 1, maxPendingRequests: 1, maxRequests: 100 } }');
+  const clients = await Promise.all([0, 1, 2].map(() => RawClient.connect(la.outboundPort, clientIp(la))));
+  const answers = clients.map(async (c, i) => {
+    await sleep(i * 30);
+    c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    const r = await c.readResponse();
+    return { status: r.status, error: r.headers['x-weft-error'] };
+  });
+  const got = await Promise.all(answers);
+  t.same(got, [{ status: 200, error: undefined }, { status: 200, error: undefined }, { status: 503, error: 'overflow' }], 'one on the connection, one waiting for it, one refused');
+  t.equal(backend.connections(), 1, 'the waiting request reused the one connection');
+  for (const c of clients) c.close();
+});
+
+t.test('a kept-alive upstream connection closed under a request: idempotent requests go again, others fail', async (t) => {
+  // Each connection answers its first request, then drops the next one without an answer
+  // (as a server does that closes an idle connection just as a request arrives).
+  const backend = await recordingServer(POD.ip, 8080, (s, d) => {
+    const st = s as net.Socket & { served?: number };
+    const heads = d.toString('latin1').split('\r\n\r\n').length - 1;
+    for (let i = 0; i < heads; i++) {
+      if ((st.served ?? 0) >= 1) {
+        s.destroy();
+        return;
+      }
+      st.served = (st.served ?? 0) + 1;
+      s.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
+    }
+  });
+  t.teardown(() => backend.close());
+  const la = await agentFor(t);
+  const c = await RawClient.connect(la.outboundPort, clientIp(la));
+  c.write('GET /1 HTTP/1.1\r\nHost: x\r\n\r\n');
+  t.equal((await c.readResponse()).status, 200);
+  c.write('GET /2 HTTP/1.1\r\nHost: x\r\n\r\n');
+  t.equal((await c.readResponse()).status, 200, 'the GET went again on a fresh connection');
+  c.write('POST /3 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx');
+  const p = await c.readResponse();
+  t.equal(p.status, 503, 'a POST is not sent twice behind the client’s back');
+  t.equal(p.headers['x-weft-error'], 'upstream_reset');
+  c.close();
+});
