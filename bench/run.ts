@@ -12,7 +12,7 @@
  * reported and the others still run. Needs root (network namespaces, cgroups, eBPF).
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -79,6 +79,10 @@ async function main(): Promise<number> {
   }
   if (process.getuid?.() !== 0) {
     log('bench: needs root (network namespaces, cgroups and eBPF)');
+    return 1;
+  }
+  if (availableParallelism() < 2) {
+    log('bench: needs two cores (the proxy alone on one, wrk and the backend on the other)');
     return 1;
   }
   const started = Date.now();
