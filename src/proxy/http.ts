@@ -134,7 +134,7 @@ export class HttpProxy implements ExchangeHost {
     let pool = byEp.get(key);
     if (pool === undefined) {
       let group = this.groups.get(cluster);
-      if (group === undefined) this.groups.set(cluster, (group = new PoolGroup(cluster)));
+      if (group === undefined) this.groups.set(cluster, (group = new PoolGroup(cluster, this.internalError)));
       const transport = this.deps.transport;
       const source = src ? { namespace: src.namespace, serviceAccount: src.serviceAccount } : undefined;
       pool = new EndpointPool(ep, group, () => transport.connect(ep, { timeoutMs: cluster.policy.connectionPool.connectTimeout, source }));
@@ -231,6 +231,11 @@ export class HttpProxy implements ExchangeHost {
   downstreamError(down: Downstream, err: Error): void {
     this.log.debug({ err: err.message, src_ip: down.ctx.sourceIp }, 'downstream socket error');
   }
+
+  readonly internalError = (err: unknown): void => {
+    this.deps.metrics.agentErrors.inc({ kind: 'proxy' });
+    this.log.error({ err }, 'http proxy internal error');
+  };
 
   forget(down: Downstream): void {
     this.conns.delete(down);

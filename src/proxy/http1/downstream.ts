@@ -83,6 +83,16 @@ export class Downstream {
   }
 
   private readonly onData = (chunk: Buffer): void => {
+    try {
+      this.consume(chunk);
+    } catch (err) {
+      // A bug of ours: this connection's state cannot be trusted any more.
+      this.host.internalError(err);
+      this.sock.destroy();
+    }
+  };
+
+  private consume(chunk: Buffer): void {
     if (this.stopped) {
       // After an upgrade request, the bytes belong to the upgraded protocol; otherwise the
       // connection is closing and what still arrives is read and dropped (lingering close).
@@ -127,7 +137,7 @@ export class Downstream {
     // Requests are started only after the whole read was parsed: a request whose body turns
     // out malformed in the same read never reaches an upstream.
     this.pump();
-  };
+  }
 
   private readonly onHeaders = (h: string[], url: string): void => {
     const ex = this.parsing;
@@ -338,9 +348,16 @@ export class Downstream {
     this.closed = true;
     this.stopped = true;
     const q = this.queue.splice(0);
-    for (const ex of q) if (ex.started) ex.onDownstreamClosed();
     closeParser(this.parser);
     this.host.forget(this);
+    for (const ex of q) {
+      if (!ex.started) continue;
+      try {
+        ex.onDownstreamClosed();
+      } catch (err) {
+        this.host.internalError(err);
+      }
+    }
   };
 
   private readonly onDrain = (): void => {

@@ -43,6 +43,8 @@ export interface ExchangeHost {
   retried(cluster: Cluster): void;
   malformed(down: Downstream, err: Error & { code?: string }): void;
   downstreamError(down: Downstream, err: Error): void;
+  /** A bug surfaced (an exception out of the forwarder's own code): logged and counted. */
+  internalError(err: unknown): void;
   forget(down: Downstream): void;
   /** Upgraded connections (spliced) are tracked for shutdown. */
   spliced(a: Duplex, b: Duplex): void;
@@ -574,6 +576,15 @@ export class Exchange implements UpstreamUser, RequestHeadFields {
   private readonly onTimer = (): void => {
     this.timer = undefined;
     if (this.done) return;
+    try {
+      this.timerFired();
+    } catch (err) {
+      this.host_.internalError(err);
+      this.down.sock.destroy();
+    }
+  };
+
+  private timerFired(): void {
     if (this.backingOff) {
       this.backingOff = false;
       this.pickAndSend();
@@ -600,7 +611,7 @@ export class Exchange implements UpstreamUser, RequestHeadFields {
       return;
     }
     this.failAttempt({ kind: 'timeout', error: err }, 'timeout');
-  };
+  }
 
   /** Stop using the current upstream connection (or stop waiting for one). */
   private dropUpstream(): void {

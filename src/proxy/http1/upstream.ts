@@ -146,6 +146,12 @@ export class UpstreamConn implements ResponseHeadFields {
     this.inData = true;
     try {
       this.consume(chunk);
+    } catch (err) {
+      // A bug of ours: neither this connection nor the client's can be trusted any more.
+      this.pool.group.internalError(err);
+      this.releaseAfterData = false;
+      this.destroy();
+      down.destroy();
     } finally {
       this.inData = false;
       down.uncork();
@@ -292,7 +298,12 @@ export class UpstreamConn implements ResponseHeadFields {
     this.user = undefined;
     closeParser(this.parser);
     this.pool.closed(this);
-    user?.onUpstreamError(Object.assign(new Error(`connection to ${this.pool.ep.id} closed`), { code: 'ECONNRESET' }), had);
+    try {
+      user?.onUpstreamError(Object.assign(new Error(`connection to ${this.pool.ep.id} closed`), { code: 'ECONNRESET' }), had);
+    } catch (err) {
+      this.pool.group.internalError(err);
+      user?.downSock.destroy();
+    }
   };
 
   private readonly onDrain = (): void => {
@@ -309,7 +320,11 @@ export type Connector = () => Promise<Duplex>;
  */
 export class PoolGroup {
   readonly pools = new Set<EndpointPool>();
-  constructor(readonly cluster: Cluster) {}
+  constructor(
+    readonly cluster: Cluster,
+    /** Where exceptions out of the forwarder's own code go (logged and counted). */
+    readonly internalError: (err: unknown) => void,
+  ) {}
 
   /** Close one idle connection of another pool to make room; true if one was closed. */
   evictIdle(except: EndpointPool): boolean {
@@ -339,7 +354,7 @@ export class EndpointPool {
 
   constructor(
     ep: Endpoint,
-    private readonly group: PoolGroup,
+    readonly group: PoolGroup,
     private readonly connector: Connector,
   ) {
     this.ep = ep;
@@ -416,7 +431,13 @@ export class EndpointPool {
 
   private connect(user: UpstreamUser): void {
     this.connecting++;
-    this.connector().then(
+    let connecting: Promise<Duplex>;
+    try {
+      connecting = this.connector();
+    } catch (err) {
+      connecting = Promise.reject(err);
+    }
+    connecting.then(
       (sock) => {
         this.connecting--;
         const c = new UpstreamConn(sock, this);
