@@ -63,6 +63,7 @@ export const KINDS: readonly KindInfo[] = [
   { kind: 'Namespace', group: '', version: 'v1', plural: 'namespaces', namespaced: false, custom: false },
   { kind: 'Pod', group: '', version: 'v1', plural: 'pods', namespaced: true, custom: false },
   { kind: 'Service', group: '', version: 'v1', plural: 'services', namespaced: true, custom: false },
+  { kind: 'Node', group: '', version: 'v1', plural: 'nodes', namespaced: false, custom: false },
   { kind: 'EndpointSlice', group: 'discovery.k8s.io', version: 'v1', plural: 'endpointslices', namespaced: true, custom: false },
   { kind: 'TrafficPolicy', group: 'weft.io', version: 'v1alpha1', plural: 'trafficpolicies', namespaced: true, custom: true },
   { kind: 'AuthorizationPolicy', group: 'weft.io', version: 'v1alpha1', plural: 'authorizationpolicies', namespaced: true, custom: true },
@@ -598,6 +599,68 @@ export class FakeApiServer {
 
 export function namespaceObject(name: string, labels: Record<string, string> = {}): KubeObject {
   return { apiVersion: 'v1', kind: 'Namespace', metadata: { name, labels }, spec: { finalizers: ['kubernetes'] }, status: { phase: 'Active' } };
+}
+
+export interface NodeSpecLite {
+  /** Replaces the default addresses (the InternalIP and a Hostname), e.g. to test ExternalIP or IPv6. */
+  addresses?: { type: string; address: string }[];
+  labels?: Record<string, string>;
+  ready?: boolean;
+}
+
+/**
+ * A Node as the kubelet registers it: InternalIP and Hostname addresses, conditions, capacity,
+ * nodeInfo and an image list (the bulk a trimmed cache must drop).
+ */
+export function nodeObject(name: string, internalIP: string, n: NodeSpecLite = {}): KubeObject {
+  const ready = n.ready ?? true;
+  const now = '2026-01-01T00:00:00Z';
+  return {
+    apiVersion: 'v1',
+    kind: 'Node',
+    metadata: {
+      name,
+      labels: {
+        'kubernetes.io/arch': 'amd64',
+        'kubernetes.io/hostname': name,
+        'kubernetes.io/os': 'linux',
+        ...n.labels,
+      },
+      annotations: { 'node.alpha.kubernetes.io/ttl': '0', 'volumes.kubernetes.io/controller-managed-attach-detach': 'true' },
+    },
+    spec: { podCIDR: '10.1.0.0/24', podCIDRs: ['10.1.0.0/24'] },
+    status: {
+      addresses: n.addresses ?? [
+        { type: 'InternalIP', address: internalIP },
+        { type: 'Hostname', address: name },
+      ],
+      capacity: { cpu: '4', memory: '16374584Ki', pods: '110' },
+      allocatable: { cpu: '4', memory: '16272184Ki', pods: '110' },
+      conditions: [
+        { type: 'MemoryPressure', status: 'False', reason: 'KubeletHasSufficientMemory', lastHeartbeatTime: now, lastTransitionTime: now },
+        { type: 'DiskPressure', status: 'False', reason: 'KubeletHasNoDiskPressure', lastHeartbeatTime: now, lastTransitionTime: now },
+        { type: 'PIDPressure', status: 'False', reason: 'KubeletHasSufficientPID', lastHeartbeatTime: now, lastTransitionTime: now },
+        { type: 'Ready', status: ready ? 'True' : 'False', reason: ready ? 'KubeletReady' : 'KubeletNotReady', lastHeartbeatTime: now, lastTransitionTime: now },
+      ],
+      daemonEndpoints: { kubeletEndpoint: { Port: 10250 } },
+      nodeInfo: {
+        architecture: 'amd64',
+        containerRuntimeVersion: 'containerd://1.7.22',
+        kernelVersion: '6.8.0-45-generic',
+        kubeProxyVersion: 'v1.31.1',
+        kubeletVersion: 'v1.31.1',
+        operatingSystem: 'linux',
+        osImage: 'Ubuntu 24.04.1 LTS',
+        machineID: randomUUID().replace(/-/g, ''),
+        systemUUID: randomUUID(),
+        bootID: randomUUID(),
+      },
+      images: [
+        { names: ['registry.k8s.io/kube-proxy@sha256:' + '0'.repeat(64), 'registry.k8s.io/kube-proxy:v1.31.1'], sizeBytes: 30211855 },
+        { names: ['registry.example/weft@sha256:' + '1'.repeat(64), 'registry.example/weft:1'], sizeBytes: 61000000 },
+      ],
+    },
+  };
 }
 
 export interface PodSpecLite {
