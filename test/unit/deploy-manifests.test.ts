@@ -314,6 +314,7 @@ t.test('the CA and RBAC', async (t) => {
   const resources = agentRole.rules.flatMap((r: Obj) => r.apiGroups.flatMap((g: string) => r.resources.map((x: string) => `${g}/${x}`)));
   t.same(resources.sort(), [
     '/namespaces',
+    '/nodes',
     '/pods',
     '/services',
     'discovery.k8s.io/endpointslices',
