@@ -1,9 +1,10 @@
 /**
  * Kubernetes discovery: the mesh from the API server, as whole MeshConfig snapshots.
  *
- * Seven list+watch caches (k8s/informer.ts): Namespaces, Pods, Services, EndpointSlices, and
- * weft's TrafficPolicy, AuthorizationPolicy and RequestAuthentication (weft.io/v1alpha1).
- * Any change schedules a rebuild; changes within `debounceMs` of the first one coalesce into
+ * Eight list+watch caches (k8s/informer.ts): Namespaces, Pods, Services, EndpointSlices, Nodes,
+ * and weft's TrafficPolicy, AuthorizationPolicy and RequestAuthentication (weft.io/v1alpha1).
+ * Any change schedules a rebuild (for a Node, only a change of what translation reads: its
+ * address; kubelet status reports alone would otherwise rebuild every few minutes per node); changes within `debounceMs` of the first one coalesce into
  * one snapshot (a rollout touching 100 pods yields a handful of snapshots, not 300). A rebuild
  * translates the caches into the file format's raw shape (k8s/translate.ts) and runs the file
  * loader's validation and defaults on it (`normalizeConfig`), so a TrafficPolicy means exactly
@@ -15,6 +16,9 @@
  * the cluster per agent, trimmed to the fields used (a few hundred bytes each: ~50 MB at
  * 100k pods), and the API server fanning every pod change out to every node (the same
  * pattern as kube-proxy's EndpointSlice watch, at pod rather than endpoint granularity).
+ *
+ * Nodes fill `nodes` (where each node's agent is reached, k8s/translate.ts), trimmed in the
+ * cache to name, addresses and creationTimestamp.
  *
  * An object that fails validation is dropped from the snapshot, reported once (log and a
  * `rejected` event with a ConfigError naming the object, e.g. `TrafficPolicy shop/api`), and
@@ -35,6 +39,7 @@ import {
   type KubernetesObject,
   type V1EndpointSlice,
   type V1Namespace,
+  type V1Node,
   type V1Pod,
   type V1Service,
 } from '@kubernetes/client-node';
@@ -47,8 +52,10 @@ import { silentLogger } from '../telemetry/log.js';
 import { ResourceInformer, type ChangeType, type ListPage } from './k8s/informer.js';
 import {
   blame,
+  nodeFingerprint,
   objectKey,
   translate,
+  trimNode,
   trimPod,
   type ClusterState,
   type CustomObject,
@@ -113,6 +120,7 @@ type Informers = {
   pods: ResourceInformer<V1Pod>;
   services: ResourceInformer<V1Service>;
   endpointSlices: ResourceInformer<V1EndpointSlice>;
+  nodes: ResourceInformer<V1Node>;
   trafficPolicies: ResourceInformer<CustomObject>;
   authorizationPolicies: ResourceInformer<CustomObject>;
   requestAuthentications: ResourceInformer<CustomObject>;
@@ -144,6 +152,8 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
   private warned = new Set<string>();
   /** Problems of the last snapshot refused as a whole (empty: the last one was good). */
   private snapshotProblems: string[] = [];
+  /** nodeFingerprint of each cached Node, to ignore updates that change nothing translation reads. */
+  private nodeFingerprints = new Map<string, string>();
 
   constructor(opts: KubernetesDiscoveryOptions) {
     super();
@@ -204,13 +214,21 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
         path: '/apis/discovery.k8s.io/v1/endpointslices',
         list: (p) => discovery.listEndpointSliceForAllNamespaces(p) as Promise<KubernetesListObject<V1EndpointSlice>>,
       }),
+      nodes: new ResourceInformer<V1Node>({
+        ...common,
+        kind: 'Node',
+        path: '/api/v1/nodes',
+        list: (p) => core.listNode(p) as Promise<KubernetesListObject<V1Node>>,
+        trim: trimNode,
+      }),
       trafficPolicies: crd('TrafficPolicy', 'trafficpolicies'),
       authorizationPolicies: crd('AuthorizationPolicy', 'authorizationpolicies'),
       requestAuthentications: crd('RequestAuthentication', 'requestauthentications'),
     };
     this.informers.pods.on('change', (type: ChangeType, pod: V1Pod) => this.onPod(type, pod));
+    this.informers.nodes.on('change', (type: ChangeType, node: V1Node) => this.onNode(type, node));
     for (const inf of Object.values(this.informers) as ResourceInformer<KubernetesObject>[]) {
-      inf.on('change', () => this.schedule());
+      if (inf !== this.informers.nodes) inf.on('change', () => this.schedule());
     }
   }
 
@@ -278,7 +296,7 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
     this.publish(cfg);
     this.started = true;
     this.log.info(
-      { namespaces: cfg.namespaces.length, workloads: cfg.workloads.length, services: cfg.services.length },
+      { namespaces: cfg.namespaces.length, workloads: cfg.workloads.length, services: cfg.services.length, nodes: cfg.nodes?.length ?? 0 },
       'kubernetes discovery synced',
     );
     return cfg;
@@ -327,6 +345,19 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
     void this.resolver.track({ uid, qosClass: pod.status?.qosClass });
   }
 
+  private onNode(type: ChangeType, node: V1Node): void {
+    const name = node.metadata?.name ?? '';
+    if (type === 'delete') {
+      this.nodeFingerprints.delete(name);
+      this.schedule();
+      return;
+    }
+    const fp = nodeFingerprint(node);
+    if (this.nodeFingerprints.get(name) === fp) return;
+    this.nodeFingerprints.set(name, fp);
+    this.schedule();
+  }
+
   private schedule(): void {
     if (!this.started || this.stopped || this.timer) return;
     this.timer = setTimeout(() => this.flush(), this.debounceMs);
@@ -347,6 +378,7 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
       pods: i.pods.list(),
       services: i.services.list(),
       endpointSlices: i.endpointSlices.list(),
+      nodes: i.nodes.list(),
       trafficPolicies: i.trafficPolicies.list(),
       authorizationPolicies: i.authorizationPolicies.list(),
       requestAuthentications: i.requestAuthentications.list(),
@@ -376,7 +408,7 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
     const exclude = new Set<string>();
     const failClosed = new Set<string>();
     const rejections = new Map<string, { origin: Origin; problems: string[] }>();
-    const ctx = { nodeName: this.nodeName, cgroupOf: (uid: string) => this.resolver.get(uid), exclude, failClosed };
+    const ctx = { nodeName: this.nodeName, nodeAddress: this.nodeAddress, cgroupOf: (uid: string) => this.resolver.get(uid), exclude, failClosed };
     let cfg: MeshConfig | undefined;
     let warnings: string[] = [];
 
@@ -440,7 +472,13 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
     const allCrKeys = crs.map(objectKey);
     const attempt = (only: string | undefined) => {
       const ex = new Set([...exclude, ...allCrKeys.filter((k) => k !== only)]);
-      const t = translate(state, { nodeName: this.nodeName, cgroupOf: (uid) => this.resolver.get(uid), exclude: ex, failClosed });
+      const t = translate(state, {
+        nodeName: this.nodeName,
+        nodeAddress: this.nodeAddress,
+        cgroupOf: (uid) => this.resolver.get(uid),
+        exclude: ex,
+        failClosed,
+      });
       try {
         this.normalize(t.raw);
         return undefined;

@@ -14,6 +14,7 @@ import {
   FakeApiServer,
   endpointSliceObject,
   namespaceObject,
+  nodeObject,
   podObject,
   serviceObject,
   weftObject,
@@ -215,6 +216,63 @@ t.test('Services and EndpointSlices: ports, readiness, new endpoints', async (t)
   t.notOk(wl(last, 'legacy', 'agent-x'), 'host-network pod is no workload');
 });
 
+t.test('Nodes fill nodes: added, readdressed, deleted; the cache holds them trimmed', async (t) => {
+  const env = await setup(t);
+  const { server } = env;
+  server.apply(nodeObject(NODE, NODE_IP));
+  server.apply(nodeObject('node-c', '10.77.0.3'));
+  server.apply(nodeObject('node-b', '10.77.0.2', { addresses: [{ type: 'Hostname', address: 'node-b' }, { type: 'ExternalIP', address: '203.0.113.2' }, { type: 'InternalIP', address: '10.77.0.2' }] }));
+  const nodes = (c: MeshConfig) => (c.nodes ?? []).map((n) => `${n.name}=${n.address}`);
+
+  const first = await env.start();
+  t.same(nodes(first), ['node-b=10.77.0.2', 'node-c=10.77.0.3'], 'the other nodes by InternalIP, sorted (this node is node.address)');
+  t.equal(env.rejected.length, 0, 'this node agrees with NODE_IP');
+  t.equal(env.discovery.cacheStatus().Node?.objects, 3);
+  t.ok(server.requests.some((r) => r.path === '/api/v1/nodes' && r.watch), 'nodes are watched cluster-wide');
+  const cached = (env.discovery as unknown as { informers: { nodes: { get(n: string): unknown } } }).informers.nodes.get('node-b');
+  // As JSON: the list's items carry no apiVersion/kind, and the client parses dates.
+  t.same(
+    JSON.parse(JSON.stringify(cached)),
+    {
+      metadata: { name: 'node-b', resourceVersion: server.get('Node', undefined, 'node-b')!.metadata.resourceVersion, creationTimestamp: server.get('Node', undefined, 'node-b')!.metadata.creationTimestamp },
+      status: { addresses: [{ type: 'ExternalIP', address: '203.0.113.2' }, { type: 'InternalIP', address: '10.77.0.2' }] },
+    },
+    'the cache keeps the name, addresses and creation time only',
+  );
+
+  // A new node; then a node's address changes.
+  server.apply(nodeObject('node-d', '10.77.0.4'));
+  await env.until((c) => nodes(c).includes('node-d=10.77.0.4'), 'node-d added');
+  server.apply(nodeObject('node-c', '10.77.0.13'));
+  const moved = await env.until((c) => nodes(c).includes('node-c=10.77.0.13'), 'node-c readdressed');
+  t.same(nodes(moved), ['node-b=10.77.0.2', 'node-c=10.77.0.13', 'node-d=10.77.0.4']);
+
+  // A status report that changes no address does not even rebuild (kubelets report every few
+  // minutes; with many nodes, every agent would rebuild several times a second).
+  let rebuilds = 0;
+  const flush = env.discovery.flush.bind(env.discovery);
+  env.discovery.flush = () => (rebuilds++, flush());
+  server.apply(nodeObject('node-b', '10.77.0.2', { ready: false, addresses: [{ type: 'ExternalIP', address: '203.0.113.2' }, { type: 'InternalIP', address: '10.77.0.2' }] }));
+  await sleep(150);
+  t.equal(env.discovery.cacheStatus().Node?.resourceVersion, String(server.resourceVersion), 'the update reached the cache');
+  t.equal(rebuilds, 0, 'no rebuild for a NotReady status');
+
+  // A node whose addresses go: left out. A deleted node: gone.
+  server.apply(nodeObject('node-d', '', { addresses: [{ type: 'InternalIP', address: 'fd00::4' }] }));
+  await env.until((c) => !nodes(c).some((n) => n.startsWith('node-d=')), 'node-d without an IPv4 address');
+  server.delete('Node', undefined, 'node-c');
+  const gone = await env.until((c) => !nodes(c).some((n) => n.startsWith('node-c=')), 'node-c deleted');
+  t.same(nodes(gone), ['node-b=10.77.0.2']);
+  t.equal(env.discovery.cacheStatus().Node?.objects, 3);
+
+  // This node's Node disagreeing with NODE_IP (peers would dial an address its agent does not
+  // listen on) is reported against the Node; the rest applies.
+  server.apply(nodeObject(NODE, '10.77.0.99'));
+  server.apply(nodeObject('node-e', '10.77.0.5'));
+  await env.until((c) => nodes(c).includes('node-e=10.77.0.5'), 'node-e despite the bad local node');
+  t.match(env.rejected.at(-1), { message: /Node node-a: .*node-a is this node, whose address is 10\.77\.0\.1/ });
+});
+
 t.test('a watch cut mid-stream resumes from its resourceVersion without losing events', async (t) => {
   const env = await setup(t);
   const { server } = env;
@@ -225,7 +283,7 @@ t.test('a watch cut mid-stream resumes from its resourceVersion without losing e
 
   for (const graceful of [false, true]) {
     // Cut every stream and change things before the client can reconnect.
-    t.equal(server.dropWatches({ graceful }), 7, 'seven watches were open');
+    t.equal(server.dropWatches({ graceful }), 8, 'eight watches were open');
     const n = graceful ? 'c' : 'b';
     server.apply(podObject(n, 'shop', { node: 'node-b', ip: graceful ? '10.1.1.3' : '10.1.1.2' }));
     server.delete('Pod', 'shop', graceful ? 'b' : 'a');
@@ -276,7 +334,7 @@ t.test('bookmarks advance the resourceVersion, so a reconnect after compaction d
   const podRv = () => env.discovery.cacheStatus().Pod!.resourceVersion;
   t.ok(Number(podRv()) < server.resourceVersion, 'pod cache behind the head');
 
-  t.ok(server.bookmark() >= 7, 'bookmarks sent');
+  t.ok(server.bookmark() >= 8, 'bookmarks sent');
   const deadline = Date.now() + 3000;
   while (podRv() !== String(server.resourceVersion) && Date.now() < deadline) await sleep(10);
   t.equal(podRv(), String(server.resourceVersion), 'the bookmark moved the pod cache to the head');

@@ -1,9 +1,18 @@
 import t from 'tap';
-import type { V1EndpointSlice, V1Namespace, V1Pod, V1Service } from '@kubernetes/client-node';
+import type { V1EndpointSlice, V1Namespace, V1Node, V1Pod, V1Service } from '@kubernetes/client-node';
 import { normalizeConfig } from '../../src/config/normalize.js';
-import { blame, translate, trimPod, type ClusterState, type CustomObject } from '../../src/discovery/k8s/translate.js';
+import {
+  blame,
+  nodeAddressOf,
+  nodeFingerprint,
+  translate,
+  trimNode,
+  trimPod,
+  type ClusterState,
+  type CustomObject,
+} from '../../src/discovery/k8s/translate.js';
 import { ConfigError } from '../../src/errors.js';
-import { endpointSliceObject, namespaceObject, podObject, serviceObject, weftObject } from '../lib/fake-apiserver.js';
+import { endpointSliceObject, namespaceObject, nodeObject, podObject, serviceObject, weftObject } from '../lib/fake-apiserver.js';
 
 const NODE = 'node-a';
 
@@ -16,6 +25,7 @@ function state(parts: Partial<ClusterState>): ClusterState {
     trafficPolicies: [],
     authorizationPolicies: [],
     requestAuthentications: [],
+    nodes: [],
     ...parts,
   };
 }
@@ -29,6 +39,11 @@ const ns = (...a: Parameters<typeof namespaceObject>) => namespaceObject(...a) a
 const svc = (...a: Parameters<typeof serviceObject>) => serviceObject(...a) as unknown as V1Service;
 const slice = (...a: Parameters<typeof endpointSliceObject>) => endpointSliceObject(...a) as unknown as V1EndpointSlice;
 const cr = (...a: Parameters<typeof weftObject>) => weftObject(...a) as unknown as CustomObject;
+const node = (created: string, ...a: Parameters<typeof nodeObject>) => {
+  const n = nodeObject(...a) as unknown as V1Node;
+  n.metadata!.creationTimestamp = created as unknown as Date;
+  return n;
+};
 const MESHED = { 'weft.io/mesh': 'enabled' };
 
 const validate = (s: ClusterState) =>
@@ -177,4 +192,84 @@ t.test('blame maps loader problems to objects', async (t) => {
     second = (err as ConfigError).problems;
   }
   t.match(blame(second, again.origins).blamed, [{ origin: { kind: 'AuthorizationPolicy', name: 'ap' }, problems: [/^spec\.rules\[0\]\.to\[0\]\.paths\[0\]: "items": a path must start with \//] }]);
+});
+
+t.test('nodes: the address is the first IPv4 InternalIP, else ExternalIP', async (t) => {
+  const at = (...addresses: [string, string][]) =>
+    nodeAddressOf(node('2026-01-01T00:00:00Z', 'n', '', { addresses: addresses.map(([type, address]) => ({ type, address })) }));
+  t.equal(at(['Hostname', 'n'], ['ExternalIP', '203.0.113.1'], ['InternalIP', '10.0.0.1']), '10.0.0.1', 'InternalIP first, whatever the order');
+  t.equal(at(['InternalIP', 'fd00::1'], ['InternalIP', '10.0.0.2']), '10.0.0.2', 'IPv4 only');
+  t.equal(at(['InternalIP', 'fd00::1'], ['ExternalIP', '203.0.113.1']), '203.0.113.1', 'ExternalIP when no IPv4 InternalIP');
+  t.equal(at(['Hostname', 'n'], ['InternalDNS', 'n.internal'], ['ExternalIP', '2001:db8::1']), undefined, 'none');
+  t.equal(at(), undefined, 'a node that has not reported its addresses yet');
+});
+
+t.test('trimNode keeps the name, addresses and creation time', async (t) => {
+  const full = node('2026-01-01T00:00:00Z', 'node-b', '10.77.0.2', {
+    addresses: [{ type: 'InternalIP', address: '10.77.0.2' }, { type: 'Hostname', address: 'node-b' }, { type: 'ExternalIP', address: '203.0.113.2' }],
+  });
+  full.metadata!.resourceVersion = '42';
+  const trimmed = trimNode(full);
+  t.same(trimmed, {
+    apiVersion: 'v1',
+    kind: 'Node',
+    metadata: { name: 'node-b', resourceVersion: '42', creationTimestamp: '2026-01-01T00:00:00Z' },
+    status: { addresses: [{ type: 'InternalIP', address: '10.77.0.2' }, { type: 'ExternalIP', address: '203.0.113.2' }] },
+  });
+  t.ok(JSON.stringify(trimmed).length * 5 < JSON.stringify(full).length, 'a fraction of the object');
+  t.same(translate(state({ nodes: [trimmed] }), ctx()).raw.nodes, translate(state({ nodes: [full] }), ctx()).raw.nodes, 'same translation');
+
+  // A status report (conditions, heartbeat) changes nothing translation reads.
+  const notReady = trimNode({ ...node('2026-01-01T00:00:00Z', 'node-b', '10.77.0.2', { ready: false }), metadata: { ...full.metadata, resourceVersion: '43' } });
+  t.equal(nodeFingerprint(notReady), nodeFingerprint(trimmed));
+  t.not(nodeFingerprint(trimNode(node('2026-01-01T00:00:00Z', 'node-b', '10.77.0.9'))), nodeFingerprint(trimmed), 'an address change does');
+});
+
+t.test('nodes: every node with an address, sorted; one owner per address', async (t) => {
+  const s = state({
+    nodes: [
+      node('2026-01-03T00:00:00Z', 'node-c', '10.77.0.3'),
+      node('2026-01-01T00:00:00Z', NODE, '10.77.0.1'),
+      node('2026-01-01T00:00:00Z', 'node-b', '10.77.0.2'),
+      node('2026-01-01T00:00:00Z', 'node-new', '', { addresses: [] }),
+      node('2026-01-01T00:00:00Z', 'node-v6', '', { addresses: [{ type: 'InternalIP', address: 'fd00::5' }] }),
+      // A stale Node whose address a newer node took.
+      node('2025-06-01T00:00:00Z', 'node-old', '10.77.0.3'),
+      // Another node claiming this node's address.
+      node('2026-02-01T00:00:00Z', 'node-x', '10.77.0.1'),
+    ],
+  });
+  const tr = translate(s, { ...ctx(), nodeAddress: '10.77.0.1' });
+  t.same(tr.raw.nodes, [
+    { name: NODE, address: '10.77.0.1' },
+    { name: 'node-b', address: '10.77.0.2' },
+    { name: 'node-c', address: '10.77.0.3' },
+  ], 'this node too, as in a file');
+  t.same(tr.origins.nodes.map((o) => o.name), [NODE, 'node-b', 'node-c']);
+  t.match(tr.warnings, [
+    /^Node node-new: no IPv4 InternalIP or ExternalIP/,
+    /^Node node-v6: no IPv4 InternalIP or ExternalIP/,
+    /^Node node-old: address 10\.77\.0\.3 is also Node node-c's, which keeps it \(the newer one\)/,
+    /^Node node-x: address 10\.77\.0\.1 is this node's \(node-a\)/,
+  ]);
+  const cfg = validate(s);
+  t.same(cfg.nodes, [{ name: 'node-b', address: '10.77.0.2' }, { name: 'node-c', address: '10.77.0.3' }], 'the loader drops this node');
+
+  // This node keeps its address even against a newer node, whatever NODE_IP says.
+  const mine = translate(state({ nodes: [node('2026-01-01T00:00:00Z', NODE, '10.77.0.8'), node('2026-03-01T00:00:00Z', 'node-y', '10.77.0.8')] }), ctx());
+  t.same(mine.raw.nodes, [{ name: NODE, address: '10.77.0.8' }]);
+  t.match(mine.warnings, [/^Node node-y: .* which keeps it \(this node\)/]);
+});
+
+t.test('blame: a node whose address disagrees with node.address', async (t) => {
+  const tr = translate(state({ nodes: [node('2026-01-01T00:00:00Z', NODE, '10.77.0.8'), node('2026-01-01T00:00:00Z', 'node-b', '10.77.0.2')] }), ctx());
+  let problems: string[] = [];
+  try {
+    normalizeConfig({ node: { name: NODE, address: '10.77.0.1' }, ...tr.raw }, 'test');
+  } catch (err) {
+    problems = (err as ConfigError).problems;
+  }
+  const { blamed, unattributed } = blame(problems, tr.origins);
+  t.same(unattributed, []);
+  t.match(blamed, [{ origin: { kind: 'Node', name: NODE }, problems: [/^nodes\[0\]\.address: node-a is this node, whose address is 10\.77\.0\.1/] }]);
 });

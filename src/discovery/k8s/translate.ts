@@ -26,11 +26,19 @@
  *   is rejected.
  * - AuthorizationPolicy, RequestAuthentication -> `policies[]`, `requestAuthentications[]`: the
  *   spec is the file format's entry without name/namespace.
+ * - Node -> `nodes[]` (sorted by name), where its agent is reached: the first IPv4 InternalIP
+ *   of `status.addresses`, else the first IPv4 ExternalIP (the rule the kubelet uses for a
+ *   pod's `status.hostIP`, which the DaemonSet passes as NODE_IP, so a node's entry is the
+ *   address its own agent binds). Every node with such an address is listed, this one too
+ *   (the loader checks that it agrees with `node.address` and drops it, as for a file); a node
+ *   without one is left out with a warning. Two nodes with one address (a stale Node object
+ *   whose address a new node took): this node keeps its own, else the newest node keeps it.
  */
 import type {
   KubernetesObject,
   V1EndpointSlice,
   V1Namespace,
+  V1Node,
   V1Pod,
   V1Service,
 } from '@kubernetes/client-node';
@@ -55,10 +63,13 @@ export interface ClusterState {
   trafficPolicies: readonly CustomObject[];
   authorizationPolicies: readonly CustomObject[];
   requestAuthentications: readonly CustomObject[];
+  nodes: readonly V1Node[];
 }
 
 export interface TranslateContext {
   nodeName: string;
+  /** This node's address (NODE_IP): no other Node may claim it. */
+  nodeAddress?: string;
   /** The resolved cgroup directory of a local pod, by UID. */
   cgroupOf(uid: string): string | undefined;
   /** Objects to leave out (keys from `objectKey`): invalid ones found by an earlier attempt. */
@@ -125,6 +136,7 @@ export interface RawMeshState {
   services: RawService[];
   policies: Record<string, unknown>[];
   requestAuthentications: Record<string, unknown>[];
+  nodes: { name: string; address: string }[];
 }
 
 /** For each entry of each list of `RawMeshState`, where it came from. */
@@ -136,6 +148,7 @@ export interface Origins {
   trafficPolicies: (Origin | undefined)[];
   policies: Origin[];
   requestAuthentications: Origin[];
+  nodes: Origin[];
 }
 
 export interface Translation {
@@ -188,6 +201,47 @@ function creationMs(o: KubernetesObject): number {
   return Number.isNaN(ms) ? 0 : ms;
 }
 
+/** Address types a node is reached at, in order of preference (IPv4 only). */
+const NODE_ADDRESS_TYPES = ['InternalIP', 'ExternalIP'] as const;
+
+/** Where a node's agent is reached: its first IPv4 InternalIP, else its first IPv4 ExternalIP. */
+export function nodeAddressOf(node: V1Node): string | undefined {
+  const addresses = node.status?.addresses ?? [];
+  for (const type of NODE_ADDRESS_TYPES) {
+    const a = addresses.find((x) => x.type === type && isIPv4(x.address));
+    if (a) return a.address;
+  }
+  return undefined;
+}
+
+/**
+ * Keep only what translation reads from a Node: its name, its InternalIP/ExternalIP addresses
+ * and its creationTimestamp (which of two nodes claiming one address is newer), plus the
+ * resourceVersion the cache needs. A full Node (images, conditions, capacity) is kilobytes.
+ */
+export function trimNode(node: V1Node): V1Node {
+  const m = node.metadata ?? {};
+  return {
+    apiVersion: node.apiVersion,
+    kind: node.kind,
+    metadata: { name: m.name, resourceVersion: m.resourceVersion, creationTimestamp: m.creationTimestamp },
+    status: {
+      addresses: (node.status?.addresses ?? [])
+        .filter((a) => (NODE_ADDRESS_TYPES as readonly string[]).includes(a.type))
+        .map((a) => ({ type: a.type, address: a.address })),
+    },
+  } as V1Node;
+}
+
+/**
+ * What of a (trimmed) Node translation depends on: an update that leaves it unchanged (a
+ * kubelet status report, a label) needs no rebuild.
+ */
+export function nodeFingerprint(node: V1Node): string {
+  // creationMs: a listed Node has a Date here, a watched one the API's string.
+  return JSON.stringify([creationMs(node), nodeAddressOf(node) ?? null]);
+}
+
 /**
  * Keep only what translation reads from a Pod: cluster-wide pod caches are the agent's
  * largest memory cost, and a full Pod object is 10-50x larger than this.
@@ -238,7 +292,7 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
   const skip = (kind: string, o: KubernetesObject) => exclude.has(objectKey(originOf(kind, o)));
   const warnings: string[] = [];
   const rejected: Translation['rejected'] = [];
-  const raw: RawMeshState = { namespaces: [], workloads: [], services: [], policies: [], requestAuthentications: [] };
+  const raw: RawMeshState = { namespaces: [], workloads: [], services: [], policies: [], requestAuthentications: [], nodes: [] };
   const origins: Origins = {
     namespaces: [],
     workloads: [],
@@ -246,7 +300,41 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
     trafficPolicies: [],
     policies: [],
     requestAuthentications: [],
+    nodes: [],
   };
+
+  // Nodes: where each one's agent is reached.
+  const nodeByAddress = new Map<string, { node: V1Node; name: string }>();
+  const nodeRank = (name: string, n: V1Node) => (name === ctx.nodeName ? 1 : 0) * 1e15 + creationMs(n);
+  for (const node of state.nodes) {
+    const name = node.metadata?.name;
+    if (!name || skip('Node', node)) continue;
+    const address = nodeAddressOf(node);
+    if (!address) {
+      warnings.push(`Node ${name}: no IPv4 InternalIP or ExternalIP; left out of nodes (its pods cannot be tunnelled to)`);
+      continue;
+    }
+    if (address === ctx.nodeAddress && name !== ctx.nodeName) {
+      warnings.push(`Node ${name}: address ${address} is this node's (${ctx.nodeName}); left out of nodes`);
+      continue;
+    }
+    const other = nodeByAddress.get(address);
+    if (other) {
+      const [keep, drop] =
+        nodeRank(other.name, other.node) > nodeRank(name, node) ||
+        (nodeRank(other.name, other.node) === nodeRank(name, node) && other.name < name)
+          ? [other.name, name]
+          : [name, other.name];
+      const why = keep === ctx.nodeName ? 'this node' : 'the newer one';
+      warnings.push(`Node ${drop}: address ${address} is also Node ${keep}'s, which keeps it (${why}); left out of nodes`);
+      if (keep === other.name) continue;
+    }
+    nodeByAddress.set(address, { node, name });
+  }
+  for (const { node, name } of [...nodeByAddress.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    raw.nodes.push({ name, address: nodeAddressOf(node)! });
+    origins.nodes.push(originOf('Node', node));
+  }
 
   // Namespaces.
   const meshed = new Set<string>();
@@ -508,7 +596,7 @@ export function blame(problems: readonly string[], origins: Origins): { blamed: 
     byKey.set(key, b);
   };
   for (const problem of problems) {
-    const m = problem.match(/^(namespaces|workloads|services|policies|requestAuthentications)(?:\[(\d+)\]|\.(\d+))(.*)$/);
+    const m = problem.match(/^(namespaces|workloads|services|policies|requestAuthentications|nodes)(?:\[(\d+)\]|\.(\d+))(.*)$/);
     if (!m) {
       unattributed.push(problem);
       continue;
