@@ -44,7 +44,7 @@ import {
   STRUCTS,
   type ProgramSpec,
 } from './constants.js';
-import { SocketSplicer, type SpliceHandle, type SpliceOptions, type SpliceRefusal } from './splice.js';
+import { SocketSplicer, socketFd, type SpliceHandle, type SpliceOptions, type SpliceRefusal } from './splice.js';
 
 export interface DatapathOptions {
   /** Where maps and links are pinned. Default `/sys/fs/bpf/weft`. */
@@ -599,12 +599,6 @@ function openSplicer(path: string, pinRoot: string, objects: BpfObject[], log: p
     // The splicer holds dups of the map fds it needs.
     for (const m of maps) m.close();
   }
-}
-
-/** The fd of a connected net.Socket (libuv's handle), or undefined. */
-function socketFd(socket: Socket): number | undefined {
-  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
 function lookupOrigDst(tuple: BpfMap, socket: Socket): OrigDst | undefined {

@@ -114,6 +114,8 @@ export class SocketLb {
   }
 
   start(): void {
+    // The counter outlives agents: only what is lost from now on is news.
+    this.lost = this.deps.datapath.lbEventsLost();
     this.deps.datapath.onLbEvents((e) => this.onEvent(e));
     this.sync();
     this.timer = setInterval(() => this.sync(), this.deps.intervalMs ?? 250);
@@ -159,6 +161,7 @@ export class SocketLb {
     }
     const sig = JSON.stringify(ports);
     this.status = status;
+    this.checkLost();
     if (sig === this.lastSig) return;
     try {
       this.deps.datapath.setBalanced(ports);
@@ -167,6 +170,19 @@ export class SocketLb {
     } catch (err) {
       this.deps.metrics.agentErrors.inc({ kind: 'capture' });
       this.log.error({ err: (err as Error).message }, 'syncing the socket LB maps failed');
+    }
+  }
+
+  private checkLost(): void {
+    let lost: number;
+    try {
+      lost = this.deps.datapath.lbEventsLost();
+    } catch {
+      return;
+    }
+    if (lost > this.lost) {
+      this.log.warn({ lost: lost - this.lost }, 'socket LB events lost (the ring was full): some balanced connections are missing from the metrics');
+      this.lost = lost;
     }
   }
 
@@ -209,11 +225,6 @@ export class SocketLb {
       },
       'access',
     );
-    const lost = this.deps.datapath.lbEventsLost();
-    if (lost > this.lost) {
-      this.log.warn({ lost: lost - this.lost }, 'socket LB events lost (the ring was full): some balanced connections are not in the metrics');
-      this.lost = lost;
-    }
   }
 
   private context(e: LbEvent): { labels: Labels; endpoint?: Endpoint } {

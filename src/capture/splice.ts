@@ -90,6 +90,12 @@ function handleOf(s: net.Socket): TcpHandle | undefined {
   return (s as unknown as { _handle?: TcpHandle })._handle;
 }
 
+/** The fd of a connected net.Socket (libuv's handle), or undefined. */
+export function socketFd(s: net.Socket): number | undefined {
+  const fd = handleOf(s)?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}
+
 export class SocketSplicer {
   private readonly pairs = new Map<number, Pair>();
   private idleTimer?: NodeJS.Timeout;
@@ -110,14 +116,14 @@ export class SocketSplicer {
   /**
    * Splices `down` and `up` (connected TCP sockets of this process, nothing read from either
    * yet). On success the splicer owns both sockets: it destroys them and calls `opts.onEnd`
-   * when the connection ends. Returns the refusal reason, leaving both sockets as they were
-   * (paused), when it cannot.
+   * when the connection ends. When it cannot, returns why, and both sockets are the caller's
+   * again, paused, readable as before (pipe or resume them).
    */
   splice(down: net.Socket, up: net.Socket, opts: SpliceOptions): SpliceHandle | SpliceRefusal {
     if (this.closed || !(down instanceof net.Socket) || !(up instanceof net.Socket)) return 'not_tcp';
-    const hd = handleOf(down);
-    const hu = handleOf(up);
-    if (typeof hd?.fd !== 'number' || hd.fd < 0 || typeof hu?.fd !== 'number' || hu.fd < 0) return 'not_tcp';
+    const fdDown = socketFd(down);
+    const fdUp = socketFd(up);
+    if (fdDown === undefined || fdUp === undefined) return 'not_tcp';
     for (const s of [down, up]) {
       if (s.destroyed || s.readableEnded || s.writableEnded || s.connecting) return 'closing';
       // Bytes Node holds would have to be written by Node first, racing the kernel's own writes.
@@ -126,8 +132,9 @@ export class SocketSplicer {
     // Stop libuv's reads (pause() alone keeps reading until the stream's buffer is full), the
     // way Node's own pause does for its handle, `reading` flag included.
     const stopped: TcpHandle[] = [];
-    for (const [s, h] of [[down, hd], [up, hu]] as const) {
+    for (const s of [down, up]) {
       s.pause();
+      const h = handleOf(s)!;
       if (h.reading) {
         h.readStop?.();
         h.reading = false;
@@ -136,7 +143,7 @@ export class SocketSplicer {
     }
     let id: number;
     try {
-      id = this.kernel.add(hd.fd, hu.fd);
+      id = this.kernel.add(fdDown, fdUp);
     } catch (err) {
       // Back as it was: the stream may have a read in progress (an upstream reads from its
       // connect on), which it would wait for forever if the handle stayed stopped.
