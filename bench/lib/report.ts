@@ -244,12 +244,17 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
           ? `other work on the machine during: ${noisy.map((s) => `${s.name} (${s.cores!.foreignCores.toFixed(2)} cores${s.cores!.quiet ? '' : ', no quiet start'})`).join(', ')}: those figures are low`
           : 'no other work on the machine during the runs (each waits for idle cores, and is measured again once if anything else used more than 0.1 core)',
       );
-      const bound = (c: NonNullable<ScenarioResult['cores']>): string =>
-        c.proxyBusy >= 0.95 ? ', proxy-bound' : c.clientBusy >= 0.95 ? ', client-core-bound' : '';
+      // Which core limited the run; unknowable when other work shared the cores.
+      const bound = (s: ScenarioResult): string => {
+        const c = s.cores!;
+        if (c.foreignCores > 0.1) return ', disturbed';
+        if (s.key !== 'direct' && c.proxyBusy >= 0.95) return ', proxy-bound';
+        return c.clientBusy >= 0.95 ? ', client-core-bound' : '';
+      };
       notes.push(
         `core use during the runs (client core / proxy core): ${t.scenarios
           .filter((s) => s.cores)
-          .map((s) => `${s.name} ${(s.cores!.clientBusy * 100).toFixed(0)}% / ${(s.cores!.proxyBusy * 100).toFixed(0)}%${bound(s.cores!)}`)
+          .map((s) => `${s.name} ${(s.cores!.clientBusy * 100).toFixed(0)}% / ${(s.cores!.proxyBusy * 100).toFixed(0)}%${bound(s)}`)
           .join('; ')}. ` +
           'Where the client core is the one saturated, the figure is bounded by wrk, the backend and the kernel work of the extra hop (softirq runs on the sending core), not by the proxy.',
       );
