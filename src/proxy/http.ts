@@ -37,6 +37,18 @@ const SWEEP_MS = 1_000;
 interface RequestLabels {
   requests: Record<string, string>;
   duration: Record<string, string>;
+  /** Requests counted since the last flush to prom-client. */
+  pending: number;
+}
+
+/** Per client connection: the access logger and metric labels, per endpoint (or service) and status. */
+export interface ConnTelemetry {
+  log: Logger | undefined;
+  byStatus: Map<number, RequestLabels>;
+}
+
+function targetName(ctx: ConnContext): string {
+  return ctx.target.kind === 'service' ? `${ctx.target.service.namespace}/${ctx.target.service.name}` : 'unknown';
 }
 
 /**
@@ -62,6 +74,8 @@ export class HttpProxy implements ExchangeHost {
   private readonly spliced_ = new Set<Duplex>();
   private readonly labels = new Map<string, RequestLabels>();
   private readonly accessLogs = new Map<string, Logger>();
+  private readonly dirty: RequestLabels[] = [];
+  private flushScheduled = false;
   private readonly retryLabels = new WeakMap<Cluster, Record<string, string>>();
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
@@ -160,10 +174,53 @@ export class HttpProxy implements ExchangeHost {
 
   record(ex: Exchange, status: number, error?: WeftErrorCode, reason?: string): void {
     const secs = (performance.now() - ex.startedAt) / 1000;
-    const ctx = ex.ctx;
-    const cluster = ex.cluster;
+    const down = ex.down;
     const ep = ex.ep;
-    const service = cluster?.serviceName ?? (ctx.target.kind === 'service' ? `${ctx.target.service.namespace}/${ctx.target.service.name}` : 'unknown');
+    // Per connection, then per endpoint (or service) and status: the labels and the logger
+    // are found without building a key on the common path.
+    const where: Endpoint | string = ep ?? ex.cluster?.serviceName ?? targetName(down.ctx);
+    let byWhere = down.telemetry.get(where);
+    if (byWhere === undefined) down.telemetry.set(where, (byWhere = { log: undefined, byStatus: new Map() }));
+    let labels = byWhere.byStatus.get(status);
+    if (labels === undefined) byWhere.byStatus.set(status, (labels = this.labelsFor(ex, status)));
+    // The counter is added up per event-loop turn (one prom-client call per label set), the
+    // histogram takes every value.
+    if (labels.pending++ === 0) this.dirty.push(labels);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushCounts);
+    }
+    this.deps.metrics.requestDuration.observe(labels.duration, secs);
+    if (!this.log.isLevelEnabled('info')) return;
+    (byWhere.log ??= this.accessLogFor(ex)).info(
+      {
+        method: ex.method,
+        path: ex.url,
+        host: ex.host,
+        status,
+        attempts: ex.attempts,
+        duration_ms: Math.round(secs * 100000) / 100,
+        error: error ? (HTTP_ERRORS[error]?.header ?? error) : undefined,
+        reason,
+      },
+      'access',
+    );
+  }
+
+  private readonly flushCounts = (): void => {
+    this.flushScheduled = false;
+    const requests = this.deps.metrics.requests;
+    for (const l of this.dirty) {
+      requests.inc(l.requests, l.pending);
+      l.pending = 0;
+    }
+    this.dirty.length = 0;
+  };
+
+  private labelsFor(ex: Exchange, status: number): RequestLabels {
+    const ctx = ex.ctx;
+    const ep = ex.ep;
+    const service = ex.cluster?.serviceName ?? targetName(ctx);
     const security = ep ? this.deps.transport.securityOf(ep) : 'none';
     const workload = ep?.info.workload ?? 'unknown';
     const src = ctx.source;
@@ -176,48 +233,39 @@ export class HttpProxy implements ExchangeHost {
       labels = {
         requests: { source_workload, source_namespace, destination_service: service, destination_workload: workload, response_code, connection_security_policy: security },
         duration: { source_workload, source_namespace, destination_service: service, response_code },
+        pending: 0,
       };
       // Label values are bounded (workloads x services x codes); the cap only guards memory.
       if (this.labels.size >= 10_000) this.labels.clear();
       this.labels.set(key, labels);
     }
-    const m = this.deps.metrics;
-    m.requests.inc(labels.requests);
-    m.requestDuration.observe(labels.duration, secs);
-    if (!this.log.isLevelEnabled('info')) return;
-    const down = ex.down;
-    (down.accessLog ??= this.accessLogFor(ctx)).info(
-      {
-        method: ex.method,
-        path: ex.url,
-        host: ex.host,
-        dst_service: service,
-        dst_workload: ep ? `${ep.info.namespace}/${ep.info.workload}` : undefined,
-        endpoint: ep?.id,
-        status,
-        attempts: ex.attempts,
-        duration_ms: Math.round(secs * 100000) / 100,
-        error: error ? (HTTP_ERRORS[error]?.header ?? error) : undefined,
-        reason,
-        security,
-      },
-      'access',
-    );
+    return labels;
   }
 
   /**
-   * A child logger with the connection's own fields bound: pino serializes them once, not
-   * once per line. Shared by connections with the same source and destination.
+   * A child logger with the fields that do not change from request to request on a
+   * connection to one endpoint bound: pino serializes them once, not once per line.
    */
-  private accessLogFor(ctx: ConnContext): Logger {
+  private accessLogFor(ex: Exchange): Logger {
+    const ctx = ex.ctx;
+    const ep = ex.ep;
     const src = ctx.source;
     const src_workload = src ? `${src.namespace}/${src.name}` : undefined;
     const dst = `${ctx.origIp}:${ctx.origPort}`;
-    const key = `${src_workload ?? ''}\u0000${ctx.sourceIp}\u0000${dst}`;
+    const dst_service = ex.cluster?.serviceName ?? targetName(ctx);
+    const key = `${src_workload ?? ''}\u0000${ctx.sourceIp}\u0000${dst}\u0000${dst_service}\u0000${ep?.id ?? ''}`;
     let log = this.accessLogs.get(key);
     if (log === undefined) {
       if (this.accessLogs.size >= 4096) this.accessLogs.clear();
-      log = this.log.child({ src_workload, src_ip: ctx.sourceIp, dst });
+      log = this.log.child({
+        src_workload,
+        src_ip: ctx.sourceIp,
+        dst,
+        dst_service,
+        dst_workload: ep ? `${ep.info.namespace}/${ep.info.workload}` : undefined,
+        endpoint: ep?.id,
+        security: ep ? this.deps.transport.securityOf(ep) : 'none',
+      });
       this.accessLogs.set(key, log);
     }
     return log;

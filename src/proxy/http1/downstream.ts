@@ -7,7 +7,8 @@
  */
 import type { Duplex } from 'node:stream';
 import type { ConnContext } from '../context.js';
-import type { Logger } from '../../telemetry/log.js';
+import type { Endpoint } from '../../cluster/endpoint.js';
+import type { ConnTelemetry } from '../http.js';
 import { closeParser, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, METHODS, PARSE_BODY, requestParser, STOP_AFTER_HEAD, type NativeParser, type ParseError } from './llhttp.js';
 import { Exchange, type ExchangeHost } from './exchange.js';
 
@@ -55,8 +56,8 @@ export class Downstream {
   /** Coarse times (ms) for the sweeper: when a request head started arriving, when the connection went idle. */
   headStart = 0;
   idleSince: number;
-  /** The access logger with this connection's fields bound (see HttpProxy.record). */
-  accessLog: Logger | undefined = undefined;
+  /** Access loggers and metric labels of this connection's requests (see HttpProxy.record). */
+  readonly telemetry = new Map<Endpoint | string, ConnTelemetry>();
 
   constructor(sock: Duplex, ctx: ConnContext, host: ExchangeHost) {
     this.sock = sock;
