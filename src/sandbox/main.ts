@@ -40,9 +40,11 @@ const fmt = (o: Record<string, number>) =>
     .map(([k, v]) => `${k}=${v}`)
     .join(' ') || '(none)';
 
-async function ctl(sb: MeshSandbox, ip: string, path: string): Promise<void> {
-  // From the node namespace: the node address is admitted by strict mode (it is where the agent and kubelet live).
-  await sb.node.exec('curl', ['-s', '--max-time', '3', '-o', '/dev/null', `http://${ip}:8080${path}`]);
+async function ctl(sb: MeshSandbox, workload: string, path: string): Promise<void> {
+  // From the pod's node namespace, from the node address: strict mode admits it (it is where
+  // the agent and the kubelet live).
+  const pod = sb.pod(workload);
+  await pod.node.exec('curl', ['-s', '--max-time', '3', '-o', '/dev/null', '--interface', pod.node.address, `http://${pod.ip}:8080${path}`]);
 }
 
 async function waitFor(what: string, fn: () => Promise<boolean>, timeoutMs = 15_000): Promise<boolean> {
@@ -86,6 +88,31 @@ async function demo(sb: MeshSandbox): Promise<void> {
   const e1 = await web.exec(process.execPath, ['-e', `const s=require('net').connect(${echo.ports[0]!.port},'${echo.vip}',()=>s.write('ping'));let b='';s.on('data',d=>{b+=d;if(b.includes('ping')){console.log(JSON.stringify(b));s.end()}});s.on('error',e=>console.log('error '+e.code))`]);
   ok(`echo answered ${e1.stdout.trim()}`);
 
+  const remote = cfg.workloads.filter((w) => w.labels.app === 'api' && w.node !== cfg.node.name);
+  for (const [name, peer] of sb.peers) {
+    step(`3b. mTLS: ${remote.map((w) => w.name).join(', ')} on ${name} (${peer.node.address}) is reached through the tunnel (HTTP/2 CONNECT over mutual TLS on ${cfg.ports.tunnel})`);
+    const link = (await sb.node.exec('ip', ['-o', 'link', 'show'])).stdout.split('\n').map((l) => /^\d+: (wl\d+)@/.exec(l)?.[1]).find(Boolean);
+    const pcap = `${sb.workDir}/link.pcap`;
+    const dump = link ? sb.node.spawn('tcpdump', ['-i', link, '-n', '--immediate-mode', '-U', '-s', '0', '-w', pcap], { label: 'tcpdump' }) : undefined;
+    if (dump) await dump.waitFor(/listening on/, 10_000).catch(() => undefined);
+    const rt = await spread(web, apiUrl, 8);
+    if (dump) {
+      dump.kill('SIGINT');
+      await dump.exited;
+    }
+    ok(`8 requests from web-0 answered by ${fmt(rt.counts)}`);
+    if (dump) {
+      const ascii = (await sb.node.exec('tcpdump', ['-r', pcap, '-A', '-n'])).stdout;
+      const tls = (await sb.node.exec('tcpdump', ['-r', pcap, '-n', `tcp port ${cfg.ports.tunnel}`])).stdout.split('\n').filter(Boolean).length;
+      (!/GET \/items/.test(ascii) && tls > 0 ? ok : bad)(`on the link between the nodes: ${tls} packets to/from port ${cfg.ports.tunnel}, ${/GET \/items/.test(ascii) ? 'PLAINTEXT HTTP SEEN' : 'no plaintext HTTP'} (tcpdump)`);
+    }
+    const lines = peer.agent?.output().split('\n').filter((l) => l.includes('tunnel connection accepted') || (l.includes('"access"') && l.includes('hbone'))) ?? [];
+    const principal = /"(?:src|source|peer)[a-z_]*":"(spiffe:\/\/[^"]+|cluster\.local\/[^"]+)"/.exec(lines.join('\n'))?.[1];
+    (principal ? ok : bad)(`${name}'s agent verified the caller's certificate: ${principal ?? 'no identity logged'}`);
+    const mt = (await sb.metrics()).split('\n').find((l) => l.startsWith('weft_requests_total') && l.includes('connection_security_policy="mutual_tls"'));
+    if (mt) console.log(dim(`    ${mt}`));
+  }
+
   step('4. Not meshed: legacy-client-0 dials the api VIP');
   const l1 = await legacy.curl(apiUrl, ['--max-time', '2']);
   (l1.status === 0 ? ok : bad)(`not redirected: curl ${l1.status === 0 ? `failed (exit ${l1.code}: no route to a VIP outside the mesh)` : `got HTTP ${l1.status}`}`);
@@ -93,33 +120,33 @@ async function demo(sb: MeshSandbox): Promise<void> {
   const hc = api.trafficPolicy.healthCheck;
   step(`5. Health: api-2 starts failing its ${hc?.type ?? 'tcp'} check ${hc?.path ?? ''} (every ${hc ? hc.interval / 1000 : '?'}s, unhealthy after ${hc?.unhealthyThreshold})`);
   const api2 = cfg.workloads.find((w) => w.name === 'api-2')!;
-  await ctl(sb, api2.ip, '/_ctl/unhealthy');
+  await ctl(sb, api2.name, '/_ctl/unhealthy');
   if (await waitFor('api-2 to be marked unhealthy', async () => (await endpointState(sb, 'shop/api:80', 'shop/api-2'))?.health === 'unhealthy')) {
     ok('config_dump: api-2 health=unhealthy, out of rotation');
     const r2 = await spread(web, apiUrl, 20);
     (r2.counts['api-2'] ? bad : ok)(`20 requests answered by ${fmt(r2.counts)}`);
   }
-  await ctl(sb, api2.ip, '/_ctl/healthy');
+  await ctl(sb, api2.name, '/_ctl/healthy');
   if (await waitFor('api-2 to be healthy again', async () => (await endpointState(sb, 'shop/api:80', 'shop/api-2'))?.health === 'healthy')) ok('api-2 healthy again and back in rotation');
 
   const od = api.trafficPolicy.outlierDetection;
   step(`6. Retries and outlier detection: api-1 answers 503 to everything (ejected after ${od?.consecutive5xx} consecutive 5xx)`);
   const api1 = cfg.workloads.find((w) => w.name === 'api-1')!;
-  await ctl(sb, api1.ip, '/_ctl/fail?status=503');
+  await ctl(sb, api1.name, '/_ctl/fail?status=503');
   const r3 = await spread(web, apiUrl, 30);
   ok(`30 requests: statuses ${fmt(r3.statuses)}, answered by ${fmt(r3.counts)} (failed tries were retried on other endpoints)`);
   const s1 = await endpointState(sb, 'shop/api:80', 'shop/api-1');
   (s1?.ejected ? ok : bad)(`config_dump: api-1 ejected=${s1?.ejected} until ${s1?.ejectedUntil ?? '-'} (${s1?.ejectionReason ?? 'no reason'})`);
-  await ctl(sb, api1.ip, '/_ctl/ok');
+  await ctl(sb, api1.name, '/_ctl/ok');
 
   const cb = api.trafficPolicy.circuitBreaker;
   step(`7. Circuit breaker and fallback: every api replica fails (breaker opens after ${cb?.consecutiveFailures} failures; fallback ${api.trafficPolicy.fallback?.service})`);
-  for (const w of cfg.workloads.filter((x) => x.labels.app === 'api')) await ctl(sb, w.ip, '/_ctl/fail?status=503');
+  for (const w of cfg.workloads.filter((x) => x.labels.app === 'api')) await ctl(sb, w.name, '/_ctl/fail?status=503');
   const r4 = await spread(web, apiUrl, 30);
   ok(`30 requests: statuses ${fmt(r4.statuses)}, answered by ${fmt(r4.counts)}${Object.keys(r4.errors).length ? `, agent errors ${fmt(r4.errors)}` : ''}`);
   const cdump = (await sb.configDump()).clusters.find((c: any) => c.key === 'shop/api:80');
   ok(`config_dump: api circuit ${cdump?.circuitBreaker?.state}`);
-  for (const w of cfg.workloads.filter((x) => x.labels.app === 'api')) await ctl(sb, w.ip, '/_ctl/ok');
+  for (const w of cfg.workloads.filter((x) => x.labels.app === 'api')) await ctl(sb, w.name, '/_ctl/ok');
 
   step('8. Strict mTLS: legacy-client-0 dials api-0 directly at its pod IP');
   const api0 = cfg.workloads.find((w) => w.name === 'api-0')!;

@@ -48,7 +48,10 @@ export interface SandboxOptions {
 export class MeshSandbox {
   readonly pods = new Map<string, TopoPod>();
   readonly backends = new Map<string, ManagedProcess>();
+  /** The first node's agent (the config's default `node:`). */
   agent?: ManagedProcess;
+  /** The other nodes of `nodes:`, each with its own agent. */
+  readonly peers = new Map<string, { node: TopoNode; agent?: ManagedProcess }>();
   readonly configFile: string;
   readonly stateDir: string;
   readonly logFile: string;
@@ -68,8 +71,13 @@ export class MeshSandbox {
     this.logFile = join(tmpdir(), `${topo.id}-agent.log`);
   }
 
+  /** The environment an agent of `node` runs with: the one config file serves every node. */
+  envFor(node: TopoNode): NodeJS.ProcessEnv {
+    return { ...process.env, CGROUP_ROOT: node.cgroup, WEFT_STATE_DIR: this.stateDir, WEFT_NODE: node.name, WEFT_NODE_ADDRESS: node.address };
+  }
+
   get env(): NodeJS.ProcessEnv {
-    return { ...process.env, CGROUP_ROOT: this.node.cgroup, WEFT_STATE_DIR: this.stateDir };
+    return this.envFor(this.node);
   }
 
   static async create(opts: SandboxOptions = {}): Promise<MeshSandbox> {
@@ -80,37 +88,56 @@ export class MeshSandbox {
     const topo = await Topology.create({ prefix });
     const workDir = mkdtempSync(join(tmpdir(), `${topo.id}-`));
     topo.trackPath(workDir);
+    const stateDir = join(workDir, 'state');
     try {
-      // Parse once with a placeholder to learn the node and its pods.
-      const probe = withEnv({ CGROUP_ROOT: '/sandbox-placeholder', WEFT_STATE_DIR: join(workDir, 'state') }, () => parseConfig(configText, 'sandbox'));
+      // Parse once with placeholders to learn the nodes; then once per node, as its agent will.
+      const probe = withEnv({ CGROUP_ROOT: '/sandbox-placeholder', WEFT_STATE_DIR: stateDir }, () => parseConfig(configText, 'sandbox'));
       const node = await topo.addNode(probe.node.name, { address: probe.node.address });
-      const config = withEnv({ CGROUP_ROOT: node.cgroup, WEFT_STATE_DIR: join(workDir, 'state') }, () => parseConfig(configText, 'sandbox'));
+      const env = (n: TopoNode) => ({ CGROUP_ROOT: n.cgroup, WEFT_STATE_DIR: stateDir, WEFT_NODE: n.name, WEFT_NODE_ADDRESS: n.address });
+      const config = withEnv(env(node), () => parseConfig(configText, 'sandbox'));
       const sb = new MeshSandbox(topo, node, config, configText, workDir, opts);
       writeFileSync(sb.configFile, configText);
-      const local = config.workloads.filter((w) => w.node === config.node.name);
-      log(`building node ${node.name} (${node.address}) with ${local.length} pods in network namespaces`);
-      for (const w of local) {
-        const pod = await node.addPod(w.name, { ip: w.ip });
-        if (w.cgroup && w.cgroup !== pod.cgroup) {
-          throw new Error(`workload ${w.namespace}/${w.name}: config cgroup ${w.cgroup} is not the pod's cgroup ${pod.cgroup} (use \${CGROUP_ROOT}/${w.name})`);
+      const nodes = [node];
+      for (const peer of config.nodes ?? []) {
+        if (peer.name === node.name) continue;
+        const n = await topo.addNode(peer.name, { address: peer.address });
+        await topo.connectNodes(node, n);
+        sb.peers.set(peer.name, { node: n });
+        nodes.push(n);
+      }
+      for (const n of nodes) {
+        const cfg = n === node ? config : withEnv(env(n), () => parseConfig(configText, 'sandbox'));
+        const local = cfg.workloads.filter((w) => w.node === n.name);
+        log(`building node ${n.name} (${n.address}) with ${local.length} pods in network namespaces`);
+        for (const w of local) {
+          const pod = await n.addPod(w.name, { ip: w.ip });
+          if (w.cgroup && w.cgroup !== pod.cgroup) {
+            throw new Error(`workload ${w.namespace}/${w.name}: config cgroup ${w.cgroup} is not the pod's cgroup ${pod.cgroup} (use \${CGROUP_ROOT}/${w.name})`);
+          }
+          sb.pods.set(w.name, pod);
         }
-        sb.pods.set(w.name, pod);
       }
       // A backend in every pod that some service selects, on its target ports.
       await Promise.all(
-        local.map(async (w) => {
-          const ports = config.services
-            .filter((s) => s.namespace === w.namespace && Object.keys(s.selector).length > 0 && Object.entries(s.selector).every(([k, v]) => w.labels[k] === v))
-            .flatMap((s) => s.ports);
-          const http = ports.find((p) => p.protocol === 'http');
-          const tcp = ports.find((p) => p.protocol === 'tcp');
-          if (!http && !tcp) return;
-          const pod = sb.pods.get(w.name)!;
-          const proc = await pod.spawnBackend({ port: http?.targetPort ?? 18080, tcpEchoPort: tcp?.targetPort });
-          sb.backends.set(w.name, proc);
-        }),
+        config.workloads
+          .filter((w) => sb.pods.has(w.name))
+          .map(async (w) => {
+            const ports = config.services
+              .filter((s) => s.namespace === w.namespace && Object.keys(s.selector).length > 0 && Object.entries(s.selector).every(([k, v]) => w.labels[k] === v))
+              .flatMap((s) => s.ports);
+            const http = ports.find((p) => p.protocol === 'http');
+            const tcp = ports.find((p) => p.protocol === 'tcp');
+            if (!http && !tcp) return;
+            const pod = sb.pods.get(w.name)!;
+            const proc = await pod.spawnBackend({ port: http?.targetPort ?? 18080, tcpEchoPort: tcp?.targetPort });
+            sb.backends.set(w.name, proc);
+          }),
       );
-      if (opts.startAgent ?? true) await sb.startAgent();
+      if (opts.startAgent ?? true) {
+        // Peers first: their tunnel ports must be up when the first agent's pods call across.
+        for (const name of sb.peers.keys()) await sb.startPeerAgent(name);
+        await sb.startAgent();
+      }
       return sb;
     } catch (err) {
       await topo.destroy().catch(() => undefined);
@@ -118,23 +145,41 @@ export class MeshSandbox {
     }
   }
 
-  /** Start (or restart) the agent in the node namespace and wait until it is ready. */
+  private spawnAgent(node: TopoNode, extraArgs: string[]): ManagedProcess {
+    const args = [join(repoRoot(), 'bin', 'weft.js'), 'agent', '--config', this.configFile, '--pin-root', join(this.topo.bpfRoot, node.name), ...(this.opts.agentArgs ?? []), ...extraArgs];
+    return node.spawn(process.execPath, args, { env: this.envFor(node), label: `${node.name}:agent` });
+  }
+
+  private async waitReady(node: TopoNode, proc: ManagedProcess): Promise<void> {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const r = await this.admin('/healthz/ready', node).catch(() => undefined);
+      if (r?.status === 200) return;
+      const exited = await Promise.race([proc.exited.then(() => true), sleep(200).then(() => false)]);
+      if (exited) throw new Error(`the agent of ${node.name} exited during start-up:\n${proc.output().slice(-4000)}`);
+      if (Date.now() > deadline) throw new Error(`the agent of ${node.name} did not become ready within 30s:\n${proc.output().slice(-4000)}`);
+    }
+  }
+
+  /** Start the agent of another node (from `nodes:`). */
+  async startPeerAgent(name: string): Promise<ManagedProcess> {
+    const peer = this.peers.get(name);
+    if (!peer) throw new Error(`no node ${name} in the sandbox`);
+    const proc = this.spawnAgent(peer.node, []);
+    peer.agent = proc;
+    await this.waitReady(peer.node, proc);
+    return proc;
+  }
+
+  /** Start (or restart) the agent in the first node's namespace and wait until it is ready. */
   async startAgent(extraArgs: string[] = []): Promise<ManagedProcess> {
-    const args = [join(repoRoot(), 'bin', 'weft.js'), 'agent', '--config', this.configFile, '--pin-root', this.topo.bpfRoot, ...(this.opts.agentArgs ?? []), ...extraArgs];
-    const proc = this.node.spawn(process.execPath, args, { env: this.env, label: 'agent' });
+    const proc = this.spawnAgent(this.node, extraArgs);
     this.agent = proc;
     proc.child.stdout?.on('data', (d: Buffer) => {
       this.agentLog += d.toString();
       if (this.agentLog.length > 8_000_000) this.agentLog = this.agentLog.slice(-4_000_000);
     });
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      const r = await this.admin('/healthz/ready').catch(() => undefined);
-      if (r?.status === 200) break;
-      const exited = await Promise.race([proc.exited.then(() => true), sleep(200).then(() => false)]);
-      if (exited) throw new Error(`the agent exited during start-up:\n${proc.output().slice(-4000)}`);
-      if (Date.now() > deadline) throw new Error(`the agent did not become ready within 30s:\n${proc.output().slice(-4000)}`);
-    }
+    await this.waitReady(this.node, proc);
     return proc;
   }
 
@@ -149,19 +194,19 @@ export class MeshSandbox {
   }
 
   /** GET on the admin port (127.0.0.1 inside the node namespace). */
-  async admin(path: string): Promise<{ status: number; body: string }> {
-    const r = await this.node.exec('curl', ['-s', '--max-time', '3', '-w', '\n%{http_code}', `http://127.0.0.1:${this.config.ports.admin}${path}`], { timeoutMs: 5000 });
+  async admin(path: string, node: TopoNode = this.node): Promise<{ status: number; body: string }> {
+    const r = await node.exec('curl', ['-s', '--max-time', '3', '-w', '\n%{http_code}', `http://127.0.0.1:${this.config.ports.admin}${path}`], { timeoutMs: 5000 });
     const i = r.stdout.lastIndexOf('\n');
     return { status: Number(r.stdout.slice(i + 1)) || 0, body: r.stdout.slice(0, i) };
   }
 
-  async configDump(): Promise<any> {
-    return JSON.parse((await this.admin('/config_dump')).body);
+  async configDump(node: TopoNode = this.node): Promise<any> {
+    return JSON.parse((await this.admin('/config_dump', node)).body);
   }
 
   /** The node's Prometheus endpoint, as a scraper on the node network sees it. */
-  async metrics(): Promise<string> {
-    const r = await this.node.exec('curl', ['-s', '--max-time', '3', `http://${this.config.node.address}:${this.config.ports.metrics}/metrics`], { timeoutMs: 5000 });
+  async metrics(node: TopoNode = this.node): Promise<string> {
+    const r = await node.exec('curl', ['-s', '--max-time', '3', `http://${node.address}:${this.config.ports.metrics}/metrics`], { timeoutMs: 5000 });
     return r.stdout;
   }
 
@@ -208,6 +253,10 @@ export class MeshSandbox {
 
   async destroy(): Promise<void> {
     if (this.agent) await this.stopAgent('SIGTERM').catch(() => undefined);
+    for (const p of this.peers.values()) {
+      p.agent?.kill('SIGTERM');
+      await p.agent?.exited.catch(() => undefined);
+    }
     writeFileSync(this.logFile, this.agentLog);
     await this.topo.destroy();
   }

@@ -252,7 +252,7 @@ t.test('the embedded default.yaml parses', async (t) => {
   t.same(c.node, { name: 'node-a', address: '10.77.0.1' });
   t.same(c.namespaces.map((n) => [n.name, n.labels[MESH_LABEL] ?? null]), [['shop', 'enabled'], ['legacy', null]]);
   const api = c.workloads.filter((w) => w.labels.app === 'api');
-  t.same(api.map((w) => [w.name, w.weight]), [['api-0', 1], ['api-1', 1], ['api-2', 2]]);
+  t.same(api.map((w) => [w.name, w.weight, w.node]), [['api-0', 1, 'node-a'], ['api-1', 1, 'node-a'], ['api-2', 2, 'node-a'], ['api-3', 1, 'node-b']]);
   t.same(c.workloads.filter((w) => w.labels.app === 'web').map((w) => w.name), ['web-0', 'web-1']);
   t.equal(c.workloads[0]!.cgroup, '/sys/fs/cgroup/unified/weft/api-0');
   const svc = Object.fromEntries(c.services.map((s) => [s.name, s]));
