@@ -15,6 +15,8 @@
  * - `nginx`: nginx (one worker, upstream keepalive, access_log off) with its own conf in a temp
  *   dir; never touches a system instance.
  * - `direct`: no proxy, wrk straight at the backend: the ceiling of the load side.
+ * - `floor`: a byte pipe on net.Socket, one upstream connection per client connection, no
+ *   parsing: what any Node proxy pays for its sockets before doing anything.
  *
  * Prints one line per run and a JSON summary at the end. Needs wrk and taskset; nginx for
  * `--proxy nginx` / `--backend nginx`. Only loopback, bounded duration.
@@ -33,6 +35,8 @@ const require_ = createRequire(import.meta.url);
 const SELF = fileURLToPath(import.meta.url);
 const BODY = Buffer.alloc(1024, 'x');
 const BACKEND_IP = '127.0.1.1';
+/** The head the sandbox backend (node:http) sends with its 1 KiB answers. */
+const CANNED_HEAD = `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${BODY.length}\r\nx-pod: api-0\r\nDate: Tue, 24 Nov 2026 17:00:00 GMT\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n`;
 const VIP = '10.96.0.20';
 
 interface Args {
@@ -188,7 +192,7 @@ function runWrk(cpu: string, url: string, connections: number, duration: number)
 
 /** A canned-response HTTP/1.1 server: as little work per request as possible. */
 function serveRawBackend(port: number): void {
-  const res = Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: ${BODY.length}\r\nx-pod: api-0\r\n\r\n`), BODY]);
+  const res = Buffer.concat([Buffer.from(CANNED_HEAD), BODY]);
   const server = net.createServer({ noDelay: true }, (s) => {
     let tail = '';
     s.on('data', (d: Buffer) => {
@@ -232,6 +236,35 @@ async function serveNodeProxy(port: number, backendPort: number): Promise<void> 
         res.writeHead(502).end();
       },
     );
+  });
+  server.listen(port, '127.0.0.1', () => console.log('ready'));
+}
+
+/**
+ * The floor for any proxy built on net.Socket: one upstream connection per client
+ * connection, every read forwarded as is, no parsing at all (correct only for wrk's GETs
+ * and Content-Length answers). What is left between this and weft is the forwarder.
+ */
+function serveFloor(port: number, backendPort: number): void {
+  const server = net.createServer({ noDelay: true }, (down) => {
+    const up = net.connect({ host: BACKEND_IP, port: backendPort, noDelay: true });
+    const spin = Number(process.env.FLOOR_SPIN_US ?? 0);
+    down.on('data', (d: Buffer) => {
+      if (spin > 0) {
+        const until = performance.now() + spin / 1000;
+        while (performance.now() < until);
+      }
+      up.write(d);
+    });
+    up.on('data', (d: Buffer) => down.write(d));
+    const close = () => {
+      down.destroy();
+      up.destroy();
+    };
+    down.on('error', close);
+    up.on('error', close);
+    down.on('close', close);
+    up.on('close', close);
   });
   server.listen(port, '127.0.0.1', () => console.log('ready'));
 }
@@ -343,7 +376,7 @@ services:
   const clusters = new ClusterManager(state, metrics, log);
   clusters.sync();
   const enforcer = new Enforcer(state, metrics, log);
-  const response = Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: ${BODY.length}\r\nx-pod: api-0\r\n\r\n`), BODY]);
+  const response = Buffer.concat([Buffer.from(CANNED_HEAD), BODY]);
   class Upstream extends Duplex {
     override _read(): void {}
     override _write(chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
@@ -361,7 +394,8 @@ services:
   const target = state.resolve(VIP.split(':')[0] ?? VIP, 80)!;
   const source = state.workload('shop', 'client-0');
   const request = Buffer.from('GET / HTTP/1.1\r\nHost: 10.96.0.20\r\nUser-Agent: wrk\r\n\r\n');
-  const expect = response.length;
+  // What reaches the client: the hop-by-hop Connection and Keep-Alive lines are not passed on.
+  const expect = response.length - 'Connection: keep-alive\r\n'.length - 'Keep-Alive: timeout=5\r\n'.length;
   let done = 0;
   let started = 0;
   let finish: () => void;
@@ -449,6 +483,7 @@ async function main(): Promise<void> {
   if (role === 'serve-raw') return serveRawBackend(Number(rest[0]));
   if (role === 'serve-sandbox') return serveSandboxBackend(Number(rest[0]));
   if (role === 'serve-node') return serveNodeProxy(Number(rest[0]), Number(rest[1]));
+  if (role === 'serve-floor') return serveFloor(Number(rest[0]), Number(rest[1]));
   if (role === 'serve-weft') return serveWeft(Number(rest[0]), Number(rest[1]));
 
   const args = parseArgs(process.argv.slice(2));
@@ -479,8 +514,8 @@ async function main(): Promise<void> {
   server { listen 127.0.0.1:${port}; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }`,
         );
         child = await spawnPinned(args.proxyCpu, 'nginx', ['-c', conf, '-p', dir], undefined);
-      } else if (proxy === 'node') {
-        child = await spawnPinned(args.proxyCpu, process.execPath, [SELF, 'serve-node', String(port), String(backendPort)], /ready/);
+      } else if (proxy === 'node' || proxy === 'floor') {
+        child = await spawnPinned(args.proxyCpu, process.execPath, [SELF, `serve-${proxy}`, String(port), String(backendPort)], /ready/);
       } else if (proxy === 'weft') {
         const out = args.log ? openSync(args.log, 'w') : openSync('/dev/null', 'w');
         const nodeArgs = args.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${args.cpuProf}`] : [];

@@ -73,6 +73,11 @@ function classify(name: string): number {
  * sender wants removed at this hop. Undefined when there are none (the usual case).
  */
 function connectionExtras(value: string): Set<string> | undefined {
+  // The usual values, without splitting.
+  if (value.length === 10 || value.length === 5) {
+    const v = value.toLowerCase();
+    if (v === 'keep-alive' || v === 'close') return undefined;
+  }
   let extra: Set<string> | undefined;
   for (const t of value.split(',')) {
     const n = t.trim().toLowerCase();
@@ -165,11 +170,9 @@ export function scanResponseHead(h: readonly string[], out: ResponseHeadFields):
       case CONNECTION:
         connection = join(connection, value);
         break;
-      case KEEP_ALIVE: {
-        const m = /timeout\s*=\s*(\d+)/i.exec(value);
-        if (m) out.keepAliveHintMs = Number(m[1]) * 1000;
+      case KEEP_ALIVE:
+        out.keepAliveHintMs = keepAliveTimeoutMs(value);
         break;
-      }
       default:
         break;
     }
@@ -180,6 +183,18 @@ export function scanResponseHead(h: readonly string[], out: ResponseHeadFields):
     if (extra) lines = filterLines(h, extra);
   }
   out.lines = lines;
+}
+
+let lastKeepAlive = '';
+let lastKeepAliveMs = -1;
+
+/** `Keep-Alive: timeout=N` in ms, or -1; a server sends the same value every time, so the last one is remembered. */
+function keepAliveTimeoutMs(value: string): number {
+  if (value === lastKeepAlive) return lastKeepAliveMs;
+  const m = /timeout\s*=\s*(\d+)/i.exec(value);
+  lastKeepAlive = value;
+  lastKeepAliveMs = m ? Number(m[1]) * 1000 : -1;
+  return lastKeepAliveMs;
 }
 
 /** Does a Transfer-Encoding value end with `chunked` (the framing llhttp applies)? */
