@@ -88,6 +88,7 @@ function connectionExtras(value: string): Set<string> | undefined {
 
 function hasToken(value: string, token: string): boolean {
   if (value.length === token.length) return is(value, token);
+  if (value.length === 10 && is(value, 'keep-alive')) return false;
   for (const t of value.split(',')) if (t.trim().toLowerCase() === token) return true;
   return false;
 }
