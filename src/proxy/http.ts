@@ -224,11 +224,13 @@ export class HttpProxy implements ExchangeHost {
     const security = ep ? this.deps.transport.securityOf(ep) : 'none';
     const workload = ep?.info.workload ?? 'unknown';
     const src = ctx.source;
-    const key = `${src?.namespace ?? ''}\u0000${src?.name ?? ''}\u0000${service}\u0000${workload}\u0000${status}\u0000${security}`;
+    // On the destination side of the tunnel the caller is known by its verified principal.
+    const srcNs = src?.namespace ?? ctx.peer?.namespace;
+    const key = `${srcNs ?? ''}\u0000${src?.name ?? ''}\u0000${service}\u0000${workload}\u0000${status}\u0000${security}`;
     let labels = this.labels.get(key);
     if (labels === undefined) {
       const source_workload = src?.name ?? 'unknown';
-      const source_namespace = src?.namespace ?? 'unknown';
+      const source_namespace = srcNs ?? 'unknown';
       const response_code = String(status);
       labels = {
         requests: { source_workload, source_namespace, destination_service: service, destination_workload: workload, response_code, connection_security_policy: security },
