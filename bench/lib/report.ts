@@ -313,7 +313,7 @@ export function toSvg(r: BenchReport): string {
   const barH = 26;
   const gap = 12;
   const plotW = W - left - right;
-  const H = top + Math.max(1, rows.length) * (barH + gap) + 46;
+  const H = top + Math.max(1, rows.length) * (barH + gap) + 56;
   const max = Math.max(1, ...rows.map((s) => s.wrk!.reqPerSec)) * 1.08;
   const x = (v: number): number => left + (v / max) * plotW;
   const color = (k: string): string => (k === 'l7' || k === 'l4' ? '#2f6fdf' : k === 'direct' ? '#8a8f98' : '#e08a2c');
@@ -327,24 +327,28 @@ export function toSvg(r: BenchReport): string {
   // Grid: 5 ticks.
   const step = niceStep(max / 5);
   for (let v = 0; v <= max; v += step) {
-    parts.push(`<line x1="${x(v).toFixed(1)}" y1="${top - 6}" x2="${x(v).toFixed(1)}" y2="${H - 36}" stroke="#e6e6e6"/>`);
-    parts.push(`<text x="${x(v).toFixed(1)}" y="${H - 20}" text-anchor="middle" fill="#666" font-size="11">${v >= 1000 ? `${(v / 1000).toFixed(v % 1000 === 0 ? 0 : 1)}k` : v}</text>`);
+    parts.push(`<line x1="${x(v).toFixed(1)}" y1="${top - 6}" x2="${x(v).toFixed(1)}" y2="${H - 46}" stroke="#e6e6e6"/>`);
+    parts.push(`<text x="${x(v).toFixed(1)}" y="${H - 30}" text-anchor="middle" fill="#666" font-size="11">${v >= 1000 ? `${(v / 1000).toFixed(v % 1000 === 0 ? 0 : 1)}k` : v}</text>`);
   }
   rows.forEach((s, i) => {
     const y = top + i * (barH + gap);
     const v = s.wrk!.reqPerSec;
     parts.push(`<text x="${left - 10}" y="${y + barH / 2 + 4}" text-anchor="end">${esc(s.name)}</text>`);
     parts.push(`<rect x="${left}" y="${y}" width="${Math.max(1, x(v) - left).toFixed(1)}" height="${barH}" fill="${color(s.key)}" rx="2"/>`);
-    const label = `${Math.round(v).toLocaleString('en-US')}${s.wrk!.errors ? ` (${s.wrk!.errors} err)` : ''}`;
+    const disturbed = (s.cores?.foreignCores ?? 0) > 0.1;
+    const label = `${Math.round(v).toLocaleString('en-US')}${s.wrk!.errors ? ` (${s.wrk!.errors} err)` : ''}${disturbed ? ' *' : ''}`;
     parts.push(`<text x="${(x(v) + 6).toFixed(1)}" y="${y + barH / 2 + 4}" fill="#222">${esc(label)}</text>`);
   });
   if (nginx !== undefined) {
-    const bottom = H - 36;
+    const bottom = H - 46;
     parts.push(`<line x1="${x(nginx).toFixed(1)}" y1="${top - 8}" x2="${x(nginx).toFixed(1)}" y2="${bottom}" stroke="#c0392b" stroke-width="1.5" stroke-dasharray="6 4"/>`);
     parts.push(`<text x="${(x(nginx) + 4).toFixed(1)}" y="${top - 10}" fill="#c0392b" font-size="11">nginx</text>`);
     const target = nginx * 0.7;
     parts.push(`<line x1="${x(target).toFixed(1)}" y1="${top - 8}" x2="${x(target).toFixed(1)}" y2="${bottom}" stroke="#c0392b" stroke-width="1" stroke-dasharray="2 3"/>`);
     parts.push(`<text x="${(x(target) - 4).toFixed(1)}" y="${top - 10}" fill="#c0392b" font-size="11" text-anchor="end">0.7 × nginx</text>`);
+  }
+  if (rows.some((s) => (s.cores?.foreignCores ?? 0) > 0.1)) {
+    parts.push(`<text x="16" y="${H - 4}" fill="#666" font-size="11">* other work on the machine used more than 0.1 core during that run: the figure is low</text>`);
   }
   if (rows.length === 0) parts.push(`<text x="${left}" y="${top + 18}" fill="#c0392b">no throughput figures in this run</text>`);
   parts.push('</svg>');
