@@ -371,7 +371,8 @@ class WorkloadPoliciesImpl implements WorkloadPolicies {
 /** Keys already computed, by workload object: config snapshots are not changed in place. */
 const workloadKeys = new WeakMap<WorkloadRef, string>();
 
-function workloadKey(w: WorkloadRef): string {
+/** A stable key for a workload's policy set (namespace and labels), memoized per object. */
+export function workloadKey(w: WorkloadRef): string {
   let key = workloadKeys.get(w);
   if (key === undefined) {
     const labels = Object.keys(w.labels)

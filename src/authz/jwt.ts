@@ -17,7 +17,7 @@
 import { decodeJwt, decodeProtectedHeader, errors, jwtVerify, type JWTPayload, type JWTVerifyOptions } from 'jose';
 import { ConfigError } from '../errors.js';
 import type { JwtRule, RequestAuthentication } from '../config/types.js';
-import type { WorkloadRef } from './engine.js';
+import { workloadKey, type WorkloadRef } from './engine.js';
 import {
   DEFAULT_KEY_SET_OPTIONS,
   FileKeySet,
@@ -167,20 +167,6 @@ function selects(a: CompiledAuthn, w: WorkloadRef): boolean {
   return true;
 }
 
-/** Keys already computed, by workload object: config snapshots are not changed in place. */
-const workloadKeys = new WeakMap<WorkloadRef, string>();
-
-function workloadKey(w: WorkloadRef): string {
-  let key = workloadKeys.get(w);
-  if (key === undefined) {
-    const labels = Object.keys(w.labels)
-      .sort()
-      .map((k) => [k, w.labels[k]]);
-    key = JSON.stringify([w.namespace, labels]);
-    workloadKeys.set(w, key);
-  }
-  return key;
-}
 
 /** Reads a token from one header; undefined = no token, null = unusable (malformed). */
 function extractToken(headers: HeaderMap, header: string): string | undefined | null {
