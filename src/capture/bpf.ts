@@ -7,24 +7,17 @@
  * {@link BpfMap} and a {@link BpfLink} each own one fd of their own. All close their fds when
  * garbage collected, but callers should close them: fds are a bounded resource.
  */
+import { repoRoot as findRepoRoot } from '../repo-root.js';
 import { existsSync, statfsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { endianness } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { isIPv4 } from 'node:net';
 import { BpfError } from '../errors.js';
 import { BPF_FS_MAGIC, type AttachTypeName, STRUCTS } from './constants.js';
 
 /** The repository root, found from this file whether it runs from src/ (tsx, ts-node) or dist/src/. */
-export const repoRoot: string = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
-
-function findRepoRoot(from: string): string {
-  for (let dir = from; ; dir = dirname(dir)) {
-    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'binding.gyp'))) return dir;
-    if (dirname(dir) === dir) return join(from, '..', '..');
-  }
-}
+export const repoRoot: string = findRepoRoot();
 
 /** Where the addon is built. */
 export const addonPath = join(repoRoot, 'build', 'Release', 'weft_bpf.node');

@@ -24,9 +24,10 @@
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
 import { existsSync, realpathSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { execFile } from 'node:child_process';
+import { repoRoot } from '../repo-root.js';
 import { promisify } from 'node:util';
 
 export interface BackendOptions {
@@ -237,17 +238,6 @@ export async function startBackend(opts: BackendOptions): Promise<Backend> {
 }
 
 const execFileAsync = promisify(execFile);
-
-/** The repository root: the nearest directory above this file with a package.json. */
-function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    const up = dirname(dir);
-    if (up === dir) throw new Error(`no package.json above ${fileURLToPath(import.meta.url)}`);
-    dir = up;
-  }
-}
 
 /**
  * Path of the compiled backend script, for `node <path> --name ...` inside a pod.

@@ -6,31 +6,16 @@
  */
 import { mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseConfig } from '../config/load.js';
 import { defaultConfigPath } from '../config/default-config.js';
 import type { MeshConfig } from '../config/types.js';
+import { repoRoot } from '../repo-root.js';
 import { Topology, type ManagedProcess, type TopoNode, type TopoPod } from './topology.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
 
-/** The repository root, from src/sandbox (tsx) or dist/src/sandbox (compiled). */
-export function repoRoot(): string {
-  let dir = here;
-  for (let i = 0; i < 5; i++) {
-    try {
-      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string };
-      if (pkg.name === 'weft') return dir;
-    } catch {
-      /* keep climbing */
-    }
-    dir = dirname(dir);
-  }
-  throw new Error(`cannot find the weft repository above ${here}`);
-}
-
+export { repoRoot };
 
 export interface SandboxOptions {
   /** YAML text of the agent config; `${CGROUP_ROOT}` is the node's pod cgroup directory. Default: the embedded default. */
