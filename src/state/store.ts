@@ -38,11 +38,52 @@ export function workloadKey(w: { namespace: string; name: string }): string {
   return `${w.namespace}/${w.name}`;
 }
 
-function selects(selector: Record<string, string>, labels: Record<string, string>): boolean {
-  const keys = Object.keys(selector);
-  if (keys.length === 0) return false; // a service without a selector has no endpoints we derive
-  for (const k of keys) if (labels[k] !== selector[k]) return false;
-  return true;
+/**
+ * The workloads of each namespace by label pair (`key=value`), so that a service's endpoints
+ * come from the smallest list of one of its selector's pairs instead of a scan of the whole
+ * namespace per service: with 100 services over 10,000 workloads the scan was a million
+ * label checks (and as many temporary arrays) on every config change.
+ */
+class LabelIndex {
+  private readonly byPair = new Map<string, Workload[]>();
+
+  constructor(workloads: readonly Workload[]) {
+    for (const w of workloads) {
+      for (const k in w.labels) {
+        const key = pairKey(w.namespace, k, w.labels[k]!);
+        const list = this.byPair.get(key);
+        if (list) list.push(w);
+        else this.byPair.set(key, [w]);
+      }
+    }
+  }
+
+  /**
+   * The workloads of `namespace` whose labels hold every pair of `selector`, in config order.
+   * A service without a selector has no endpoints we derive.
+   */
+  select(namespace: string, selector: Record<string, string>): Workload[] {
+    let smallest: Workload[] | undefined;
+    for (const k in selector) {
+      const list = this.byPair.get(pairKey(namespace, k, selector[k]!));
+      if (!list) return [];
+      if (!smallest || list.length < smallest.length) smallest = list;
+    }
+    if (!smallest) return [];
+    // Checked again pair by pair: the index key alone could be ambiguous (see pairKey).
+    return smallest.filter((w) => {
+      for (const k in selector) if (w.labels[k] !== selector[k]) return false;
+      return true;
+    });
+  }
+}
+
+/**
+ * The index key of a label pair. Kubernetes label keys and values cannot hold NUL; a config
+ * file's could, which makes the key ambiguous: select() checks every candidate's labels.
+ */
+function pairKey(namespace: string, key: string, value: string): string {
+  return `${namespace}\0${key}\0${value}`;
 }
 
 /**
@@ -84,14 +125,9 @@ export class StateStore extends EventEmitter {
 
     this.endpointsByService = new Map();
     this.servicesByWorkload = new Map();
-    const byNamespace = new Map<string, Workload[]>();
-    for (const w of cfg.workloads) {
-      const list = byNamespace.get(w.namespace);
-      if (list) list.push(w);
-      else byNamespace.set(w.namespace, [w]);
-    }
+    const index = new LabelIndex(cfg.workloads);
     for (const s of cfg.services) {
-      const eps = (byNamespace.get(s.namespace) ?? []).filter((w) => selects(s.selector, w.labels));
+      const eps = index.select(s.namespace, s.selector);
       this.endpointsByService.set(serviceKey(s), eps);
       for (const w of eps) {
         const k = workloadKey(w);
