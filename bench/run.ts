@@ -3,13 +3,18 @@
  * through the real capture path, plus connection rate, config churn, memory at scale, the
  * balancers' pick cost and (when bench/tunnel.ts exists) the tunnel.
  *
- *   node dist/bench/run.js [--quick] [--only=LIST] [--out=DIR] [--agent-log-level=LEVEL] [--duration=S]
+ *   node dist/bench/run.js [--quick] [--only=LIST] [--out=DIR] [--agent-log-level=LEVEL] [--duration=S] [--rounds=N]
  *
  * --only takes scenario keys (direct, l7, l4, nginx, haproxy, fastify) and section names
  * (throughput = all six scenarios, connrate, churn, memory, balancers, tunnel). A full run
- * (no --quick, no --only) writes docs/benchmarks/latest.{md,svg,json}; other runs write to
- * a temp dir unless --out says where. Every section runs on its own: one that fails is
- * reported and the others still run. Needs root (network namespaces, cgroups, eBPF).
+ * (no --quick, --only, --duration or --rounds) writes docs/benchmarks/latest.{md,svg,json};
+ * other runs write to a temp dir unless --out says where. Every section runs on its own: one
+ * that fails is reported and the others still run. Needs root (network namespaces, cgroups,
+ * eBPF).
+ *
+ * --rounds: each throughput scenario is measured in N alternating rounds and reported by its
+ * median round (default 3, 1 with --quick): single runs are bimodal, about ±15% apart on the
+ * same path, so a ratio of two single runs compares noise (bench/throughput.ts).
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -43,6 +48,7 @@ function parseCli(argv: string[]) {
       out: { type: 'string' },
       'agent-log-level': { type: 'string' },
       duration: { type: 'string' },
+      rounds: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -53,7 +59,9 @@ function parseCli(argv: string[]) {
   if (unknown.length) throw new Error(`--only: unknown ${unknown.join(', ')} (known: ${[...known].join(', ')})`);
   const duration = values.duration === undefined ? undefined : Number(values.duration);
   if (duration !== undefined && !(duration >= 1 && duration <= 60)) throw new Error('--duration: seconds, 1 to 60');
-  return { ...values, only, duration };
+  const rounds = values.rounds === undefined ? undefined : Number(values.rounds);
+  if (rounds !== undefined && !(Number.isInteger(rounds) && rounds >= 1 && rounds <= 15)) throw new Error('--rounds: a whole number, 1 to 15');
+  return { ...values, only, duration, rounds };
 }
 
 async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -74,7 +82,7 @@ async function main(): Promise<number> {
     return 2;
   }
   if (cli.help) {
-    log('usage: node dist/bench/run.js [--quick] [--only=direct,l7,l4,nginx,haproxy,fastify,throughput,connrate,churn,memory,balancers,tunnel] [--out=DIR] [--agent-log-level=LEVEL] [--duration=S]');
+    log('usage: node dist/bench/run.js [--quick] [--only=direct,l7,l4,nginx,haproxy,fastify,throughput,connrate,churn,memory,balancers,tunnel] [--out=DIR] [--agent-log-level=LEVEL] [--duration=S] [--rounds=N]');
     return 0;
   }
   if (process.getuid?.() !== 0) {
@@ -91,17 +99,22 @@ async function main(): Promise<number> {
   const wants = (section: string, scenarios: readonly string[] = []): boolean =>
     cli.only.length === 0 || cli.only.includes(section) || scenarios.some((s) => cli.only.includes(s));
   const scenarios: ScenarioKey[] = SCENARIOS.filter((k) => cli.only.length === 0 || cli.only.includes('throughput') || cli.only.includes(k));
+  // Rounds after a scenario's first run against the same (warm) process need only a short warm-up.
+  const rounds = cli.rounds ?? (quick ? 1 : 3);
+  const roundWarmupS = 1;
   const mode: BenchMode = {
     quick,
     only: cli.only,
     durationS: cli.duration ?? (quick ? 3 : 10),
     warmupS: quick ? 1 : 3,
+    roundWarmupS,
+    rounds,
     connections: 50,
     connRateDurationS: quick ? 2 : 5,
     proxyCpu: PROXY_CPU,
     clientCpu: CLIENT_CPU,
   };
-  const full = !quick && cli.only.length === 0 && cli.duration === undefined;
+  const full = !quick && cli.only.length === 0 && cli.duration === undefined && cli.rounds === undefined;
   const outDir = cli.out ?? (full ? join(repo, 'docs', 'benchmarks') : join(tmpdir(), 'weft-bench-out'));
 
   const missingBuild = [join(repo, 'dist', 'src', 'cli.js'), join(repo, 'build', 'bpf', 'connect4.bpf.o'), join(repo, 'dist', 'bench', 'peers', 'fastify-proxy.js')].filter((p) => !existsSync(p));
@@ -126,11 +139,13 @@ async function main(): Promise<number> {
   try {
     const connRate = wants('connrate', []);
     if (scenarios.length > 0 || connRate) {
-      log(`throughput: ${scenarios.join(', ') || '(no scenarios)'}, ${mode.durationS}s each, ${mode.connections} connections`);
+      log(`throughput: ${scenarios.join(', ') || '(no scenarios)'}, ${mode.rounds} round(s) of ${mode.durationS}s each, ${mode.connections} connections`);
       try {
         report.throughput = await runThroughput({
           durationS: mode.durationS,
           warmupS: mode.warmupS,
+          roundWarmupS,
+          rounds,
           connections: mode.connections,
           connRateDurationS: mode.connRateDurationS,
           only: scenarios,

@@ -7,12 +7,27 @@
  * the very same backend the same way and `direct` is a plain pod-to-pod connection).
  * Core 0 runs wrk and the backend; core 1 runs the proxy under test, alone.
  *
- *   direct     client-0 -> 10.77.0.20:8080 (no proxy)
+ *   direct     client-0 -> 10.77.0.20:8080 (no proxy; the agent runs, the pod IP is not redirected)
  *   weft L7    client-0 -> VIP 10.96.0.80:80 (protocol http) -> connect4 -> agent :15001 -> backend
- *   weft L4    client-0 -> VIP 10.96.0.81:80 (protocol tcp)  -> connect4 -> agent :15001 -> backend
+ *   weft L4    client-0 -> VIP 10.96.0.81:80 (protocol tcp)  -> connect4 (socket LB) -> backend
  *   nginx      client-0 -> 10.77.0.1:18080 -> nginx on the node -> backend
  *   haproxy    client-0 -> 10.77.0.1:18081 -> haproxy on the node -> backend
  *   fastify    client-0 -> 10.77.0.1:18082 -> @fastify/http-proxy on the node -> backend
+ *
+ * weft L4's service (protocol tcp, an unmeshed endpoint on this node, round-robin, no
+ * policy) qualifies for socket LB (src/capture/socket-lb.ts): connect4 rewrites the connect
+ * to the backend itself, so the data path is direct's and the agent is off it. Were it not
+ * eligible (or WEFT_L4_SOCKET_LB=0), it would go connect4 -> agent :15001 -> backend; the
+ * bench reads the agent's /config_dump, and counts balanced connections during a warm-up, to
+ * say which path L4 took.
+ *
+ * Rounds: single 10 s runs on this kind of machine are bimodal (the same path measured twice
+ * differs by up to ~15%), so one run of A against one run of B compares noise. Each scenario
+ * is measured in `rounds` rounds instead, alternating: direct, weft L4 and weft L7 take turns
+ * while one agent runs (direct too, so that the client's cgroup carries the eBPF programs in
+ * both halves of the L4 vs direct ratio), in the order direct, L4, L7 in odd rounds and L7,
+ * L4, direct in even ones; then the peers, each started afresh on the proxy core for its
+ * turn. A scenario's figure is its median round.
  *
  * The peers are dialed on the node address: "a proxy on the node" without weft's capture,
  * which is the cost weft adds and they do not have.
@@ -52,12 +67,36 @@ export const SCENARIO_NAMES: Record<ScenarioKey, string> = {
 
 const PEER_PORTS: Record<PeerName, number> = { nginx: 18080, haproxy: 18081, fastify: 18082 };
 
+/** wrk's figures as the report keeps them (without the raw text). */
+export type WrkFigures = Omit<WrkResult, 'bytesRead'> & { bytesRead: string };
+
+/** One measured round of a scenario. */
+export interface RoundResult {
+  /** 1-based. */
+  round: number;
+  /** The warm-up before this round's measured run, s. */
+  warmupS: number;
+  error?: string;
+  wrk?: WrkFigures;
+  proxyCpuS?: number;
+  cpuPer1000?: number;
+  rssMb?: number;
+  peakRssMb?: number;
+  cores?: RunCores;
+  /** Measured runs made (a run disturbed by other work on the machine is made again once). */
+  attempts?: number;
+}
+
+/**
+ * A scenario over its rounds. The top-level figures (wrk, CPU, RSS, cores, attempts) are
+ * those of the median round, so that req/s, p50 and p99 come from one and the same run.
+ */
 export interface ScenarioResult {
   key: ScenarioKey;
   name: string;
   url: string;
   error?: string;
-  wrk?: Omit<WrkResult, 'bytesRead'> & { bytesRead: string };
+  wrk?: WrkFigures;
   /** CPU seconds the proxy (its whole process tree) used during the measured run. */
   proxyCpuS?: number;
   /** proxyCpuS per 1000 requests. */
@@ -71,6 +110,23 @@ export interface ScenarioResult {
   cores?: RunCores;
   /** Measured runs made (a run disturbed by other work on the machine is made again once). */
   attempts?: number;
+  /** Every round, in the order they ran (failed ones included). */
+  rounds?: RoundResult[];
+  /** The round the figures above come from (1-based). */
+  medianRound?: number;
+  /** Whether the agent ran during the measurement (direct: its eBPF programs on the client's cgroup). */
+  agentRunning?: boolean;
+}
+
+/** Which path weft L4 took, from the agent's /config_dump and its balanced-connection count. */
+export interface L4Path {
+  socketLb: boolean;
+  /** The agent's own words: why the port is not balanced in the kernel. */
+  reason?: string;
+  /** Backend slots of the balanced port. */
+  slots?: number;
+  /** Balanced connections the agent counted open during an L4 warm-up (wrk holds `connections`). */
+  openDuringWarmup?: number;
 }
 
 export interface RunCores {
@@ -106,7 +162,12 @@ export interface ConnRateResult {
 
 export interface ThroughputOptions {
   durationS: number;
+  /** Warm-up before the first run against a process (each scenario's first round; a freshly started peer). */
   warmupS: number;
+  /** Warm-up before later rounds against the same, already warm process. */
+  roundWarmupS: number;
+  /** Alternating rounds per scenario (the median round is reported). */
+  rounds: number;
   connections: number;
   connRateDurationS: number;
   /** Scenarios to run (default all). */
@@ -130,6 +191,9 @@ export interface ThroughputReport {
   scenarios: ScenarioResult[];
   connectionRate: ConnRateResult[];
   notes: string[];
+  /** Rounds per scenario this run asked for. */
+  rounds?: number;
+  l4Path?: L4Path;
   setupError?: string;
 }
 
@@ -173,6 +237,52 @@ async function checkAnswer(client: TopoPod, url: string): Promise<void> {
   if (r.status !== 200) throw new Error(`${url} answered status ${r.status} (curl ${r.code} ${r.stderr.trim()}) ${r.body.slice(0, 200)}`);
   const len = Number(r.headers['content-length'] ?? r.body.length);
   if (len < BODY_BYTES) throw new Error(`${url} answered ${len} bytes, not the ${BODY_BYTES} the bench asks for`);
+}
+
+/** The L4 service port's cluster, as the agent names it in /config_dump. */
+const L4_CLUSTER = 'plain/backend-l4:80';
+
+/**
+ * The median round: the middle one by req/s (of an even count, the lower middle), so that
+ * every figure reported comes from one real run. Failed rounds do not count; with none left,
+ * the scenario failed.
+ */
+export function medianRound(rounds: readonly RoundResult[]): RoundResult | undefined {
+  const ok = rounds.filter((r) => r.wrk && r.error === undefined).sort((a, b) => a.wrk!.reqPerSec - b.wrk!.reqPerSec);
+  return ok.length ? ok[(ok.length - 1) >> 1] : undefined;
+}
+
+/** A scenario's result from its rounds: the median round's figures, and every round. */
+export function summarize(base: ScenarioResult, rounds: RoundResult[]): ScenarioResult {
+  const m = medianRound(rounds);
+  if (!m) return { ...base, rounds, error: rounds.find((r) => r.error)?.error ?? 'no round was measured' };
+  return {
+    ...base,
+    wrk: m.wrk,
+    proxyCpuS: m.proxyCpuS,
+    cpuPer1000: m.cpuPer1000,
+    rssMb: m.rssMb,
+    peakRssMb: m.peakRssMb,
+    cores: m.cores,
+    attempts: m.attempts,
+    rounds,
+    medianRound: m.round,
+  };
+}
+
+/** What the agent's /config_dump says of the L4 service port (socketLb: SocketLb.describe()). */
+async function readL4Path(node: TopoNode): Promise<L4Path> {
+  const r = await nodeGet(node, 'http://127.0.0.1:15000/config_dump');
+  if (r.status !== 200) throw new Error(`/config_dump answered ${r.status}`);
+  const dump = JSON.parse(r.body) as {
+    socketLb?: 'disabled' | { ports?: Record<string, { balanced?: boolean; reason?: string; slots?: number }>; openConnections?: number };
+  };
+  const lb = dump.socketLb;
+  if (lb === undefined || lb === 'disabled') return { socketLb: false, reason: 'socket LB disabled in the agent (WEFT_L4_SOCKET_LB=0, or no capture)' };
+  const port = lb.ports?.[L4_CLUSTER];
+  if (!port) return { socketLb: false, reason: `${L4_CLUSTER} is not among the socket LB's ports` };
+  if (!port.balanced) return { socketLb: false, reason: port.reason ?? 'not balanced' };
+  return { socketLb: true, slots: port.slots, openDuringWarmup: lb.openConnections };
 }
 
 /** Run every scenario (and the connection-rate runs) on a topology of its own. */
@@ -240,11 +350,29 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
     const podCgroups = [client.cgroup, backendPod.cgroup];
     const podsCpu = (): number => podCgroups.reduce((sum, d) => sum + cgroupCpuSeconds(d), 0);
 
+    interface RunExtras {
+      /** Warm-up before the measured run, s (default o.warmupS). */
+      warmupS?: number;
+      /** A process of ours that is not under test but runs (the agent during direct): its CPU is not "other work". */
+      bystanderPid?: number;
+      /** Called halfway through the warm-up, while wrk holds its connections open. */
+      duringWarmup?: () => Promise<void>;
+    }
+
     /** One measured wrk run, with what the cores did meanwhile. */
-    const measuredRun = async (url: string, proxyPid: number | undefined, wrkOpts: WrkOptions) => {
+    const measuredRun = async (url: string, proxyPid: number | undefined, wrkOpts: WrkOptions, x: RunExtras = {}) => {
       const q = await waitQuiet(QUIET_BUSY, o.quietTimeoutMs);
-      if (o.warmupS > 0) await runWrk(client, url, { ...wrkOpts, durationS: Math.min(o.warmupS, wrkOpts.durationS) });
+      const warmupS = Math.min(x.warmupS ?? o.warmupS, wrkOpts.durationS);
+      if (warmupS > 0) {
+        const warm = runWrk(client, url, { ...wrkOpts, durationS: warmupS });
+        if (x.duringWarmup) {
+          await new Promise((r) => setTimeout(r, (warmupS * 1000) / 2));
+          await x.duringWarmup().catch((err: unknown) => o.log(`  (during the warm-up: ${(err as Error).message})`));
+        }
+        await warm;
+      }
       const cpu0 = proxyPid ? treeCpuSeconds(proxyPid) : 0;
+      const bystander0 = x.bystanderPid ? treeCpuSeconds(x.bystanderPid) : 0;
       const pods0 = podsCpu();
       const self0 = process.cpuUsage();
       const kthreads0 = kernelThreadCpuSeconds();
@@ -254,9 +382,10 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
       const seconds = (performance.now() - t0) / 1000;
       const use = coreUse(cores0, coreTimes(), seconds);
       const proxyCpuS = proxyPid ? treeCpuSeconds(proxyPid) - cpu0 : 0;
+      const bystanderCpuS = x.bystanderPid ? treeCpuSeconds(x.bystanderPid) - bystander0 : 0;
       const kthreads = kernelThreadCpuSeconds() - kthreads0;
       const self = process.cpuUsage(self0);
-      const foreign = use.taskSeconds - proxyCpuS - (podsCpu() - pods0) - kthreads - (self.user + self.system) / 1e6;
+      const foreign = use.taskSeconds - proxyCpuS - bystanderCpuS - (podsCpu() - pods0) - kthreads - (self.user + self.system) / 1e6;
       const cores: RunCores = {
         clientBusy: use.busy[CLIENT_CPU] ?? Number.NaN,
         proxyBusy: use.busy[PROXY_CPU] ?? Number.NaN,
@@ -268,17 +397,20 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
       return { w, proxyCpuS, cores };
     };
 
-    const measure = async (k: ScenarioKey, proxyPid: number | undefined): Promise<ScenarioResult> => {
+    /** One round of scenario `k`: a measured run (made again once if other work disturbed it). */
+    const measureRound = async (k: ScenarioKey, round: number, proxyPid: number | undefined, x: RunExtras): Promise<RoundResult> => {
       const url = scenarioUrl(k);
-      const res: ScenarioResult = { key: k, name: SCENARIO_NAMES[k], url };
+      const warmupS = Math.min(x.warmupS ?? o.warmupS, o.durationS);
+      const res: RoundResult = { round, warmupS };
+      const name = `${SCENARIO_NAMES[k]}${o.rounds > 1 ? ` (round ${round}/${o.rounds})` : ''}`;
       try {
-        await checkAnswer(client, url);
         const wrkOpts: WrkOptions = { cpu: CLIENT_CPU, connections: o.connections, durationS: o.durationS };
-        let run = await measuredRun(url, proxyPid, wrkOpts);
+        let run = await measuredRun(url, proxyPid, wrkOpts, x);
         res.attempts = 1;
         if (o.retryDisturbed && run.cores.foreignCores > FOREIGN_LIMIT) {
-          o.log(`  ${res.name}: other work used ${run.cores.foreignCores.toFixed(2)} cores during the run: measuring again`);
-          const again = await measuredRun(url, proxyPid, wrkOpts);
+          o.log(`  ${name}: other work used ${run.cores.foreignCores.toFixed(2)} cores during the run: measuring again`);
+          // The process is warm by now: the short warm-up will do.
+          const again = await measuredRun(url, proxyPid, wrkOpts, { ...x, warmupS: o.roundWarmupS, duringWarmup: undefined });
           res.attempts = 2;
           if (again.cores.foreignCores < run.cores.foreignCores) run = again;
         }
@@ -289,62 +421,144 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
           res.cpuPer1000 = w.requests > 0 ? (run.proxyCpuS / w.requests) * 1000 : undefined;
           res.rssMb = treeRssMb(proxyPid);
           res.peakRssMb = treePeakRssMb(proxyPid);
-          res.proxyCpus = cpusAllowed(proxyPid);
         }
         const { raw: _raw, ...rest } = w;
         res.wrk = rest;
         o.log(
-          `  ${res.name}: ${w.reqPerSec.toFixed(0)} req/s, p50 ${w.p50Ms.toFixed(2)} ms, p99 ${w.p99Ms.toFixed(2)} ms, errors ${w.errors}` +
+          `  ${name}: ${w.reqPerSec.toFixed(0)} req/s, p50 ${w.p50Ms.toFixed(2)} ms, p99 ${w.p99Ms.toFixed(2)} ms, errors ${w.errors}` +
             (res.cpuPer1000 !== undefined ? `, ${res.cpuPer1000.toFixed(4)} CPU s/1000 req, RSS ${res.rssMb!.toFixed(1)} MB` : '') +
             `; cores busy: client ${(run.cores.clientBusy * 100).toFixed(0)}%, proxy ${(run.cores.proxyBusy * 100).toFixed(0)}%; other work ${run.cores.foreignCores.toFixed(2)} cores`,
         );
       } catch (err) {
         res.error = (err as Error).message;
-        o.log(`  ${res.name}: FAILED: ${res.error}`);
+        o.log(`  ${name}: FAILED: ${res.error}`);
       }
       return res;
     };
 
-    const results = new Map<ScenarioKey, ScenarioResult>();
-    if (o.only.includes('direct')) results.set('direct', await measure('direct', undefined));
-    if (o.only.includes('l7') || o.only.includes('l4')) {
+    // Each scenario's rounds, as they come; the cores its proxy was allowed on; why it could not run.
+    const rounds = new Map<ScenarioKey, RoundResult[]>();
+    const proxyCpus = new Map<ScenarioKey, string>();
+    const failed = new Map<ScenarioKey, string>();
+    const addRound = (k: ScenarioKey, r: RoundResult): void => {
+      const list = rounds.get(k) ?? [];
+      list.push(r);
+      rounds.set(k, list);
+    };
+    /** direct, L4, L7 in odd rounds; L7, L4, direct in even ones (likewise the peers): drift and order effects even out. */
+    const orderOf = <K extends ScenarioKey>(keys: readonly K[], round: number): K[] => (round % 2 === 1 ? [...keys] : [...keys].reverse());
+
+    // With the agent: direct, L4 and L7 take turns, round after round.
+    const agentKeys = (['direct', 'l4', 'l7'] as const).filter((k) => o.only.includes(k));
+    let agentRan = false;
+    if (agentKeys.length > 0) {
       try {
-        agent = await launchAgent();
-        for (const k of ['l7', 'l4'] as const) if (o.only.includes(k)) results.set(k, await measure(k, agent.pid));
-      } catch (err) {
-        for (const k of ['l7', 'l4'] as const) {
-          if (o.only.includes(k) && !results.has(k)) results.set(k, { key: k, name: SCENARIO_NAMES[k], url: scenarioUrl(k), error: (err as Error).message });
+        let agentError: string | undefined;
+        try {
+          agent = await launchAgent();
+          agentRan = true;
+        } catch (err) {
+          agentError = (err as Error).message;
+          o.log(`  weft: FAILED: ${agentError}`);
+          for (const k of agentKeys) if (k !== 'direct') failed.set(k, agentError);
         }
-        o.log(`  weft: FAILED: ${(err as Error).message}`);
+        const measuredKeys = agentKeys.filter((k) => k === 'direct' || agent);
+        for (const k of measuredKeys) {
+          try {
+            await checkAnswer(client, scenarioUrl(k));
+          } catch (err) {
+            failed.set(k, (err as Error).message);
+            o.log(`  ${SCENARIO_NAMES[k]}: FAILED: ${(err as Error).message}`);
+          }
+        }
+        let probedL4 = false;
+        for (let round = 1; round <= o.rounds; round++) {
+          for (const k of orderOf(measuredKeys, round)) {
+            if (failed.has(k)) continue;
+            const x: RunExtras = { warmupS: round === 1 ? o.warmupS : o.roundWarmupS };
+            let pid: number | undefined;
+            if (k === 'direct') x.bystanderPid = agent?.pid;
+            else pid = agent?.pid;
+            if (k === 'l4' && !probedL4 && agent) {
+              probedL4 = true;
+              // Which path L4 takes: what the agent decided, and what it saw while wrk held its connections.
+              x.duringWarmup = async () => {
+                report.l4Path = await readL4Path(node);
+              };
+            }
+            addRound(k, await measureRound(k, round, pid, x));
+            if (pid && !proxyCpus.has(k)) proxyCpus.set(k, cpusAllowed(pid));
+          }
+        }
+        if (agentKeys.includes('l4') && agent) {
+          const p = report.l4Path;
+          if (!p) report.notes.push('weft L4 path: unknown (the agent\'s /config_dump could not be read during the L4 warm-up)');
+          else if (p.socketLb) {
+            const seen = p.openDuringWarmup === undefined ? '' : `; ${p.openDuringWarmup} balanced connections open during the warm-up, wrk holding ${o.connections}`;
+            report.notes.push(`weft L4 path: socket LB (connect4 balances; the agent is off the data path): /config_dump shows ${L4_CLUSTER} balanced over ${p.slots ?? '?'} slot(s)${seen}`);
+            if (p.openDuringWarmup !== undefined && p.openDuringWarmup < o.connections)
+              report.notes.push(`weft L4 path: the agent counted only ${p.openDuringWarmup} of wrk's ${o.connections} connections as balanced: some may have gone through the agent`);
+          } else report.notes.push(`weft L4 path: L4 proxy via :15001 (reason: ${p.reason ?? 'unknown'}): connect4 -> agent -> backend, the agent on the data path`);
+        }
       } finally {
         await agent?.stop();
         agent = undefined;
       }
     }
+    if (agentKeys.includes('direct')) {
+      report.notes.push(
+        agentRan
+          ? 'direct is measured while the agent runs, in turns with weft L4 and L7: the client\'s cgroup carries the eBPF programs in every round, and the backend pod\'s IP is not redirected. That is the fair baseline for what the L4 path adds (no round of direct before the agent started)'
+          : 'direct is measured without the agent (it did not start)',
+      );
+    }
 
-    // Peers one at a time, each alone on the proxy core.
-    for (const k of ['nginx', 'haproxy', 'fastify'] as const) {
-      if (!o.only.includes(k)) continue;
-      let peer: Running | undefined;
-      try {
-        peer = startPeer(node, k, {
-          dir: join(o.workDir, k),
-          listenHost: NODE_IP,
-          listenPort: PEER_PORTS[k],
-          upstreamHost: BACKEND_IP,
-          upstreamPort: BACKEND_PORT,
-          cpu: PROXY_CPU,
-        });
-        await waitHttp(client, scenarioUrl(k), peer);
-        results.set(k, await measure(k, peer.pid));
-      } catch (err) {
-        const error = (err as Error).message;
-        o.log(`  ${SCENARIO_NAMES[k]}: FAILED: ${error}`);
-        results.set(k, { key: k, name: SCENARIO_NAMES[k], url: scenarioUrl(k), error });
-      } finally {
-        await peer?.stop();
+    // Then the peers, in turns as well, each started afresh for its run: alone on the proxy core.
+    const peerKeys = (['nginx', 'haproxy', 'fastify'] as const).filter((k) => o.only.includes(k));
+    for (let round = 1; round <= o.rounds; round++) {
+      for (const k of orderOf(peerKeys, round)) {
+        if (failed.has(k)) continue;
+        let peer: Running | undefined;
+        try {
+          peer = startPeer(node, k, {
+            dir: join(o.workDir, k),
+            listenHost: NODE_IP,
+            listenPort: PEER_PORTS[k],
+            upstreamHost: BACKEND_IP,
+            upstreamPort: BACKEND_PORT,
+            cpu: PROXY_CPU,
+          });
+          await waitHttp(client, scenarioUrl(k), peer);
+          await checkAnswer(client, scenarioUrl(k));
+          // A fresh process: the full warm-up, every round.
+          addRound(k, await measureRound(k, round, peer.pid, { warmupS: o.warmupS }));
+          if (!proxyCpus.has(k)) proxyCpus.set(k, cpusAllowed(peer.pid));
+        } catch (err) {
+          const error = (err as Error).message;
+          o.log(`  ${SCENARIO_NAMES[k]}: FAILED: ${error}`);
+          // One that cannot start will not start next round either.
+          if (!rounds.has(k)) failed.set(k, error);
+          else addRound(k, { round, warmupS: o.warmupS, error });
+        } finally {
+          await peer?.stop();
+        }
       }
     }
+
+    const results = new Map<ScenarioKey, ScenarioResult>();
+    for (const k of o.only) {
+      const base: ScenarioResult = { key: k, name: SCENARIO_NAMES[k], url: scenarioUrl(k) };
+      const error = failed.get(k);
+      if (error !== undefined && !rounds.has(k)) {
+        results.set(k, { ...base, error });
+        continue;
+      }
+      const res = summarize(base, rounds.get(k) ?? []);
+      if (proxyCpus.has(k)) res.proxyCpus = proxyCpus.get(k);
+      if (agentKeys.includes(k as (typeof agentKeys)[number])) res.agentRunning = agentRan;
+      results.set(k, res);
+    }
+    report.rounds = o.rounds;
     report.scenarios = SCENARIOS.flatMap((k) => results.get(k) ?? []);
 
     // Last: tens of thousands of short connections leave TIME_WAIT sockets behind, which
@@ -363,7 +577,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
           const wrkOpts: WrkOptions = { cpu: CLIENT_CPU, connections: o.connections, durationS: o.connRateDurationS, headers: ['Connection: close'] };
           if (k !== 'direct' && !agent) throw new Error('the agent did not start');
           const pid = k === 'direct' ? undefined : agent?.pid;
-          const { w, proxyCpuS, cores } = await measuredRun(url, pid, wrkOpts);
+          const { w, proxyCpuS, cores } = await measuredRun(url, pid, wrkOpts, { bystanderPid: k === 'direct' ? agent?.pid : undefined });
           r.connPerSec = w.reqPerSec;
           r.p50Ms = w.p50Ms;
           r.p99Ms = w.p99Ms;

@@ -12,7 +12,12 @@ export interface BenchMode {
   quick: boolean;
   only: string[];
   durationS: number;
+  /** Warm-up before the first run against a process, s. */
   warmupS: number;
+  /** Warm-up before later rounds against the same, warm process, s. */
+  roundWarmupS?: number;
+  /** Alternating rounds per throughput scenario; the median round is reported. */
+  rounds?: number;
   connections: number;
   connRateDurationS: number;
   proxyCpu: number;
@@ -52,6 +57,47 @@ function byKey(t: ThroughputReport | undefined, key: string): ScenarioResult | u
   return t?.scenarios.find((s) => s.key === key && s.error === undefined);
 }
 
+/** Errors over every round of a scenario (the median round's figures would hide the others'). */
+function totalErrors(s: ScenarioResult | undefined): number | undefined {
+  if (!s?.wrk) return undefined;
+  const measured = (s.rounds ?? []).filter((r) => r.wrk);
+  return measured.length ? measured.reduce((sum, r) => sum + r.wrk!.errors, 0) : s.wrk.errors;
+}
+
+/**
+ * `a`'s req/s over `b`'s, round by round: within a round the two ran next to each other (for
+ * weft vs direct), so a shift of the machine between rounds cancels out of each ratio. The
+ * median of those is a cross-check on the ratio of the medians.
+ */
+export function pairedRatios(a: ScenarioResult | undefined, b: ScenarioResult | undefined): { ratios: number[]; median?: number } | undefined {
+  if (!a?.rounds || !b?.rounds || a.rounds.length < 2) return undefined;
+  const ratios: number[] = [];
+  for (const ra of a.rounds) {
+    const rb = b.rounds.find((x) => x.round === ra.round);
+    const v = ratio(ra.error === undefined ? ra.wrk?.reqPerSec : undefined, rb?.error === undefined ? rb?.wrk?.reqPerSec : undefined);
+    if (v !== undefined) ratios.push(v);
+  }
+  if (ratios.length === 0) return undefined;
+  const sorted = [...ratios].sort((x, y) => x - y);
+  const n = sorted.length;
+  return { ratios, median: n % 2 ? sorted[n >> 1] : (sorted[n / 2 - 1]! + sorted[n / 2]!) / 2 };
+}
+
+function pairedText(p: { ratios: number[]; median?: number }): string {
+  return `${p.ratios.map((x) => x.toFixed(2)).join(' / ')}, median ${f(p.median, 2)}`;
+}
+
+/** Every round's req/s in the order they ran, and their range relative to the median: `29221 / 27716 / 28900 (range 5%)`. */
+export function roundsCell(s: ScenarioResult): string {
+  const rounds = s.rounds ?? [];
+  if (rounds.length === 0) return '–';
+  const cells = rounds.map((r) => (r.wrk && r.error === undefined ? f(r.wrk.reqPerSec) : 'failed'));
+  const rps = rounds.filter((r) => r.wrk && r.error === undefined).map((r) => r.wrk!.reqPerSec);
+  const med = s.wrk?.reqPerSec;
+  const range = rps.length > 1 && med ? ` (range ${(((Math.max(...rps) - Math.min(...rps)) / med) * 100).toFixed(0)}%)` : '';
+  return `${cells.join(' / ')}${range}`;
+}
+
 /** The issue's done-when figures, judged from this run. */
 export function doneWhen(r: BenchReport): Check[] {
   const t = r.throughput;
@@ -69,15 +115,21 @@ export function doneWhen(r: BenchReport): Check[] {
     measured: p99 === undefined ? 'n/a' : `${p99.toFixed(2)}x (${f(l7?.wrk?.p99Ms, 2)} vs ${f(nginx?.wrk?.p99Ms, 2)} ms)`,
     pass: p99 === undefined ? undefined : p99 <= 2,
   });
-  const errs = [l7, l4].filter((s) => s?.wrk).map((s) => s!.wrk!.errors);
+  const errs = [l7, l4].filter((s) => s?.wrk).map((s) => totalErrors(s)!);
   checks.push({
     criterion: 'weft L7 and L4 errors',
     target: '0',
-    measured: errs.length ? `${l7?.wrk?.errors ?? 'n/a'} (L7), ${l4?.wrk?.errors ?? 'n/a'} (L4)` : 'n/a',
+    measured: errs.length ? `${totalErrors(l7) ?? 'n/a'} (L7), ${totalErrors(l4) ?? 'n/a'} (L4)` : 'n/a',
     pass: errs.length ? errs.every((e) => e === 0) : undefined,
   });
   const rL4 = ratio(l4?.wrk?.reqPerSec, direct?.wrk?.reqPerSec);
-  checks.push({ criterion: 'weft L4 req/s vs direct', target: '>= 0.90x', measured: rL4 === undefined ? 'n/a' : `${rL4.toFixed(2)}x`, pass: rL4 === undefined ? undefined : rL4 >= 0.9 });
+  const pL4 = pairedRatios(l4, direct);
+  checks.push({
+    criterion: 'weft L4 req/s vs direct',
+    target: '>= 0.90x',
+    measured: rL4 === undefined ? 'n/a' : `${rL4.toFixed(2)}x${pL4 ? ` (round by round: ${pairedText(pL4)})` : ''}`,
+    pass: rL4 === undefined ? undefined : rL4 >= 0.9,
+  });
   const cpu = ratio(l7?.cpuPer1000, l4?.cpuPer1000);
   checks.push({
     criterion: 'agent CPU per 1000 requests, L7 / L4',
@@ -113,17 +165,17 @@ export function throughputTable(t: ThroughputReport): string {
   const nginx = byKey(t, 'nginx')?.wrk?.reqPerSec;
   const direct = byKey(t, 'direct')?.wrk?.reqPerSec;
   const lines = [
-    '| scenario | req/s | p50 ms | p99 ms | errors | vs nginx | vs direct | proxy CPU s / 1000 req | proxy RSS MB |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| scenario | req/s | p50 ms | p99 ms | errors | vs nginx | vs direct | proxy CPU s / 1000 req | proxy RSS MB | rounds req/s |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|',
   ];
   for (const s of t.scenarios) {
     if (s.error || !s.wrk) {
-      lines.push(`| ${s.name} | failed: ${oneLine(s.error ?? 'no result')} | | | | | | | |`);
+      lines.push(`| ${s.name} | failed: ${oneLine(s.error ?? 'no result')} | | | | | | | | ${roundsCell(s)} |`);
       continue;
     }
     const w = s.wrk;
     lines.push(
-      `| ${s.name} | ${f(w.reqPerSec)} | ${f(w.p50Ms, 2)} | ${f(w.p99Ms, 2)} | ${w.errors} | ${f(ratio(w.reqPerSec, nginx), 2)} | ${f(ratio(w.reqPerSec, direct), 2)} | ${f(s.cpuPer1000, 4)} | ${f(s.rssMb, 1)} |`,
+      `| ${s.name} | ${f(w.reqPerSec)} | ${f(w.p50Ms, 2)} | ${f(w.p99Ms, 2)} | ${totalErrors(s)} | ${f(ratio(w.reqPerSec, nginx), 2)} | ${f(ratio(w.reqPerSec, direct), 2)} | ${f(s.cpuPer1000, 4)} | ${f(s.rssMb, 1)} | ${roundsCell(s)} |`,
     );
   }
   return lines.join('\n');
@@ -202,6 +254,31 @@ function oneLine(s: string): string {
   return line.length > 300 ? `${line.slice(0, 300)}…` : line;
 }
 
+/** How the rounds work, and why there are rounds at all. */
+function roundsParagraph(rounds: number, mode: BenchMode): string {
+  const later = mode.roundWarmupS ?? mode.warmupS;
+  const warm =
+    rounds > 1 && later !== mode.warmupS
+      ? `Warm-up: ${mode.warmupS} s before a scenario's first round and before every peer run (a freshly started process), ${later} s before later rounds against the already warm agent or backend.`
+      : `Warm-up: ${mode.warmupS} s before each run.`;
+  const order =
+    'While one agent runs, direct, weft L4 and weft L7 take turns (direct, L4, L7 in odd rounds; L7, L4, direct in even ones), so that a slow drift or a bad patch of the machine falls on them alike and L4 always runs next to direct; ' +
+    "direct runs with the agent up (its eBPF programs on the client's cgroup; the backend pod's IP is not redirected), which is the fair baseline for what the L4 path adds. " +
+    'Then the agent stops and the peers take turns the same way, each started afresh, alone on the proxy core, for its run.';
+  if (rounds <= 1) {
+    return (
+      `Each scenario is measured once here (--rounds=1). Single runs on this machine are bimodal: the same path measured twice has come out about ±15% apart (direct 31,495 then 23,950 req/s on an idle machine), so ratios from single runs are rough; ` +
+      `a full run measures 3 alternating rounds and reports each scenario's median round. ${order} ${warm}`
+    );
+  }
+  return (
+    `Each scenario is measured in ${rounds} alternating rounds and the table gives its median round${rounds % 2 === 0 ? ' (of an even count, the lower middle one)' : ''}: req/s is the median, and p50, p99, CPU and RSS are that same round's; ` +
+    'the ratios (vs nginx, vs direct) are between medians; "rounds req/s" lists every round in the order they ran, with their range relative to the median. ' +
+    'Why: single runs on this machine are bimodal, the same path measured twice has come out about ±15% apart (direct 31,495 then 23,950 req/s on an idle machine), ' +
+    `so one run of weft L4 against one run of direct compared the noise, not the data path. ${order} ${warm}`
+  );
+}
+
 export function machineLine(m: MachineInfo): string {
   return `${m.cpuModel}, ${m.nproc} cores, ${m.memoryGiB} GiB; Linux ${m.kernel}; Node ${m.node}; commit ${m.commit}${m.dirty ? ' (with uncommitted changes)' : ''}; ${m.date}`;
 }
@@ -214,8 +291,8 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
   out.push('# weft benchmarks', '');
   out.push(`Written by \`npm run bench\` (bench/run.ts)${mode.quick ? ' in --quick mode' : ''}${mode.only.length ? ` with --only=${mode.only.join(',')}` : ''}, in ${r.elapsedS.toFixed(0)} s.`, '');
   out.push(
-    'Run it as root: `npm run bench` (about 4 minutes; writes this file, latest.svg and latest.json here), `npm run bench -- --quick` (about a minute and a half, writes to a temp dir), ' +
-      '`--only=direct,l7,l4,nginx,haproxy,fastify,connrate,churn,memory,balancers,tunnel` for parts, `--out=DIR`, `--agent-log-level=warn` to take the access log out of the agent\'s cost.',
+    'Run it as root: `npm run bench` (about 5 minutes on an idle machine, up to about 8 when it has to wait for other work; writes this file, latest.svg and latest.json here), `npm run bench -- --quick` (about a minute and a half, writes to a temp dir), ' +
+      '`--only=direct,l7,l4,nginx,haproxy,fastify,connrate,churn,memory,balancers,tunnel` for parts, `--rounds=N` for more or fewer throughput rounds (default 3, 1 with --quick), `--out=DIR`, `--agent-log-level=warn` to take the access log out of the agent\'s cost.',
     '',
   );
   out.push(`- machine: ${m.cpuModel}, ${m.nproc} cores, ${m.memoryGiB} GiB, Linux ${m.kernel}`);
@@ -226,22 +303,40 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
   const t = r.throughput;
   out.push('## Throughput through the capture path', '');
   if (t) {
+    const rounds = t.rounds ?? mode.rounds ?? 1;
     out.push(
-      `wrk \`-t1 -c${mode.connections} -d${mode.durationS}s --latency\` (after a ${mode.warmupS} s warm-up) inside the client pod, pinned with the backend to core ${mode.clientCpu}; the proxy under test alone on core ${mode.proxyCpu}. ` +
+      `wrk \`-t1 -c${mode.connections} -d${mode.durationS}s --latency\` inside the client pod, pinned with the backend to core ${mode.clientCpu}; the proxy under test alone on core ${mode.proxyCpu}. ` +
         'Client pod -> proxy on the node -> backend pod, 1 KiB responses, keep-alive connections. ' +
         'weft is reached through eBPF capture (the client dials a service VIP); the peers listen on the node address. ' +
-        'Errors are socket errors plus non-2xx/3xx responses. Proxy CPU is utime + stime of the proxy process tree over the measured run.',
+        'Errors are socket errors plus non-2xx/3xx responses, over every round. Proxy CPU is utime + stime of the proxy process tree over the measured run.',
       '',
     );
+    out.push(roundsParagraph(rounds, mode), '');
     if (t.setupError) out.push(`Setup failed: ${oneLine(t.setupError)}`, '');
     if (t.scenarios.length) out.push(throughputTable(t), '');
     if (chartFile && t.scenarios.some((s) => s.wrk)) out.push(`![requests per second by scenario](${chartFile})`, '');
-    const noisy = t.scenarios.filter((s) => s.cores && (s.cores.foreignCores > 0.1 || !s.cores.quiet));
+    // Every round counts here, not only the median one.
+    const runsOf = (s: ScenarioResult): Array<{ label: string; cores: NonNullable<ScenarioResult['cores']> }> =>
+      s.rounds?.length
+        ? s.rounds.filter((x) => x.cores).map((x) => ({ label: s.rounds!.length > 1 ? `${s.name} round ${x.round}` : s.name, cores: x.cores! }))
+        : s.cores
+          ? [{ label: s.name, cores: s.cores }]
+          : [];
+    const noisy = t.scenarios.flatMap(runsOf).filter((x) => x.cores.foreignCores > 0.1 || !x.cores.quiet);
     const notes = [...t.notes];
+    const paired = (['l4', 'l7'] as const)
+      .map((k) => ({ s: byKey(t, k), p: pairedRatios(byKey(t, k), byKey(t, 'direct')) }))
+      .filter((x) => x.p !== undefined);
+    if (paired.length) {
+      notes.push(
+        `vs direct round by round (the ratio within each round, whose runs follow one another, so that a shift of the machine between rounds cancels out): ${paired.map((x) => `${x.s!.name} ${pairedText(x.p!)}`).join('; ')}. ` +
+          'Where these disagree with the ratio of the medians, the machine changed pace during the run and fell on the scenarios unevenly.',
+      );
+    }
     if (t.scenarios.some((s) => s.cores)) {
       notes.push(
         noisy.length
-          ? `other work on the machine during: ${noisy.map((s) => `${s.name} (${s.cores!.foreignCores.toFixed(2)} cores${s.cores!.quiet ? '' : ', no quiet start'})`).join(', ')}: those figures are low`
+          ? `other work on the machine during: ${noisy.map((x) => `${x.label} (${x.cores.foreignCores.toFixed(2)} cores${x.cores.quiet ? '' : ', no quiet start'})`).join(', ')}: those figures are low`
           : 'no other work on the machine during the runs (each waits for idle cores, and is measured again once if anything else used more than 0.1 core)',
       );
       // Which core limited the run; unknowable when other work shared the cores.
@@ -252,7 +347,7 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
         return c.clientBusy >= 0.95 ? ', client-core-bound' : '';
       };
       notes.push(
-        `core use during the runs (client core / proxy core): ${t.scenarios
+        `core use during the${rounds > 1 ? ' median' : ''} runs (client core / proxy core): ${t.scenarios
           .filter((s) => s.cores)
           .map((s) => `${s.name} ${(s.cores!.clientBusy * 100).toFixed(0)}% / ${(s.cores!.proxyBusy * 100).toFixed(0)}%${bound(s)}`)
           .join('; ')}. ` +
@@ -305,16 +400,19 @@ function esc(s: string): string {
 /** Horizontal bars of req/s per scenario, with nginx's figure and 0.7x of it drawn across. */
 export function toSvg(r: BenchReport): string {
   const rows = (r.throughput?.scenarios ?? []).filter((s) => s.wrk);
+  const rounds = r.throughput?.rounds ?? r.mode.rounds ?? 1;
+  // The widest round, not only the median, must fit.
+  const widest = (s: ScenarioResult): number => Math.max(s.wrk!.reqPerSec, ...(s.rounds ?? []).filter((rd) => rd.wrk).map((rd) => rd.wrk!.reqPerSec));
   const nginx = rows.find((s) => s.key === 'nginx')?.wrk?.reqPerSec;
   const W = 840;
   const left = 170;
   const right = 120;
-  const top = 92;
+  const top = rounds > 1 ? 106 : 92;
   const barH = 26;
   const gap = 12;
   const plotW = W - left - right;
   const H = top + Math.max(1, rows.length) * (barH + gap) + 56;
-  const max = Math.max(1, ...rows.map((s) => s.wrk!.reqPerSec)) * 1.08;
+  const max = Math.max(1, ...rows.map(widest)) * 1.08;
   const x = (v: number): number => left + (v / max) * plotW;
   const color = (k: string): string => (k === 'l7' || k === 'l4' ? '#2f6fdf' : k === 'direct' ? '#8a8f98' : '#e08a2c');
   const parts: string[] = [];
@@ -323,6 +421,7 @@ export function toSvg(r: BenchReport): string {
   const m = r.machine;
   parts.push(`<text x="16" y="24" font-size="15" font-weight="bold">Requests per second through the capture path (1 KiB responses, ${r.mode.connections} keep-alive connections)</text>`);
   parts.push(`<text x="16" y="44" fill="#555" font-size="11">${esc(`client pod -> proxy on the node -> backend pod; wrk and the backend on core ${r.mode.clientCpu}, the proxy alone on core ${r.mode.proxyCpu}`)}</text>`);
+  if (rounds > 1) parts.push(`<text x="16" y="76" fill="#555" font-size="11">${esc(`bars: each scenario's median of ${rounds} alternating rounds; ticks: every round`)}</text>`);
   parts.push(`<text x="16" y="60" fill="#555" font-size="11">${esc(`${m.cpuModel}, ${m.nproc} cores; Linux ${m.kernel}; Node ${m.node}; commit ${m.commit}${m.dirty ? ' (dirty)' : ''}; ${m.date.slice(0, 10)}`)}</text>`);
   // Grid: 5 ticks.
   const step = niceStep(max / 5);
@@ -335,9 +434,18 @@ export function toSvg(r: BenchReport): string {
     const v = s.wrk!.reqPerSec;
     parts.push(`<text x="${left - 10}" y="${y + barH / 2 + 4}" text-anchor="end">${esc(s.name)}</text>`);
     parts.push(`<rect x="${left}" y="${y}" width="${Math.max(1, x(v) - left).toFixed(1)}" height="${barH}" fill="${color(s.key)}" rx="2"/>`);
+    // Every round's req/s as a tick across the bar: the spread behind the median.
+    const others = (s.rounds ?? []).filter((rd) => rd.wrk && rd.error === undefined);
+    if (others.length > 1) {
+      for (const rd of others) {
+        const rx = x(rd.wrk!.reqPerSec).toFixed(1);
+        parts.push(`<line x1="${rx}" y1="${y + 3}" x2="${rx}" y2="${y + barH - 3}" stroke="#222" stroke-width="1.5" opacity="0.6"/>`);
+      }
+    }
     const disturbed = (s.cores?.foreignCores ?? 0) > 0.1;
-    const label = `${Math.round(v).toLocaleString('en-US')}${s.wrk!.errors ? ` (${s.wrk!.errors} err)` : ''}${disturbed ? ' *' : ''}`;
-    parts.push(`<text x="${(x(v) + 6).toFixed(1)}" y="${y + barH / 2 + 4}" fill="#222">${esc(label)}</text>`);
+    const errors = totalErrors(s) ?? 0;
+    const label = `${Math.round(v).toLocaleString('en-US')}${errors ? ` (${errors} err)` : ''}${disturbed ? ' *' : ''}`;
+    parts.push(`<text x="${(x(widest(s)) + 6).toFixed(1)}" y="${y + barH / 2 + 4}" fill="#222">${esc(label)}</text>`);
   });
   if (nginx !== undefined) {
     const bottom = H - 46;
