@@ -35,6 +35,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
+import { AGENT_NODE_FLAGS } from '../src/node-flags.js';
 import { backendScriptPath } from '../src/sandbox/backend.js';
 import { Topology, type ManagedProcess, type TopoNode, type TopoPod } from '../src/sandbox/topology.js';
 import { startAgent, type RunningAgent } from './lib/agent.js';
@@ -331,7 +332,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
       return a;
     };
     report.notes.push(
-      `weft agent: \`node bin/weft.js agent\` pinned to core ${PROXY_CPU}, log level ${o.agentLogLevel ?? 'default (info: one access-log line per request, to a file)'}; client-0 captured (eBPF on its cgroup)`,
+      `weft agent: \`node ${AGENT_NODE_FLAGS.join(' ')} bin/weft.js agent\` (the agent's Node.js flags, src/node-flags.ts) pinned to core ${PROXY_CPU}, log level ${o.agentLogLevel ?? 'default (info: one access-log line per request, to a file)'}; client-0 captured (eBPF on its cgroup)`,
     );
 
     const scenarioUrl = (k: ScenarioKey): string => {

@@ -1,11 +1,12 @@
 /**
- * The real agent under test: `node bin/weft.js agent --config FILE --pin-root DIR` in a node
+ * The real agent under test: `node --max-semi-space-size=4 bin/weft.js agent --config FILE --pin-root DIR` (AGENT_NODE_FLAGS) in a node
  * namespace, pinned to one core, its JSON log in a file.
  */
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { repoRoot } from '../../src/sandbox/mesh-sandbox.js';
+import { AGENT_NODE_FLAGS } from '../../src/node-flags.js';
+import { repoRoot } from '../../src/repo-root.js';
 import type { TopoNode } from '../../src/sandbox/topology.js';
 import { nodeGet, spawnPinned, type Running } from './spawn.js';
 
@@ -30,7 +31,7 @@ export interface RunningAgent extends Running {
 /** Start the agent and wait until /healthz/ready answers 200. */
 export async function startAgent(node: TopoNode, o: AgentOptions): Promise<RunningAgent> {
   const adminPort = o.adminPort ?? 15000;
-  const args = [process.execPath, join(repoRoot(), 'bin', 'weft.js'), 'agent', '--config', o.configFile, '--pin-root', o.pinRoot];
+  const args = [process.execPath, ...AGENT_NODE_FLAGS, join(repoRoot(), 'bin', 'weft.js'), 'agent', '--config', o.configFile, '--pin-root', o.pinRoot];
   if (o.logLevel) args.push('--log-level', o.logLevel);
   const started = Date.now();
   const running = spawnPinned(node, 'agent', o.cpu, args, o.logFile, { ...process.env, WEFT_STATE_DIR: o.stateDir });

@@ -11,6 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseConfig } from '../config/load.js';
 import { defaultConfigPath } from '../config/default-config.js';
 import type { MeshConfig } from '../config/types.js';
+import { AGENT_NODE_FLAGS } from '../node-flags.js';
 import { repoRoot } from '../repo-root.js';
 import { Topology, type ManagedProcess, type TopoNode, type TopoPod } from './topology.js';
 
@@ -131,7 +132,7 @@ export class MeshSandbox {
   }
 
   private spawnAgent(node: TopoNode, extraArgs: string[]): ManagedProcess {
-    const args = [join(repoRoot(), 'bin', 'weft.js'), 'agent', '--config', this.configFile, '--pin-root', join(this.topo.bpfRoot, node.name), ...(this.opts.agentArgs ?? []), ...extraArgs];
+    const args = [...AGENT_NODE_FLAGS, join(repoRoot(), 'bin', 'weft.js'), 'agent', '--config', this.configFile, '--pin-root', join(this.topo.bpfRoot, node.name), ...(this.opts.agentArgs ?? []), ...extraArgs];
     return node.spawn(process.execPath, args, { env: this.envFor(node), label: `${node.name}:agent` });
   }
 
