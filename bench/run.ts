@@ -13,7 +13,7 @@
  * eBPF).
  *
  * --rounds: each throughput scenario is measured in N alternating rounds and reported by its
- * median round (default 3, 1 with --quick): single runs are bimodal, about ±15% apart on the
+ * median round (default 5, 1 with --quick): single runs are bimodal, about ±15% apart on the
  * same path, so a ratio of two single runs compares noise (bench/throughput.ts).
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -100,7 +100,7 @@ async function main(): Promise<number> {
     cli.only.length === 0 || cli.only.includes(section) || scenarios.some((s) => cli.only.includes(s));
   const scenarios: ScenarioKey[] = SCENARIOS.filter((k) => cli.only.length === 0 || cli.only.includes('throughput') || cli.only.includes(k));
   // Rounds after a scenario's first run against the same (warm) process need only a short warm-up.
-  const rounds = cli.rounds ?? (quick ? 1 : 3);
+  const rounds = cli.rounds ?? (quick ? 1 : 5);
   const roundWarmupS = 1;
   const mode: BenchMode = {
     quick,
