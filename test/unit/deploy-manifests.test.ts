@@ -537,7 +537,7 @@ t.test('the Dockerfile', async (t) => {
   t.same(from, ['node:22-bookworm', 'node:22-bookworm-slim'], 'multi-stage: bookworm builder, slim runtime');
   t.match(text, /apt-get install[^\n]*clang[^\n]*libbpf-dev[^\n]*libelf-dev/);
   t.match(text, /apt-get install[^\n]*libbpf1[^\n]*libelf1/);
-  t.match(text, /^ENTRYPOINT \["node", "\/app\/bin\/weft\.js"\]$/m);
+  t.match(text, /^ENTRYPOINT \["node", "--max-semi-space-size=4", "\/app\/bin\/weft\.js"\]$/m);
   t.match(text, /^CMD \["agent", "--kubernetes"\]$/m);
   // Every path the builder copies from the context exists, and the ignore file lets it through.
   const ignore = readFileSync(path.join(ROOT, 'deploy/Dockerfile.dockerignore'), 'utf8');
