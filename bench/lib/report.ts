@@ -302,7 +302,7 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
   out.push('# weft benchmarks', '');
   out.push(`Written by \`npm run bench\` (bench/run.ts)${mode.quick ? ' in --quick mode' : ''}${mode.only.length ? ` with --only=${mode.only.join(',')}` : ''}, in ${r.elapsedS.toFixed(0)} s.`, '');
   out.push(
-    'Run it as root: `npm run bench` (about 5 minutes on an idle machine, up to about 8 when it has to wait for other work; writes this file, latest.svg and latest.json here), `npm run bench -- --quick` (about a minute and a half, writes to a temp dir), ' +
+    'Run it as root: `npm run bench` (about 7 minutes on an idle machine, up to about 10 when it has to wait for other work; writes this file, latest.svg and latest.json here), `npm run bench -- --quick` (about a minute and a half, writes to a temp dir), ' +
       '`--only=direct,l7,l4,nginx,haproxy,fastify,connrate,churn,memory,balancers,tunnel` for parts, `--rounds=N` for more or fewer throughput rounds (default 5, 1 with --quick), `--out=DIR`, `--agent-log-level=warn` to take the access log out of the agent\'s cost.',
     '',
   );
