@@ -71,31 +71,8 @@ const PEER_PORTS: Record<PeerName, number> = { nginx: 18080, haproxy: 18081, fas
 /** wrk's figures as the report keeps them (without the raw text). */
 export type WrkFigures = Omit<WrkResult, 'bytesRead'> & { bytesRead: string };
 
-/** One measured round of a scenario. */
-export interface RoundResult {
-  /** 1-based. */
-  round: number;
-  /** The warm-up before this round's measured run, s. */
-  warmupS: number;
-  error?: string;
-  wrk?: WrkFigures;
-  proxyCpuS?: number;
-  cpuPer1000?: number;
-  rssMb?: number;
-  peakRssMb?: number;
-  cores?: RunCores;
-  /** Measured runs made (a run disturbed by other work on the machine is made again once). */
-  attempts?: number;
-}
-
-/**
- * A scenario over its rounds. The top-level figures (wrk, CPU, RSS, cores, attempts) are
- * those of the median round, so that req/s, p50 and p99 come from one and the same run.
- */
-export interface ScenarioResult {
-  key: ScenarioKey;
-  name: string;
-  url: string;
+/** What one measured run gives: wrk's figures and what the proxy used meanwhile. */
+export interface RunFigures {
   error?: string;
   wrk?: WrkFigures;
   /** CPU seconds the proxy (its whole process tree) used during the measured run. */
@@ -105,12 +82,30 @@ export interface ScenarioResult {
   /** Proxy RSS at the end of the run, and its peak, MiB. */
   rssMb?: number;
   peakRssMb?: number;
-  /** Cores the proxy was allowed on (should be the proxy core). */
-  proxyCpus?: string;
   /** How busy each core was during the measured run, and CPU used by anything else. */
   cores?: RunCores;
   /** Measured runs made (a run disturbed by other work on the machine is made again once). */
   attempts?: number;
+}
+
+/** One measured round of a scenario. */
+export interface RoundResult extends RunFigures {
+  /** 1-based. */
+  round: number;
+  /** The warm-up before this round's measured run, s. */
+  warmupS: number;
+}
+
+/**
+ * A scenario over its rounds. The top-level figures (wrk, CPU, RSS, cores, attempts) are
+ * those of the median round, so that req/s, p50 and p99 come from one and the same run.
+ */
+export interface ScenarioResult extends RunFigures {
+  key: ScenarioKey;
+  name: string;
+  url: string;
+  /** Cores the proxy was allowed on (should be the proxy core). */
+  proxyCpus?: string;
   /** Every round, in the order they ran (failed ones included). */
   rounds?: RoundResult[];
   /** The round the figures above come from (1-based). */

@@ -10,6 +10,7 @@ import { ConfigError } from '../../src/errors.js';
 import { repoRoot } from '../../src/repo-root.js';
 import type { TopoNode } from '../../src/sandbox/topology.js';
 import { loopbackMesh } from '../lib/mesh-yaml.js';
+import { configProblems } from '../lib/config-problems.js';
 
 /** Whether parseConfig takes js-yaml's value for `text` (as load.ts decides). */
 const readByJsYaml = (text: string): boolean => !text.includes('${') && fastLoad(text) !== undefined;
@@ -38,15 +39,7 @@ function same(t: Test, text: string, fast: boolean, what: string, opts?: ParseOp
 
 const NODE = 'node: { name: node-a, address: 10.77.0.1 }\n';
 
-function problemsOf(text: string): string[] {
-  try {
-    parseConfig(text, 'test.yaml', { env: {} });
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
-    throw err;
-  }
-  return [];
-}
+const problemsOf = configProblems;
 
 t.test('the embedded default config, rendered and not', async (t) => {
   const template = readFileSync(defaultConfigPath(), 'utf8');

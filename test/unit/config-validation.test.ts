@@ -2,6 +2,7 @@ import t from 'tap';
 import { stringify } from 'yaml';
 import { parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
+import { configProblems } from '../lib/config-problems.js';
 
 /** A small valid config, fresh each call so that tests can edit it. */
 function base(): any {
@@ -19,15 +20,7 @@ function base(): any {
   };
 }
 
-function problemsOfText(text: string): string[] {
-  try {
-    parseConfig(text, 'test.yaml', { env: {} });
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
-    throw err;
-  }
-  return [];
-}
+const problemsOfText = configProblems;
 const problemsOf = (raw: unknown) => problemsOfText(stringify(raw));
 
 function withPolicy(tp: unknown): any {
