@@ -189,16 +189,8 @@ export class Exchange implements UpstreamUser, RequestHeadFields {
       this.answerStatus(417, 'bad_request', `unsupported expectation: ${this.expect}`);
       return;
     }
-    let adm: Admission;
-    try {
-      adm = admit(host.deps.clusters, this.ctx.target);
-    } catch (err) {
-      this.answerError(asWeftError(err));
-      return;
-    }
-    this.adm = adm;
-    this.admOpen = true;
-    const cluster = (this.cluster = adm.cluster);
+    const cluster = this.admitTarget();
+    if (!cluster) return;
     if (!cluster.limits.tryStartRequest()) {
       this.releaseAdm();
       this.answerError(new WeftError('WEFT_ERR_OVERFLOW', `request limit reached for ${cluster.serviceName}`));
@@ -690,6 +682,23 @@ export class Exchange implements UpstreamUser, RequestHeadFields {
     this.answerError(this.lastFailure?.error ?? new WeftError('WEFT_ERR_NO_HEALTHY_UPSTREAM', `no healthy endpoint for ${cluster.serviceName}`));
   }
 
+  /**
+   * Admits the request to its target's cluster (route.ts: breaker, fallback) and holds the
+   * admission until settled or released; or answers the refusal and returns undefined.
+   */
+  private admitTarget(): Cluster | undefined {
+    let adm: Admission;
+    try {
+      adm = admit(this.host_.deps.clusters, this.ctx.target);
+    } catch (err) {
+      this.answerError(asWeftError(err));
+      return undefined;
+    }
+    this.adm = adm;
+    this.admOpen = true;
+    return (this.cluster = adm.cluster);
+  }
+
   private settleAdm(ok: boolean): void {
     if (!this.admOpen) return;
     this.admOpen = false;
@@ -772,16 +781,8 @@ export class Exchange implements UpstreamUser, RequestHeadFields {
       return;
     }
     const host = this.host_;
-    let adm: Admission;
-    try {
-      adm = admit(host.deps.clusters, this.ctx.target);
-    } catch (err) {
-      this.answerError(asWeftError(err));
-      return;
-    }
-    this.adm = adm;
-    this.admOpen = true;
-    const cluster = (this.cluster = adm.cluster);
+    const cluster = this.admitTarget();
+    if (!cluster) return;
     const ep = cluster.pick(EMPTY_PICK);
     if (ep === undefined) {
       this.releaseAdm();
