@@ -29,6 +29,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
+import { freePort } from './lib/net.js';
 
 const require_ = createRequire(import.meta.url);
 
@@ -69,17 +70,6 @@ function parseArgs(argv: string[]): Args {
     }
   }
   return a;
-}
-
-function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, host, () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
 }
 
 /** Spawn pinned to `cpu`; resolves once `ready` shows up on stdout. */

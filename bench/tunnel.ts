@@ -27,6 +27,7 @@ import { Endpoint } from '../src/cluster/endpoint.js';
 import { parseConfig } from '../src/config/load.js';
 import { StaticDiscovery } from '../src/discovery/static.js';
 import { silentLogger } from '../src/telemetry/log.js';
+import { freePort } from './lib/net.js';
 
 export interface TunnelRow {
   path: 'plain TCP' | 'mTLS tunnel';
@@ -82,17 +83,6 @@ async function startServers(): Promise<{ sinkPort: number; echoPort: number; clo
     echoPort,
     close: () => Promise.all([sink, echo].map((s) => new Promise<void>((r) => s.close(() => r())))).then(() => undefined),
   };
-}
-
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, host, () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function meshYaml(node: string, address: string, tunnelPort: number, stateDir: string, sinkPort: number, echoPort: number): string {

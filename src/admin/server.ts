@@ -1,5 +1,6 @@
 import http from 'node:http';
 import type { Registry } from 'prom-client';
+import { listen } from '../listen.js';
 import type { Logger } from '../telemetry/log.js';
 
 export interface AdminDeps {
@@ -7,16 +8,6 @@ export interface AdminDeps {
   ready: () => { ready: boolean; reasons: string[] };
   configDump: () => unknown;
   log: Logger;
-}
-
-function listen(server: http.Server, host: string, port: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host, port }, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
 }
 
 async function serveMetrics(registry: Registry, res: http.ServerResponse): Promise<void> {
@@ -53,8 +44,8 @@ export class AdminServer {
   }
 
   async listen(adminHost: string, adminPort: number, metricsHost: string, metricsPort: number): Promise<void> {
-    await listen(this.admin, adminHost, adminPort);
-    await listen(this.metrics, metricsHost, metricsPort);
+    await listen(this.admin, { host: adminHost, port: adminPort });
+    await listen(this.metrics, { host: metricsHost, port: metricsPort });
   }
 
   private async handleAdmin(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {

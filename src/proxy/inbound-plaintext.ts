@@ -21,6 +21,7 @@ import type { Logger } from '../telemetry/log.js';
 import type { ConnContext } from './context.js';
 import { parseAuthority } from './hbone.js';
 import { serveInbound, type InboundDeps } from './inbound.js';
+import { listen } from '../listen.js';
 
 export interface PlaintextInboundDeps {
   state: StateStore;
@@ -48,13 +49,7 @@ export class PlaintextInbound {
   }
 
   listen(host: string, port: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen({ host, port, backlog: 1024 }, () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
+    return listen(this.server, { host, port, backlog: 1024 });
   }
 
   get port(): number {

@@ -5,6 +5,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import type { ConnContext, OrigDstLookup, SourceLookup } from './context.js';
 import type { HttpProxy } from './http.js';
 import { proxyTcp, type TcpProxyDeps } from './tcp.js';
+import { listen } from '../listen.js';
 
 export interface OutboundDeps {
   state: StateStore;
@@ -30,13 +31,7 @@ export class OutboundListener {
   }
 
   listen(host: string, port: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen({ host, port, backlog: 4096 }, () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
+    return listen(this.server, { host, port, backlog: 4096 });
   }
 
   get address(): net.AddressInfo {

@@ -29,6 +29,7 @@ import {
   parseAuthority,
   streamAsSocket,
 } from './hbone.js';
+import { listen } from '../listen.js';
 
 export interface TunnelServerDeps {
   state: StateStore;
@@ -96,13 +97,7 @@ export class TunnelServer {
   }
 
   listen(host: string, port: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen({ host, port, backlog: 4096 }, () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
+    return listen(this.server, { host, port, backlog: 4096 });
   }
 
   get port(): number {

@@ -18,23 +18,13 @@ import { parseConfig } from '../../src/config/load.js';
 import { checkPeerIdentity } from '../../src/proxy/hbone-tunnel.js';
 import { identityOfServerName, serverNameFor } from '../../src/proxy/hbone.js';
 import { startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
+import { freePort } from '../../bench/lib/net.js';
 
 const NODE_A = '127.0.0.1';
 const NODE_B = '127.0.0.2';
 const CLIENT_IP = '127.0.2.1';
 const API_IP = '127.0.1.1';
 const ECHO_IP = '127.0.1.2';
-
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, host, () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function meshYaml(o: { node: string; address: string; tunnelPort: number; caUrl: string; dir: string; apiPort: number; echoPort: number; extra?: string }): string {
   return `
