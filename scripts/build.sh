@@ -3,6 +3,7 @@
 # than its output, then the TypeScript. Idempotent; a no-op build costs the tsc run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/node-env.sh
 
 # newer OUT SRC...: true when OUT is missing or any SRC is newer than it.
 newer() {

@@ -40,6 +40,9 @@ if [ ${#need[@]} -gt 0 ]; then
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# The Node.js LTS weft runs on (installed from the npm registry where the machine's is older).
+source scripts/node-env.sh
+
 # Missing, or older than the lock file (a pull that changed dependencies).
 if [ ! -d node_modules ] || { [ -f package-lock.json ] && [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
   echo "setup: installing node modules" >&2

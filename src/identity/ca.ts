@@ -384,7 +384,7 @@ async function loadRoot(certPath: string, keyPath: string): Promise<LoadedRoot |
     throw new WeftError('WEFT_ERR_IDENTITY', `CA state: the root certificate ${certPath} expired on ${cert.notAfter.toISOString()}`);
   }
   const der = x509.PemConverter.decodeFirst(keyPem);
-  const key = await subtle.importKey('pkcs8', der, EC_P256, false, ['sign']);
+  const key = (await subtle.importKey('pkcs8', der, EC_P256, false, ['sign'])) as CryptoKey;
   return { cert, key };
 }
 
@@ -423,7 +423,7 @@ async function createRoot(certPath: string, keyPath: string, trustDomain: string
   }
   await unlink(keyTmp);
   await rename(certTmp, certPath);
-  const key = await subtle.importKey('pkcs8', await subtle.exportKey('pkcs8', keys.privateKey), EC_P256, false, ['sign']);
+  const key = (await subtle.importKey('pkcs8', await subtle.exportKey('pkcs8', keys.privateKey), EC_P256, false, ['sign'])) as CryptoKey;
   return { cert, key, created: true };
 }
 

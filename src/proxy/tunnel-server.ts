@@ -89,7 +89,7 @@ export class TunnelServer {
     });
     this.server.on('secureConnection', (socket: tls.TLSSocket) => socket.setNoDelay(true));
     this.server.on('session', (s) => this.onSession(s));
-    this.server.on('stream', (stream, headers) => this.onStream(stream, headers));
+    this.server.on('stream', (stream, headers) => this.onStream(stream as ServerHttp2Stream, headers));
     this.server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
       this.refused++;
       this.log.warn({ peer_ip: stripV4Mapped(socket.remoteAddress), err: err.message, code: err.code }, 'tunnel handshake refused');

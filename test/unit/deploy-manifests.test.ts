@@ -534,7 +534,7 @@ t.test('the Grafana dashboard uses only metrics weft exports', async (t) => {
 t.test('the Dockerfile', async (t) => {
   const text = readFileSync(path.join(ROOT, 'deploy/Dockerfile'), 'utf8');
   const from = [...text.matchAll(/^FROM\s+(\S+)/gm)].map((m) => m[1]);
-  t.same(from, ['node:22-bookworm', 'node:22-bookworm-slim'], 'multi-stage: bookworm builder, slim runtime');
+  t.same(from, ['node:26-bookworm', 'node:26-bookworm-slim'], 'multi-stage: bookworm builder, slim runtime');
   t.match(text, /apt-get install[^\n]*clang[^\n]*libbpf-dev[^\n]*libelf-dev/);
   t.match(text, /apt-get install[^\n]*libbpf1[^\n]*libelf1/);
   t.match(text, /^ENTRYPOINT \["node", "--max-semi-space-size=4", "\/app\/bin\/weft\.js"\]$/m);
