@@ -3,64 +3,14 @@
  * eBPF capture, a burst of traffic, and a readable account of what the mesh did.
  * On a terminal it stays up for exploring until Ctrl-C; otherwise it tears down and exits.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
 import { MeshSandbox } from './mesh-sandbox.js';
-import type { TopoPod } from './topology.js';
+import { bad, bold, ctl, dim, endpointState, fmt, ok, spread, step, waitFor } from './ui.js';
 
-const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
-const dim = (s: string) => (process.stdout.isTTY ? `\x1b[2m${s}\x1b[0m` : s);
-const ok = (s: string) => console.log(`  ${process.stdout.isTTY ? '\x1b[32m✓\x1b[0m' : '✓'} ${s}`);
-const bad = (s: string) => console.log(`  ${process.stdout.isTTY ? '\x1b[31m✗\x1b[0m' : '✗'} ${s}`);
-const step = (s: string) => console.log(`\n${bold(s)}`);
-
-async function spread(pod: TopoPod, url: string, n: number): Promise<{ counts: Record<string, number>; statuses: Record<string, number>; errors: Record<string, number> }> {
-  const counts: Record<string, number> = {};
-  const statuses: Record<string, number> = {};
-  const errors: Record<string, number> = {};
-  // One curl process, n sequential requests over keep-alive: a realistic client.
-  const args = ['-s', '--max-time', '20', '-o', '/dev/null', '-D', '-'];
-  const urls: string[] = [];
-  for (let i = 0; i < n; i++) urls.push(url);
-  const r = await pod.exec('curl', [...args, ...urls.flatMap((u, i) => (i === 0 ? [u] : ['--next', ...args, u]))], { timeoutMs: 60_000 });
-  for (const block of r.stdout.split(/\r?\n\r?\n/)) {
-    const status = /^HTTP\/[\d.]+ (\d+)/.exec(block)?.[1];
-    if (!status) continue;
-    statuses[status] = (statuses[status] ?? 0) + 1;
-    const pod = /^x-pod: (.+)$/im.exec(block)?.[1]?.trim();
-    if (pod) counts[pod] = (counts[pod] ?? 0) + 1;
-    const e = /^x-weft-error: (.+)$/im.exec(block)?.[1]?.trim();
-    if (e) errors[e] = (errors[e] ?? 0) + 1;
-  }
-  return { counts, statuses, errors };
-}
-
-const fmt = (o: Record<string, number>) =>
-  Object.entries(o)
-    .sort()
-    .map(([k, v]) => `${k}=${v}`)
-    .join(' ') || '(none)';
-
-async function ctl(sb: MeshSandbox, workload: string, path: string): Promise<void> {
-  // From the pod's node namespace, from the node address: strict mode admits it (it is where
-  // the agent and the kubelet live).
-  const pod = sb.pod(workload);
-  await pod.node.exec('curl', ['-s', '--max-time', '3', '-o', '/dev/null', '--interface', pod.node.address, `http://${pod.ip}:8080${path}`]);
-}
-
-async function waitFor(what: string, fn: () => Promise<boolean>, timeoutMs = 15_000): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await fn()) return true;
-    await sleep(250);
-  }
-  bad(`timed out waiting for ${what}`);
-  return false;
-}
-
-async function endpointState(sb: MeshSandbox, cluster: string, workload: string): Promise<any> {
-  const dump = await sb.configDump();
-  return dump.clusters.find((c: any) => c.key === cluster)?.endpoints.find((e: any) => e.workload === workload);
-}
+/**
+ * Demos that run after the core one, in order, each in its own file (demo-*.ts): each prints
+ * its steps with ui.ts and leaves the sandbox as it found it.
+ */
+const demos: Array<(sb: MeshSandbox) => Promise<void>> = [];
 
 async function demo(sb: MeshSandbox): Promise<void> {
   const cfg = sb.config;
@@ -181,6 +131,7 @@ async function main(): Promise<number> {
     sb = await MeshSandbox.create({ log: (s) => console.log(dim(`  ${s}`)) });
     console.log(dim(`  agent running in netns ${sb.node.netns}: weft agent --config ${sb.configFile}`));
     await demo(sb);
+    for (const d of demos) await d(sb);
     const ns = `/run/netns/${sb.node.netns}`;
     step('Where to look');
     console.log(`  metrics     nsenter --net=${ns} curl -s http://${sb.config.node.address}:${sb.config.ports.metrics}/metrics`);
