@@ -82,9 +82,16 @@ function parseYaml(text: string, source: string, opts: ParseOptions): unknown {
     // maxAliasCount: refuse alias expansion that grows exponentially (billion laughs).
     return doc.toJS({ maxAliasCount: 1000 });
   } catch (err) {
+    // An alias that reaches itself (`<<: *m` inside `m`) makes the library recurse: whether
+    // its alias count or V8's stack gives out first depends on how warm the JIT is, so both
+    // are reported as the one refusal they are.
+    if (err instanceof RangeError) throw new ConfigError(source, [ALIAS_EXHAUSTION]);
     throw new ConfigError(source, [(err as Error).message]);
   }
 }
+
+/** The `yaml` library's own words for alias expansion it refuses. */
+const ALIAS_EXHAUSTION = 'Excessive alias count indicates a resource exhaustion attack';
 
 /**
  * Read and validate a config file. Relative paths inside it are resolved against its
