@@ -10,7 +10,7 @@ import { OutboundListener } from './proxy/outbound.js';
 import { MeshTransport } from './proxy/transport.js';
 import type { ConnContext, OrigDstLookup, SourceLookup } from './proxy/context.js';
 import type { Endpoint } from './cluster/endpoint.js';
-import type { IncomingMessage } from 'node:http';
+import type { RequestView } from './proxy/l7/request.js';
 import { CaptureManager } from './capture/manager.js';
 import { Datapath } from './capture/datapath.js';
 import { SocketLb } from './capture/socket-lb.js';
@@ -121,7 +121,7 @@ export class Agent {
     // Same-node traffic is authorized here, where the destination lives; the source is the
     // workload whose cgroup made the connection (never its source IP alone). Tunnelled
     // traffic is authorized by the destination's agent with the verified peer (ctx.peer).
-    const authorizeHttp = (ctx: ConnContext, ep: Endpoint, req: IncomingMessage) =>
+    const authorizeHttp = (ctx: ConnContext, ep: Endpoint, req: RequestView) =>
       enforcer.http(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep, req);
     this.http = new HttpProxy({
       clusters: this.clusters,

@@ -18,17 +18,21 @@ export type WeftErrorCode =
   | 'WEFT_ERR_IDENTITY'
   | 'WEFT_ERR_BAD_REQUEST';
 
-/** The `x-weft-error` value and HTTP status for each client-visible failure. */
-export const HTTP_ERRORS: Partial<Record<WeftErrorCode, { header: string; status: number }>> = {
-  WEFT_ERR_NO_HEALTHY_UPSTREAM: { header: 'no_healthy_upstream', status: 503 },
-  WEFT_ERR_CIRCUIT_OPEN: { header: 'circuit_open', status: 503 },
-  WEFT_ERR_OVERFLOW: { header: 'overflow', status: 503 },
-  WEFT_ERR_UPSTREAM_RESET: { header: 'upstream_reset', status: 503 },
-  WEFT_ERR_CONNECT_FAILURE: { header: 'connect_failure', status: 503 },
-  WEFT_ERR_UPSTREAM_TIMEOUT: { header: 'upstream_timeout', status: 504 },
-  WEFT_ERR_DENIED: { header: 'denied', status: 403 },
-  WEFT_ERR_UNAUTHENTICATED: { header: 'unauthenticated', status: 401 },
-  WEFT_ERR_BAD_REQUEST: { header: 'bad_request', status: 400 },
+/**
+ * The `x-weft-error` value, HTTP status and gRPC status (DESIGN.md "Protocols") for each
+ * client-visible failure.
+ */
+export const HTTP_ERRORS: Partial<Record<WeftErrorCode, { header: string; status: number; grpc: number }>> = {
+  WEFT_ERR_NO_HEALTHY_UPSTREAM: { header: 'no_healthy_upstream', status: 503, grpc: 14 },
+  WEFT_ERR_CIRCUIT_OPEN: { header: 'circuit_open', status: 503, grpc: 14 },
+  WEFT_ERR_OVERFLOW: { header: 'overflow', status: 503, grpc: 14 },
+  WEFT_ERR_UPSTREAM_RESET: { header: 'upstream_reset', status: 503, grpc: 14 },
+  WEFT_ERR_CONNECT_FAILURE: { header: 'connect_failure', status: 503, grpc: 14 },
+  WEFT_ERR_UPSTREAM_TIMEOUT: { header: 'upstream_timeout', status: 504, grpc: 4 },
+  WEFT_ERR_DENIED: { header: 'denied', status: 403, grpc: 7 },
+  WEFT_ERR_UNAUTHENTICATED: { header: 'unauthenticated', status: 401, grpc: 16 },
+  // gRPC's own mapping of HTTP 400 (doc/http-grpc-status-mapping.md).
+  WEFT_ERR_BAD_REQUEST: { header: 'bad_request', status: 400, grpc: 13 },
 };
 
 export class WeftError extends Error {

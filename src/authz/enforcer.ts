@@ -1,4 +1,3 @@
-import type http from 'node:http';
 import type { MeshConfig, Workload } from '../config/types.js';
 import type { Logger } from '../telemetry/log.js';
 import type { Metrics } from '../telemetry/metrics.js';
@@ -7,13 +6,11 @@ import type { Endpoint } from '../cluster/endpoint.js';
 import { WeftError } from '../errors.js';
 import { compilePolicies, type CompiledPolicies, type Decision } from './engine.js';
 import { JwtAuthenticator, type HeaderMap } from './jwt.js';
+import type { AuthzVerdict } from '../proxy/l7/attempt.js';
+import type { RequestView } from '../proxy/l7/request.js';
 
-/**
- * The parts of an HTTP request that authorization reads: an IncomingMessage has them, and so
- * does the forwarder's view of a parsed head. A header deleted from `headers` (a JWT that must
- * not be forwarded) is not sent upstream.
- */
-export type HttpRequestView = Pick<http.IncomingMessage, 'method' | 'url'> & { headers: HeaderMap };
+/** The parts of a request that authorization reads (the L7 pipeline's protocol-free view). */
+export type HttpRequestView = Pick<RequestView, 'method' | 'path' | 'authority'> & { headers: HeaderMap };
 
 /** Who is calling, as the destination's agent established it. */
 export interface PeerIdentity {
@@ -93,29 +90,33 @@ export class Enforcer {
   }
 
   /**
-   * HTTP: authenticate the request's JWT, then authorize; returns the error to answer with, if
-   * any. Synchronous unless a JWT rule applies to the destination (verifying a token is
+   * HTTP (and each gRPC call): authenticate the request's JWT, then authorize; returns the
+   * verdict (the error to answer with, or headers to strip), undefined to let it through as
+   * is. Synchronous unless a JWT rule applies to the destination (verifying a token is
    * asynchronous): the proxy's common path then does not wait for a microtask.
    */
-  http(peer: PeerIdentity, ep: Endpoint, req: HttpRequestView): WeftError | undefined | Promise<WeftError | undefined> {
+  http(peer: PeerIdentity, ep: Endpoint, req: HttpRequestView): AuthzVerdict | undefined | Promise<AuthzVerdict | undefined> {
     const dst = this.destination(ep);
     if (!dst) return undefined;
     if (this.jwt.appliesTo(dst)) return this.httpWithJwt(peer, ep, dst, req);
     return this.authorizeHttp(peer, ep, dst, req, undefined);
   }
 
-  private async httpWithJwt(peer: PeerIdentity, ep: Endpoint, dst: Workload, req: HttpRequestView): Promise<WeftError | undefined> {
+  private async httpWithJwt(peer: PeerIdentity, ep: Endpoint, dst: Workload, req: HttpRequestView): Promise<AuthzVerdict | undefined> {
     const authn = await this.jwt.authenticate(dst, req.headers);
     if (!authn.ok) {
       this.log.warn({ src: peer.principal, src_ip: peer.ip, dst: `${dst.namespace}/${dst.name}`, reason: authn.reason }, 'request refused: invalid JWT');
-      return new WeftError('WEFT_ERR_UNAUTHENTICATED', `invalid token: ${authn.reason}`);
+      return { deny: new WeftError('WEFT_ERR_UNAUTHENTICATED', `invalid token: ${authn.reason}`) };
     }
-    if (authn.principal && authn.forwardOriginalToken === false && authn.header) delete req.headers[authn.header];
-    return this.authorizeHttp(peer, ep, dst, req, authn.principal);
+    const denied = this.authorizeHttp(peer, ep, dst, req, authn.principal);
+    if (denied !== undefined) return denied;
+    // A token that must not be forwarded is stripped by the proxy.
+    if (authn.principal && authn.forwardOriginalToken === false && authn.header) return { removeHeaders: [authn.header.toLowerCase()] };
+    return undefined;
   }
 
-  private authorizeHttp(peer: PeerIdentity, ep: Endpoint, dst: Workload, req: HttpRequestView, requestPrincipal: string | undefined): WeftError | undefined {
-    const host = req.headers.host;
+  private authorizeHttp(peer: PeerIdentity, ep: Endpoint, dst: Workload, req: HttpRequestView, requestPrincipal: string | undefined): AuthzVerdict | undefined {
+    const host = req.authority;
     const d = this.compiled.forWorkload(dst).evaluate({
       protocol: 'http',
       sourcePrincipal: peer.principal,
@@ -124,20 +125,20 @@ export class Enforcer {
       requestPrincipal,
       port: ep.info.port,
       method: req.method,
-      path: req.url,
-      host: Array.isArray(host) ? host[0] : host,
+      path: req.path,
+      host,
     });
     if (d.allowed) return undefined;
     this.denied(d, peer, dst, ep, 'http', req);
     const err = new WeftError('WEFT_ERR_DENIED', `denied by ${d.policy ?? 'policy'}`) as WeftError & { policy?: string };
     err.policy = d.policy;
-    return err;
+    return { deny: err };
   }
 
   private denied(d: Decision, peer: PeerIdentity, dst: Workload, ep: Endpoint, protocol: string, req?: HttpRequestView): void {
     this.metrics.authzDenied.inc({ policy: d.policy ?? 'unknown' });
     this.log.warn(
-      { policy: d.policy, action: d.action, protocol, src: peer.principal, src_ip: peer.ip, dst: `${dst.namespace}/${dst.name}`, endpoint: ep.id, method: req?.method, path: req?.url },
+      { policy: d.policy, action: d.action, protocol, src: peer.principal, src_ip: peer.ip, dst: `${dst.namespace}/${dst.name}`, endpoint: ep.id, method: req?.method, path: req?.path },
       protocol === 'tcp' ? 'connection denied by authorization policy' : 'request denied by authorization policy',
     );
   }

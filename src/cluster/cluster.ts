@@ -1,6 +1,6 @@
 import type { Logger } from '../telemetry/log.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import type { TrafficPolicy } from '../config/types.js';
+import type { Protocol, TrafficPolicy } from '../config/types.js';
 import { Endpoint, type EndpointInfo } from './endpoint.js';
 import type { Balancer, PickContext } from '../balancer/types.js';
 import { createBalancer } from '../balancer/index.js';
@@ -15,7 +15,7 @@ export interface ClusterOptions {
   key: string;
   /** `ns/name` of the service (the `destination_service` label), or `pod:ip:port`. */
   serviceName: string;
-  protocol: 'http' | 'tcp';
+  protocol: Protocol;
   policy: TrafficPolicy;
   log: Logger;
   metrics: Metrics;
@@ -33,7 +33,7 @@ const DEFAULT_PANIC_THRESHOLD = 50;
 export class Cluster {
   readonly key: string;
   readonly serviceName: string;
-  readonly protocol: 'http' | 'tcp';
+  readonly protocol: Protocol;
   policy: TrafficPolicy;
   readonly endpoints = new Map<string, Endpoint>();
   private balancer: Balancer;

@@ -343,9 +343,10 @@ function buildWorkloads(raw: RawConfig, p: Problems, nodeName: string): Workload
   });
 }
 
-/** Istio's convention: a port named `http`, `http-*`, `http2*` or `grpc*` speaks HTTP. */
-function protocolFromName(name: string | undefined): Protocol {
-  return name !== undefined && /^(http|http2|grpc)(-|$)/.test(name) ? 'http' : 'tcp';
+/** Istio's convention: a port named `grpc`/`grpc-*` speaks gRPC, `http2`/`http2-*` HTTP/2, `http`/`http-*` HTTP; anything else TCP. */
+export function protocolFromName(name: string | undefined): Protocol {
+  const m = name === undefined ? null : /^(http2|grpc|http)(-|$)/.exec(name);
+  return m === null ? 'tcp' : (m[1] as Protocol);
 }
 
 function buildServices(raw: RawConfig, p: Problems, workloads: Workload[]): Service[] {

@@ -21,7 +21,7 @@ export const LOAD_BALANCER_TYPES = [
   'ring-hash',
   'maglev',
 ] as const;
-export const RETRY_ON = ['connect-failure', 'reset', '5xx', 'gateway-error', 'retriable-status-codes'] as const;
+export const RETRY_ON = ['connect-failure', 'reset', '5xx', 'gateway-error', 'retriable-status-codes', 'unavailable', 'resource-exhausted', 'cancelled', 'deadline-exceeded', 'internal'] as const;
 
 // --- builders -------------------------------------------------------------------------
 
@@ -128,7 +128,7 @@ const servicePort = obj(
     name: labelName,
     port,
     targetPort: port,
-    protocol: oneOfStrings(['http', 'tcp']),
+    protocol: oneOfStrings(['http', 'http2', 'grpc', 'tcp']),
   },
   ['port'],
 );

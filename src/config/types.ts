@@ -90,7 +90,8 @@ export interface Workload {
   uid?: string;
 }
 
-export type Protocol = 'http' | 'tcp';
+/** `http`: HTTP/1.1 or h2c (prior knowledge) from clients, HTTP/1.1 upstream; `http2` and `grpc`: HTTP/2 both ways (DESIGN.md "Protocols"). */
+export type Protocol = 'http' | 'http2' | 'grpc' | 'tcp';
 
 export interface ServicePort {
   name?: string;
@@ -174,7 +175,18 @@ export interface OutlierDetectionPolicy {
   panicThreshold: number;
 }
 
-export type RetryOn = 'connect-failure' | 'reset' | '5xx' | 'gateway-error' | 'retriable-status-codes';
+export type RetryOn =
+  | 'connect-failure'
+  | 'reset'
+  | '5xx'
+  | 'gateway-error'
+  | 'retriable-status-codes'
+  // gRPC statuses (grpc-status of a trailers-only answer)
+  | 'unavailable'
+  | 'resource-exhausted'
+  | 'cancelled'
+  | 'deadline-exceeded'
+  | 'internal';
 
 export interface RetryPolicy {
   /** Retries after the first try, 0..10 (default 2). */

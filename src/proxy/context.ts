@@ -30,8 +30,3 @@ export type OrigDstLookup = (socket: import('node:net').Socket) => OrigDst | und
 
 /** Maps the cgroup id recorded at connect time to the calling workload. */
 export type SourceLookup = (od: OrigDst, sourceIp: string) => Workload | undefined;
-
-/** Metric labels of the caller; on the tunnel's far end the namespace comes from the verified peer. */
-export function sourceLabels(ctx: ConnContext): { source_workload: string; source_namespace: string } {
-  return { source_workload: ctx.source?.name ?? 'unknown', source_namespace: ctx.source?.namespace ?? ctx.peer?.namespace ?? 'unknown' };
-}

@@ -34,7 +34,7 @@ export interface ConnectAnswer {
  */
 export function serveInbound(down: net.Socket, ctx: ConnContext, deps: InboundDeps, answer: ConnectAnswer): void {
   const protocol = ctx.target.kind === 'service' ? ctx.target.port.protocol : ctx.target.protocol;
-  if (protocol === 'http') {
+  if (protocol !== 'tcp') {
     // L7: every request is authorized on its own, and a denial is an HTTP 403 from the proxy.
     answer.accept();
     deps.http.accept(down, ctx);

@@ -64,7 +64,7 @@ export class OutboundListener {
     }
     const ctx: ConnContext = { source: this.deps.source(od, sourceIp), sourceIp, origIp: od.ip, origPort: od.port, target };
     const protocol = target.kind === 'service' ? target.port.protocol : target.protocol;
-    if (protocol === 'http') {
+    if (protocol !== 'tcp') {
       this.deps.http.accept(socket, ctx);
       socket.resume();
     } else {

@@ -5,8 +5,11 @@ import type { Endpoint } from '../cluster/endpoint.js';
 import type { Logger } from '../telemetry/log.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { WeftError } from '../errors.js';
-import { type ConnContext, sourceLabels } from './context.js';
-import { admit, release, settle, type Admission } from './route.js';
+import type { ConnContext } from './context.js';
+import { admit, release, settle, type Admission } from './l7/admission.js';
+import { EndpointLease, endLease, takeLease } from './l7/attempt.js';
+import { routeTarget, pickBackend } from './l7/route.js';
+import { peerFields, sourceLabels } from './l7/telemetry.js';
 import type { Transport } from './transport.js';
 import { hashKey } from '../balancer/hash.js';
 import type { SpliceHandle, SpliceOptions } from '../capture/splice.js';
@@ -44,7 +47,7 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
   const { clusters, transport, metrics, log } = deps;
   let adm: Admission;
   try {
-    adm = admit(clusters, ctx.target);
+    adm = admit(pickBackend(routeTarget(clusters, ctx.target)));
   } catch (err) {
     logRefused(log, ctx, err as WeftError);
     down.resetAndDestroy();
@@ -63,6 +66,7 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
   const hash = hashKey(ctx.sourceIp);
   let up: Duplex | undefined;
   let ep: Endpoint | undefined;
+  const lease = new EndpointLease();
   let lastErr: unknown;
   for (let i = 0; i < CONNECT_ATTEMPTS && !up; i++) {
     ep = cluster.pick({ tried, hash });
@@ -72,18 +76,16 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
     if (verdict && !verdict.allowed) {
       release(adm);
       cluster.limits.closeConnection();
-      log.info({ ...accessFields(ctx, cluster.serviceName, ep), protocol: 'tcp', policy: verdict.policy, error: 'denied' }, 'access');
+      log.info({ ...peerFields(ctx, cluster.serviceName, ep, transport.securityOf(ep)), protocol: 'tcp', policy: verdict.policy, error: 'denied' }, 'access');
       down.resetAndDestroy();
       return;
     }
-    ep.active++;
-    const t0 = Date.now();
+    takeLease(lease, cluster, ep);
     try {
       up = await transport.connect(ep, { timeoutMs: cluster.policy.connectionPool.connectTimeout, source: ctx.source });
     } catch (err) {
-      ep.active--;
+      endLease(lease, 'connect-failure');
       lastErr = err;
-      cluster.report(ep, 'connect-failure', Date.now() - t0);
       log.warn({ endpoint: ep.id, service: cluster.serviceName, err: (err as Error).message }, 'upstream connect failed');
     }
   }
@@ -109,14 +111,13 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
   const finish = (reason: string, error?: string) => {
     if (closed) return;
     closed = true;
-    endpoint.active--;
+    endLease(lease, 'success');
     cluster.limits.closeConnection();
-    cluster.report(endpoint, 'success', Date.now() - started);
     metrics.tcpClosed.inc(labels);
     metrics.tcpSent.inc(labels, sent);
     metrics.tcpReceived.inc(labels, received);
     log.info(
-      { ...accessFields(ctx, cluster.serviceName, endpoint), protocol: 'tcp', sent_bytes: sent, received_bytes: received, duration_ms: Date.now() - started, close: reason, error, security, spliced },
+      { ...peerFields(ctx, cluster.serviceName, endpoint, security), protocol: 'tcp', sent_bytes: sent, received_bytes: received, duration_ms: Date.now() - started, close: reason, error, spliced },
       'access',
     );
   };
@@ -169,17 +170,6 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
     finish('upstream_close');
   });
   down.resume();
-}
-
-function accessFields(ctx: ConnContext, service: string, ep?: Endpoint) {
-  return {
-    src_workload: ctx.source ? `${ctx.source.namespace}/${ctx.source.name}` : undefined,
-    src_ip: ctx.sourceIp,
-    dst: `${ctx.origIp}:${ctx.origPort}`,
-    dst_service: service,
-    dst_workload: ep ? `${ep.info.namespace}/${ep.info.workload}` : undefined,
-    endpoint: ep?.id,
-  };
 }
 
 function logRefused(log: Logger, ctx: ConnContext, err: WeftError): void {

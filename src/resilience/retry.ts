@@ -123,7 +123,12 @@ export type RetryOutcomeKind = 'connect-failure' | 'reset' | 'timeout' | 'status
 export interface RetryOutcome {
   kind: RetryOutcomeKind;
   status?: number;
+  /** A gRPC answer's `grpc-status` (of a trailers-only answer: the only kind decided before anything reached the client). */
+  grpcStatus?: number;
 }
+
+/** `retryOn` names of gRPC statuses (Envoy's `retry_on` gRPC conditions). */
+const GRPC_RETRY_ON: Readonly<Record<number, string>> = { 1: 'cancelled', 4: 'deadline-exceeded', 8: 'resource-exhausted', 13: 'internal', 14: 'unavailable' };
 
 /**
  * Does `retryOn` cover this outcome? Envoy's semantics:
@@ -139,13 +144,21 @@ export interface RetryOutcome {
  *
  * `reset` covers any try that got no response (Envoy: "disconnect/reset/read timeout"),
  * and a connect failure is one of those. 5xx and gateway-error count a try without a
- * response as the 503/504 the proxy would answer for it.
+ * response as the 503/504 the proxy would answer for it. A gRPC status other than OK is
+ * retried when `retryOn` names it: `unavailable` (14), `resource-exhausted` (8), `cancelled`
+ * (1), `deadline-exceeded` (4), `internal` (13).
  */
 export function isRetriable(policy: Pick<RetryPolicy, 'retryOn' | 'retriableStatusCodes'>, outcome: RetryOutcome): boolean {
   const on = policy.retryOn;
   if (outcome.kind !== 'status') {
     if (on.includes('reset') || on.includes('5xx') || on.includes('gateway-error')) return true;
     return outcome.kind === 'connect-failure' && on.includes('connect-failure');
+  }
+  const g = outcome.grpcStatus;
+  // A gRPC failure is retried only by its own name: its HTTP status is 200.
+  if (g !== undefined && g !== 0) {
+    const name = GRPC_RETRY_ON[g];
+    return name !== undefined && (on as readonly string[]).includes(name);
   }
   const s = outcome.status ?? 0;
   if (on.includes('5xx') && s >= 500 && s <= 599) return true;

@@ -3,6 +3,7 @@ import {
   MESH_LABEL,
   MESH_LABEL_ENABLED,
   type MeshConfig,
+  type Protocol,
   type Namespace,
   type Service,
   type ServicePort,
@@ -24,7 +25,7 @@ export interface PodTarget {
   kind: 'pod';
   workload: Workload;
   port: number;
-  protocol: 'http' | 'tcp';
+  protocol: Protocol;
   key: string;
 }
 

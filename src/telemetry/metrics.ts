@@ -9,7 +9,7 @@ export class Metrics {
   readonly registry = new Registry();
 
   readonly requests: Counter<
-    'source_workload' | 'source_namespace' | 'destination_service' | 'destination_workload' | 'response_code' | 'connection_security_policy'
+    'source_workload' | 'source_namespace' | 'destination_service' | 'destination_workload' | 'response_code' | 'grpc_status' | 'connection_security_policy'
   >;
   readonly requestDuration: Histogram<'source_workload' | 'source_namespace' | 'destination_service' | 'response_code'>;
   readonly tcpOpened: Counter<'source_workload' | 'source_namespace' | 'destination_service' | 'connection_security_policy'>;
@@ -30,7 +30,7 @@ export class Metrics {
     this.requests = new Counter({
       name: 'weft_requests_total',
       help: 'HTTP requests handled by the agent, by source, destination and response code',
-      labelNames: ['source_workload', 'source_namespace', 'destination_service', 'destination_workload', 'response_code', 'connection_security_policy'],
+      labelNames: ['source_workload', 'source_namespace', 'destination_service', 'destination_workload', 'response_code', 'grpc_status', 'connection_security_policy'],
       registers,
     });
     this.requestDuration = new Histogram({

@@ -85,7 +85,7 @@ t.test('types, enums and names', async (t) => {
     'namespaces[0].name: must be a DNS label: lower-case letters, digits and "-", at most 63 characters (got "Shop")',
     'workloads[0].labels.version: must be a string (quote numbers and booleans: "1", "true")',
     'workloads[0].ready: must be a boolean (true or false) (got "yes")',
-    'services[0].ports[0].protocol: must be one of http, tcp (got "udp")',
+    'services[0].ports[0].protocol: must be one of http, http2, grpc, tcp (got "udp")',
     `${TP}.loadBalancer.type: must be one of random, round-robin, weighted-round-robin, least-request, peak-ewma, ring-hash, maglev (got "round_robin")`,
   ]);
 });
@@ -231,7 +231,7 @@ t.test('outlier detection, retries, breaker, percentages', async (t) => {
   ]);
   t.same(problemsOf(withPolicy({ retries: { attempts: 11, budget: { percent: 150 }, retryOn: ['5xx', 'timeout'] } })), [
     `${TP}.retries.attempts: must be an integer from 0 to 10 (got 11)`,
-    `${TP}.retries.retryOn[1]: must be one of connect-failure, reset, 5xx, gateway-error, retriable-status-codes (got "timeout")`,
+    `${TP}.retries.retryOn[1]: must be one of connect-failure, reset, 5xx, gateway-error, retriable-status-codes, unavailable, resource-exhausted, cancelled, deadline-exceeded, internal (got "timeout")`,
     `${TP}.retries.budget.percent: must be a number from 0 to 100 (got 150)`,
   ]);
   t.same(problemsOf(withPolicy({ retries: { retryOn: ['retriable-status-codes'] } })), [

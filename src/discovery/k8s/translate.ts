@@ -17,7 +17,8 @@
  * - Service -> `services[]` when it has a ClusterIP and a selector (headless, ExternalName and
  *   selector-less Services, like `default/kubernetes`, are left alone: capture must not
  *   redirect a destination whose endpoints weft cannot know). TCP ports only; `appProtocol`
- *   (`http` | `tcp`), else the port name (`http`, `http-*` | `tcp`, `tcp-*`) gives the protocol,
+ *   (`http`; `http2` or `kubernetes.io/h2c` -> http2; `grpc`; anything else tcp), else the
+ *   port name (`grpc`/`grpc-*`, `http2`/`http2-*`, `http`/`http-*`) gives the protocol,
  *   default tcp. A named `targetPort` resolves from the Service's EndpointSlices (which carry
  *   the resolved number under the Service port's name), else from the selected pods'
  *   container ports; a port that cannot be resolved yet is left out until it can.
@@ -43,6 +44,7 @@ import type {
   V1Service,
 } from '@kubernetes/client-node';
 import { isIPv4 } from '../../config/patterns.js';
+import type { Protocol } from '../../config/types.js';
 import { MESH_LABEL, MESH_LABEL_ENABLED } from '../../config/types.js';
 
 export const WEIGHT_ANNOTATION = 'weft.io/weight';
@@ -124,7 +126,7 @@ export interface RawService {
   name: string;
   namespace: string;
   vip: string;
-  ports: { name?: string; port: number; targetPort: number; protocol?: 'http' | 'tcp' }[];
+  ports: { name?: string; port: number; targetPort: number; protocol?: Protocol }[];
   selector: Record<string, string>;
   trafficPolicy: Record<string, unknown>;
 }
@@ -177,16 +179,17 @@ export function peerAuthenticationOf(labels: Record<string, string> | undefined)
 }
 
 /** `appProtocol` values that mean HTTP (the loader's port-name rule covers the rest). */
-const HTTP_APP_PROTOCOLS = new Set(['http', 'http2', 'grpc', 'kubernetes.io/h2c']);
+/** appProtocol -> protocol (DESIGN.md "Protocols"); any other value is TCP. */
+const APP_PROTOCOLS: Readonly<Record<string, Protocol>> = { http: 'http', http2: 'http2', 'kubernetes.io/h2c': 'http2', grpc: 'grpc' };
 
 /**
  * The protocol of a Service port from its `appProtocol`; undefined leaves it to the loader's
  * port-name convention (`http`, `http-*`, `http2*`, `grpc*` are HTTP; anything else TCP), so a
  * port reads the same in a file and in Kubernetes.
  */
-function protocolOf(appProtocol: string | undefined): 'http' | 'tcp' | undefined {
+function protocolOf(appProtocol: string | undefined): Protocol | undefined {
   if (!appProtocol) return undefined;
-  return HTTP_APP_PROTOCOLS.has(appProtocol.toLowerCase()) ? 'http' : 'tcp';
+  return Object.hasOwn(APP_PROTOCOLS, appProtocol.toLowerCase()) ? APP_PROTOCOLS[appProtocol.toLowerCase()]! : 'tcp';
 }
 
 function labelsMatch(selector: Record<string, string>, labels: Record<string, string> | undefined): boolean {

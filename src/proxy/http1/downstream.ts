@@ -8,7 +8,7 @@
 import type { Duplex } from 'node:stream';
 import type { ConnContext } from '../context.js';
 import type { Endpoint } from '../../cluster/endpoint.js';
-import type { ConnTelemetry } from '../http.js';
+import type { ConnTelemetry, TelemetryConn } from '../l7/telemetry.js';
 import { closeParser, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, METHODS, PARSE_BODY, requestParser, STOP_AFTER_HEAD, type NativeParser, type ParseError } from './llhttp.js';
 import { Exchange, type ExchangeHost } from './exchange.js';
 
@@ -25,9 +25,9 @@ const LINGER_MS = 2_000;
 
 const BAD_REQUEST = 'HTTP/1.1 400 Bad Request\r\nx-weft-error: bad_request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n';
 const HEAD_TOO_LARGE = 'HTTP/1.1 431 Request Header Fields Too Large\r\nx-weft-error: bad_request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n';
-const HEAD_TIMEOUT = 'HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n';
+const HEAD_TIMEOUT = 'HTTP/1.1 408 Request Timeout\r\nx-weft-error: bad_request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n';
 
-export class Downstream {
+export class Downstream implements TelemetryConn {
   readonly sock: Duplex;
   readonly ctx: ConnContext;
   readonly host: ExchangeHost;
@@ -56,7 +56,7 @@ export class Downstream {
   /** Coarse times (ms) for the sweeper: when a request head started arriving, when the connection went idle. */
   headStart = 0;
   idleSince: number;
-  /** Access loggers and metric labels of this connection's requests (see HttpProxy.record). */
+  /** Access loggers and metric labels of this connection's requests (see L7Telemetry.record). */
   readonly telemetry = new Map<Endpoint | string, ConnTelemetry>();
 
   constructor(sock: Duplex, ctx: ConnContext, host: ExchangeHost) {

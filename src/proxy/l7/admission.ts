@@ -1,7 +1,11 @@
-import type { Cluster } from '../cluster/cluster.js';
-import type { ClusterManager } from '../cluster/manager.js';
-import type { Target } from '../state/store.js';
-import { WeftError } from '../errors.js';
+/**
+ * The admission stage (linkerd2-proxy's "logical" stage): from the routed backend to the
+ * cluster that will serve this request or connection, honouring the circuit breaker and the
+ * fallback service.
+ */
+import type { Cluster } from '../../cluster/cluster.js';
+import { WeftError } from '../../errors.js';
+import type { RouteBackend } from './route.js';
 
 export interface Admission {
   cluster: Cluster;
@@ -11,14 +15,10 @@ export interface Admission {
   probe: boolean;
 }
 
-/**
- * linkerd2-proxy's "logical" stage: from a target to the cluster that will serve this
- * request, honouring the circuit breaker and the fallback service. Throws the WeftError the
- * client should see when nothing can serve it.
- */
-export function admit(clusters: ClusterManager, target: Target): Admission {
-  const primary = clusters.forTarget(target);
-  const fb = target.kind === 'service' ? clusters.fallbackFor(target.service, target.port.port) : undefined;
+/** Throws the WeftError the client should see when nothing can serve the request. */
+export function admit(backend: RouteBackend): Admission {
+  const primary = backend.cluster;
+  const fb = backend.fallback;
   if (primary.empty) {
     if (fb && !fb.empty) return { cluster: fb, fallback: true, probe: false };
     throw new WeftError('WEFT_ERR_NO_HEALTHY_UPSTREAM', `no healthy endpoint for ${primary.serviceName}`);

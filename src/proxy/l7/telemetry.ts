@@ -1,0 +1,181 @@
+/**
+ * One telemetry record for L4 connections and L7 requests: the same source labels, the same
+ * access-log fields for who called what, whichever path carried the traffic.
+ *
+ * For L7, labels and the bound access logger are cached per connection, then per endpoint
+ * (or service) and status, so the common path finds them without building a key; the
+ * request counter is added up per event-loop turn (one prom-client call per label set), the
+ * histogram takes every value.
+ */
+import type { Cluster } from '../../cluster/cluster.js';
+import type { Endpoint } from '../../cluster/endpoint.js';
+import type { WeftErrorCode } from '../../errors.js';
+import type { Logger } from '../../telemetry/log.js';
+import type { Metrics } from '../../telemetry/metrics.js';
+import type { ConnContext } from '../context.js';
+import { errorHeader } from './respond.js';
+
+/** Metric labels of the caller; on the tunnel's far end the namespace comes from the verified peer. */
+export function sourceLabels(ctx: ConnContext): { source_workload: string; source_namespace: string } {
+  return { source_workload: ctx.source?.name ?? 'unknown', source_namespace: ctx.source?.namespace ?? ctx.peer?.namespace ?? 'unknown' };
+}
+
+export function targetName(ctx: ConnContext): string {
+  return ctx.target.kind === 'service' ? `${ctx.target.service.namespace}/${ctx.target.service.name}` : 'unknown';
+}
+
+/** Who called what: the fields of every access-log line, L4 and L7. */
+export function peerFields(ctx: ConnContext, service: string, ep: Endpoint | undefined, security: 'mutual_tls' | 'none') {
+  const src = ctx.source;
+  return {
+    src_workload: src ? `${src.namespace}/${src.name}` : undefined,
+    src_ip: ctx.sourceIp,
+    dst: `${ctx.origIp}:${ctx.origPort}`,
+    dst_service: service,
+    dst_workload: ep ? `${ep.info.namespace}/${ep.info.workload}` : undefined,
+    endpoint: ep?.id,
+    security,
+  };
+}
+
+interface RequestLabels {
+  requests: Record<string, string>;
+  duration: Record<string, string>;
+  /** Requests counted since the last flush to prom-client. */
+  pending: number;
+}
+
+/** Per client connection: the access logger and metric labels, per endpoint (or service) and status. */
+export interface ConnTelemetry {
+  log: Logger | undefined;
+  byStatus: Map<number, RequestLabels>;
+}
+
+/** A connection (HTTP/1.1) or session (HTTP/2) keeps its calls' telemetry here. */
+export interface TelemetryConn {
+  readonly telemetry: Map<Endpoint | string, ConnTelemetry>;
+}
+
+/** What one finished request tells telemetry. */
+export interface RequestRecord {
+  readonly ctx: ConnContext;
+  readonly conn: TelemetryConn;
+  readonly ep: Endpoint | undefined;
+  readonly cluster: Cluster | undefined;
+  readonly method: string;
+  readonly path: string;
+  readonly authority: string | undefined;
+  readonly attempts: number;
+  /** performance.now() when the request started. */
+  readonly startedAt: number;
+  /** The answer's grpc-status; undefined for plain HTTP. */
+  readonly grpcStatus: number | undefined;
+  /** `http/1.1` or `h2`. */
+  readonly protocol: string;
+}
+
+export class L7Telemetry {
+  private readonly labels = new Map<string, RequestLabels>();
+  private readonly accessLogs = new Map<string, Logger>();
+  private readonly dirty: RequestLabels[] = [];
+  private flushScheduled = false;
+  private readonly retryLabels = new WeakMap<Cluster, Record<string, string>>();
+
+  constructor(
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+    private readonly securityOf: (ep: Endpoint) => 'mutual_tls' | 'none',
+  ) {}
+
+  retried(cluster: Cluster): void {
+    let l = this.retryLabels.get(cluster);
+    if (l === undefined) this.retryLabels.set(cluster, (l = { destination_service: cluster.serviceName }));
+    this.metrics.retries.inc(l);
+  }
+
+  /** Access log line and metrics for one answered request. */
+  record(r: RequestRecord, status: number, error?: WeftErrorCode, reason?: string): void {
+    const secs = (performance.now() - r.startedAt) / 1000;
+    const ep = r.ep;
+    const where: Endpoint | string = ep ?? r.cluster?.serviceName ?? targetName(r.ctx);
+    const tel = r.conn.telemetry;
+    let byWhere = tel.get(where);
+    if (byWhere === undefined) tel.set(where, (byWhere = { log: undefined, byStatus: new Map() }));
+    const g = r.grpcStatus;
+    // gRPC answers are 200s told apart by grpc-status: one label set per pair.
+    const key = g === undefined ? status : status * 100 + g + 1;
+    let labels = byWhere.byStatus.get(key);
+    if (labels === undefined) byWhere.byStatus.set(key, (labels = this.labelsFor(r, status)));
+    if (labels.pending++ === 0) this.dirty.push(labels);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushCounts);
+    }
+    this.metrics.requestDuration.observe(labels.duration, secs);
+    if (!this.log.isLevelEnabled('info')) return;
+    (byWhere.log ??= this.accessLogFor(r)).info(
+      {
+        protocol: r.protocol,
+        method: r.method,
+        path: r.path,
+        host: r.authority,
+        status,
+        grpc_status: g,
+        attempts: r.attempts,
+        duration_ms: Math.round(secs * 100000) / 100,
+        error: error ? errorHeader(error) : undefined,
+        reason,
+      },
+      'access',
+    );
+  }
+
+  private readonly flushCounts = (): void => {
+    this.flushScheduled = false;
+    const requests = this.metrics.requests;
+    for (const l of this.dirty) {
+      requests.inc(l.requests, l.pending);
+      l.pending = 0;
+    }
+    this.dirty.length = 0;
+  };
+
+  private labelsFor(r: RequestRecord, status: number): RequestLabels {
+    const ctx = r.ctx;
+    const ep = r.ep;
+    const service = r.cluster?.serviceName ?? targetName(ctx);
+    const security = ep ? this.securityOf(ep) : 'none';
+    const workload = ep?.info.workload ?? 'unknown';
+    const { source_workload, source_namespace } = sourceLabels(ctx);
+    const grpc_status = r.grpcStatus === undefined ? '' : String(r.grpcStatus);
+    const key = `${source_namespace}\u0000${source_workload}\u0000${service}\u0000${workload}\u0000${status}\u0000${grpc_status}\u0000${security}`;
+    let labels = this.labels.get(key);
+    if (labels === undefined) {
+      const response_code = String(status);
+      labels = {
+        requests: { source_workload, source_namespace, destination_service: service, destination_workload: workload, response_code, grpc_status, connection_security_policy: security },
+        duration: { source_workload, source_namespace, destination_service: service, response_code },
+        pending: 0,
+      };
+      // Label values are bounded (workloads x services x codes); the cap only guards memory.
+      if (this.labels.size >= 10_000) this.labels.clear();
+      this.labels.set(key, labels);
+    }
+    return labels;
+  }
+
+  /** A child logger with the connection's fixed fields bound: pino serializes them once, not once per line. */
+  private accessLogFor(r: RequestRecord): Logger {
+    const ctx = r.ctx;
+    const ep = r.ep;
+    const service = r.cluster?.serviceName ?? targetName(ctx);
+    const key = `${ctx.source?.namespace ?? ''}/${ctx.source?.name ?? ''}\u0000${ctx.sourceIp}\u0000${ctx.origIp}:${ctx.origPort}\u0000${service}\u0000${ep?.id ?? ''}`;
+    let log = this.accessLogs.get(key);
+    if (log === undefined) {
+      if (this.accessLogs.size >= 4096) this.accessLogs.clear();
+      log = this.log.child(peerFields(ctx, service, ep, ep ? this.securityOf(ep) : 'none'));
+      this.accessLogs.set(key, log);
+    }
+    return log;
+  }
+}
