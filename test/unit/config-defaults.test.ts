@@ -70,7 +70,7 @@ services:
     't',
     { env: {} },
   );
-  t.same(named.services[0]!.ports.map((p) => p.protocol), ['http', 'http', 'http', 'tcp', 'tcp'], 'protocol from the port name (Istio convention)');
+  t.same(named.services[0]!.ports.map((p) => p.protocol), ['http', 'http', 'grpc', 'tcp', 'tcp'], 'protocol from the port name (Istio convention; grpc-* is gRPC, DESIGN.md)');
 });
 
 t.test('peer authentication: key, then label, then strict', async (t) => {
