@@ -50,7 +50,7 @@ export function wantsHelp(args: readonly string[]): boolean {
  */
 export function parseCommandArgs<T extends ParseArgsOptionsConfig>(command: string, usage: string, args: string[], options: T, positionals = 0) {
   if (wantsHelp(args)) throw new HelpRequested(command, usage);
-  let parsed;
+  let parsed: ReturnType<typeof parseArgs<{ args: string[]; options: T; strict: true; allowPositionals: boolean }>>;
   try {
     parsed = parseArgs({ args, options, strict: true, allowPositionals: positionals > 0 });
   } catch (err) {

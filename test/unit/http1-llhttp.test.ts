@@ -7,7 +7,20 @@ import { spawnSync } from 'node:child_process';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, METHODS, PARSE_BODY, requestParser, responseParser, SKIP_BODY, STOP_AFTER_HEAD, type NativeParser, type ParseError } from '../../src/proxy/http1/llhttp.js';
+import {
+  kOnBody,
+  kOnHeaders,
+  kOnHeadersComplete,
+  kOnMessageComplete,
+  METHODS,
+  PARSE_BODY,
+  requestParser,
+  responseParser,
+  SKIP_BODY,
+  STOP_AFTER_HEAD,
+  type NativeParser,
+  type ParseError,
+} from '../../src/proxy/http1/llhttp.js';
 
 interface Events {
   heads: { method?: string; url?: string; status?: number; headers: string[]; upgrade: boolean; keepAlive: boolean; minor: number }[];
@@ -89,7 +102,10 @@ t.test('responses: 1xx, HEAD (SKIP_BODY), 204 with a length, until-close bodies'
   const e = wire(p, (i) => (i === 1 ? SKIP_BODY : PARSE_BODY));
   const ret = p.execute(Buffer.from('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\nHTTP/1.0 200 OK\r\n\r\nabc'));
   t.type(ret, 'number');
-  t.same(e.heads.map((h) => h.status), [100, 200, 204, 200]);
+  t.same(
+    e.heads.map((h) => h.status),
+    [100, 200, 204, 200],
+  );
   t.same(e.bodies, ['abc']);
   t.equal(e.completes, 3, 'the until-close body is not complete yet');
   t.equal(p.finish(), undefined);
@@ -135,7 +151,10 @@ t.test('every method Node accepts is named by the number the parser reports (QUE
 
 t.test('the callback contract on this Node: kOnHeadersComplete arguments, constants and methods', async (t) => {
   const ks = [kOnHeaders, kOnHeadersComplete, kOnBody, kOnMessageComplete];
-  t.ok(ks.every((k) => Number.isInteger(k)), 'callback slots are integers');
+  t.ok(
+    ks.every((k) => Number.isInteger(k)),
+    'callback slots are integers',
+  );
   t.equal(new Set(ks).size, 4, 'and distinct');
   const calls: unknown[][] = [];
   const capture = (p: NativeParser): void => {

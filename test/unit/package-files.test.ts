@@ -17,6 +17,14 @@ t.test('package.json is private and its files are the runtime', async (t) => {
   for (const need of ['bin/weft.js', 'dist/src/cli.js', 'dist/src/agent.js', 'build/Release/weft_bpf.node', 'build/bpf/splice.bpf.o', 'package.json']) {
     t.ok(files.includes(need), `ships ${need}`);
   }
-  t.same(files.filter((f) => /^(test|bench|dist\/bench|native|bpf|scripts|deploy)\//.test(f)), [], 'no tests, bench, sources of the addon or deploy files');
-  t.same(files.filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts')), [], 'no TypeScript sources');
+  t.same(
+    files.filter((f) => /^(test|bench|dist\/bench|native|bpf|scripts|deploy)\//.test(f)),
+    [],
+    'no tests, bench, sources of the addon or deploy files',
+  );
+  t.same(
+    files.filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts')),
+    [],
+    'no TypeScript sources',
+  );
 });

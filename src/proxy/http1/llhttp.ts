@@ -58,7 +58,7 @@ interface NativeParserClass {
 }
 
 const require = createRequire(import.meta.url);
-const common = require('_http_common') as { HTTPParser?: NativeParserClass; methods?: string[] };
+const common = require('node:_http_common') as { HTTPParser?: NativeParserClass; methods?: string[] };
 if (typeof common.HTTPParser !== 'function' || !Array.isArray(common.methods)) {
   throw new Error(`this Node.js (${process.version}) does not expose its HTTP parser as _http_common.HTTPParser`);
 }
