@@ -1,5 +1,5 @@
-import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
+import { HelpRequested, parseCommandArgs, reportUsage, UsageError } from './cli-args.js';
 import { Agent } from './agent.js';
 import { createLogger } from './telemetry/log.js';
 import { FileDiscovery } from './discovery/file.js';
@@ -13,7 +13,31 @@ const USAGE = `usage:
   weft ca --listen ADDR:PORT --state-dir DIR [--config FILE] run the certificate authority
   weft ca token --state-dir DIR --node NAME                  print a bootstrap token for one node
   weft validate FILE                                         check a config file and exit
-  weft version`;
+  weft version
+Run 'weft COMMAND --help' for a command's options.`;
+
+const AGENT_USAGE = `usage:
+  weft agent --config FILE [--pin-root DIR] [--no-capture] [--log-level LEVEL]
+      Run the node agent with the mesh from a YAML file (embedded mode; SIGHUP re-reads it).
+  weft agent --kubernetes [--node NAME] [--address IP] [--pin-root DIR] [--no-capture] [--log-level LEVEL]
+      Run the node agent with discovery from the Kubernetes API (NODE_NAME / POD_IP by default).
+options:
+  -c, --config FILE     the mesh configuration (embedded mode)
+  --kubernetes          take namespaces, workloads, services and policies from the API
+  --node NAME           this node's name (--kubernetes)
+  --address IP          this node's address for tunnels (--kubernetes)
+  --pin-root DIR        bpffs directory for pinned maps and links
+  --no-capture          do not attach the eBPF capture (the proxy listeners only)
+  --log-level LEVEL     pino level (default: WEFT_LOG_LEVEL or info)
+  -h, --help            this text`;
+
+const VALIDATE_USAGE = `usage:
+  weft validate FILE
+      Check a mesh configuration file; exit 0 when it is valid, 1 with the problems when not.`;
+
+const VERSION_USAGE = `usage:
+  weft version
+      Print weft's version.`;
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -21,19 +45,19 @@ function version(): string {
 }
 
 async function agentCommand(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      config: { type: 'string', short: 'c' },
-      kubernetes: { type: 'boolean', default: false },
-      node: { type: 'string' },
-      address: { type: 'string' },
-      'pin-root': { type: 'string' },
-      'no-capture': { type: 'boolean', default: false },
-      'log-level': { type: 'string' },
-    },
-    strict: true,
+  const { values } = parseCommandArgs('weft agent', AGENT_USAGE, argv, {
+    config: { type: 'string', short: 'c' },
+    kubernetes: { type: 'boolean', default: false },
+    node: { type: 'string' },
+    address: { type: 'string' },
+    'pin-root': { type: 'string' },
+    'no-capture': { type: 'boolean', default: false },
+    'log-level': { type: 'string' },
   });
+  if (values.kubernetes && values.config) throw new UsageError('weft agent', '--config and --kubernetes are two modes: give one');
+  if (!values.kubernetes && (values.node !== undefined || values.address !== undefined)) {
+    throw new UsageError('weft agent', `--${values.node !== undefined ? 'node' : 'address'} only applies with --kubernetes`);
+  }
   const log = createLogger(values['log-level'] ?? process.env.WEFT_LOG_LEVEL ?? 'info');
   let discovery: Discovery;
   if (values.kubernetes) {
@@ -42,8 +66,7 @@ async function agentCommand(argv: string[]): Promise<number> {
   } else if (values.config) {
     discovery = new FileDiscovery(values.config, { log: log.child({ component: 'discovery' }) });
   } else {
-    process.stderr.write(`weft agent: --config FILE or --kubernetes is required\n${USAGE}\n`);
-    return 2;
+    throw new UsageError('weft agent', '--config FILE or --kubernetes is required');
   }
   let agent: Agent;
   try {
@@ -79,11 +102,9 @@ async function agentCommand(argv: string[]): Promise<number> {
 }
 
 async function validateCommand(argv: string[]): Promise<number> {
-  const file = argv[0];
-  if (!file) {
-    process.stderr.write(`weft validate: a FILE is required\n`);
-    return 2;
-  }
+  const { positionals } = parseCommandArgs('weft validate', VALIDATE_USAGE, argv, {}, 1);
+  const file = positionals[0];
+  if (!file) throw new UsageError('weft validate', 'a FILE is required');
   try {
     const cfg = await loadConfigFile(file);
     process.stdout.write(`${file}: valid (${cfg.namespaces.length} namespaces, ${cfg.workloads.length} workloads, ${cfg.services.length} services, ${cfg.policies.length} policies)\n`);
@@ -98,7 +119,16 @@ async function validateCommand(argv: string[]): Promise<number> {
   }
 }
 
+/** Runs `weft ARGV...` and resolves with the exit code (0 ok, 1 failure, 2 usage error). */
 export async function main(argv: string[]): Promise<number> {
+  try {
+    return await dispatch(argv);
+  } catch (err) {
+    return reportUsage(err, process.stdout, process.stderr);
+  }
+}
+
+async function dispatch(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'agent':
@@ -111,16 +141,20 @@ export async function main(argv: string[]): Promise<number> {
       return validateCommand(rest);
     case 'version':
     case '--version':
+      parseCommandArgs('weft version', VERSION_USAGE, rest, {});
       process.stdout.write(`weft ${version()}\n`);
       return 0;
     case undefined:
     case 'help':
     case '--help':
     case '-h':
-      process.stdout.write(`${USAGE}\n`);
-      return cmd === undefined ? 2 : 0;
+      if (cmd === undefined) {
+        process.stderr.write(`${USAGE}\n`);
+        return 2;
+      }
+      throw new HelpRequested('weft', USAGE);
     default:
-      process.stderr.write(`weft: unknown command '${cmd}'\n${USAGE}\n`);
-      return 2;
+      if (cmd.startsWith('-')) throw new UsageError('weft', `unknown option '${cmd}'`);
+      throw new UsageError('weft', `unknown command '${cmd}'`);
   }
 }

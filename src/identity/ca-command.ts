@@ -19,7 +19,7 @@
  *   weft ca rotate-token-secret --state-dir DIR
  *       Invalidate every token issued so far; restart the CA afterwards.
  */
-import { parseArgs } from 'node:util';
+import { parseCommandArgs, reportUsage, UsageError, wantsHelp, HelpRequested } from '../cli-args.js';
 import type { Writable } from 'node:stream';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -45,7 +45,16 @@ const USAGE = `usage:
   weft ca --kubernetes --listen ADDR:PORT --state-dir DIR [--agent-service-account NS/NAME]... [--token-audience AUD] [--kubeconfig FILE]
           [--trust-domain TD] [--server-name NAME]...
   weft ca token --state-dir DIR --node NAME
-  weft ca rotate-token-secret --state-dir DIR`;
+  weft ca rotate-token-secret --state-dir DIR
+Run 'weft ca token --help' or 'weft ca rotate-token-secret --help' for those.`;
+
+const TOKEN_USAGE = `usage:
+  weft ca token --state-dir DIR --node NAME
+      Print a bootstrap token for one node (the agent's ca.tokenFile).`;
+
+const ROTATE_USAGE = `usage:
+  weft ca rotate-token-secret --state-dir DIR
+      Invalidate every node token issued so far; restart the CA afterwards.`;
 
 export interface CaCommandIo {
   stdout?: Writable;
@@ -80,25 +89,20 @@ export async function runCaCommand(argv: string[], io: CaCommandIo = {}): Promis
   const sub = args[0] && !args[0].startsWith('-') ? args[0] : 'serve';
   const rest = sub === 'serve' && args[0] !== 'serve' ? args : args.slice(1);
   try {
+    if (sub === 'serve' && wantsHelp(rest)) throw new HelpRequested('weft ca', USAGE);
     switch (sub) {
       case 'serve':
-        return await serve(rest, io, stderr);
+        return await serve(rest, io);
       case 'token': {
-        const { values } = parseArgs({ args: rest, options: { 'state-dir': { type: 'string' }, node: { type: 'string' } }, strict: true });
-        if (!values['state-dir'] || !values.node) {
-          stderr.write(`weft ca token: --state-dir DIR and --node NAME are required\n${USAGE}\n`);
-          return 2;
-        }
+        const { values } = parseCommandArgs('weft ca token', TOKEN_USAGE, rest, { 'state-dir': { type: 'string' }, node: { type: 'string' } });
+        if (!values['state-dir'] || !values.node) throw new UsageError('weft ca token', '--state-dir DIR and --node NAME are required');
         const ca = await CertificateAuthority.open(values['state-dir']);
         stdout.write(`${ca.issueNodeToken(values.node)}\n`);
         return 0;
       }
       case 'rotate-token-secret': {
-        const { values } = parseArgs({ args: rest, options: { 'state-dir': { type: 'string' } }, strict: true });
-        if (!values['state-dir']) {
-          stderr.write(`weft ca rotate-token-secret: --state-dir DIR is required\n`);
-          return 2;
-        }
+        const { values } = parseCommandArgs('weft ca rotate-token-secret', ROTATE_USAGE, rest, { 'state-dir': { type: 'string' } });
+        if (!values['state-dir']) throw new UsageError('weft ca rotate-token-secret', '--state-dir DIR is required');
         const ca = await CertificateAuthority.open(values['state-dir']);
         await ca.rotateTokenSecret();
         stdout.write('every earlier node token is now invalid: restart the CA and issue new tokens with `weft ca token`\n');
@@ -108,28 +112,21 @@ export async function runCaCommand(argv: string[], io: CaCommandIo = {}): Promis
         stdout.write(`${USAGE}\n`);
         return 0;
       default:
-        stderr.write(`weft ca: unknown subcommand '${sub}'\n${USAGE}\n`);
-        return 2;
+        throw new UsageError('weft ca', `unknown subcommand '${sub}'`);
     }
   } catch (err) {
+    if (err instanceof HelpRequested || err instanceof UsageError) return reportUsage(err, stdout, stderr);
     if (err instanceof ConfigError) {
       stderr.write(`weft ca: ${err.message}\n`);
       return 1;
-    }
-    const code = (err as { code?: string }).code;
-    if (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS')) {
-      stderr.write(`weft ca: ${(err as Error).message}\n${USAGE}\n`);
-      return 2;
     }
     stderr.write(`weft ca: ${(err as Error).message}\n`);
     return 1;
   }
 }
 
-async function serve(args: string[], io: CaCommandIo, stderr: Writable): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
+async function serve(args: string[], io: CaCommandIo): Promise<number> {
+  const { values } = parseCommandArgs('weft ca', USAGE, args, {
       listen: { type: 'string' },
       'state-dir': { type: 'string' },
       config: { type: 'string', short: 'c' },
@@ -141,24 +138,17 @@ async function serve(args: string[], io: CaCommandIo, stderr: Writable): Promise
       'token-audience': { type: 'string' },
       kubeconfig: { type: 'string' },
       'log-level': { type: 'string' },
-    },
-    strict: true,
   });
-  if (!values['state-dir']) {
-    stderr.write(`weft ca: --state-dir DIR is required\n${USAGE}\n`);
-    return 2;
-  }
+  if (!values['state-dir']) throw new UsageError('weft ca', '--state-dir DIR is required');
   const listen = parseListen(values.listen ?? `0.0.0.0:${DEFAULT_CA_PORT}`);
   const log = io.log ?? createLogger(values['log-level'] ?? process.env.WEFT_LOG_LEVEL ?? 'info');
   const stateDir = values['state-dir'];
   const k8sOnly = (['agent-service-account', 'token-audience', 'kubeconfig'] as const).filter((k) => values[k] !== undefined);
   if (values.kubernetes && (values.config || values['allow-any-identity'])) {
-    stderr.write(`weft ca: --kubernetes takes the workloads from the API: drop ${values.config ? '--config' : '--allow-any-identity'}\n${USAGE}\n`);
-    return 2;
+    throw new UsageError('weft ca', `--kubernetes takes the workloads from the API: drop ${values.config ? '--config' : '--allow-any-identity'}`);
   }
   if (!values.kubernetes && k8sOnly.length) {
-    stderr.write(`weft ca: ${k8sOnly.map((k) => `--${k}`).join(', ')} only apply with --kubernetes\n${USAGE}\n`);
-    return 2;
+    throw new UsageError('weft ca', `${k8sOnly.map((k) => `--${k}`).join(', ')} only apply with --kubernetes`);
   }
 
   let authorize: Authorizer;

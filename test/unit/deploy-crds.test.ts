@@ -15,7 +15,7 @@ import { CONFIG_SCHEMA } from '../../src/config/schema.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const KUSTOMIZE_CRDS = path.join(ROOT, 'deploy/kubernetes/crds.yaml');
-const HELM_CRDS = path.join(ROOT, 'deploy/helm/weft/crds/crds.yaml');
+const HELM_CRDS = path.join(ROOT, 'deploy/helm/weft/templates/crds.yaml');
 
 type Schema = Record<string, any>;
 
@@ -162,20 +162,36 @@ export function renderCrds(): string {
     .join('---\n')}`;
 }
 
+/**
+ * The chart's copy is a template (not crds/, which `helm upgrade` never touches): gated by
+ * crds.install, with the release's labels, and kept on uninstall so that removing weft does
+ * not delete every policy with the CRD.
+ */
+export function renderHelmCrds(): string {
+  const docs = generateCrds().map((c) => {
+    c.metadata.annotations = { 'helm.sh/resource-policy': 'keep' };
+    const text = stringify(c, { lineWidth: 0 });
+    if (text.includes('{{')) throw new Error(`${c.metadata.name}: a description contains "{{", which Helm would read as a template`);
+    return text.replace(/^ {4}app\.kubernetes\.io\/part-of: weft\n/m, '    {{- include "weft.labels" $ | nindent 4 }}\n');
+  });
+  const header = [
+    '# Generated from src/config/schema.ts by test/unit/deploy-crds.test.ts: do not edit.',
+    '# Regenerate: WEFT_UPDATE_CRDS=1 npx tap test/unit/deploy-crds.test.ts',
+  ].join('\n');
+  return `${header}\n{{- if .Values.crds.install }}\n${docs.map((d) => `---\n${d}`).join('')}{{- end }}\n`;
+}
+
 t.test('the committed CRDs are the ones generated from the config schema', async (t) => {
-  const text = renderCrds();
   if (process.env.WEFT_UPDATE_CRDS) {
-    writeFileSync(KUSTOMIZE_CRDS, text);
-    writeFileSync(HELM_CRDS, text);
+    writeFileSync(KUSTOMIZE_CRDS, renderCrds());
+    writeFileSync(HELM_CRDS, renderHelmCrds());
   }
-  for (const file of [KUSTOMIZE_CRDS, HELM_CRDS]) {
-    const committed = readFileSync(file, 'utf8');
-    t.same(
-      parseAllDocuments(committed).map((d) => d.toJS()),
-      generateCrds(),
-      `${path.relative(ROOT, file)} is up to date (WEFT_UPDATE_CRDS=1 npx tap test/unit/deploy-crds.test.ts)`,
-    );
-  }
+  t.same(
+    parseAllDocuments(readFileSync(KUSTOMIZE_CRDS, 'utf8')).map((d) => d.toJS()),
+    generateCrds(),
+    `${path.relative(ROOT, KUSTOMIZE_CRDS)} is up to date (WEFT_UPDATE_CRDS=1 npx tap test/unit/deploy-crds.test.ts)`,
+  );
+  t.equal(readFileSync(HELM_CRDS, 'utf8'), renderHelmCrds(), `${path.relative(ROOT, HELM_CRDS)} is up to date (WEFT_UPDATE_CRDS=1 npx tap test/unit/deploy-crds.test.ts)`);
 });
 
 t.test('generated schemas are structural', async (t) => {

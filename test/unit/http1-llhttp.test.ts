@@ -3,8 +3,24 @@
  * head" return value that lets Content-Length bodies bypass the parser. These pin the
  * behaviour of Node's internal binding, so that a Node upgrade that changes it fails here.
  */
+import { spawnSync } from 'node:child_process';
+import http from 'node:http';
+import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, METHODS, PARSE_BODY, requestParser, responseParser, SKIP_BODY, STOP_AFTER_HEAD, type NativeParser, type ParseError } from '../../src/proxy/http1/llhttp.js';
+import {
+  kOnBody,
+  kOnHeaders,
+  kOnHeadersComplete,
+  kOnMessageComplete,
+  METHODS,
+  PARSE_BODY,
+  requestParser,
+  responseParser,
+  SKIP_BODY,
+  STOP_AFTER_HEAD,
+  type NativeParser,
+  type ParseError,
+} from '../../src/proxy/http1/llhttp.js';
 
 interface Events {
   heads: { method?: string; url?: string; status?: number; headers: string[]; upgrade: boolean; keepAlive: boolean; minor: number }[];
@@ -86,7 +102,10 @@ t.test('responses: 1xx, HEAD (SKIP_BODY), 204 with a length, until-close bodies'
   const e = wire(p, (i) => (i === 1 ? SKIP_BODY : PARSE_BODY));
   const ret = p.execute(Buffer.from('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\nHTTP/1.0 200 OK\r\n\r\nabc'));
   t.type(ret, 'number');
-  t.same(e.heads.map((h) => h.status), [100, 200, 204, 200]);
+  t.same(
+    e.heads.map((h) => h.status),
+    [100, 200, 204, 200],
+  );
   t.same(e.bodies, ['abc']);
   t.equal(e.completes, 3, 'the until-close body is not complete yet');
   t.equal(p.finish(), undefined);
@@ -113,4 +132,65 @@ t.test('more than 32 header fields arrive through kOnHeaders first', async (t) =
   t.equal(all.length, 80, 'every field arrives once');
   t.equal(e.heads[0]!.url, undefined, 'the URL came with the early flush');
   p.close();
+});
+
+t.test('every method Node accepts is named by the number the parser reports (QUERY is 46, not an index into _http_common.methods)', async (t) => {
+  for (const name of http.METHODS) {
+    const p = requestParser();
+    const e: number[] = [];
+    p[kOnHeadersComplete] = (_maj: number, _min: number, _h: unknown, method: number) => {
+      e.push(method);
+      return PARSE_BODY;
+    };
+    p[kOnMessageComplete] = () => {};
+    t.type(p.execute(Buffer.from(`${name} /x HTTP/1.1\r\nHost: x\r\n\r\n`)), 'number', name);
+    t.equal(METHODS[e[0]!], name, `${name} comes back as ${name}`);
+    p.close();
+  }
+});
+
+t.test('the callback contract on this Node: kOnHeadersComplete arguments, constants and methods', async (t) => {
+  const ks = [kOnHeaders, kOnHeadersComplete, kOnBody, kOnMessageComplete];
+  t.ok(
+    ks.every((k) => Number.isInteger(k)),
+    'callback slots are integers',
+  );
+  t.equal(new Set(ks).size, 4, 'and distinct');
+  const calls: unknown[][] = [];
+  const capture = (p: NativeParser): void => {
+    p[kOnHeadersComplete] = (...args: unknown[]) => {
+      calls.push(args);
+      return PARSE_BODY;
+    };
+    p[kOnMessageComplete] = () => {};
+  };
+  const req = requestParser();
+  capture(req);
+  req.execute(Buffer.from('PUT /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n'));
+  req.close();
+  const res = responseParser();
+  capture(res);
+  res.execute(Buffer.from('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n'));
+  res.close();
+  t.equal(calls.length, 2);
+  const [q, r] = calls as [unknown[], unknown[]];
+  t.equal(q.length, 9, 'nine arguments for a request head');
+  t.same(q.slice(0, 3), [1, 1, ['Host', 'h', 'Content-Length', '0']], 'versionMajor, versionMinor, flat headers');
+  t.equal(METHODS[q[3] as number], 'PUT', 'method number');
+  t.equal(q[4], '/p', 'url');
+  t.same(q.slice(7), [false, true], 'upgrade, shouldKeepAlive');
+  t.equal(r.length, 9, 'nine arguments for a response head');
+  t.same([r[0], r[1], r[5], r[6]], [1, 1, 404, 'Not Found'], 'versions, status code and message');
+  t.equal(r[4], undefined, 'no url in a response');
+});
+
+t.test('loading the binding warns of nothing on this Node, even with pending deprecations shown', async (t) => {
+  const src = fileURLToPath(new URL('../../src/proxy/http1/llhttp.ts', import.meta.url));
+  // `env -i`: tap wraps spawn to put its own --import hooks in NODE_OPTIONS, and those call
+  // process.binding, which would be the warning seen here.
+  const code = `const m = await import(${JSON.stringify(src)}); console.log(m.METHODS.filter(Boolean).length)`;
+  const r = spawnSync('env', ['-i', process.execPath, '--pending-deprecation', '--throw-deprecation', '--input-type=module', '-e', code], { encoding: 'utf8' });
+  t.equal(r.status, 0, r.stderr);
+  t.equal(r.stderr, '', 'no warning on stderr');
+  t.equal(Number(r.stdout.trim()), http.METHODS.length, 'every method named');
 });
