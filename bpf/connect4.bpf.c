@@ -3,7 +3,15 @@
  * cgroup/connect4 on each meshed pod's cgroup: a TCP connect to a destination in weft_dests
  * (flag WEFT_DST_F_REDIRECT) is rewritten to the agent's outbound listener, and the original
  * destination is remembered by socket cookie for sockops (-> the agent) and getpeername4
- * (-> the application). Anything else is left alone. The program never refuses a connect.
+ * (-> the application). Anything else is left alone.
+ *
+ * Who is calling: the pod whose captured cgroup (weft_cgroups) contains the calling task's
+ * cgroup, at any depth. The program is attached to the pod-level cgroup and runs for every
+ * task below it too, and in Kubernetes those tasks live in child cgroups (one per container:
+ * `<pod>/cri-containerd-<id>.scope` with the systemd driver, `<pod>/<id>` with cgroupfs; the
+ * pause container beside them; and whatever a container makes below its own). A connect to a
+ * mesh destination whose caller cannot be attributed that way is refused (EPERM) and reported
+ * to the agent through weft_refused: it is never sent on as an anonymous caller.
  *
  * Socket LB: a service port flagged WEFT_DST_F_LB is balanced here instead, over the slots
  * the agent keeps in weft_lb_slots (healthy endpoints, a weight being a number of slots),
@@ -15,6 +23,47 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include "weft.h"
+
+/*
+ * The id of the captured pod cgroup that holds the calling task, or 0. The ancestors are
+ * looked up from the root down, by level: a pod's cgroup sits at a fixed level, so however
+ * deep a container nests its own cgroups, the walk finds the pod within the bound.
+ */
+static __always_inline __u64 caller_pod(void)
+{
+	__u64 id = bpf_get_current_cgroup_id();
+	__u64 anc;
+	int level;
+
+	/* A task in the pod cgroup itself (no container cgroups). */
+	if (bpf_map_lookup_elem(&weft_cgroups, &id))
+		return id;
+	/*
+	 * Verifier: a loop with a constant bound, which the verifier walks iteration by iteration
+	 * (bounded loops, Linux 5.3+). The helper answers 0 for a level below the task's own
+	 * cgroup: the task is not in any pod cgroup deeper than that.
+	 */
+	for (level = 1; level <= WEFT_CGROUP_LEVELS_MAX; level++) {
+		anc = bpf_get_current_ancestor_cgroup_id(level);
+		if (!anc)
+			break;
+		if (bpf_map_lookup_elem(&weft_cgroups, &anc))
+			return anc;
+	}
+	return 0;
+}
+
+/* Reports a refused connect to the agent (best effort: a full ring loses the report, not the refusal). */
+static __always_inline void report_refusal(const struct weft_dst_key *key, __u32 tgid)
+{
+	struct weft_refusal r = {};
+
+	r.cgroup_id = bpf_get_current_cgroup_id();
+	r.pid = tgid;
+	r.ip = key->ip;
+	r.port = key->port;
+	bpf_ringbuf_output(&weft_refused, &r, sizeof(r), 0);
+}
 
 /* Picks a backend for a balanced service port; false when it has none (then: the agent). */
 static __always_inline int balance(struct bpf_sock_addr *ctx, const struct weft_dst_key *key,
@@ -94,7 +143,11 @@ int weft_connect4(struct bpf_sock_addr *ctx)
 		return 1;
 
 	pid_tgid = bpf_get_current_pid_tgid();
-	orig.cgroup_id = bpf_get_current_cgroup_id();
+	orig.cgroup_id = caller_pod();
+	if (!orig.cgroup_id) {
+		report_refusal(&key, pid_tgid >> 32);
+		return 0;
+	}
 	orig.ip = key.ip;
 	orig.port = key.port;
 	orig.pid = pid_tgid >> 32;

@@ -1,10 +1,23 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * cgroup_skb/ingress, attached only to meshed pods in strict mTLS mode: a pod accepts TCP
- * connections only from weft agents (this node's address, where the local agent and the
- * kubelet's probes come from, or an address in weft_agents), from loopback and from itself.
+ * cgroup_skb/ingress, attached only to meshed pods in strict mTLS mode: a pod accepts new TCP
+ * connections only when one of these holds:
+ *   - this node's agent opened it: weft_agent_sockops, on the agent's own cgroup, recorded its
+ *     4-tuple in weft_agt_flows before the SYN left (every connection into a pod of this
+ *     node that the mesh carries, from this node's pods or through the tunnel from another
+ *     node, is opened by this node's agent; so are its health checks);
+ *   - connect4 balanced it itself (socket LB) from a meshed pod of this node straight to this
+ *     pod, recorded in weft_lb_flows by sockops before its SYN left. The agent balances a
+ *     service port that way only when no authorization policy selects its endpoints, so such
+ *     a connection is one the agent would have admitted and forwarded;
+ *   - it comes from the node address to one of the pod's probe ports (weft_probes): the
+ *     kubelet's readiness, liveness and startup probes;
+ *   - it is the pod's own: from loopback or from the pod's own address.
+ * Nothing is admitted for its source address alone: a host-network process on this node or
+ * on another, or NodePort traffic SNATed to a node address, is dropped unless it is a probe
+ * port the pod declared.
  *
- * What is refused: every TCP segment from another source that is delivered to a LISTENING
+ * What is refused: every TCP segment that fails the above and is delivered to a LISTENING
  * socket of the pod. The hook runs in sk_filter() after the socket lookup, so skb->sk tells
  * what the segment is for:
  *   - a SYN is delivered to the listener (also a SYN that hits a TIME_WAIT socket: TCP hands
@@ -13,16 +26,10 @@
  *     tcp_filter on req->rsk_listener), which also covers a SYN-cookie ACK that arrives
  *     without any SYN having passed;
  *   - segments of established connections go to the connection's own socket.
- * So refusing "TCP to a listener from a non-agent" refuses exactly the new inbound
+ * So refusing "TCP to a listener" that is not admitted refuses exactly the new inbound
  * connections, while replies to connections the pod opened itself (to anything, meshed or
- * not) keep flowing. Matching "SYN without ACK" instead would miss the SYN-cookie ACK, and
- * matching the destination port would need the pod's list of listening ports.
+ * not) keep flowing. Matching "SYN without ACK" instead would miss the SYN-cookie ACK.
  * Connections accepted before strict mode was switched on are not cut.
- *
- * Also admitted: a connection that connect4 balanced itself (socket LB) from a meshed pod of
- * this node straight to this pod, recorded in weft_lb_flows by sockops before its SYN left.
- * The agent balances a service port that way only when no authorization policy selects its
- * endpoints, so such a connection is one the agent would have admitted and forwarded.
  *
  * Non-TCP traffic is allowed. IPv6: weft agents speak IPv4, so an IPv6 connection to a
  * listener is admitted only from ::1 or from the pod's own address.
@@ -62,30 +69,16 @@ static __always_inline int is_tcp_listener(struct __sk_buff *skb)
 	return sk->protocol == IPPROTO_TCP && sk->state == BPF_TCP_LISTEN;
 }
 
-/* True when this segment belongs to a connection that connect4 balanced to this pod. */
-static __always_inline int balanced_flow(struct __sk_buff *skb, __u32 saddr, __u32 daddr)
-{
-	struct weft_lb_flow_key fk = {};
-	__u16 ports[2]; /* source, destination: the first 4 bytes of the TCP header */
-	__u8 vihl;
-
-	if (bpf_skb_load_bytes(skb, IP4_IHL_OFF, &vihl, 1))
-		return 0;
-	if (bpf_skb_load_bytes(skb, (vihl & 0x0f) * 4, ports, sizeof(ports)))
-		return 0;
-	fk.saddr = saddr;
-	fk.daddr = daddr;
-	fk.sport = ports[0];
-	fk.dport = ports[1];
-	return bpf_map_lookup_elem(&weft_lb_flows, &fk) != 0;
-}
-
 static __always_inline int ingress4(struct __sk_buff *skb)
 {
+	struct weft_lb_flow_key fk = {};
+	struct weft_dst_key probe = {};
 	struct weft_pod_val *pod;
 	struct weft_config *cfg;
 	__u32 addrs[2]; /* saddr, daddr: adjacent in the IPv4 header */
+	__u16 ports[2]; /* source, destination: the first 4 bytes of the TCP header */
 	__u32 saddr, daddr;
+	__u8 vihl;
 
 	/*
 	 * bpf_skb_load_bytes rather than direct packet access: the bytes may sit in a non-linear
@@ -103,14 +96,27 @@ static __always_inline int ingress4(struct __sk_buff *skb)
 	if (pod && !(pod->flags & WEFT_POD_F_STRICT))
 		return PASS;
 
-	cfg = weft_get_config();
-	if (cfg && cfg->node_ip && saddr == cfg->node_ip)
+	/* A TCP segment for a listener (checked by the caller): its ports follow the IP header. */
+	if (bpf_skb_load_bytes(skb, IP4_IHL_OFF, &vihl, 1))
+		return DROP;
+	if (bpf_skb_load_bytes(skb, (vihl & 0x0f) * 4, ports, sizeof(ports)))
+		return DROP;
+	fk.saddr = saddr;
+	fk.daddr = daddr;
+	fk.sport = ports[0];
+	fk.dport = ports[1];
+	if (bpf_map_lookup_elem(&weft_agt_flows, &fk))
 		return PASS;
-	if (bpf_map_lookup_elem(&weft_agents, &saddr))
-		return PASS;
-	if (balanced_flow(skb, saddr, daddr))
+	if (bpf_map_lookup_elem(&weft_lb_flows, &fk))
 		return PASS;
 
+	cfg = weft_get_config();
+	if (cfg && cfg->node_ip && saddr == cfg->node_ip) {
+		probe.ip = daddr;
+		probe.port = ports[1];
+		if (bpf_map_lookup_elem(&weft_probes, &probe))
+			return PASS;
+	}
 	return DROP;
 }
 

@@ -22,22 +22,6 @@
 #include <bpf/bpf_endian.h>
 #include "weft.h"
 
-static __always_inline void flow_key(struct bpf_sock_ops *skops, struct weft_lb_flow_key *fk)
-{
-	fk->saddr = skops->local_ip4;
-	fk->daddr = skops->remote_ip4;
-	/*
-	 * local_port is in host byte order; remote_port is in network order, and on little-endian
-	 * machines the kernel hands it in the upper 16 bits (sock_ops_convert_ctx_access shifts it).
-	 */
-	fk->sport = bpf_htons((__u16)skops->local_port);
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-	fk->dport = (__u16)(skops->remote_port >> 16);
-#else
-	fk->dport = (__u16)skops->remote_port;
-#endif
-}
-
 static __always_inline void lb_event(struct bpf_sock_ops *skops, struct weft_lb_sock *ls, __u32 type, __u64 cookie)
 {
 	struct weft_lb_event ev = {};
@@ -119,7 +103,7 @@ int weft_sockops(struct bpf_sock_ops *skops)
 		if (!ls)
 			return 1;
 		cookie = bpf_get_socket_cookie(skops);
-		flow_key(skops, &fk);
+		weft_flow_key(skops, &fk);
 		bpf_map_update_elem(&weft_lb_flows, &fk, &cookie, BPF_ANY);
 		/* At close the flow goes, established or not (a refused connect closes too). */
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
@@ -152,7 +136,7 @@ int weft_sockops(struct bpf_sock_ops *skops)
 			cookie = bpf_get_socket_cookie(skops);
 			bpf_map_delete_elem(&weft_cookie_dst, &cookie);
 			if (ls) {
-				flow_key(skops, &fk);
+				weft_flow_key(skops, &fk);
 				bpf_map_delete_elem(&weft_lb_flows, &fk);
 				/* Only connections that were opened report a close. */
 				if (ls->start_ns)

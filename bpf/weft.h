@@ -32,12 +32,27 @@
 #define WEFT_DST_F_LB (1U << 1)
 
 /* weft_pods value flags */
-#define WEFT_POD_F_STRICT (1U << 0) /* strict mTLS: refuse inbound connections from non-agents */
+#define WEFT_POD_F_STRICT (1U << 0) /* strict mTLS: admit only what the agent opened (ingress) */
 
 #define WEFT_DESTS_MAX 65536
 #define WEFT_ORIG_MAX 65536
 #define WEFT_PODS_MAX 16384
-#define WEFT_AGENTS_MAX 4096
+/* Pod cgroups the agent captured (weft_cgroups): the callers connect4 can attribute. */
+#define WEFT_CGROUPS_MAX 16384
+/*
+ * connect4 looks for the caller's pod cgroup among the calling task's ancestors at levels
+ * 1..WEFT_CGROUP_LEVELS_MAX of the cgroup v2 tree (level 0 is the root). A pod cgroup
+ * deeper than that cannot be attributed: its connections to the mesh are refused.
+ * (kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice is level 3;
+ * kind and k3s nest it a few levels further down.)
+ */
+#define WEFT_CGROUP_LEVELS_MAX 16
+/* Connections this node's agent opened, for strict ingress (weft_agt_flows). */
+#define WEFT_AGENT_FLOWS_MAX 65536
+/* Probe ports of meshed pods (weft_probes): kubelet probes from the node address. */
+#define WEFT_PROBES_MAX 65536
+/* Ring of refused connects (weft_refused), bytes. */
+#define WEFT_REFUSED_BYTES (1U << 16)
 /* Sockets the agent may splice at once: two per connection (bpf/splice.bpf.c). */
 #define WEFT_SPLICE_MAX 65536
 
@@ -73,7 +88,7 @@ struct weft_config {
 
 /* The original destination of a redirected connection and who opened it. */
 struct weft_orig_dst {
-	__u64 cgroup_id; /* cgroup v2 id of the connecting task (the pod) */
+	__u64 cgroup_id; /* cgroup v2 id of the calling pod (its pod-level cgroup, in weft_cgroups) */
 	__u32 ip;        /* original destination, network order */
 	__u16 port;      /* network order */
 	__u16 _pad;
@@ -92,8 +107,36 @@ struct weft_pod_val {
 	__u32 flags; /* WEFT_POD_F_* */
 };
 
-struct weft_agent_val {
+/* weft_cgroups value, keyed by the cgroup id (u64) of a captured pod. */
+struct weft_cgroup_val {
 	__u32 flags; /* none yet */
+};
+
+/* weft_probes value, keyed by pod ip:port (struct weft_dst_key). */
+struct weft_probe_val {
+	__u32 flags; /* none yet */
+};
+
+/*
+ * weft_agent[0]: the agent process, as bpf_get_ns_current_pid_tgid() sees it: its tgid in its
+ * own pid namespace, named by that namespace's device and inode (stat /proc/self/ns/pid).
+ * tgid 0: no agent registered (nothing is marked as agent-opened).
+ */
+struct weft_agent_task {
+	__u64 pidns_dev;
+	__u64 pidns_ino;
+	__u32 tgid;
+	__u32 _pad;
+};
+
+/* A record of weft_refused: a connect from a meshed pod that connect4 could not attribute. */
+struct weft_refusal {
+	__u64 cgroup_id; /* the calling task's own cgroup */
+	__u32 pid;       /* tgid, root pid namespace */
+	__u32 ip;        /* the destination it dialed, network order */
+	__u16 port;      /* network order */
+	__u16 _pad;
+	__u32 _pad2;
 };
 
 /* weft_lb_svcs value, keyed by the service port (struct weft_dst_key). */
@@ -128,8 +171,9 @@ struct weft_lb_sock {
 };
 
 /*
- * weft_lb_flows key: a balanced connection as the endpoint pod sees it, so that strict
- * ingress admits it (it comes from the client pod, not from an agent). Network order.
+ * weft_lb_flows and weft_agt_flows key: a connection as the destination pod sees it, so
+ * that strict ingress admits it (a balanced one comes from the client pod; an agent-opened
+ * one from the agent's socket). Network order.
  */
 struct weft_lb_flow_key {
 	__u32 saddr; /* client pod */
@@ -168,6 +212,7 @@ struct weft_splice_val {
 
 #if defined(__bpf__) || defined(__BPF__)
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 
 /* Known destinations: the agent syncs it from services and meshed pods. */
 struct {
@@ -213,14 +258,48 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weft_pods SEC(".maps");
 
-/* Addresses of weft agents (other nodes) allowed to open connections to strict pods. */
+/* The pod-level cgroups the agent captured, by cgroup id: who a caller can be (connect4). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, WEFT_AGENTS_MAX);
-	__type(key, __u32);
-	__type(value, struct weft_agent_val);
+	__uint(max_entries, WEFT_CGROUPS_MAX);
+	__type(key, __u64);
+	__type(value, struct weft_cgroup_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} weft_agents SEC(".maps");
+} weft_cgroups SEC(".maps");
+
+/* connect4 -> the agent: connects refused because the caller could not be attributed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, WEFT_REFUSED_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_refused SEC(".maps");
+
+/* The agent process (weft_agent_sockops tells its connects from those of others). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weft_agent_task);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_agent SEC(".maps");
+
+/* weft_agent_sockops -> strict ingress: connections the agent opened, until they close. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEFT_AGENT_FLOWS_MAX);
+	__type(key, struct weft_lb_flow_key);
+	__type(value, __u64); /* socket cookie of the agent's socket */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_agt_flows SEC(".maps");
+
+/* Probe ports of strict pods: strict ingress admits the node address to these only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_PROBES_MAX);
+	__type(key, struct weft_dst_key);
+	__type(value, struct weft_probe_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_probes SEC(".maps");
 
 /* Socket LB: the service ports connect4 balances, and their backend slots. */
 struct {
@@ -289,6 +368,23 @@ static __always_inline struct weft_config *weft_get_config(void)
 {
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&weft_config, &zero);
+}
+
+/* The flow key of a sockops socket, as its peer sees the connection (saddr: this end). */
+static __always_inline void weft_flow_key(struct bpf_sock_ops *skops, struct weft_lb_flow_key *fk)
+{
+	fk->saddr = skops->local_ip4;
+	fk->daddr = skops->remote_ip4;
+	/*
+	 * local_port is in host byte order; remote_port is in network order, and on little-endian
+	 * machines the kernel hands it in the upper 16 bits (sock_ops_convert_ctx_access shifts it).
+	 */
+	fk->sport = bpf_htons((__u16)skops->local_port);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	fk->dport = (__u16)(skops->remote_port >> 16);
+#else
+	fk->dport = (__u16)skops->remote_port;
+#endif
 }
 
 #endif /* __bpf__ */

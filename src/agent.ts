@@ -210,7 +210,6 @@ export class Agent {
         pinRoot: this.opts.pinRoot,
         nodeIp: node.address,
         outboundPort: this.addresses.outbound,
-        agentIps: peerAgentIps(cfg),
         splice: this.opts.l4Splice ?? process.env.WEFT_L4_SPLICE !== '0',
         log: log.child({ component: 'datapath' }),
       });
@@ -313,11 +312,6 @@ export class Agent {
     this.identities?.sync(this.state);
     this.capture?.reconcile();
     this.socketLb?.sync();
-    try {
-      this.datapath?.setAgentIps(peerAgentIps(next));
-    } catch (err) {
-      this.log.error({ err: (err as Error).message }, 'syncing the agents map failed');
-    }
     this.warnUnreachableNodes(next);
     const live = new Set<string>();
     for (const c of this.clusters.all()) for (const id of c.endpoints.keys()) live.add(id);
@@ -396,11 +390,3 @@ export class Agent {
   }
 }
 
-/**
- * Addresses admitted into strict pods besides this node's own: the other agents' node
- * addresses (their health checks reach pods directly). Tunnelled traffic itself needs none
- * of them: the destination's agent delivers it from its own node address.
- */
-function peerAgentIps(cfg: MeshConfig): string[] {
-  return (cfg.nodes ?? []).map((n) => n.address);
-}

@@ -340,7 +340,7 @@ const ipPortKey = (layout: typeof STRUCTS.weft_dst_key | typeof STRUCTS.weft_tup
   decode: (b) => ({ ip: readIp4(b, layout.fields.ip), port: b.readUInt16BE(layout.fields.port) }),
 });
 
-/** A u32 flags value (weft_dst_val, weft_pod_val, weft_agent_val), host order. */
+/** A u32 flags value (weft_dst_val, weft_pod_val, weft_cgroup_val, weft_probe_val), host order. */
 const flagsValue: Codec<number> = {
   size: 4,
   encode: (v) => {
@@ -356,6 +356,27 @@ const C = STRUCTS.weft_config.fields;
 const LS = STRUCTS.weft_lb_slot_key.fields;
 const LB = STRUCTS.weft_lb_backend.fields;
 const EV = STRUCTS.weft_lb_event.fields;
+const AT = STRUCTS.weft_agent_task.fields;
+const RF = STRUCTS.weft_refusal.fields;
+
+/** The agent process as bpf_get_ns_current_pid_tgid() names it (struct weft_agent_task). */
+export interface AgentTask {
+  /** Device and inode of the agent's pid namespace (stat /proc/self/ns/pid). */
+  pidnsDev: bigint;
+  pidnsIno: bigint;
+  /** The agent's pid in that namespace (process.pid). */
+  tgid: number;
+}
+
+/** A record of weft_refused (struct weft_refusal): a connect connect4 refused. */
+export interface Refusal {
+  /** The calling task's own cgroup. */
+  cgroupId: bigint;
+  /** Its tgid in the root pid namespace. */
+  pid: number;
+  /** Where it was going. */
+  dst: IpPort;
+}
 
 /** A socket-LB slot: which backend slot `slot` of a service port holds. */
 export interface LbSlotKey extends IpPort {
@@ -382,7 +403,7 @@ export const codecs = {
   dstKey: ipPortKey(STRUCTS.weft_dst_key),
   tupleKey: ipPortKey(STRUCTS.weft_tuple_key),
   flags: flagsValue,
-  /** An IPv4 address key (weft_pods, weft_agents), network order. */
+  /** An IPv4 address key (weft_pods), network order. */
   ip4: {
     size: 4,
     encode: (ip: string) => {
@@ -445,6 +466,23 @@ export const codecs = {
     },
     decode: (b: Buffer): IpPort => ({ ip: readIp4(b, LB.ip), port: b.readUInt16BE(LB.port) }),
   } satisfies Codec<IpPort>,
+  agentTask: {
+    size: STRUCTS.weft_agent_task.size,
+    encode: (v: AgentTask) => {
+      const b = Buffer.alloc(STRUCTS.weft_agent_task.size);
+      writeU64Host(b, v.pidnsDev, AT.pidns_dev);
+      writeU64Host(b, v.pidnsIno, AT.pidns_ino);
+      writeU32Host(b, v.tgid, AT.tgid);
+      return b;
+    },
+    decode: (b: Buffer): AgentTask => ({ pidnsDev: readU64Host(b, AT.pidns_dev), pidnsIno: readU64Host(b, AT.pidns_ino), tgid: readU32Host(b, AT.tgid) }),
+  } satisfies Codec<AgentTask>,
+  /** Decodes the record at `off` of a batch from weft_refused. */
+  refusal: (b: Buffer, off = 0): Refusal => ({
+    cgroupId: readU64Host(b, off + RF.cgroup_id),
+    pid: readU32Host(b, off + RF.pid),
+    dst: { ip: readIp4(b, off + RF.ip), port: b.readUInt16BE(off + RF.port) },
+  }),
   /** Decodes the record at `off` of a batch from the ring (decode only: the kernel writes them). */
   lbEvent: (b: Buffer, off = 0): LbEvent => ({
     type: readU32Host(b, off + EV.type),

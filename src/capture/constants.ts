@@ -8,13 +8,20 @@
 export const DST_F_REDIRECT = 1 << 0;
 /** weft_dests value flag, with REDIRECT: balance in connect4 over weft_lb_slots (socket LB). (WEFT_DST_F_LB) */
 export const DST_F_LB = 1 << 1;
-/** weft_pods value flag: refuse inbound connections from non-agents. (WEFT_POD_F_STRICT) */
+/** weft_pods value flag: strict ingress admits only what the agent opened, socket LB, probes, the pod's own. (WEFT_POD_F_STRICT) */
 export const POD_F_STRICT = 1 << 0;
 
 export const DESTS_MAX = 65536;
 export const ORIG_MAX = 65536;
 export const PODS_MAX = 16384;
-export const AGENTS_MAX = 4096;
+/** Captured pod cgroups connect4 attributes callers to. (WEFT_CGROUPS_MAX) */
+export const CGROUPS_MAX = 16384;
+/** Levels of the cgroup v2 tree connect4 searches for the caller's pod cgroup. (WEFT_CGROUP_LEVELS_MAX) */
+export const CGROUP_LEVELS_MAX = 16;
+export const AGENT_FLOWS_MAX = 65536;
+export const PROBES_MAX = 65536;
+/** Bytes of the ring buffer of refused connects. */
+export const REFUSED_BYTES = 1 << 16;
 /** Sockets the agent may splice at once, two per connection. (WEFT_SPLICE_MAX) */
 export const SPLICE_MAX = 65536;
 
@@ -40,7 +47,11 @@ export const DEFINES: Readonly<Record<string, number>> = {
   WEFT_DESTS_MAX: DESTS_MAX,
   WEFT_ORIG_MAX: ORIG_MAX,
   WEFT_PODS_MAX: PODS_MAX,
-  WEFT_AGENTS_MAX: AGENTS_MAX,
+  WEFT_CGROUPS_MAX: CGROUPS_MAX,
+  WEFT_CGROUP_LEVELS_MAX: CGROUP_LEVELS_MAX,
+  WEFT_AGENT_FLOWS_MAX: AGENT_FLOWS_MAX,
+  WEFT_PROBES_MAX: PROBES_MAX,
+  WEFT_REFUSED_BYTES: REFUSED_BYTES,
   WEFT_SPLICE_MAX: SPLICE_MAX,
   WEFT_LB_SVCS_MAX: LB_SVCS_MAX,
   WEFT_LB_SLOTS_MAX: LB_SLOTS_MAX,
@@ -60,7 +71,11 @@ export const MAP_NAMES = {
   cookieDst: 'weft_cookie_dst',
   tupleDst: 'weft_tuple_dst',
   pods: 'weft_pods',
-  agents: 'weft_agents',
+  cgroups: 'weft_cgroups',
+  refused: 'weft_refused',
+  agent: 'weft_agent',
+  agentFlows: 'weft_agt_flows',
+  probes: 'weft_probes',
   lbSvcs: 'weft_lb_svcs',
   lbSlots: 'weft_lb_slots',
   lbSocks: 'weft_lb_socks',
@@ -81,7 +96,10 @@ export const STRUCTS = {
   weft_orig_dst: { size: 24, fields: { cgroup_id: 0, ip: 8, port: 12, _pad: 14, pid: 16, tid: 20 } },
   weft_tuple_key: { size: 8, fields: { ip: 0, port: 4, _pad: 6 } },
   weft_pod_val: { size: 4, fields: { flags: 0 } },
-  weft_agent_val: { size: 4, fields: { flags: 0 } },
+  weft_cgroup_val: { size: 4, fields: { flags: 0 } },
+  weft_probe_val: { size: 4, fields: { flags: 0 } },
+  weft_agent_task: { size: 24, fields: { pidns_dev: 0, pidns_ino: 8, tgid: 16, _pad: 20 } },
+  weft_refusal: { size: 24, fields: { cgroup_id: 0, pid: 8, ip: 12, port: 16, _pad: 18, _pad2: 20 } },
   weft_splice_val: { size: 16, fields: { peer: 0, bytes: 8 } },
   weft_lb_svc: { size: 8, fields: { slots: 0, _pad: 4 } },
   weft_lb_slot_key: { size: 8, fields: { ip: 0, port: 4, slot: 6 } },
@@ -123,7 +141,11 @@ export const MAPS: Readonly<Record<MapName, MapSpec>> = {
   weft_cookie_dst: { type: MAP_TYPE.lruHash, keySize: 8, valueSize: STRUCTS.weft_orig_dst.size, maxEntries: ORIG_MAX },
   weft_tuple_dst: { type: MAP_TYPE.lruHash, keySize: STRUCTS.weft_tuple_key.size, valueSize: STRUCTS.weft_orig_dst.size, maxEntries: ORIG_MAX },
   weft_pods: { type: MAP_TYPE.hash, keySize: 4, valueSize: STRUCTS.weft_pod_val.size, maxEntries: PODS_MAX },
-  weft_agents: { type: MAP_TYPE.hash, keySize: 4, valueSize: STRUCTS.weft_agent_val.size, maxEntries: AGENTS_MAX },
+  weft_cgroups: { type: MAP_TYPE.hash, keySize: 8, valueSize: STRUCTS.weft_cgroup_val.size, maxEntries: CGROUPS_MAX },
+  weft_refused: { type: MAP_TYPE.ringbuf, keySize: 0, valueSize: 0, maxEntries: REFUSED_BYTES },
+  weft_agent: { type: MAP_TYPE.array, keySize: 4, valueSize: STRUCTS.weft_agent_task.size, maxEntries: 1 },
+  weft_agt_flows: { type: MAP_TYPE.lruHash, keySize: STRUCTS.weft_lb_flow_key.size, valueSize: 8, maxEntries: AGENT_FLOWS_MAX },
+  weft_probes: { type: MAP_TYPE.hash, keySize: STRUCTS.weft_dst_key.size, valueSize: STRUCTS.weft_probe_val.size, maxEntries: PROBES_MAX },
   weft_lb_svcs: { type: MAP_TYPE.hash, keySize: STRUCTS.weft_dst_key.size, valueSize: STRUCTS.weft_lb_svc.size, maxEntries: LB_SVCS_MAX },
   weft_lb_slots: { type: MAP_TYPE.hash, keySize: STRUCTS.weft_lb_slot_key.size, valueSize: STRUCTS.weft_lb_backend.size, maxEntries: LB_BACKENDS_MAX },
   weft_lb_socks: { type: MAP_TYPE.skStorage, keySize: 4, valueSize: STRUCTS.weft_lb_sock.size, maxEntries: 0 },
@@ -137,7 +159,7 @@ export type AttachTypeName = 'inet4_connect' | 'sock_ops' | 'inet4_getpeername' 
 
 export interface ProgramSpec {
   /** Name of the link pin under `<pinRoot>/links/<cgroupId>/`. */
-  name: 'sockops' | 'getpeername4' | 'connect4' | 'ingress';
+  name: 'sockops' | 'getpeername4' | 'connect4' | 'ingress' | 'agent_sockops';
   /** Object file in the build directory (build/bpf). */
   object: string;
   /** The program (its C function) in that object. */
@@ -158,6 +180,12 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   { name: 'connect4', object: 'connect4.bpf.o', program: 'weft_connect4', attachType: 'inet4_connect', strictOnly: false },
   { name: 'ingress', object: 'ingress.bpf.o', program: 'weft_ingress', attachType: 'inet_ingress', strictOnly: true },
 ];
+
+/**
+ * The program on the agent's own cgroup (bpf/agent.bpf.c): it marks the connections the agent
+ * process opens, for strict ingress. Pinned as `<pinRoot>/links/agent/agent_sockops`.
+ */
+export const AGENT_PROGRAM: ProgramSpec = { name: 'agent_sockops', object: 'agent.bpf.o', program: 'weft_agent_sockops', attachType: 'sock_ops', strictOnly: false };
 
 /**
  * The kernel splice of L4 connections (bpf/splice.bpf.c): one program attached to a socket map

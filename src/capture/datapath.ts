@@ -6,6 +6,7 @@
  * Pins are the source of truth across agent restarts and upgrades:
  *   <pinRoot>/weft_dests, weft_config, ...     the maps (pinned by libbpf, LIBBPF_PIN_BY_NAME)
  *   <pinRoot>/links/<cgroupId>/<program>       one link per program per captured cgroup
+ *   <pinRoot>/links/agent/agent_sockops        the link on the agent's own cgroup
  * close() leaves them in place, so captured pods stay captured while no agent runs; the next
  * agent adopts them (and moves them to its own programs) in attach().
  */
@@ -31,8 +32,10 @@ import {
   type TypedMap,
   type IpPort,
   type LbEvent,
+  type Refusal,
 } from './bpf.js';
 import {
+  AGENT_PROGRAM,
   CGROUP2_SUPER_MAGIC,
   DST_F_LB,
   DST_F_REDIRECT,
@@ -54,8 +57,12 @@ export interface DatapathOptions {
   /** The agent's node address: redirected connections go to nodeIp:outboundPort. */
   nodeIp: string;
   outboundPort: number;
-  /** Other weft agents allowed into strict pods (full sync when given). */
-  agentIps?: string[];
+  /**
+   * The agent's own cgroup v2 directory: weft_agent_sockops goes there, to mark the connections
+   * this process opens (strict ingress admits them). Default: this process's cgroup, from
+   * /proc/self/cgroup. `false`: none (then strict pods admit nothing from this agent).
+   */
+  agentCgroup?: string | false;
   /**
    * Load the kernel splice of L4 connections (bpf/splice.bpf.c). Default true. When the kernel
    * refuses it, the datapath still opens, without it (see {@link Datapath.splicing}).
@@ -67,7 +74,7 @@ export interface DatapathOptions {
 export interface OrigDst {
   ip: string;
   port: number;
-  /** cgroup v2 id of the task that connected: identifies the calling pod. */
+  /** cgroup v2 id of the calling pod: its captured pod-level cgroup, whichever cgroup below it the task was in. */
   cgroupId: bigint;
   /** tgid of the task that connected (root pid namespace). */
   pid: number;
@@ -87,6 +94,8 @@ const BPFFS_MOUNT = '/sys/fs/bpf';
 const ENOENT = 2;
 const EINVAL = 22;
 const ENOLINK = 67;
+/** `<pinRoot>/links/agent/`: the agent's own link (not a cgroup id: attached() skips it). */
+const AGENT_LINK_DIR = 'agent';
 
 interface LoadedProgram {
   spec: ProgramSpec;
@@ -109,6 +118,7 @@ export class Datapath {
   private redirects: { ip: string; port: number }[] = [];
   private balanced = new Set<string>();
   private lbReader?: RingReader;
+  private refusedReader?: RingReader;
   private closed = false;
 
   private constructor(
@@ -120,7 +130,10 @@ export class Datapath {
       config: TypedMap<number, { nodeIp: string; outboundPort: number }>;
       tuple: BpfMap;
       pods: IpMap;
-      agents: IpMap;
+      cgroups: BpfMap;
+      agent: BpfMap;
+      probes: BpfMap;
+      refused: BpfMap;
       lbSvcs: BpfMap;
       lbSlots: BpfMap;
       lbEvents: BpfMap;
@@ -147,7 +160,7 @@ export class Datapath {
     const opened: BpfMap[] = [];
     try {
       const programs = new Map<string, LoadedProgram>();
-      for (const spec of PROGRAMS) {
+      for (const spec of [...PROGRAMS, AGENT_PROGRAM]) {
         const obj = BpfObject.open(join(objDir, spec.object), pinRoot);
         objects.push(obj);
         obj.load();
@@ -165,7 +178,10 @@ export class Datapath {
         config: map(MAP_NAMES.config).typed(codecs.u32, codecs.config),
         tuple: map(MAP_NAMES.tupleDst),
         pods: map(MAP_NAMES.pods).typed(codecs.ip4, codecs.flags),
-        agents: map(MAP_NAMES.agents).typed(codecs.ip4, codecs.flags),
+        cgroups: map(MAP_NAMES.cgroups),
+        agent: map(MAP_NAMES.agent),
+        probes: map(MAP_NAMES.probes),
+        refused: map(MAP_NAMES.refused),
         lbSvcs: map(MAP_NAMES.lbSvcs),
         lbSlots: map(MAP_NAMES.lbSlots),
         lbEvents: map(MAP_NAMES.lbEvents),
@@ -174,7 +190,9 @@ export class Datapath {
       const dp = new Datapath(pinRoot, objects, programs, maps, log);
       if (opts.splice ?? true) dp.splicer = openSplicer(join(objDir, SPLICE.object), pinRoot, objects, log);
       maps.config.set(0, { nodeIp: opts.nodeIp, outboundPort: opts.outboundPort });
-      if (opts.agentIps) dp.setAgentIps(opts.agentIps);
+      dp.readRefusals();
+      const agentCgroup = opts.agentCgroup ?? ownCgroup();
+      if (agentCgroup !== false) dp.markAgent(agentCgroup);
       log.info(
         {
           pinRoot,
@@ -182,6 +200,7 @@ export class Datapath {
           outboundPort: opts.outboundPort,
           programs: Object.fromEntries([...programs].map(([n, p]) => [n, p.id])),
           l4Splice: dp.splicing,
+          agentCgroup: opts.agentCgroup === false ? null : agentCgroup,
         },
         'datapath loaded',
       );
@@ -293,21 +312,24 @@ export class Datapath {
     this.sync(MAP_NAMES.pods, this.maps.pods.map, desired);
   }
 
-  /** Full sync of the addresses of weft agents admitted into strict pods. */
-  setAgentIps(ips: string[]): void {
+  /**
+   * Full sync of the pods' probe ports (pod ip:port): strict ingress admits connections from
+   * the node address to these, the kubelet's probes, and to no other port of the pod.
+   */
+  setProbes(entries: IpPort[]): void {
     const desired = new Map<string, { key: Buffer; value: Buffer }>();
     const value = codecs.flags.encode(0);
-    for (const ip of ips) {
+    for (const e of entries) {
       let key: Buffer;
       try {
-        key = codecs.ip4.encode(ip);
+        key = codecs.dstKey.encode(e);
       } catch (err) {
-        this.log.warn({ ip, err: (err as Error).message }, 'agent address skipped');
+        this.log.warn({ ip: e.ip, port: e.port, err: (err as Error).message }, 'probe port skipped');
         continue;
       }
       desired.set(key.toString('hex'), { key, value });
     }
-    this.sync(MAP_NAMES.agents, this.maps.agents.map, desired);
+    this.sync(MAP_NAMES.probes, this.maps.probes, desired);
   }
 
   /**
@@ -315,6 +337,10 @@ export class Datapath {
    * pinned for this cgroup are adopted, and moved to the programs this process loaded when
    * they run others (an upgrade, atomic per link). `strict` (default false) adds or removes
    * the ingress link. On failure, links created by this call are removed again.
+   *
+   * The cgroup becomes a pod connect4 attributes callers to (weft_cgroups) before any link
+   * is made: a task in it or in any cgroup below it (the containers) is this pod. The pod
+   * cgroup must not be inside another captured one (the outer one would take its callers).
    */
   attach(cgroupPath: string, opts?: { strict?: boolean }): { cgroupId: bigint } {
     this.checkOpen();
@@ -326,6 +352,8 @@ export class Datapath {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     let linked = this.linked.get(cgroupId);
     if (!linked) this.linked.set(cgroupId, (linked = new Map()));
+    const cgKey = codecs.u64.encode(cgroupId);
+    if (!this.maps.cgroups.lookup(cgKey)) this.maps.cgroups.update(cgKey, codecs.flags.encode(0));
 
     const created: string[] = [];
     try {
@@ -355,6 +383,7 @@ export class Datapath {
     this.checkOpen();
     const dir = join(this.linksDir, String(cgroupId));
     if (!existsSync(dir)) {
+      this.maps.cgroups.delete(codecs.u64.encode(cgroupId));
       this.linked.delete(cgroupId);
       return;
     }
@@ -371,6 +400,8 @@ export class Datapath {
     }
     if (first) throw first;
     rmdirSync(dir);
+    // Last: connect4 is gone, nothing asks for this pod any more.
+    this.maps.cgroups.delete(codecs.u64.encode(cgroupId));
     this.linked.delete(cgroupId);
   }
 
@@ -421,9 +452,10 @@ export class Datapath {
     if (this.closed) return;
     this.splicer?.close();
     this.lbReader?.close();
+    this.refusedReader?.close();
     this.closed = true;
-    const { dests, config, tuple, pods, agents, lbSvcs, lbSlots, lbEvents, lbLost } = this.maps;
-    for (const m of [dests.map, config.map, tuple, pods.map, agents.map, lbSvcs, lbSlots, lbEvents, lbLost]) m.close();
+    const { dests, config, tuple, pods, cgroups, agent, probes, refused, lbSvcs, lbSlots, lbEvents, lbLost } = this.maps;
+    for (const m of [dests.map, config.map, tuple, pods.map, cgroups, agent, probes, refused, lbSvcs, lbSlots, lbEvents, lbLost]) m.close();
     for (const o of this.objects) o.close();
   }
 
@@ -437,6 +469,11 @@ export class Datapath {
       } catch (err) {
         first ??= err;
       }
+    }
+    try {
+      this.unlinkAgent();
+    } catch (err) {
+      first ??= err;
     }
     this.close();
     for (const name of Object.values(MAP_NAMES)) unpin(join(this.pinRoot, name));
@@ -452,6 +489,59 @@ export class Datapath {
   }
 
   // ---- internals ----
+
+  /**
+   * Registers this process as the agent (weft_agent) and puts weft_agent_sockops on its cgroup,
+   * so the connections it opens are admitted into strict pods. An earlier agent's link on
+   * another cgroup is replaced.
+   */
+  private markAgent(cgroupPath: string): void {
+    const ns = statSync('/proc/self/ns/pid', { bigint: true });
+    this.maps.agent.update(codecs.u32.encode(0), codecs.agentTask.encode({ pidnsDev: ns.dev, pidnsIno: ns.ino, tgid: process.pid }));
+    const cgroupId = cgroupIdOf(cgroupPath);
+    if (statfsSync(cgroupPath).type !== CGROUP2_SUPER_MAGIC)
+      throw new BpfError('attach', EINVAL, 'EINVAL', `agent cgroup ${cgroupPath} is not a cgroup v2 directory`);
+    const dir = join(this.linksDir, AGENT_LINK_DIR);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    this.ensureLink(cgroupPath, cgroupId, dir, AGENT_PROGRAM, new Map());
+  }
+
+  /** Removes the agent's link (destroy). */
+  private unlinkAgent(): void {
+    const dir = join(this.linksDir, AGENT_LINK_DIR);
+    const pinPath = join(dir, AGENT_PROGRAM.name);
+    if (existsSync(pinPath)) {
+      const link = BpfLink.fromPin(pinPath);
+      try {
+        link.detach();
+      } catch (err) {
+        if ((err as BpfError).errno !== ENOLINK) throw err;
+      } finally {
+        link.close();
+      }
+      unpin(pinPath);
+    }
+    if (existsSync(dir)) rmdirSync(dir);
+  }
+
+  /**
+   * Logs every connect that connect4 refused because its caller could not be attributed to a
+   * captured pod (bpf/connect4.bpf.c): the process, its cgroup and where it was going.
+   */
+  private readRefusals(): void {
+    const size = STRUCTS.weft_refusal.size;
+    const log = this.log;
+    this.refusedReader = new RingReader(this.maps.refused, size, (records) => {
+      for (let off = 0; off + size <= records.length; off += size) {
+        const r: Refusal = codecs.refusal(records, off);
+        log.warn(
+          { pid: r.pid, cgroupId: String(r.cgroupId), cgroup: cgroupOfPid(r.pid), dst: `${r.dst.ip}:${r.dst.port}` },
+          'connect refused: the caller is below a captured pod cgroup but cannot be attributed to a pod',
+        );
+      }
+    });
+    this.refusedReader.drain();
+  }
 
   private checkOpen(): void {
     if (this.closed) throw new BpfError('datapath', 9, 'EBADF', 'the datapath is closed');
@@ -654,6 +744,25 @@ export function cgroupIdOf(path: string): bigint {
     if (err instanceof BpfError) throw err;
     const e = err as NodeJS.ErrnoException;
     throw new BpfError('cgroupIdOf', -(e.errno ?? -ENOENT), e.code ?? 'ENOENT', `cgroup ${path}`);
+  }
+}
+
+/** This process's cgroup v2 directory, from /proc/self/cgroup and the cgroup2 mount. */
+export function ownCgroup(): string {
+  const rel = cgroupOfPid(process.pid);
+  if (rel === undefined) throw new BpfError('ownCgroup', ENOENT, 'ENOENT', 'no cgroup v2 entry in /proc/self/cgroup');
+  return join(cgroup2Mount(), rel);
+}
+
+/** The cgroup v2 path (`0::` line of /proc/PID/cgroup) of a process, or undefined when it is gone. */
+function cgroupOfPid(pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/cgroup`, 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('0::'))
+      ?.slice(3);
+  } catch {
+    return undefined;
   }
 }
 

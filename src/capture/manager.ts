@@ -114,14 +114,17 @@ export class CaptureManager {
         this.log.error({ err: (err as Error).message }, 'syncing the destinations map failed');
       }
     }
-    const pods = this.state
-      .allWorkloads()
-      .filter((w) => w.node === this.state.nodeName && this.state.isMeshed(w.namespace))
-      .map((w) => ({ ip: w.ip, strict: this.state.namespace(w.namespace)?.peerAuthentication !== 'permissive' }));
+    const local = this.state.allWorkloads().filter((w) => w.node === this.state.nodeName && this.state.isMeshed(w.namespace));
+    const pods = local.map((w) => ({ ip: w.ip, strict: this.state.namespace(w.namespace)?.peerAuthentication !== 'permissive' }));
     try {
       this.datapath.setPods(pods);
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'syncing the pods map failed');
+    }
+    try {
+      this.datapath.setProbes(local.flatMap((w) => (w.probePorts ?? []).map((port) => ({ ip: w.ip, port }))));
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'syncing the probe ports map failed');
     }
     this.metrics.capturedWorkloads.set([...next.values()].filter((s) => s.captured).length);
   }

@@ -120,6 +120,7 @@ interface RawConfig {
     ready?: boolean;
     cgroup?: string;
     uid?: string;
+    probePorts?: number[];
   }[];
   services?: {
     name: string;
@@ -325,7 +326,16 @@ function buildWorkloads(raw: RawConfig, p: Problems, nodeName: string): Workload
       const cg = w.cgroup.replace(/\/+$/, '') || '/';
       const dupCg = cgroups.get(cg);
       if (dupCg !== undefined) p.add(['workloads', i, 'cgroup'], `${w.cgroup} is already the cgroup of workloads[${dupCg}]`);
-      else cgroups.set(cg, i);
+      else {
+        // A caller is the pod whose cgroup holds its own at any depth: pod cgroups cannot nest.
+        for (const [other, j] of cgroups) {
+          if (cg.startsWith(other === '/' ? '/' : `${other}/`) || other.startsWith(cg === '/' ? '/' : `${cg}/`)) {
+            p.add(['workloads', i, 'cgroup'], `${w.cgroup} and the cgroup of workloads[${j}] (${other}) are nested: a pod's cgroup cannot hold another's`);
+            break;
+          }
+        }
+        cgroups.set(cg, i);
+      }
     }
     const out: Workload = {
       name: w.name,
@@ -336,6 +346,7 @@ function buildWorkloads(raw: RawConfig, p: Problems, nodeName: string): Workload
       labels: { ...w.labels },
       weight: w.weight ?? 1,
       ready: w.ready ?? true,
+      probePorts: [...new Set(w.probePorts ?? [])].sort((a, b) => a - b),
     };
     if (w.cgroup !== undefined) out.cgroup = w.cgroup;
     if (w.uid !== undefined) out.uid = w.uid;

@@ -207,6 +207,7 @@ export const CONFIG_SCHEMA: SchemaObject = obj(
           ready: { type: 'boolean' },
           cgroup: absolutePath,
           uid: nonEmpty,
+          probePorts: list(port),
         },
         ['name', 'namespace', 'ip'],
       ),

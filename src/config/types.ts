@@ -88,6 +88,11 @@ export interface Workload {
   cgroup?: string;
   /** Kubernetes pod UID, when known. */
   uid?: string;
+  /**
+   * Ports the kubelet probes (readiness, liveness, startup): in strict mode the pod admits
+   * connections from the node address to these and to no other port. Default [].
+   */
+  probePorts: number[];
 }
 
 /** `http`: HTTP/1.1 or h2c (prior knowledge) from clients, HTTP/1.1 upstream; `http2` and `grpc`: HTTP/2 both ways (DESIGN.md "Protocols"). */

@@ -62,7 +62,15 @@ export class OutboundListener {
       socket.resetAndDestroy();
       return;
     }
-    const ctx: ConnContext = { source: this.deps.source(od, sourceIp), sourceIp, origIp: od.ip, origPort: od.port, target };
+    const source = this.deps.source(od, sourceIp);
+    if (!source && od.cgroupId !== undefined) {
+      // connect4 attributed the caller to a captured pod that the agent no longer (or not yet)
+      // knows: never carry it on as an anonymous caller.
+      log.warn({ src_ip: sourceIp, dst: `${od.ip}:${od.port}`, cgroupId: String(od.cgroupId) }, 'caller not attributable to a workload: reset');
+      socket.resetAndDestroy();
+      return;
+    }
+    const ctx: ConnContext = { source, sourceIp, origIp: od.ip, origPort: od.port, target };
     const protocol = target.kind === 'service' ? target.port.protocol : target.protocol;
     if (protocol !== 'tcp') {
       this.deps.http.accept(socket, ctx);

@@ -121,6 +121,8 @@ class Topology {
   readonly pinRoot = `/sys/fs/bpf/${this.tag}`;
   readonly cgroupRoot = join(cgroup2Mount(), this.tag);
   readonly podCgroup = join(this.cgroupRoot, 'pod');
+  /** Where the Datapath puts the agent's program; this process is not in it, so it marks nothing here. */
+  readonly agentCgroup = join(this.cgroupRoot, 'agent');
   readonly netns = { node: `${this.tag}-node`, pod: `${this.tag}-pod`, other: `${this.tag}-other` };
   private readonly children = new Set<ChildProcess>();
   private readonly servers = new Set<Server>();
@@ -132,6 +134,7 @@ class Topology {
 
   setup(): void {
     mkdirSync(this.podCgroup, { recursive: true });
+    mkdirSync(this.agentCgroup);
     for (const ns of Object.values(this.netns)) run('ip', ['netns', 'add', ns]);
     const node = ['-n', this.netns.node];
     run('ip', [...node, 'link', 'set', 'lo', 'up']);
@@ -210,7 +213,7 @@ class Topology {
     }
     // Links die with their pins and with the cgroup; remove both.
     rmSync(this.pinRoot, { recursive: true, force: true });
-    for (const dir of [this.podCgroup, this.cgroupRoot]) {
+    for (const dir of [this.podCgroup, this.agentCgroup, this.cgroupRoot]) {
       for (let i = 0; i < 50 && existsSync(dir); i++) {
         try {
           rmdirSync(dir);
@@ -242,7 +245,7 @@ t.test('datapath on real cgroups and namespaces', { skip }, async (t) => {
   });
   topo.setup();
 
-  let dp: Datapath | undefined = Datapath.open({ pinRoot: topo.pinRoot, nodeIp: NODE_IP, outboundPort: OUTBOUND });
+  let dp: Datapath | undefined = Datapath.open({ pinRoot: topo.pinRoot, nodeIp: NODE_IP, outboundPort: OUTBOUND, agentCgroup: topo.agentCgroup });
   t.teardown(() => {
     try {
       dp?.destroy();
@@ -332,7 +335,7 @@ t.test('datapath on real cgroups and namespaces', { skip }, async (t) => {
     t.same(cgroupPrograms(topo.podCgroup), WEFT_PROGRAMS, 'one program per hook');
   });
 
-  await t.test('strict mode admits only agents, loopback and the node', async (t) => {
+  await t.test('strict mode admits loopback, the pod itself and probes from the node address', async (t) => {
     const podServers = await topo.listen('pod', topo.podCgroup, [{ label: 'pod', host: '0.0.0.0', port: 9000 }]);
     const otherServers = await topo.listen('other', undefined, [{ label: 'other', host: OTHER_IP, port: 7000 }]);
     for (const [label, srv] of [...podServers, ...otherServers])
@@ -348,15 +351,16 @@ t.test('datapath on real cgroups and namespaces', { skip }, async (t) => {
     t.same(cgroupPrograms(topo.podCgroup), [...WEFT_PROGRAMS, 'cgroup_inet_ingress:weft_ingress'].sort());
 
     t.equal((await topo.connect('other', undefined, POD_IP, 9000, 1500)).error, 'timeout', 'a non-agent cannot connect');
-    t.equal((await topo.connect('node', undefined, POD_IP, 9000)).data, 'pod', 'the node address (agent, probes) can');
+    t.equal((await topo.connect('node', undefined, POD_IP, 9000, 1500)).error, 'timeout', 'the node address alone cannot (a host process that is not the agent)');
+    dp!.setProbes([{ ip: POD_IP, port: 9000 }]);
+    t.equal((await topo.connect('node', undefined, POD_IP, 9000)).data, 'pod', 'the node address can reach a probe port');
+    t.equal((await topo.connect('other', undefined, POD_IP, 9000, 1500)).error, 'timeout', 'a probe port is open to the node address only');
+    dp!.setProbes([]);
+    t.equal((await topo.connect('node', undefined, POD_IP, 9000, 1500)).error, 'timeout', 'probe ports are a full sync');
     t.equal((await topo.connect('pod', topo.podCgroup, '127.0.0.1', 9000)).data, 'pod', 'loopback can');
     t.equal((await topo.connect('pod', topo.podCgroup, POD_IP, 9000)).data, 'pod', 'the pod itself can');
     t.equal((await topo.connect('pod', topo.podCgroup, OTHER_IP, 7000)).data, 'other', 'replies to connections the pod opened pass');
 
-    dp!.setAgentIps([OTHER_IP]);
-    t.equal((await topo.connect('other', undefined, POD_IP, 9000)).data, 'pod', 'another weft agent can');
-    dp!.setAgentIps([]);
-    t.equal((await topo.connect('other', undefined, POD_IP, 9000, 1500)).error, 'timeout', 'agent list is a full sync');
 
     dp!.setPods([{ ip: POD_IP, strict: false }]);
     t.equal((await topo.connect('other', undefined, POD_IP, 9000)).data, 'pod', 'a pod entry without the strict flag relaxes at once');
@@ -383,7 +387,7 @@ t.test('datapath on real cgroups and namespaces', { skip }, async (t) => {
     t.same(seen[0]?.first, { ip: VIP, port: 80, cgroupId, pid: r.pid }, 'origDst through the pinned map alone');
     table.close();
 
-    dp = Datapath.open({ pinRoot: topo.pinRoot, nodeIp: NODE_IP, outboundPort: OUTBOUND });
+    dp = Datapath.open({ pinRoot: topo.pinRoot, nodeIp: NODE_IP, outboundPort: OUTBOUND, agentCgroup: topo.agentCgroup });
     lookup = (s) => dp!.origDst(s);
     t.same(dp.attached(), new Map([[cgroupId, ['connect4', 'getpeername4', 'sockops']]]), 'the new agent finds the pins');
     dp.attach(topo.podCgroup);

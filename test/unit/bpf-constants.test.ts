@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { addon, addonPath, BpfObject, codecs, repoRoot } from '../../src/capture/bpf.js';
-import { DEFINES, MAP_NAMES, MAPS, PROGRAMS, SPLICE, SPLICE_MAPS, STRUCTS } from '../../src/capture/constants.js';
+import { AGENT_PROGRAM, DEFINES, MAP_NAMES, MAPS, PROGRAMS, SPLICE, SPLICE_MAPS, STRUCTS } from '../../src/capture/constants.js';
 
 const header = join(repoRoot, 'bpf', 'weft.h');
 const headerText = readFileSync(header, 'utf8');
@@ -60,10 +60,10 @@ t.test('codecs put addresses and ports in network order', async (t) => {
 });
 
 const objDir = join(repoRoot, 'build', 'bpf');
-const built = existsSync(addonPath) && [...PROGRAMS, SPLICE].every((p) => existsSync(join(objDir, p.object)));
+const built = existsSync(addonPath) && [...PROGRAMS, AGENT_PROGRAM, SPLICE].every((p) => existsSync(join(objDir, p.object)));
 
 t.test('the built objects define the maps and programs constants.ts expects', { skip: built ? false : `not built (${addonPath}, ${objDir}): run scripts/build.sh` }, async (t) => {
-  for (const p of PROGRAMS) {
+  for (const p of [...PROGRAMS, AGENT_PROGRAM]) {
     t.ok(p.attachType in addon().attachTypes, `the addon knows attach type ${p.attachType}`);
     // Opening parses the ELF and its BTF only: no privileges, nothing reaches the kernel.
     const obj = BpfObject.open(join(objDir, p.object));

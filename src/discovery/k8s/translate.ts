@@ -120,6 +120,7 @@ export interface RawWorkload {
   ready: boolean;
   cgroup?: string;
   uid?: string;
+  probePorts?: number[];
 }
 
 export interface RawService {
@@ -167,6 +168,30 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'obj
 /** The first IPv4 address among `ips` (weft captures IPv4 only: connect4). */
 function pickIp(...ips: (string | undefined)[]): string | undefined {
   return ips.find((ip): ip is string => !!ip && isIPv4(ip));
+}
+
+/**
+ * The ports the kubelet probes (readiness, liveness, startup; httpGet, tcpSocket, grpc) of
+ * every container, a named port resolved against that container's ports. Strict ingress
+ * admits the node address to these only. Exec probes have no port; a probe with `host` set
+ * is sent elsewhere, not to the pod.
+ */
+export function probePorts(pod: V1Pod): number[] {
+  const out = new Set<number>();
+  for (const c of pod.spec?.containers ?? []) {
+    for (const probe of [c.readinessProbe, c.livenessProbe, c.startupProbe]) {
+      if (!probe) continue;
+      const ports: (number | string | undefined)[] = [];
+      if (probe.httpGet && !probe.httpGet.host) ports.push(probe.httpGet.port as number | string);
+      if (probe.tcpSocket && !probe.tcpSocket.host) ports.push(probe.tcpSocket.port as number | string);
+      if (probe.grpc) ports.push(probe.grpc.port);
+      for (const p of ports) {
+        const n = typeof p === 'string' ? (/^\d+$/.test(p) ? Number(p) : c.ports?.find((cp) => cp.name === p)?.containerPort) : p;
+        if (n !== undefined && Number.isInteger(n) && n >= 1 && n <= 65535) out.add(n);
+      }
+    }
+  }
+  return [...out].sort((a, b) => a - b);
 }
 
 function podIp(pod: V1Pod): string | undefined {
@@ -270,7 +295,13 @@ export function trimPod(pod: V1Pod): V1Pod {
       nodeName: pod.spec?.nodeName,
       serviceAccountName: pod.spec?.serviceAccountName,
       hostNetwork: pod.spec?.hostNetwork,
-      containers: (pod.spec?.containers ?? []).map((c) => ({ name: c.name, ports: c.ports })),
+      containers: (pod.spec?.containers ?? []).map((c) => ({
+        name: c.name,
+        ports: c.ports,
+        readinessProbe: c.readinessProbe,
+        livenessProbe: c.livenessProbe,
+        startupProbe: c.startupProbe,
+      })),
     },
     status: {
       phase: pod.status?.phase,
@@ -431,6 +462,8 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
       if (cg) workload.cgroup = cg;
     }
     if (uid) workload.uid = uid;
+    const probes = probePorts(pod);
+    if (probes.length) workload.probePorts = probes;
     candidates.push({ pod, workload });
   }
   // Two pods with one IP: a terminating pod whose address was already reused. The live one
