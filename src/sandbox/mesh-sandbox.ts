@@ -1,6 +1,6 @@
 /**
  * A sandbox node running the real agent: the topology of DESIGN.md (a node namespace with a
- * bridge, a namespace + cgroup per pod), a sample backend in every pod that serves a
+ * bridge, a namespace per pod, cgroups as the kubelet lays them out), a sample backend in every pod that serves a
  * service, and `weft agent --config FILE` inside the node namespace with eBPF capture.
  * `npm start` and the e2e tests both build on it.
  */
@@ -133,7 +133,8 @@ export class MeshSandbox {
 
   private spawnAgent(node: TopoNode, extraArgs: string[]): ManagedProcess {
     const args = [...AGENT_NODE_FLAGS, join(repoRoot(), 'bin', 'weft.js'), 'agent', '--config', this.configFile, '--pin-root', join(this.topo.bpfRoot, node.name), ...(this.opts.agentArgs ?? []), ...extraArgs];
-    return node.spawn(process.execPath, args, { env: this.envFor(node), label: `${node.name}:agent` });
+    // In a cgroup of its own, as a DaemonSet pod: the connections it opens are marked from there.
+    return node.spawn(process.execPath, args, { env: this.envFor(node), label: `${node.name}:agent`, cgroup: node.agentCgroup });
   }
 
   private async waitReady(node: TopoNode, proc: ManagedProcess): Promise<void> {

@@ -3,9 +3,14 @@
  *
  * - a node is a network namespace with a bridge (`weftbr0`, holding the node address) and no
  *   link to the machine's own network;
- * - a pod is a network namespace whose `eth0` is a veth to its node's bridge, plus a cgroup v2
- *   directory `<cgroupRoot>/<node>/<pod>`; a pod process joins its cgroup first, then enters
- *   its namespace with nsenter (`ip netns exec` would remount /sys and hide cgroup and bpf fs);
+ * - a pod is a network namespace whose `eth0` is a veth to its node's bridge, plus cgroup v2
+ *   directories laid out as the kubelet and containerd make them: the pod cgroup below the
+ *   node's QoS cgroup (`<cgroupRoot>/<node>/kubepods.slice/kubepods-burstable.slice/<pod>` for
+ *   the systemd cgroup driver, `<cgroupRoot>/<node>/kubepods/burstable/<pod>` for cgroupfs), and
+ *   below it one cgroup per container (`cri-containerd-<id>.scope`, or `<id>` for cgroupfs),
+ *   `pause` holding a pause process from the start. A pod process joins its container's
+ *   cgroup first, then enters the pod's namespace with nsenter (`ip netns exec` would remount
+ *   /sys and hide cgroup and bpf fs);
  * - two nodes are joined by a veth pair with routes to each other's pod subnet.
  *
  * Every name starts with the topology id (`<prefix><6 hex>`, prefix default `weft-t`). Each
@@ -18,7 +23,7 @@
  * namespaces (`ip -n`), never in the machine's namespace.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   existsSync,
   mkdirSync,
@@ -46,6 +51,12 @@ export interface TopologyOptions {
 
 export interface SpawnOpts {
   env?: NodeJS.ProcessEnv;
+  /**
+   * Pod processes: the container whose cgroup the process runs in (made on first use).
+   * Default `app`. Node processes: a cgroup directory to run in (default: this process's).
+   */
+  container?: string;
+  cgroup?: string;
   cwd?: string;
   /** Written to stdin, which is then closed. Default: stdin is /dev/null. */
   input?: string;
@@ -88,6 +99,12 @@ export interface CurlResult {
 }
 
 /** What `connectNodes` made: the link device in each node and its address. */
+/** The kubelet's cgroup driver, which decides how pod and container cgroups are named. */
+export type CgroupDriver = 'systemd' | 'cgroupfs';
+
+/** The container a pod process runs in when none is named. */
+export const DEFAULT_CONTAINER = 'app';
+
 export interface NodeLink {
   a: { node: TopoNode; dev: string; ip: string };
   b: { node: TopoNode; dev: string; ip: string };
@@ -446,6 +463,7 @@ async function exitedWithin(p: Managed, ms: number): Promise<boolean> {
 
 // The pod wrapper: join the cgroup while still a plain `sh`, so nothing of the command ever
 // runs outside it, then exec nsenter, which execs the command (the pid stays the same).
+// Node processes given a cgroup use it too.
 const POD_WRAPPER =
   'echo $$ > "$1/cgroup.procs" || { echo "weft-topology: cannot join cgroup $1" >&2; exit 125; }; ' +
   'ns=$2; shift 2; exec nsenter --net="$ns" -- "$@"';
@@ -560,7 +578,7 @@ export class Topology {
    * A node: netns `<id>-<name>` with lo up, bridge `weftbr0` holding `address/prefixLen`
    * (default /24), ip_forward on, and a cgroup dir `<cgroupRoot>/<name>` for its pods.
    */
-  async addNode(name: string, opts: { address: string; prefixLen?: number }): Promise<TopoNode> {
+  async addNode(name: string, opts: { address: string; prefixLen?: number; cgroupDriver?: CgroupDriver }): Promise<TopoNode> {
     this.#checkLive();
     if (!NAME_RE.test(name)) throw new Error(`bad node name ${JSON.stringify(name)}: use [a-z0-9-]`);
     if (this.nodes.some((n) => n.name === name)) throw new Error(`node ${name} exists`);
@@ -568,9 +586,14 @@ export class Topology {
     if (!Number.isInteger(prefixLen) || prefixLen < 8 || prefixLen > 30) throw new Error(`bad prefixLen ${prefixLen}`);
     ipToInt(opts.address);
 
+    const driver = opts.cgroupDriver ?? 'systemd';
+    if (driver !== 'systemd' && driver !== 'cgroupfs') throw new Error(`bad cgroupDriver ${JSON.stringify(driver)}: systemd or cgroupfs`);
     const netns = await this.makeNetns(`${this.id}-${name}`);
-    const cgroup = this.makeCgroup(join(this.cgroupRoot, name));
-    const node = new TopoNode(this, name, netns, opts.address, prefixLen, cgroup);
+    const nodeCgroup = this.makeCgroup(join(this.cgroupRoot, name));
+    // The kubelet's QoS level (Burstable): the parent of the pod cgroups, removed with the node's.
+    const qos = join(nodeCgroup, ...(driver === 'systemd' ? ['kubepods.slice', 'kubepods-burstable.slice'] : ['kubepods', 'burstable']));
+    mkdirSync(qos, { recursive: true });
+    const node = new TopoNode(this, name, netns, opts.address, prefixLen, qos, nodeCgroup, driver);
     this.nodes.push(node);
     await this.ipBatch(netns, [
       'link set lo up',
@@ -819,19 +842,42 @@ export class TopoNode {
   readonly prefixLen: number;
   /** The bridge that holds the node address and the pods' veths, inside the node netns. */
   readonly bridge: string = BRIDGE;
-  /** `<cgroupRoot>/<node>`, parent of the pod cgroups. */
+  /**
+   * The parent of the pod cgroups, the kubelet's Burstable QoS cgroup:
+   * `<cgroupRoot>/<node>/kubepods.slice/kubepods-burstable.slice` (systemd driver) or
+   * `<cgroupRoot>/<node>/kubepods/burstable` (cgroupfs).
+   */
   readonly cgroup: string;
+  /** `<cgroupRoot>/<node>`: everything of this node's, the QoS tree and the agent's cgroup. */
+  readonly nodeCgroup: string;
+  readonly cgroupDriver: CgroupDriver;
   readonly pods: TopoPod[] = [];
   #vethCount = 0;
+  #agentCgroup: string | undefined;
 
   /** @internal */
-  constructor(topology: Topology, name: string, netns: string, address: string, prefixLen: number, cgroup: string) {
+  constructor(topology: Topology, name: string, netns: string, address: string, prefixLen: number, cgroup: string, nodeCgroup: string, driver: CgroupDriver) {
     this.topology = topology;
     this.name = name;
     this.netns = netns;
     this.address = address;
     this.prefixLen = prefixLen;
     this.cgroup = cgroup;
+    this.nodeCgroup = nodeCgroup;
+    this.cgroupDriver = driver;
+  }
+
+  /**
+   * `<cgroupRoot>/<node>/weft-agent`: a cgroup of its own for the node's agent (made on first
+   * use), as a DaemonSet pod has; the agent marks the connections it opens from there.
+   */
+  get agentCgroup(): string {
+    if (!this.#agentCgroup) {
+      const dir = join(this.nodeCgroup, 'weft-agent');
+      if (!existsSync(dir)) mkdirSync(dir);
+      this.#agentCgroup = dir;
+    }
+    return this.#agentCgroup;
   }
 
   /** `/run/netns/<netns>`, for nsenter --net=. */
@@ -862,6 +908,8 @@ export class TopoNode {
     const netns = await t.makeNetns(`${this.netns}-${name}`);
     const cgroup = t.makeCgroup(join(this.cgroup, name));
     const pod = new TopoPod(this, name, netns, opts.ip, cgroup);
+    // The sandbox container, as containerd starts it first: it holds the pod together.
+    pod.spawn('sleep', ['infinity'], { container: 'pause', label: `${name}:pause` });
     this.pods.push(pod);
     const veth = `vp${this.#vethCount++}`;
     await execOk('ip', ['-n', this.netns, 'link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns]);
@@ -876,13 +924,12 @@ export class TopoNode {
     return pod;
   }
 
-  /** A process in the node netns (the agent runs here), in this process's cgroup. */
+  /** A process in the node netns (the agent runs here), in `opts.cgroup` or else this process's cgroup. */
   spawn(cmd: string, args: string[], opts: SpawnOpts = {}): ManagedProcess {
-    return this.topology.spawnManaged(
-      ['nsenter', `--net=${this.netnsPath}`, '--', cmd, ...args],
-      opts,
-      opts.label ?? `${this.name}:${baseName(cmd)}`,
-    );
+    const argv = opts.cgroup
+      ? ['sh', '-c', POD_WRAPPER, 'weft-node', opts.cgroup, this.netnsPath, cmd, ...args]
+      : ['nsenter', `--net=${this.netnsPath}`, '--', cmd, ...args];
+    return this.topology.spawnManaged(argv, opts, opts.label ?? `${this.name}:${baseName(cmd)}`);
   }
 
   /** Run to completion in the node netns. Default timeout 30s. */
@@ -896,8 +943,9 @@ export class TopoPod {
   readonly name: string;
   readonly netns: string;
   readonly ip: string;
-  /** Absolute cgroup v2 directory. */
+  /** Absolute cgroup v2 directory of the pod (what the agent captures); containers are below it. */
   readonly cgroup: string;
+  readonly #containers = new Map<string, string>();
 
   /** @internal */
   constructor(node: TopoNode, name: string, netns: string, ip: string, cgroup: string) {
@@ -922,14 +970,31 @@ export class TopoPod {
     return statSync(this.cgroup, { bigint: true }).ino;
   }
 
-  /** A process in the pod: it joins the pod cgroup before running anything, then enters the netns. */
-  spawn(cmd: string, args: string[], opts: SpawnOpts = {}): ManagedProcess {
-    return this.node.topology.spawnManaged(this.#argv(cmd, args), opts, opts.label ?? `${this.name}:${baseName(cmd)}`);
+  /**
+   * The cgroup of one of the pod's containers, made on first use, named as containerd names
+   * it under the node's cgroup driver: `cri-containerd-<64 hex>.scope` (systemd) or
+   * `<64 hex>` (cgroupfs), the id derived from the pod and container names.
+   */
+  containerCgroup(container: string = DEFAULT_CONTAINER): string {
+    let dir = this.#containers.get(container);
+    if (!dir) {
+      if (!NAME_RE.test(container)) throw new Error(`bad container name ${JSON.stringify(container)}: use [a-z0-9-]`);
+      const id = createHash('sha256').update(`${this.node.topology.id}/${this.node.name}/${this.name}/${container}`).digest('hex');
+      dir = join(this.cgroup, this.node.cgroupDriver === 'systemd' ? `cri-containerd-${id}.scope` : id);
+      if (!existsSync(dir)) mkdirSync(dir);
+      this.#containers.set(container, dir);
+    }
+    return dir;
   }
 
-  /** Run to completion in the pod (cgroup and netns). Default timeout 30s. */
-  exec(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string } = {}): Promise<ExecResult> {
-    return this.node.topology.execManaged(this.#argv(cmd, args), opts);
+  /** A process in one of the pod's containers: it joins the container's cgroup before running anything, then enters the netns. */
+  spawn(cmd: string, args: string[], opts: SpawnOpts = {}): ManagedProcess {
+    return this.node.topology.spawnManaged(this.#argv(cmd, args, opts.container), opts, opts.label ?? `${this.name}:${baseName(cmd)}`);
+  }
+
+  /** Run to completion in the pod (a container's cgroup, the pod's netns). Default timeout 30s. */
+  exec(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string; container?: string; cgroup?: string } = {}): Promise<ExecResult> {
+    return this.node.topology.execManaged(opts.cgroup ? this.#argvIn(opts.cgroup, cmd, args) : this.#argv(cmd, args, opts.container), opts);
   }
 
   /**
@@ -958,8 +1023,13 @@ export class TopoPod {
     return p;
   }
 
-  #argv(cmd: string, args: string[]): string[] {
-    return ['sh', '-c', POD_WRAPPER, 'weft-pod', this.cgroup, this.netnsPath, cmd, ...args];
+  #argv(cmd: string, args: string[], container?: string): string[] {
+    return this.#argvIn(this.containerCgroup(container), cmd, args);
+  }
+
+  /** In the pod's netns, in any cgroup (an attack test's own choice). */
+  #argvIn(cgroup: string, cmd: string, args: string[]): string[] {
+    return ['sh', '-c', POD_WRAPPER, 'weft-pod', cgroup, this.netnsPath, cmd, ...args];
   }
 }
 

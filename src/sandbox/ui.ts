@@ -41,10 +41,11 @@ export const fmt = (o: Record<string, number>) =>
     .join(' ') || '(none)';
 
 export async function ctl(sb: MeshSandbox, workload: string, path: string): Promise<void> {
-  // From the pod's node namespace, from the node address: strict mode admits it (it is where
-  // the agent and the kubelet live).
+  // From inside the pod, over its own loopback (`kubectl exec ... curl localhost`): strict mode
+  // admits the pod's own traffic, and nothing from the node address but probes.
   const pod = sb.pod(workload);
-  await pod.node.exec('curl', ['-s', '--max-time', '3', '-o', '/dev/null', '--interface', pod.node.address, `http://${pod.ip}:8080${path}`]);
+  const r = await pod.exec('curl', ['-sS', '--max-time', '3', '-o', '/dev/null', '-w', '%{http_code}', `http://127.0.0.1:8080${path}`]);
+  if (r.stdout !== '200') throw new Error(`${workload}: GET ${path} on the backend answered ${r.stdout || 'nothing'}: ${r.stderr.trim()}`);
 }
 
 export async function waitFor(what: string, fn: () => Promise<boolean>, timeoutMs = 15_000): Promise<boolean> {

@@ -68,7 +68,7 @@ async function admin(node: TopoNode, path: string): Promise<{ status: number; bo
 }
 
 async function startAgent(node: TopoNode, config: string, topo: Topology): Promise<ManagedProcess> {
-  const p = node.spawn(process.execPath, [WEFT, 'agent', '--config', config, '--pin-root', join(topo.bpfRoot, node.name)], { env: childEnv(), label: `${node.name}:agent` });
+  const p = node.spawn(process.execPath, [WEFT, 'agent', '--config', config, '--pin-root', join(topo.bpfRoot, node.name)], { env: childEnv(), label: `${node.name}:agent`, cgroup: node.agentCgroup });
   await until(
     `${node.name} agent ready`,
     async () => {

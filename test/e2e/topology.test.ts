@@ -51,11 +51,23 @@ if (process.getuid?.() !== 0) {
     const b = await node.addPod('api-0', { ip: '10.77.0.11' });
     t.ok(netnsNames().includes(a.netns) && netnsNames().includes(b.netns), 'pod namespaces exist');
     t.ok(existsSync(b.cgroup), 'pod cgroup exists');
-    t.equal(b.cgroup, `${topo.cgroupRoot}/node-a/api-0`);
+    t.equal(b.cgroup, `${topo.cgroupRoot}/node-a/kubepods.slice/kubepods-burstable.slice/api-0`, 'below the QoS slice, as the systemd driver lays it out');
+    t.equal(b.cgroupPath, `/${topo.id}/node-a/kubepods.slice/kubepods-burstable.slice/api-0`);
+    const children = () => readdirSync(b.cgroup, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name);
+    t.equal(children().length, 1, 'a new pod has one container cgroup: pause');
+    t.match(children()[0], /^cri-containerd-[0-9a-f]{64}\.scope$/);
+    t.ok(readFileSync(`${b.cgroup}/${children()[0]}/cgroup.procs`, 'utf8').trim(), 'the pause container holds a process');
 
     const backend = await b.spawnBackend({ port: 8080, tcpEchoPort: 9000 });
-    t.equal(cgroupOfPid(backend.pid), b.cgroupPath, 'backend runs in the pod cgroup');
-    t.equal(b.cgroupPath, `/${topo.id}/node-a/api-0`);
+    t.equal(cgroupOfPid(backend.pid), b.containerCgroup().slice(cgroup2Mount().length), 'backend runs in its container cgroup');
+    t.match(cgroupOfPid(backend.pid), new RegExp(`^${b.cgroupPath}/cri-containerd-[0-9a-f]{64}\\.scope$`), 'below the pod cgroup');
+    t.equal(children().length, 2, 'pause and app');
+    t.equal(readFileSync(`${b.cgroup}/cgroup.procs`, 'utf8').trim(), '', 'no process in the pod cgroup itself');
+
+    const fsNode = await topo.addNode('node-f', { address: '10.77.5.1', cgroupDriver: 'cgroupfs' });
+    const fsPod = await fsNode.addPod('api-9', { ip: '10.77.5.11' });
+    t.equal(fsPod.cgroup, `${topo.cgroupRoot}/node-f/kubepods/burstable/api-9`, 'cgroupfs driver layout');
+    t.match(fsPod.containerCgroup('main'), new RegExp(`^${fsPod.cgroup}/[0-9a-f]{64}$`), 'cgroupfs container cgroup: the bare id');
 
     const res = await a.curl('http://10.77.0.11:8080/hello?x=1');
     t.equal(res.code, 0, res.stderr);
@@ -66,10 +78,10 @@ if (process.getuid?.() !== 0) {
     t.equal(body.path, '/hello?x=1');
     t.equal(body.method, 'GET');
 
-    // the pod itself: its exec runs in its cgroup and sees only eth0 + lo
+    // the pod itself: its exec runs in a container cgroup and sees only eth0 + lo
     const self = await a.exec('sh', ['-c', 'cat /proc/self/cgroup; ip -o -4 addr show']);
     t.equal(self.code, 0, self.stderr);
-    t.match(self.stdout, `0::${a.cgroupPath}\n`);
+    t.match(self.stdout, `0::${a.containerCgroup().slice(cgroup2Mount().length)}\n`);
     t.match(self.stdout, /eth0\s+inet 10\.77\.0\.10\/24/);
     t.notMatch(self.stdout, /weftbr0/);
 
@@ -168,7 +180,7 @@ if (process.getuid?.() !== 0) {
     t.equal(clash.code, 0, clash.stderr);
     await t.rejects(node.addPod('api-0', { ip: '10.77.0.11' }), /vp1|exists/);
     t.ok(netnsNames().includes(`${topo.id}-node-a-api-0`), 'the pod netns was made');
-    t.ok(existsSync(`${topo.cgroupRoot}/node-a/api-0`), 'the pod cgroup was made');
+    t.ok(existsSync(`${node.cgroup}/api-0`), 'the pod cgroup was made');
     // and a node link that fails half way: its route clashes with one already there
     const other = await topo.addNode('node-c', { address: '10.77.2.1' });
     await node.exec('ip', ['route', 'add', '10.77.2.0/24', 'dev', 'lo']);
@@ -186,8 +198,9 @@ if (process.getuid?.() !== 0) {
     // a "crashed run": resources with the prefix and no live owner
     const deadId = `${PREFIX}dead00`;
     execFileSync('ip', ['netns', 'add', `${deadId}-node-a`]);
-    execFileSync('mkdir', ['-p', `${cgroup2Mount()}/${deadId}/node-a/pod-0`]);
-    const sleeper = execFileSync('sh', ['-c', `sh -c 'echo $$ > ${cgroup2Mount()}/${deadId}/node-a/pod-0/cgroup.procs; exec sleep 60' >/dev/null 2>&1 & echo $!`], { encoding: 'utf8' });
+    const deadContainer = `${cgroup2Mount()}/${deadId}/node-a/kubepods.slice/kubepods-burstable.slice/pod-0/cri-containerd-${'ab'.repeat(32)}.scope`;
+    execFileSync('mkdir', ['-p', deadContainer]);
+    const sleeper = execFileSync('sh', ['-c', `sh -c 'echo $$ > ${deadContainer}/cgroup.procs; exec sleep 60' >/dev/null 2>&1 & echo $!`], { encoding: 'utf8' });
     // not a Topology name, though it starts with the prefix: someone else's
     const foreign = `${PREFIX}est-foreign-${process.pid}`;
     execFileSync('ip', ['netns', 'add', foreign]);
