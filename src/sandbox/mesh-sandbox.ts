@@ -86,7 +86,8 @@ export class MeshSandbox {
       const nodes = [node];
       for (const peer of config.nodes ?? []) {
         if (peer.name === node.name) continue;
-        const n = await topo.addNode(peer.name, { address: peer.address });
+        // The other nodes' kubelets use the cgroupfs driver: the sandbox shows both layouts.
+        const n = await topo.addNode(peer.name, { address: peer.address, cgroupDriver: 'cgroupfs' });
         await topo.connectNodes(node, n);
         sb.peers.set(peer.name, { node: n });
         nodes.push(n);

@@ -932,9 +932,12 @@ export class TopoNode {
     return this.topology.spawnManaged(argv, opts, opts.label ?? `${this.name}:${baseName(cmd)}`);
   }
 
-  /** Run to completion in the node netns. Default timeout 30s. */
-  exec(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string } = {}): Promise<ExecResult> {
-    return this.topology.execManaged(['nsenter', `--net=${this.netnsPath}`, '--', cmd, ...args], opts);
+  /** Run to completion in the node netns, in `opts.cgroup` or else this process's cgroup. Default timeout 30s. */
+  exec(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string; cgroup?: string } = {}): Promise<ExecResult> {
+    const argv = opts.cgroup
+      ? ['sh', '-c', POD_WRAPPER, 'weft-node', opts.cgroup, this.netnsPath, cmd, ...args]
+      : ['nsenter', `--net=${this.netnsPath}`, '--', cmd, ...args];
+    return this.topology.execManaged(argv, opts);
   }
 }
 
