@@ -92,8 +92,9 @@ async function hostGet(node: TopoNode, url: string, opts: { source?: string; cgr
 }
 
 /** What a kubelet tcpSocket probe gets: one exchange with the pod's echo port. */
-async function tcpProbe(node: TopoNode, ip: string, port: number): Promise<string> {
-  const script = `const s=require('net').connect(${port},'${ip}',()=>s.write('probe'));s.on('data',d=>{console.log('echo '+d);s.destroy()});s.on('error',e=>console.log('error '+e.code));setTimeout(()=>{console.log('timeout');process.exit(0)},2000).unref()`;
+async function tcpProbe(node: TopoNode, ip: string, port: number, source?: string): Promise<string> {
+  const opts = JSON.stringify({ host: ip, port, ...(source && { localAddress: source }) });
+  const script = `const s=require('net').connect(${opts},()=>s.write('probe'));s.on('data',d=>{console.log('echo '+d);s.destroy()});s.on('error',e=>console.log('error '+e.code));setTimeout(()=>{console.log('timeout');process.exit(0)},2000).unref()`;
   const r = await node.exec(process.execPath, ['-e', script], { timeoutMs: 10_000 });
   return r.stdout.trim();
 }
@@ -172,7 +173,7 @@ t.test('a tenant cannot get around the mesh from below the pod cgroup, nor a nod
     const peer = await hostGet(nodeB, `http://${API_IP}:8080/public`, { source: nodeB.address });
     t.equal(peer.status, '000', `a host process on the peer node, from its node address, is dropped (curl ${peer.code})`);
     t.equal(await backendRequests(api), before, 'the backend saw none of them');
-    t.equal(await tcpProbe(nodeB, API_IP, 9000), 'timeout', 'the peer node does not reach the probe port either');
+    t.equal(await tcpProbe(nodeB, API_IP, 9000, nodeB.address), 'timeout', 'the peer node, from its node address, does not reach the probe port either');
   });
 
   await t.test('strict: the kubelet probes the probe ports from the node address, and only those', async (t) => {

@@ -164,6 +164,15 @@ t.test('duplicates', async (t) => {
   const f = base();
   f.workloads[0].cgroup = 'relative/path';
   t.same(problemsOf(f), ['workloads[0].cgroup: must be an absolute path (got "relative/path")']);
+  const n = base();
+  n.workloads[0].cgroup = '/sys/fs/cgroup/kubepods/pod-a';
+  n.workloads[1].cgroup = '/sys/fs/cgroup/kubepods/pod-a/inner';
+  t.same(problemsOf(n), [
+    'workloads[1].cgroup: /sys/fs/cgroup/kubepods/pod-a/inner and the cgroup of workloads[0] (/sys/fs/cgroup/kubepods/pod-a) are nested: a pod\'s cgroup cannot hold another\'s',
+  ]);
+  const p = base();
+  p.workloads[0].probePorts = [8080, 0, 'x'];
+  t.match(problemsOf(p), [/^workloads\[0\]\.probePorts\[1\]: /, /^workloads\[0\]\.probePorts\[2\]: /]);
 });
 
 t.test('load balancer and hashOn', async (t) => {

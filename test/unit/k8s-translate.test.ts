@@ -5,6 +5,7 @@ import {
   blame,
   nodeAddressOf,
   nodeFingerprint,
+  probePorts,
   translate,
   trimNode,
   trimPod,
@@ -82,6 +83,19 @@ t.test('workloads: meshed namespaces, endpoints, weights, readiness, cgroups', a
   t.match(t1.warnings, [/weft\.io\/peer-authentication="sometimes".*strict/, /weft\.io\/weight="heavy"/]);
   t.equal(t1.raw.namespaces.find((n) => n.name === 'odd')!.labels['weft.io/peer-authentication'], 'strict', 'fail closed');
   t.doesNotThrow(() => validate(s), 'the loader accepts the translation');
+});
+
+t.test('probe ports: readiness, liveness and startup probes of every container, named ports resolved', async (t) => {
+  const p = pod('api-0', 'shop', { node: NODE, ip: '10.1.0.1', ports: { web: 8080 } });
+  p.spec!.containers[0]!.readinessProbe = { httpGet: { path: '/ready', port: 'web' as never } };
+  p.spec!.containers[0]!.livenessProbe = { tcpSocket: { port: 9000 as never } };
+  p.spec!.containers.push({ name: 'side', ports: [{ name: 'admin', containerPort: 9901 }], startupProbe: { grpc: { port: 7070 } }, livenessProbe: { exec: { command: ['true'] } } });
+  p.spec!.containers.push({ name: 'elsewhere', readinessProbe: { httpGet: { host: '10.9.9.9', port: 81 as never } }, livenessProbe: { httpGet: { port: 'nope' as never } } });
+  t.same(probePorts(p), [7070, 8080, 9000], 'a named port resolved; exec, another host and an unknown name give none');
+  t.same(probePorts(trimPod(p)), [7070, 8080, 9000], 'trimPod keeps the probes');
+  const w = translate(state({ namespaces: [ns('shop', MESHED)], pods: [p] }), ctx()).raw.workloads[0]!;
+  t.same(w.probePorts, [7070, 8080, 9000], 'the workload carries them');
+  t.doesNotThrow(() => validate(state({ namespaces: [ns('shop', MESHED)], pods: [p] })), 'and the loader accepts them');
 });
 
 t.test('pod IP reuse: the live pod keeps the address', async (t) => {

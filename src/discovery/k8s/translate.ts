@@ -298,9 +298,10 @@ export function trimPod(pod: V1Pod): V1Pod {
       containers: (pod.spec?.containers ?? []).map((c) => ({
         name: c.name,
         ports: c.ports,
-        readinessProbe: c.readinessProbe,
-        livenessProbe: c.livenessProbe,
-        startupProbe: c.startupProbe,
+        // The probes, for their ports (strict ingress admits the kubelet there only).
+        ...(c.readinessProbe && { readinessProbe: c.readinessProbe }),
+        ...(c.livenessProbe && { livenessProbe: c.livenessProbe }),
+        ...(c.startupProbe && { startupProbe: c.startupProbe }),
       })),
     },
     status: {
