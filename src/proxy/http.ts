@@ -8,6 +8,9 @@ import type { ExchangeHost } from './http1/exchange.js';
 import { EndpointPool, PoolGroup } from './http1/upstream.js';
 import type { L7Deps } from './l7/call.js';
 import { L7Telemetry } from './l7/telemetry.js';
+import { H2Front } from './http2/session.js';
+import type { H2Host } from './http2/stream.js';
+import { H2Pool } from './http2/upstream.js';
 
 export type { L7Authorizer as HttpAuthorizer } from './l7/attempt.js';
 export type HttpProxyDeps = L7Deps;
@@ -24,7 +27,7 @@ const SWEEP_MS = 1_000;
  * upstream), bodies are framed and copied without re-serializing, and upstream connections
  * are pooled per endpoint with the service's connection limits.
  */
-export class HttpProxy implements ExchangeHost {
+export class HttpProxy implements ExchangeHost, H2Host {
   readonly deps: HttpProxyDeps;
   /** Kept for callers of the node:http-based proxy: `server.closeIdleConnections()`. */
   readonly server: { closeIdleConnections(): void };
@@ -35,6 +38,9 @@ export class HttpProxy implements ExchangeHost {
   private readonly pools = new Set<EndpointPool>();
   private readonly poolsByEp = new WeakMap<Endpoint, Map<string, EndpointPool>>();
   private readonly groups = new WeakMap<Cluster, PoolGroup>();
+  private readonly h2Pools = new Set<H2Pool>();
+  private readonly h2PoolsByEp = new WeakMap<Endpoint, Map<string, H2Pool>>();
+  private h2Front: H2Front | undefined;
   private readonly spliced_ = new Set<Duplex>();
   readonly telemetry: L7Telemetry;
   private inflight = 0;
@@ -50,12 +56,21 @@ export class HttpProxy implements ExchangeHost {
     this.sweeper.unref();
   }
 
-  /** Serve HTTP on a redirected connection (a net.Socket, or a tunnel stream dressed as one). */
+  /**
+   * Serve HTTP on a redirected connection (a net.Socket, or a tunnel stream dressed as one).
+   * HTTP/1.1 and HTTP/2 with prior knowledge are told apart by the connection preface (the
+   * HTTP/1.1 downstream looks at the first bytes and hands an HTTP/2 connection to `acceptH2`).
+   */
   accept(socket: Duplex, ctx: ConnContext): void {
     const d = new Downstream(socket, ctx, this);
     this.conns.add(d);
     if (this.draining) d.closeWhenIdle();
     socket.resume();
+  }
+
+  /** Serve an HTTP/2 connection; `first`: the bytes already read from it. */
+  acceptH2(socket: Duplex, ctx: ConnContext, first?: Buffer): void {
+    (this.h2Front ??= new H2Front(this)).accept(socket, ctx, first);
   }
 
   /** Requests in flight (for draining). */
@@ -77,6 +92,7 @@ export class HttpProxy implements ExchangeHost {
   closeIdleConnections(): void {
     this.draining = true;
     for (const d of this.conns) d.closeWhenIdle();
+    this.h2Front?.closeIdle();
   }
 
   /** Drop upstream pools of endpoints that left their service. */
@@ -88,6 +104,13 @@ export class HttpProxy implements ExchangeHost {
         p.close();
       }
     }
+    for (const p of this.h2Pools) {
+      if (!live.has(p.ep.id)) {
+        this.h2Pools.delete(p);
+        this.h2PoolsByEp.delete(p.ep);
+        p.close();
+      }
+    }
   }
 
   async close(): Promise<void> {
@@ -95,6 +118,9 @@ export class HttpProxy implements ExchangeHost {
     this.closeIdleConnections();
     for (const p of this.pools) p.destroy();
     this.pools.clear();
+    for (const p of this.h2Pools) p.destroy();
+    this.h2Pools.clear();
+    this.h2Front?.destroy();
     for (const s of this.spliced_) s.destroy();
     this.spliced_.clear();
   }
@@ -115,6 +141,22 @@ export class HttpProxy implements ExchangeHost {
       pool = new EndpointPool(ep, group, () => transport.connect(ep, { timeoutMs: cluster.policy.connectionPool.connectTimeout, source }));
       byEp.set(key, pool);
       this.pools.add(pool);
+    }
+    return pool;
+  }
+
+  h2PoolFor(ep: Endpoint, cluster: Cluster, ctx: ConnContext): H2Pool {
+    let byEp = this.h2PoolsByEp.get(ep);
+    if (byEp === undefined) this.h2PoolsByEp.set(ep, (byEp = new Map()));
+    const src = ctx.source;
+    const key = src === undefined ? '' : src.serviceAccount + '\u0000' + src.namespace;
+    let pool = byEp.get(key);
+    if (pool === undefined) {
+      const transport = this.deps.transport;
+      const source = src ? { namespace: src.namespace, serviceAccount: src.serviceAccount } : undefined;
+      pool = new H2Pool(ep, cluster, () => transport.connect(ep, { timeoutMs: cluster.policy.connectionPool.connectTimeout, source }), this.internalError);
+      byEp.set(key, pool);
+      this.h2Pools.add(pool);
     }
     return pool;
   }
@@ -157,5 +199,6 @@ export class HttpProxy implements ExchangeHost {
     for (const d of this.conns) d.sweep(now);
     const t = performance.now();
     for (const p of this.pools) p.sweep(t);
+    for (const p of this.h2Pools) p.sweep(t);
   }
 }

@@ -7,7 +7,9 @@
  *
  *   node dist/src/sandbox/backend.js --name api-0 --port 8080 [--tcp-echo-port 9000] [--host 0.0.0.0]
  *
- * It prints `backend <name> listening on <host>:<port>` once both servers listen.
+ *   ... [--grpc-port 9090]
+ *
+ * It prints `backend <name> listening on <host>:<port>` once its servers listen.
  *
  * HTTP behaviour (every answer carries `x-pod: <name>`):
  * - any path: 200, JSON `{pod, method, path, headers, remoteAddress}` (path includes the
@@ -20,8 +22,19 @@
  *   many bytes (0 undoes it); `/_ctl/state` shows the state and the request count,
  *   `/_ctl/reset` restores the defaults and zeroes the count. `/_ctl/*` answers are never
  *   delayed nor failed.
+ *
+ * gRPC behaviour (`--grpc-port`: HTTP/2 cleartext; messages are raw bytes, no protobuf), the
+ * service `weft.demo.Echo`:
+ * - `Get` (unary): answers the JSON `{pod, method, metadata}`; request metadata `x-delay-ms`
+ *   waits before answering, `x-grpc-status` fails the call with that status;
+ * - `Stream` (server streaming): the request's text is a count N; N messages `{pod, i}`;
+ * - `Collect` (client streaming): one answer `{pod, count, bytes}` after the client's last message;
+ * - `Chat` (bidi): each message echoed back prefixed with `<pod>:`.
+ * While `/_ctl/fail?status=N` (HTTP) or `/_ctl/grpc-fail?code=C` is in force, every call
+ * fails: C, or UNAVAILABLE (14) for an HTTP failure; responses carry metadata `x-pod`.
  */
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer as createH2Server, type Http2Server, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
 import { existsSync, realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -39,6 +52,8 @@ export interface BackendOptions {
   host?: string;
   /** Start a TCP echo server on this port too (0 picks a free one). */
   tcpEchoPort?: number;
+  /** Start the gRPC server (h2c) on this port too (0 picks a free one). */
+  grpcPort?: number;
   /** Where the listen line and errors go. Default: stdout. */
   log?: (line: string) => void;
 }
@@ -52,6 +67,10 @@ export interface BackendState {
   sizeBytes: number;
   /** Requests answered, control requests excluded. */
   requests: number;
+  /** gRPC status forced on every call, or null. */
+  grpcFail: number | null;
+  /** gRPC calls answered. */
+  calls: number;
 }
 
 export interface Backend {
@@ -60,13 +79,15 @@ export interface Backend {
   port: number;
   /** Set when a TCP echo server was asked for. */
   tcpEchoPort?: number;
+  /** Set when the gRPC server was asked for. */
+  grpcPort?: number;
   /** The live state; tests may read it or change it directly. */
   state: BackendState;
   close(): Promise<void>;
 }
 
 function initialState(): BackendState {
-  return { failStatus: null, delayMs: 0, healthy: true, sizeBytes: 0, requests: 0 };
+  return { failStatus: null, delayMs: 0, healthy: true, sizeBytes: 0, requests: 0, grpcFail: null, calls: 0 };
 }
 
 function intParam(value: string | null, min: number, max: number): number | undefined {
@@ -102,7 +123,14 @@ function handleControl(url: URL, state: BackendState): object | undefined {
     }
     case '/_ctl/ok':
       state.failStatus = null;
+      state.grpcFail = null;
       break;
+    case '/_ctl/grpc-fail': {
+      const code = p.has('code') ? intParam(p.get('code'), 1, 16) : 14;
+      if (code === undefined) return undefined;
+      state.grpcFail = code;
+      break;
+    }
     case '/_ctl/delay': {
       const ms = intParam(p.get('ms'), 0, 600_000);
       if (ms === undefined) return undefined;
@@ -199,7 +227,22 @@ export async function startBackend(opts: BackendOptions): Promise<Backend> {
     });
 
   let tcpEchoPort: number | undefined;
+  let grpcPort: number | undefined;
+  let grpc: Http2Server | undefined;
   try {
+    if (opts.grpcPort !== undefined) {
+      grpc = createH2Server({ settings: { maxConcurrentStreams: 1000 } }, undefined);
+      grpc.on('stream', (stream, headers) => grpcCall(stream as ServerHttp2Stream, headers, name, state, timers));
+      const sessions = new Set<import('node:http2').ServerHttp2Session>();
+      sessionsOf.set(grpc, sessions);
+      grpc.on('session', (s) => {
+        sessions.add(s);
+        s.on('close', () => sessions.delete(s));
+      });
+      grpc.on('sessionError', () => {});
+      grpcPort = await listen(grpc as unknown as TcpServer, opts.grpcPort);
+      log(`backend ${name} grpc listening on ${host}:${grpcPort}`);
+    }
     if (opts.tcpEchoPort !== undefined) {
       tcp = createTcpServer((socket) => {
         sockets.add(socket);
@@ -221,6 +264,11 @@ export async function startBackend(opts: BackendOptions): Promise<Backend> {
         timers.clear();
         const done = [new Promise<void>((r) => http.close(() => r()))];
         http.closeAllConnections();
+        if (grpc) {
+          const server = grpc;
+          done.push(new Promise<void>((r) => server.close(() => r())));
+          for (const s of grpcSessions(server)) s.destroy();
+        }
         if (tcp) {
           const server = tcp;
           done.push(new Promise<void>((r) => server.close(() => r())));
@@ -229,12 +277,118 @@ export async function startBackend(opts: BackendOptions): Promise<Backend> {
         await Promise.all(done);
       })());
 
-    return { name, host, port, tcpEchoPort, state, close };
+    return { name, host, port, tcpEchoPort, grpcPort, state, close };
   } catch (err) {
     tcp?.close();
+    grpc?.close();
     http.close();
     throw err;
   }
+}
+
+/** Sessions of the gRPC server, tracked for close(). */
+const sessionsOf = new WeakMap<Http2Server, Set<import('node:http2').ServerHttp2Session>>();
+function grpcSessions(server: Http2Server): Set<import('node:http2').ServerHttp2Session> {
+  return sessionsOf.get(server) ?? new Set();
+}
+
+/** gRPC length-prefixed message framing (uncompressed). */
+export function grpcFrame(msg: Buffer | string): Buffer {
+  const b = typeof msg === 'string' ? Buffer.from(msg) : msg;
+  const out = Buffer.alloc(5 + b.length);
+  out.writeUInt32BE(b.length, 1);
+  b.copy(out, 5);
+  return out;
+}
+
+/** Splits gRPC messages out of a byte stream; returns the messages and the unconsumed rest. */
+function grpcUnframe(buf: Buffer): { msgs: Buffer[]; rest: Buffer } {
+  const msgs: Buffer[] = [];
+  let off = 0;
+  while (buf.length - off >= 5) {
+    const len = buf.readUInt32BE(off + 1);
+    if (buf.length - off - 5 < len) break;
+    msgs.push(buf.subarray(off + 5, off + 5 + len));
+    off += 5 + len;
+  }
+  return { msgs, rest: buf.subarray(off) };
+}
+
+function grpcCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, name: string, state: BackendState, timers: Set<NodeJS.Timeout>): void {
+  stream.on('error', () => {});
+  const path = String(headers[':path'] ?? '');
+  const method = path.slice(path.lastIndexOf('/') + 1);
+  const fail = (code: number, message: string): void => {
+    if (!stream.destroyed && !stream.headersSent) stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': code, 'grpc-message': encodeURIComponent(message), 'x-pod': name }, { endStream: true });
+  };
+  if (!path.startsWith('/weft.demo.Echo/')) {
+    fail(12, `unknown service method ${path}`);
+    return;
+  }
+  state.calls++;
+  const forced = headers['x-grpc-status'] !== undefined ? Number(headers['x-grpc-status']) : state.grpcFail ?? (state.failStatus !== null ? 14 : null);
+  let rest: Buffer = Buffer.alloc(0);
+  const received: Buffer[] = [];
+  let started = false;
+  const start = (): void => {
+    if (started || stream.destroyed) return;
+    started = true;
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'x-pod': name }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': 0 }));
+  };
+  const answer = (): void => {
+    if (forced !== null && forced !== 0) {
+      fail(forced, `${name} fails with ${forced}`);
+      return;
+    }
+    if (stream.destroyed) return;
+    start();
+    switch (method) {
+      case 'Get':
+        stream.end(grpcFrame(JSON.stringify({ pod: name, method: path, metadata: { authority: headers[':authority'], 'x-user': headers['x-user'] } })));
+        break;
+      case 'Stream': {
+        const n = Math.min(10_000, Number(received[0]?.toString() ?? '0') || 0);
+        for (let i = 0; i < n; i++) stream.write(grpcFrame(JSON.stringify({ pod: name, i })));
+        stream.end();
+        break;
+      }
+      case 'Collect':
+        stream.end(grpcFrame(JSON.stringify({ pod: name, count: received.length, bytes: received.reduce((a, b) => a + b.length, 0) })));
+        break;
+      default:
+        stream.end();
+    }
+  };
+  stream.on('data', (chunk: Buffer) => {
+    const { msgs, rest: r } = grpcUnframe(rest.length ? Buffer.concat([rest, chunk]) : chunk);
+    rest = Buffer.from(r);
+    if (method === 'Chat') {
+      if (forced !== null && forced !== 0) return;
+      start();
+      for (const m of msgs) stream.write(grpcFrame(Buffer.concat([Buffer.from(`${name}:`), m])));
+      return;
+    }
+    received.push(...msgs);
+  });
+  stream.on('end', () => {
+    if (method === 'Chat') {
+      if (forced !== null && forced !== 0) fail(forced, `${name} fails with ${forced}`);
+      else {
+        start();
+        stream.end();
+      }
+      return;
+    }
+    const delay = Number(headers['x-delay-ms'] ?? state.delayMs) || 0;
+    if (delay > 0) {
+      const t = setTimeout(() => {
+        timers.delete(t);
+        answer();
+      }, delay);
+      timers.add(t);
+    } else answer();
+  });
 }
 
 const execFileAsync = promisify(execFile);
@@ -286,6 +440,7 @@ function parseArgs(argv: string[]): BackendOptions {
       case '--name': opts.name = value; break;
       case '--port': opts.port = port(); break;
       case '--tcp-echo-port': opts.tcpEchoPort = port(); break;
+      case '--grpc-port': opts.grpcPort = port(); break;
       case '--host': opts.host = value; break;
       default: throw new Error(`unknown flag ${flag}`);
     }
@@ -302,7 +457,7 @@ async function main(): Promise<void> {
     opts = parseArgs(process.argv.slice(2));
   } catch (err) {
     process.stderr.write(
-      `${(err as Error).message}\nusage: backend --name NAME --port PORT [--tcp-echo-port PORT] [--host ADDR]\n`,
+      `${(err as Error).message}\nusage: backend --name NAME --port PORT [--tcp-echo-port PORT] [--grpc-port PORT] [--host ADDR]\n`,
     );
     process.exit(2);
   }

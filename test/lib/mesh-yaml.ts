@@ -5,7 +5,7 @@ export interface SvcSpec {
   app: string;
   port?: number;
   targetPort?: number;
-  protocol?: 'http' | 'tcp';
+  protocol?: 'http' | 'http2' | 'grpc' | 'tcp';
   policy?: string;
 }
 

@@ -17,6 +17,9 @@ export const HEADERS_TIMEOUT_MS = 30_000;
 /** An idle keep-alive connection is closed after this. */
 export const KEEPALIVE_TIMEOUT_MS = 60_000;
 
+/** The HTTP/2 connection preface (RFC 9113 3.4): an h2c client with prior knowledge starts with it. */
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+
 const PAUSE_QUEUE = 1;
 const PAUSE_BODY = 2;
 const PAUSE_STOP = 4;
@@ -44,6 +47,9 @@ export class Downstream implements TelemetryConn {
   private pumping = false;
   /** Parsing stopped for good (a parse error, an upgrade, or the connection is closing). */
   private stopped = false;
+  /** The first bytes were looked at (HTTP/1.1 or the HTTP/2 preface); `prefix`: a partial preface so far. */
+  private sniffed = false;
+  private prefix: Buffer | undefined = undefined;
   /** A parse error to answer once the requests before it are answered. */
   private pendingError: string | undefined;
   private upgrading: Exchange | undefined;
@@ -94,6 +100,11 @@ export class Downstream implements TelemetryConn {
   };
 
   private consume(chunk: Buffer): void {
+    if (!this.sniffed) {
+      const c = this.sniff(chunk);
+      if (c === undefined) return;
+      chunk = c;
+    }
     if (this.stopped) {
       // After an upgrade request, the bytes belong to the upgraded protocol; otherwise the
       // connection is closing and what still arrives is read and dropped (lingering close).
@@ -138,6 +149,32 @@ export class Downstream implements TelemetryConn {
     // Requests are started only after the whole read was parsed: a request whose body turns
     // out malformed in the same read never reaches an upstream.
     this.pump();
+  }
+
+  /**
+   * The connection's first bytes: the HTTP/2 preface hands the connection to the HTTP/2
+   * codec (undefined returned); anything else is HTTP/1.1 (the bytes to parse returned).
+   */
+  private sniff(chunk: Buffer): Buffer | undefined {
+    const data = this.prefix === undefined ? chunk : Buffer.concat([this.prefix, chunk]);
+    this.prefix = undefined;
+    if (data[0] === 0x50) {
+      const n = Math.min(data.length, H2_PREFACE.length);
+      if (data.compare(H2_PREFACE, 0, n, 0, n) === 0) {
+        if (n < H2_PREFACE.length) {
+          this.prefix = data;
+          return undefined;
+        }
+        this.sniffed = true;
+        const sock = this.sock;
+        sock.pause();
+        this.detach();
+        this.host.acceptH2(sock, this.ctx, data);
+        return undefined;
+      }
+    }
+    this.sniffed = true;
+    return data;
   }
 
   private readonly onHeaders = (h: string[], url: string): void => {

@@ -35,6 +35,8 @@ export interface ExchangeHost extends CallHost {
   forget(down: Downstream): void;
   /** Upgraded connections (spliced) are tracked for shutdown. */
   spliced(a: Duplex, b: Duplex): void;
+  /** The client spoke the HTTP/2 preface: serve the connection as HTTP/2 (`first`: bytes read so far). */
+  acceptH2(sock: Duplex, ctx: ConnContext, first: Buffer): void;
 }
 
 const BODY_NONE = 0;
@@ -148,6 +150,9 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   }
 
   protected override refuseEarly(): Answer | undefined {
+    const t = this.ctx.target;
+    const protocol = t.kind === 'service' ? t.port.protocol : t.protocol;
+    if (protocol === 'http2' || protocol === 'grpc') return answerStatus(505, 'bad_request', `this destination speaks ${protocol}: HTTP/2 only (prior knowledge)`);
     if (this.expect !== undefined && this.expect.toLowerCase() !== '100-continue') return answerStatus(417, 'bad_request', `unsupported expectation: ${this.expect}`);
     return undefined;
   }
