@@ -19,6 +19,7 @@ import { checkPeerIdentity } from '../../src/proxy/hbone-tunnel.js';
 import { identityOfServerName, serverNameFor } from '../../src/proxy/hbone.js';
 import { startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
 import { freePort } from '../../bench/lib/net.js';
+import { echoClient, grpc, unary } from '../lib/grpc-client.js';
 
 const NODE_A = '127.0.0.1';
 const NODE_B = '127.0.0.2';
@@ -26,7 +27,7 @@ const CLIENT_IP = '127.0.2.1';
 const API_IP = '127.0.1.1';
 const ECHO_IP = '127.0.1.2';
 
-function meshYaml(o: { node: string; address: string; tunnelPort: number; caUrl: string; dir: string; apiPort: number; echoPort: number; extra?: string }): string {
+function meshYaml(o: { node: string; address: string; tunnelPort: number; caUrl: string; dir: string; apiPort: number; echoPort: number; grpcPort?: number; extra?: string }): string {
   return `
 node: { name: ${o.node}, address: ${o.address} }
 nodes:
@@ -45,6 +46,7 @@ workloads:
 services:
   - { name: api, namespace: shop, vip: 10.96.0.20, ports: [ { port: 80, targetPort: ${o.apiPort}, protocol: http } ], selector: { app: api }, trafficPolicy: { connectionPool: { connectTimeout: 1s } } }
   - { name: echo, namespace: shop, vip: 10.96.0.40, ports: [ { port: 7000, targetPort: ${o.echoPort}, protocol: tcp } ], selector: { app: echo } }
+  - { name: grpc-api, namespace: shop, vip: 10.96.0.50, ports: [ { port: 9090, targetPort: ${o.grpcPort ?? 9090}, protocol: grpc } ], selector: { app: api } }
 ${o.extra ?? ''}`;
 }
 
@@ -150,7 +152,7 @@ t.test('mTLS tunnel between two agents', async (t) => {
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const quiet = () => undefined;
 
-  const api: Backend = await startBackend({ name: 'api-0', host: API_IP, port: 0, log: quiet });
+  const api: Backend = await startBackend({ name: 'api-0', host: API_IP, port: 0, grpcPort: 0, log: quiet });
   const echo: Backend = await startBackend({ name: 'echo-0', host: ECHO_IP, port: 0, tcpEchoPort: 0, log: quiet });
   t.teardown(() => Promise.all([api.close(), echo.close()]));
 
@@ -158,7 +160,7 @@ t.test('mTLS tunnel between two agents', async (t) => {
   writeFileSync(join(dir, 'node-a.token'), ca.issueNodeToken('node-a'));
   writeFileSync(join(dir, 'node-b.token'), ca.issueNodeToken('node-b'));
   const tunnelPort = await freePort(NODE_B);
-  const base = { tunnelPort, caUrl: 'https://127.0.0.1:1', dir, apiPort: api.port, echoPort: echo.tcpEchoPort! };
+  const base = { tunnelPort, caUrl: 'https://127.0.0.1:1', dir, apiPort: api.port, echoPort: echo.tcpEchoPort!, grpcPort: api.grpcPort! };
   // The CA's own view: sneaky-0 runs on node-b, whatever node-a's config claims.
   const caView = parseConfig(meshYaml({ ...base, node: 'node-b', address: NODE_B }).replace('node: node-a, ip: 127.0.2.9', 'node: node-b, ip: 127.0.2.9'), 'ca-view');
   let caServer: CaServer | undefined = await startCaServer({ ca, listen: { host: '127.0.0.1', port: 0 }, authorize: authorizerFromIdentities(identitiesByNodeFromConfig(caView)) });
@@ -169,7 +171,12 @@ t.test('mTLS tunnel between two agents', async (t) => {
     namespace: shop
     selector: { app: echo }
     action: ALLOW
-    rules: [ { from: [ { principals: [cluster.local/ns/shop/sa/client] } ] } ]`;
+    rules: [ { from: [ { principals: [cluster.local/ns/shop/sa/client] } ] } ]
+  - name: no-forbidden-calls
+    namespace: shop
+    selector: { app: api }
+    action: DENY
+    rules: [ { to: [ { paths: [/weft.demo.Echo/Forbidden] } ] } ]`;
   const yaml = (node: string, address: string) => meshYaml({ ...base, caUrl: caServer!.url, node, address, extra: policy });
   const b = await startLoopbackAgent(yaml('node-b', NODE_B));
   t.teardown(() => b.stop());
@@ -195,6 +202,31 @@ t.test('mTLS tunnel between two agents', async (t) => {
     t.notOk(da.identity.certificates.some((c: any) => c.identity.endsWith('/sa/api')), 'and none for workloads of node-b');
     t.ok(da.tunnel.sessions.some((s: any) => s.source === 'shop/client' && s.destination === 'shop/api'), 'a pooled session per (peer, source, destination)');
     t.match(ma, /weft_cert_expiry_seconds\{identity="cluster.local\/ns\/shop\/sa\/client"\} \d/, 'cert expiry gauge per identity');
+  });
+
+  await t.test('gRPC across nodes: the HTTP/2 streams ride the tunnel, the destination authorizes each call', async (t) => {
+    a.route('127.0.0.1', '10.96.0.50:9090', 'shop/client-0');
+    const c = echoClient(`127.0.0.1:${a.outboundPort}`);
+    t.teardown(() => c.close());
+    for (let i = 0; i < 5; i++) {
+      const r = await unary(c, 'Get');
+      t.equal(r.code, 0, `call ${i} answered`);
+      t.equal(r.body?.pod, 'api-0');
+    }
+    const denied = await unary(c, 'Forbidden');
+    t.equal(denied.code, grpc.status.PERMISSION_DENIED, 'a denied method on the same channel: PERMISSION_DENIED');
+    t.equal(denied.metadata?.['x-weft-error'], 'denied');
+    const streamed: number = await new Promise((resolve, reject) => {
+      let n = 0;
+      const s = c.Stream(Buffer.from('20'));
+      s.on('data', () => n++);
+      s.on('error', reject);
+      s.on('end', () => resolve(n));
+    });
+    t.equal(streamed, 20, 'a server-streaming call across nodes');
+    const mb = await metricsOf(b, NODE_B);
+    t.ok(metric(mb, 'weft_authz_denied_total', /policy="[^"]*no-forbidden-calls"/) >= 1, 'denied by node-b, where the destination lives');
+    t.ok(metric(mb, 'weft_requests_total', /destination_workload="api-0".*grpc_status="0",connection_security_policy="mutual_tls"/) >= 5, 'node-b counted the calls, mutual_tls');
   });
 
   await t.test('TCP across nodes, authorized with the peer principal', async (t) => {

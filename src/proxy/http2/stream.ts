@@ -110,7 +110,6 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
       down.on('end', this.onDownEnd);
     }
     down.on('close', this.onDownClose);
-    down.on('drain', this.onDownDrain);
   }
 
   // ---------------------------------------------------------------------------------------
@@ -314,9 +313,6 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
     up.on('response', (rh: IncomingHttpHeaders, flags: number) => {
       if (gen === this.gen) this.onH2Response(up, rh, flags);
     });
-    up.on('data', (chunk: Buffer) => {
-      if (gen === this.gen && !this.done && !this.down.write(chunk)) up.pause();
-    });
     up.on('trailers', (t: IncomingHttpHeaders) => {
       if (gen === this.gen) this.upTrailers = t;
     });
@@ -370,6 +366,12 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
       return;
     }
     d.respond(out, { waitForTrailers: true });
+    // Body bytes may arrive in the same read as the head, before 'response' is emitted: the
+    // stream stays paused (no 'data' listener) until the head went out.
+    const gen = this.gen;
+    up.on('data', (chunk: Buffer) => {
+      if (gen === this.gen && !this.done && !d.write(chunk)) up.pause();
+    });
     d.once('wantTrailers', () => {
       const t = this.upTrailers;
       const tr: OutgoingHttpHeaders = {};
@@ -380,7 +382,6 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
         d.close();
       }
     });
-    void up;
   }
 
   private onH2End(): void {
