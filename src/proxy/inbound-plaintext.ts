@@ -52,6 +52,11 @@ export class PlaintextInbound {
     return listen(this.server, { host, port, backlog: 1024 });
   }
 
+  /** Connections open now (CONNECT tunnels included). */
+  get connections(): number {
+    return this.sockets.size;
+  }
+
   get port(): number {
     return (this.server.address() as net.AddressInfo).port;
   }
