@@ -17,8 +17,6 @@ import { SocketLb } from './capture/socket-lb.js';
 import type { ConfigError } from './errors.js';
 import { Enforcer } from './authz/enforcer.js';
 import { setProbeSourceAddress } from './health/probe.js';
-import { CertManager } from './identity/cert-manager.js';
-import { createCertificateSigner } from './identity/ca-client.js';
 import { LocalIdentities } from './identity/local-identities.js';
 import { HboneTunnel } from './proxy/hbone-tunnel.js';
 import { TunnelServer } from './proxy/tunnel-server.js';
@@ -352,6 +350,9 @@ export class Agent {
    */
   private async startIdentity(cfg: MeshConfig): Promise<void> {
     const log = this.log.child({ component: 'identity' });
+    // Loaded here, not at start-up: X.509 (@peculiar/x509 and its ASN.1 modules) costs ~100 ms
+    // that an agent restarted after a crash must not spend before it serves its node's pods.
+    const [{ createCertificateSigner }, { CertManager }] = await Promise.all([import('./identity/ca-client.js'), import('./identity/cert-manager.js')]);
     const signer = await createCertificateSigner(cfg.ca, {
       stateDir: cfg.stateDir,
       trustDomain: cfg.mesh.trustDomain,

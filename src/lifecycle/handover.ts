@@ -21,7 +21,7 @@
  * start, naming the pid.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, realpathSync, rmSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -418,8 +418,55 @@ function refusal(pinRoot: string, socketPath: string, why: string): SlotTakenErr
   );
 }
 
-/** The pids holding an flock on `path`, from /proc/locks. */
+/**
+ * The processes that hold the pin root: those with it open (the agent, or two during a
+ * handover: the lock is one open file shared by both), else the pid /proc/locks gives, which
+ * names the process that took the lock first, even after it handed it on.
+ */
 export function lockHolders(path: string): number[] {
+  const open = pidsWithOpen(path);
+  if (open.length) return open;
+  return lockOwners(path).filter((pid) => existsSync(`/proc/${pid}`));
+}
+
+function pidsWithOpen(path: string): number[] {
+  const out: number[] = [];
+  let real: string;
+  try {
+    real = realpathSync(path);
+  } catch {
+    return out;
+  }
+  let pids: string[] = [];
+  try {
+    pids = readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+  } catch {
+    return out;
+  }
+  for (const pid of pids) {
+    if (Number(pid) === process.pid) continue;
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        if (readlinkSync(`/proc/${pid}/fd/${fd}`) === real) {
+          out.push(Number(pid));
+          break;
+        }
+      } catch {
+        /* gone meanwhile */
+      }
+    }
+  }
+  return out;
+}
+
+/** The pids /proc/locks gives for an flock on `path`. */
+function lockOwners(path: string): number[] {
   let ino: bigint;
   let dev: string;
   try {
