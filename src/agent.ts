@@ -225,7 +225,12 @@ export class Agent {
       }
       // No agent to take over from (a first start, or a restart after a crash: the kernel
       // still redirects to the node's ports): serve the node's pods at once.
-      if (!predecessor) await bindNodeListeners();
+      if (!predecessor) {
+        await bindNodeListeners();
+        // How long a restart leaves the node's pods without an agent, from the process's own clock.
+        const cpu = process.cpuUsage();
+        log.info({ sinceProcessStartMs: Math.round(performance.now()), cpuMs: Math.round((cpu.user + cpu.system) / 1000) }, 'serving the node');
+      }
 
       await this.startIdentity(cfg);
       const identities = this.identities!;
@@ -256,7 +261,7 @@ export class Agent {
       await this.listeners.bind({ name: 'tunnel', server: this.tunnelServer.server, host: node.address, port: ports.tunnel, backlog: 4096 });
       if (predecessor) {
         await predecessor.ready();
-        log.info({ predecessor: predecessor.pid }, 'the previous agent stopped accepting: this agent serves the node');
+        log.info({ predecessor: predecessor.pid, sinceProcessStartMs: Math.round(performance.now()) }, 'the previous agent stopped accepting: this agent serves the node');
       }
       this.slot?.dropUnclaimed();
     } catch (err) {

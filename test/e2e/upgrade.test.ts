@@ -121,7 +121,11 @@ t.test('replacing the agent under traffic', async (t) => {
     const [fresh, kept] = await stopAll(pair);
     const firstServed = linesOf(next.pid).find((l) => l.msg === 'access');
     const servingMs = firstServed ? Date.parse(firstServed.time) - spawnedAt : undefined;
-    t.comment(`crash + restart: ${summary(fresh!)}; ${summary(kept!)}; the new agent answered its first request ${servingMs} ms after it was started`);
+    const serving = linesOf(next.pid).find((l) => l.msg === 'serving the node');
+    t.comment(
+      `crash + restart: ${summary(fresh!)}; ${summary(kept!)}; the new agent listened ${serving?.sinceProcessStartMs} ms after its process started ` +
+        `(${serving?.cpuMs} ms of CPU) and answered its first request ${servingMs} ms after it was spawned (load average ${(await import('node:os')).loadavg()[0]!.toFixed(1)})`,
+    );
     t.ok(fresh!.ok > 0 && kept!.ok > 0, 'both clients were served around the crash');
     t.ok(firstServed, 'the restarted agent serves the clients');
     t.same((await curlBurst(client, URL, 4)).statuses, { 200: 4 });
