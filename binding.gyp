@@ -5,6 +5,7 @@
       "sources": [
         "native/addon.cc",
         "native/errors.cc",
+        "native/fdpass.cc",
         "native/object.cc",
         "native/map.cc",
         "native/ops.cc",

@@ -3,6 +3,7 @@
 
 #include "addon.h"
 #include "errors.h"
+#include "fdpass.h"
 #include "map.h"
 #include "object.h"
 #include "ops.h"
@@ -37,6 +38,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mountBpffs", Napi::Function::New<MountBpffs>(env, "mountBpffs"));
   exports.Set("origDst", Napi::Function::New<OrigDst>(env, "origDst"));
   exports.Set("attachTypes", AttachTypes(env));
+  // src/lifecycle: handing an agent's sockets and pin-root lock to its successor.
+  exports.Set("unixConnect", Napi::Function::New<UnixConnect>(env, "unixConnect"));
+  exports.Set("sendFds", Napi::Function::New<SendFds>(env, "sendFds"));
+  exports.Set("recvFds", Napi::Function::New<RecvFds>(env, "recvFds"));
+  exports.Set("flock", Napi::Function::New<Flock>(env, "flock"));
+  exports.Set("peerCred", Napi::Function::New<PeerCred>(env, "peerCred"));
+  exports.Set("dupFd", Napi::Function::New<DupFd>(env, "dupFd"));
   return exports;
 }
 

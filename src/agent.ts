@@ -17,14 +17,15 @@ import { SocketLb } from './capture/socket-lb.js';
 import type { ConfigError } from './errors.js';
 import { Enforcer } from './authz/enforcer.js';
 import { setProbeSourceAddress } from './health/probe.js';
-import { CertManager } from './identity/cert-manager.js';
-import { createCertificateSigner } from './identity/ca-client.js';
 import { LocalIdentities } from './identity/local-identities.js';
 import { HboneTunnel } from './proxy/hbone-tunnel.js';
 import { TunnelServer } from './proxy/tunnel-server.js';
 import { PlaintextInbound } from './proxy/inbound-plaintext.js';
 import { inboundTransport } from './proxy/inbound.js';
 import type { TcpProxyDeps } from './proxy/tcp.js';
+import { DEFAULT_PIN_ROOT, preparePinRoot } from './capture/datapath.js';
+import { NodeSlot } from './lifecycle/handover.js';
+import { Listeners } from './lifecycle/listeners.js';
 
 export interface AgentOptions {
   discovery: Discovery;
@@ -47,6 +48,11 @@ export interface AgentOptions {
    * Default: on, unless the environment says WEFT_L4_SOCKET_LB=0.
    */
   socketLb?: boolean;
+  /**
+   * Take the node's slot (the pin-root lock), and with it the listening sockets of an agent
+   * already running there, which then drains (src/lifecycle/handover.ts). Default: with capture.
+   */
+  handover?: boolean;
 }
 
 /**
@@ -75,6 +81,19 @@ export class Agent {
   private datapath?: Datapath;
   private ready = false;
   private draining = false;
+  private slot?: NodeSlot;
+  private listeners!: Listeners;
+  /** False once a successor runs capture (it syncs maps and links; this agent must not). */
+  private captureOwned = true;
+  private stopping?: Promise<void>;
+  private resolveFinished!: () => void;
+  /**
+   * Resolves when the agent is done: stopped, or handed over to a successor and drained.
+   * (`weft agent` exits then; in Kubernetes it waits for SIGTERM instead.)
+   */
+  readonly finished = new Promise<void>((r) => (this.resolveFinished = r));
+  /** Set once a successor took over. */
+  successor?: { pid: number };
   private lastRejection?: { at: string; problems: string[] };
   private readonly startedAt = new Date().toISOString();
 
@@ -160,24 +179,6 @@ export class Agent {
       metrics: this.metrics,
       log: log.child({ component: 'outbound' }),
     });
-    await this.startIdentity(cfg);
-    const identities = this.identities!;
-    this.tunnel = new HboneTunnel({
-      identities,
-      peerOf: (name) => {
-        const n = this.state.config.nodes?.find((x) => x.name === name);
-        return n ? { host: n.address, port: this.state.config.ports.tunnel } : undefined;
-      },
-      localAddress: cfg.node.address,
-      log: log.child({ component: 'tunnel' }),
-    });
-    this.transport.setTunnel(this.tunnel);
-    this.tunnelServer = new TunnelServer({
-      state: this.state,
-      identities,
-      inbound: { http: this.tunnelHttp, tcp: { ...tcp, log: log.child({ component: 'tcp', entry: 'tunnel' }) }, security: 'mutual_tls' },
-      log: log.child({ component: 'tunnel-server' }),
-    });
     this.plaintextInbound = new PlaintextInbound({
       state: this.state,
       inbound: { http: this.http, tcp: { ...tcp, log: log.child({ component: 'tcp', entry: 'plaintext' }) }, security: 'none' },
@@ -189,48 +190,83 @@ export class Agent {
       configDump: () => this.configDump(),
       log: log.child({ component: 'admin' }),
     });
-
     const { ports, node } = cfg;
     setProbeSourceAddress(node.address);
-    await this.outbound.listen(node.address, ports.outbound).catch((err: Error) => {
-      throw new Error(`cannot listen on outbound ${node.address}:${ports.outbound}: ${err.message}`);
-    });
-    await this.admin.listen('127.0.0.1', ports.admin, node.address, ports.metrics).catch((err: Error) => {
-      throw new Error(`cannot listen on admin 127.0.0.1:${ports.admin} / metrics ${node.address}:${ports.metrics}: ${err.message}`);
-    });
-    await this.tunnelServer.listen(node.address, ports.tunnel).catch((err: Error) => {
-      throw new Error(`cannot listen on tunnel ${node.address}:${ports.tunnel}: ${err.message}`);
-    });
-    await this.plaintextInbound.listen(node.address, ports.inbound).catch((err: Error) => {
-      throw new Error(`cannot listen on inbound ${node.address}:${ports.inbound}: ${err.message}`);
-    });
 
-    if (capture) {
-      this.datapath = Datapath.open({
-        pinRoot: this.opts.pinRoot,
-        nodeIp: node.address,
-        outboundPort: this.addresses.outbound,
-        splice: this.opts.l4Splice ?? process.env.WEFT_L4_SPLICE !== '0',
-        log: log.child({ component: 'datapath' }),
-      });
-      this.capture = new CaptureManager(this.state, this.datapath, this.metrics, log);
-      this.capture.start();
-      if (this.opts.socketLb ?? process.env.WEFT_L4_SOCKET_LB !== '0') {
-        const capture = this.capture;
-        this.socketLb = new SocketLb({
-          state: this.state,
-          clusters: this.clusters,
-          datapath: this.datapath,
-          governed: (w) => enforcer.governs(w),
-          workloadByCgroupId: (id) => capture.workloadByCgroupId(id),
-          metrics: this.metrics,
-          log,
+    // The node's slot: the pin-root lock, or a handover from the agent that holds it.
+    const pinRoot = this.opts.pinRoot ?? DEFAULT_PIN_ROOT;
+    if (capture && (this.opts.handover ?? true)) {
+      preparePinRoot(pinRoot, log);
+      this.slot = await NodeSlot.acquire({ pinRoot, stateDir: cfg.stateDir, log: log.child({ component: 'lifecycle' }) });
+    }
+    const predecessor = this.slot?.predecessor;
+    this.listeners = new Listeners(this.slot);
+    const bindNodeListeners = async () => {
+      await this.listeners.bind({ name: 'outbound', server: this.outbound.server, host: node.address, port: ports.outbound, backlog: 4096 });
+      await this.listeners.bind({ name: 'inbound', server: this.plaintextInbound!.server, host: node.address, port: ports.inbound, backlog: 1024 });
+      await this.listeners.bind({ name: 'admin', server: this.admin.admin, host: '127.0.0.1', port: ports.admin });
+      await this.listeners.bind({ name: 'metrics', server: this.admin.metrics, host: node.address, port: ports.metrics });
+    };
+
+    try {
+      if (capture) {
+        // Maps are reused from their pins with their content, links adopted where they are:
+        // nothing the kernel holds is rebuilt.
+        this.datapath = Datapath.open({
+          pinRoot,
+          nodeIp: node.address,
+          outboundPort: predecessor?.listeners.find((l) => l.name === 'outbound')?.port ?? ports.outbound,
+          splice: this.opts.l4Splice ?? process.env.WEFT_L4_SPLICE !== '0',
+          log: log.child({ component: 'datapath' }),
         });
-        this.socketLb.start();
-      } else {
-        // What an agent before this one left balanced goes back to the agent.
-        this.datapath.setBalanced([]);
+        // The agent being replaced stops syncing maps and links before this one starts.
+        await predecessor?.releaseCapture();
+        this.startCapture(enforcer);
       }
+      // No agent to take over from (a first start, or a restart after a crash: the kernel
+      // still redirects to the node's ports): serve the node's pods at once.
+      if (!predecessor) {
+        await bindNodeListeners();
+        // How long a restart leaves the node's pods without an agent, from the process's own clock.
+        const cpu = process.cpuUsage();
+        log.info({ sinceProcessStartMs: Math.round(performance.now()), cpuMs: Math.round((cpu.user + cpu.system) / 1000) }, 'serving the node');
+      }
+
+      await this.startIdentity(cfg);
+      const identities = this.identities!;
+      this.tunnel = new HboneTunnel({
+        identities,
+        peerOf: (name) => {
+          const n = this.state.config.nodes?.find((x) => x.name === name);
+          return n ? { host: n.address, port: this.state.config.ports.tunnel } : undefined;
+        },
+        localAddress: cfg.node.address,
+        log: log.child({ component: 'tunnel' }),
+      });
+      this.transport.setTunnel(this.tunnel);
+      this.tunnelServer = new TunnelServer({
+        state: this.state,
+        identities,
+        inbound: { http: this.tunnelHttp, tcp: { ...tcp, log: log.child({ component: 'tcp', entry: 'tunnel' }) }, security: 'mutual_tls' },
+        log: log.child({ component: 'tunnel-server' }),
+      });
+
+      if (predecessor) {
+        // Ready before the old agent stops accepting: capture reconciled (above), clusters
+        // synced, the certificates of the node's identities in hand (bounded: a CA that is down
+        // must not keep the old agent running forever).
+        if (!(await identities.ready(10_000))) log.warn('taking over without every certificate: the CA did not answer within 10s');
+        await bindNodeListeners();
+      }
+      await this.listeners.bind({ name: 'tunnel', server: this.tunnelServer.server, host: node.address, port: ports.tunnel, backlog: 4096 });
+      if (predecessor) {
+        await predecessor.ready();
+        log.info({ predecessor: predecessor.pid, sinceProcessStartMs: Math.round(performance.now()) }, 'the previous agent stopped accepting: this agent serves the node');
+      }
+      this.slot?.dropUnclaimed();
+    } catch (err) {
+      predecessor?.abandon();
+      throw err;
     }
 
     discovery.on('update', (next: MeshConfig) => {
@@ -248,6 +284,16 @@ export class Agent {
       log.error({ problems: err.problems, err: err.message }, 'config rejected; the last good config stays in force');
     });
     this.ready = true;
+    await this.slot?.serve({
+      listeners: () => this.listeners.handed(),
+      releaseCapture: () => this.releaseCapture(),
+      resumeCapture: () => this.resumeCapture(),
+      stopAccepting: async () => this.listeners.stopAccepting(),
+      handedOver: (successor) => {
+        this.successor = successor;
+        void this.drainAndStop('handed over');
+      },
+    });
     const bound = this.addresses;
     log.info(
       {
@@ -264,6 +310,43 @@ export class Agent {
     );
   }
 
+  private startCapture(enforcer: Enforcer): void {
+    const log = this.log;
+    const datapath = this.datapath!;
+    const capture = (this.capture = new CaptureManager(this.state, datapath, this.metrics, log));
+    capture.start();
+    if (this.opts.socketLb ?? process.env.WEFT_L4_SOCKET_LB !== '0') {
+      this.socketLb = new SocketLb({
+        state: this.state,
+        clusters: this.clusters,
+        datapath,
+        governed: (w) => enforcer.governs(w),
+        workloadByCgroupId: (id) => capture.workloadByCgroupId(id),
+        metrics: this.metrics,
+        log,
+      });
+      this.socketLb.start();
+    } else {
+      // What an agent before this one left balanced goes back to the agent.
+      datapath.setBalanced([]);
+    }
+  }
+
+  /** A successor runs capture now: this agent stops syncing maps and links (it still reads the tuple map for what it accepts). */
+  private releaseCapture(): void {
+    this.captureOwned = false;
+    this.capture?.stop();
+    this.socketLb?.release();
+  }
+
+  /** The successor went away before it was ready: capture is this agent's again. */
+  private resumeCapture(): void {
+    if (this.captureOwned || this.stopping) return;
+    this.captureOwned = true;
+    this.capture?.resume();
+    this.socketLb?.resume();
+  }
+
   /**
    * The CA client and the certificates of the local workload identities. Certificates are
    * requested in the background: a CA that is down delays them (the tunnel waits for them,
@@ -272,6 +355,9 @@ export class Agent {
    */
   private async startIdentity(cfg: MeshConfig): Promise<void> {
     const log = this.log.child({ component: 'identity' });
+    // Loaded here, not at start-up: X.509 (@peculiar/x509 and its ASN.1 modules) costs ~100 ms
+    // that an agent restarted after a crash must not spend before it serves its node's pods.
+    const [{ createCertificateSigner }, { CertManager }] = await Promise.all([import('./identity/ca-client.js'), import('./identity/cert-manager.js')]);
     const signer = await createCertificateSigner(cfg.ca, {
       stateDir: cfg.stateDir,
       trustDomain: cfg.mesh.trustDomain,
@@ -310,8 +396,11 @@ export class Agent {
     this.enforcer.update(next);
     this.clusters.sync();
     this.identities?.sync(this.state);
-    this.capture?.reconcile();
-    this.socketLb?.sync();
+    // Once a successor runs capture, the kernel's maps and links are its to sync.
+    if (this.captureOwned) {
+      this.capture?.reconcile();
+      this.socketLb?.sync();
+    }
     this.warnUnreachableNodes(next);
     const live = new Set<string>();
     for (const c of this.clusters.all()) for (const id of c.endpoints.keys()) live.add(id);
@@ -351,17 +440,84 @@ export class Agent {
     };
   }
 
+  /** Downstream connections this agent still serves: redirected, plaintext inbound, tunnel sessions. */
+  get connections(): number {
+    return (this.outbound?.connections ?? 0) + (this.plaintextInbound?.connections ?? 0) + (this.tunnelServer?.sessionCount ?? 0);
+  }
+
   /**
-   * Drain and stop: readiness fails, the listener stops accepting, in-flight requests get
-   * `drainMs` to finish, then every connection is closed. BPF links stay pinned: pods stay
-   * captured and the next agent adopts them.
+   * SIGTERM: readiness fails at once, and the agent goes on accepting and serving, because the
+   * node's pods go on sending it traffic, until a successor takes over (then it drains as after
+   * any handover) or `drainMs` (default `agent.drainTimeout`) is up; then it stops (see stop()).
+   * Resolves when the agent is done.
    */
-  async stop(opts: { drainMs?: number } = {}): Promise<void> {
+  terminate(opts: { drainMs?: number } = {}): Promise<void> {
+    if (this.terminateBy !== undefined || this.stopping) return this.finished;
     const drainMs = opts.drainMs ?? this.state.config?.agent.drainTimeout ?? 20_000;
     this.draining = true;
-    this.capture?.stop();
-    this.socketLb?.stop();
+    this.terminateBy = Date.now() + drainMs;
+    this.log.info({ drainMs, successor: this.successor?.pid }, 'terminating: readiness fails; serving until a new agent takes over or the drain time is up');
+    if (!this.successor) {
+      const timer = setTimeout(() => {
+        if (this.successor) return;
+        this.log.info('drain time is up and no new agent took over: stopping');
+        // What is left of the time the orchestrator gives (the drain time is its grace period less a second).
+        void this.stop({ drainMs: 1_000 });
+      }, drainMs);
+      void this.finished.then(() => clearTimeout(timer));
+    }
+    return this.finished;
+  }
+
+  /** When a SIGTERM asked the agent to be gone (ms since the epoch). */
+  private terminateBy?: number;
+
+  /** A SIGTERM came. */
+  get terminating(): boolean {
+    return this.terminateBy !== undefined;
+  }
+
+  /**
+   * After a handover: this agent accepts nothing any more. Every answer from now on carries
+   * `connection: close` (HTTP/1.1; tunnel sessions get GOAWAY), so keep-alive clients move to
+   * the new agent between requests; requests in flight, tunnels and TCP connections finish.
+   * Whatever is still open after `agent.drainTimeout` (or the SIGTERM's deadline) is closed.
+   */
+  private async drainAndStop(reason: string): Promise<void> {
+    if (this.stopping) return;
+    this.draining = true;
+    const drainMs = this.state.config.agent.drainTimeout;
+    const deadline = Math.min(Date.now() + drainMs, this.terminateBy ?? Infinity);
+    this.http.drain();
+    this.tunnelHttp.drain();
+    this.tunnelServer?.drain();
+    const started = Date.now();
+    this.log.info({ reason, connections: this.connections, inflight: this.http.active + this.tunnelHttp.active, drainMs: deadline - started }, 'draining');
+    while (this.connections > 0 && Date.now() < deadline && !this.stopping) await new Promise((r) => setTimeout(r, 50));
+    this.log.info({ left: this.connections, ms: Date.now() - started }, this.connections ? 'drain time is up: closing what is left' : 'drained: every connection finished');
+    await this.stop({ drainMs: 0 });
+  }
+
+  /**
+   * Stop now: readiness fails, the listeners stop accepting, in-flight requests get `drainMs`
+   * to finish, then every connection is closed. BPF links stay pinned: pods stay captured and
+   * the next agent adopts them.
+   */
+  stop(opts: { drainMs?: number } = {}): Promise<void> {
+    this.stopping ??= this.doStop(opts);
+    return this.stopping;
+  }
+
+  private async doStop(opts: { drainMs?: number }): Promise<void> {
+    const drainMs = opts.drainMs ?? this.state.config?.agent.drainTimeout ?? 20_000;
+    this.draining = true;
+    await this.slot?.stopServing();
+    if (this.captureOwned) {
+      this.capture?.stop();
+      this.socketLb?.stop();
+    }
     if (this.outbound) {
+      this.listeners?.stopAccepting();
       const closing = this.outbound.stopAccepting();
       const tunnelClosing = this.tunnelServer?.close();
       const inflight = () => this.http.active + this.tunnelHttp.active;
@@ -386,7 +542,9 @@ export class Agent {
     this.enforcer?.close();
     this.datapath?.close();
     await this.opts.discovery.stop();
-    this.log.info('agent stopped');
+    await this.slot?.close();
+    this.log.info(this.successor ? { successor: this.successor.pid } : {}, 'agent stopped');
+    this.resolveFinished();
   }
 }
 

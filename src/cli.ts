@@ -68,6 +68,7 @@ async function agentCommand(argv: string[]): Promise<number> {
   } else {
     throw new UsageError('weft agent', '--config FILE or --kubernetes is required');
   }
+  const kubernetes = values.kubernetes;
   let agent: Agent;
   try {
     agent = await Agent.start({ discovery, log, capture: !values['no-capture'], pinRoot: values['pin-root'] });
@@ -80,23 +81,36 @@ async function agentCommand(argv: string[]): Promise<number> {
     return 1;
   }
   return await new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      log.info({ signal }, 'shutting down');
-      agent.stop().then(
-        () => resolve(0),
-        (err) => {
-          log.error({ err }, 'error while stopping');
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
+    let exitCode = 0;
+    let done = false;
+    // SIGTERM (Kubernetes, systemd): readiness fails, the agent serves on until a new agent
+    // takes over or the drain time is up. SIGINT (a terminal): stop now, letting requests in
+    // flight finish.
+    process.on('SIGTERM', () => {
+      log.info({ signal: 'SIGTERM' }, 'shutting down');
+      if (done) resolve(exitCode);
+      else void agent.terminate();
+    });
+    process.on('SIGINT', () => {
+      log.info({ signal: 'SIGINT' }, 'shutting down');
+      agent.stop().catch((err) => {
+        log.error({ err }, 'error while stopping');
+        exitCode = 1;
+      });
+    });
     process.on('SIGHUP', () => {
       if (discovery instanceof FileDiscovery) void discovery.reload();
+    });
+    void agent.finished.then(() => {
+      done = true;
+      // Handed over in Kubernetes: the container must not exit by itself (the kubelet would
+      // restart it, and the restarted agent would take the node back). It waits for the
+      // SIGTERM that deleting its pod sends, and then exits at once.
+      if (agent.successor && kubernetes && !agent.terminating) {
+        log.info({ successor: agent.successor.pid }, 'handed over and drained: waiting for SIGTERM');
+        return;
+      }
+      resolve(exitCode);
     });
   });
 }

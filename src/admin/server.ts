@@ -1,4 +1,5 @@
-import http from 'node:http';
+import type * as http from 'node:http';
+import nodeHttp from '../node-http.js';
 import type { Registry } from 'prom-client';
 import { listen } from '../listen.js';
 import type { Logger } from '../telemetry/log.js';
@@ -25,14 +26,14 @@ export class AdminServer {
   readonly metrics: http.Server;
 
   constructor(private readonly deps: AdminDeps) {
-    this.admin = http.createServer((req, res) => {
+    this.admin = nodeHttp.createServer((req, res) => {
       this.handleAdmin(req, res).catch((err) => {
         deps.log.error({ err }, 'admin request failed');
         if (!res.headersSent) res.writeHead(500);
         res.end();
       });
     });
-    this.metrics = http.createServer((req, res) => {
+    this.metrics = nodeHttp.createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0];
       if (req.method === 'GET' && path === '/metrics') {
         serveMetrics(deps.registry, res).catch(() => res.destroy());

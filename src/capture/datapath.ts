@@ -153,8 +153,7 @@ export class Datapath {
     const log = opts.log ?? pino({ level: 'silent' });
     const pinRoot = opts.pinRoot ?? DEFAULT_PIN_ROOT;
     const objDir = opts.objDir ?? join(repoRoot, 'build', 'bpf');
-    ensureBpffs(pinRoot, log);
-    mkdirSync(join(pinRoot, 'links'), { recursive: true, mode: 0o700 });
+    preparePinRoot(pinRoot, log);
 
     const objects: BpfObject[] = [];
     const opened: BpfMap[] = [];
@@ -271,6 +270,21 @@ export class Datapath {
       for (let off = 0; off + size <= records.length; off += size) handler(codecs.lbEvent(records, off));
     });
     this.lbReader.drain();
+  }
+
+  /** Stops reading the events (another agent reads them now: a ring has one reader). */
+  offLbEvents(): void {
+    this.lbReader?.close();
+    this.lbReader = undefined;
+  }
+
+  /**
+   * Forgets what this process last wrote: the next syncs read the maps and links from the
+   * kernel again. For an agent that takes capture back after another agent ran it.
+   */
+  resync(): void {
+    this.synced.clear();
+    this.linked.clear();
   }
 
   /** Events the ring had no room for, since the maps were made (weft_lb_lost). */
@@ -778,6 +792,12 @@ export function cgroup2Mount(): string {
 /** /proc/mounts escapes space, tab, newline and backslash as \ooo. */
 function unescapeMount(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** Makes the pin root (and its links directory) on a bpffs, mounting one if needed. Idempotent. */
+export function preparePinRoot(pinRoot: string = DEFAULT_PIN_ROOT, log: pino.Logger = pino({ level: 'silent' })): void {
+  ensureBpffs(pinRoot, log);
+  mkdirSync(join(pinRoot, 'links'), { recursive: true, mode: 0o700 });
 }
 
 /** Mounts the bpffs on /sys/fs/bpf when the pin root is not on one already. */

@@ -45,6 +45,15 @@ export class CaptureManager {
 
   stop(): void {
     if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Take capture back after another agent ran it: links and maps are read afresh from the kernel. */
+  resume(): void {
+    this.stop();
+    this.lastDestinations = '';
+    this.datapath.resync();
+    this.start();
   }
 
   /** The workload whose cgroup made a connection (from the id sockops recorded). */

@@ -132,6 +132,18 @@ export class SocketLb {
     this.timer = undefined;
   }
 
+  /** Another agent balances from now on: stop syncing and stop reading the kernel's events. */
+  release(): void {
+    this.stop();
+    this.deps.datapath.offLbEvents();
+  }
+
+  /** Take balancing back (after {@link release}): the maps are read afresh, as another agent left them. */
+  resume(): void {
+    this.lastSig = '';
+    this.start();
+  }
+
   /** Recomputes which ports the kernel balances and over which endpoints; cheap when nothing changed. */
   sync(): void {
     const { state, clusters, governed } = this.deps;

@@ -15,7 +15,8 @@
  * | WEFT_STATE_DIR      | agent state directory                                        | /var/lib/weft      |
  * | WEFT_CGROUP_ROOT    | cgroup v2 mount holding the kubelet's pod cgroups            | from /proc/mounts  |
  * | WEFT_LOG_LEVEL      | log level                                                    | info               |
- * | WEFT_DRAIN_TIMEOUT  | grace period for in-flight requests on SIGTERM (`20s`)       | 20s                |
+ * | WEFT_DRAIN_TIMEOUT  | how long the agent serves on after SIGTERM, and drains after a handover (`20s`) | 20s |
+ * | WEFT_TERMINATION_GRACE_PERIOD_SECONDS | the pod's terminationGracePeriodSeconds: without WEFT_DRAIN_TIMEOUT, the drain time is this less a second (as ztunnel's) | |
  * | WEFT_PORT_OUTBOUND, WEFT_PORT_INBOUND, WEFT_PORT_TUNNEL, WEFT_PORT_ADMIN, WEFT_PORT_METRICS | the agent's ports | 15001, 15006, 15008, 15000, 15020 |
  */
 import type { Logger } from 'pino';
@@ -66,6 +67,13 @@ export function staticConfigFromEnv(opts: Omit<KubernetesEnvOptions, 'log'>): {
   const agent: Record<string, string> = {};
   if (env.WEFT_LOG_LEVEL) agent.logLevel = env.WEFT_LOG_LEVEL;
   if (env.WEFT_DRAIN_TIMEOUT) agent.drainTimeout = env.WEFT_DRAIN_TIMEOUT;
+  else if (env.WEFT_TERMINATION_GRACE_PERIOD_SECONDS) {
+    // The kubelet kills the container when the grace period is over: the agent's drain ends a
+    // second before, so that it closes what is left itself.
+    const grace = env.WEFT_TERMINATION_GRACE_PERIOD_SECONDS.trim();
+    if (/^\d+$/.test(grace)) agent.drainTimeout = `${Math.max(0, Number(grace) - 1)}s`;
+    else throw new ConfigError('environment', [`WEFT_TERMINATION_GRACE_PERIOD_SECONDS: "${grace}" is not a whole number of seconds (the pod's terminationGracePeriodSeconds)`]);
+  }
   raw.agent = agent;
   const ports: Record<string, unknown> = {};
   for (const name of PORT_NAMES) {

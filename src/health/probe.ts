@@ -1,4 +1,5 @@
-import http from 'node:http';
+import type * as http from 'node:http';
+import nodeHttp from '../node-http.js';
 import net from 'node:net';
 import type { HealthCheckPolicy } from '../config/types.js';
 
@@ -87,7 +88,7 @@ export function tcpProbe(target: ProbeTarget, policy: HealthCheckPolicy, signal:
  */
 export function httpProbe(target: ProbeTarget, policy: HealthCheckPolicy, signal: AbortSignal): Promise<ProbeResult> {
   return new Promise((resolve) => {
-    const req = http.request({
+    const req = nodeHttp.request({
       host: target.ip,
       port: target.port,
       localAddress: sourceAddress,

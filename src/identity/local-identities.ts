@@ -76,6 +76,16 @@ export class LocalIdentities {
     }
   }
 
+  /**
+   * Waits up to `waitMs` for a certificate of every local identity: true when all came. What
+   * a successor waits for before the agent it replaces stops accepting.
+   */
+  async ready(waitMs: number): Promise<boolean> {
+    const ids = [...this.wanted].map((key) => key.split('/') as [string, string]);
+    const got = await Promise.all(ids.map(([ns, sa]) => this.context(ns, sa, waitMs)));
+    return got.every((c) => c !== undefined);
+  }
+
   status(): CertStatus[] {
     return this.certs.status();
   }

@@ -88,6 +88,21 @@ export class HttpProxy implements ExchangeHost, H2Host {
     return new Promise((r) => this.idleWaiters.push(r));
   }
 
+  /**
+   * Drain hook (the agent is being replaced): from now on every answer carries
+   * `connection: close` and its connection closes after it, so keep-alive clients move away
+   * between requests. Idle connections are left alone: closing one could race a request the
+   * client is sending on it; they close on their next answer, or when the drain time is up.
+   */
+  drain(): void {
+    this.draining = true;
+  }
+
+  /** Downstream connections open now. */
+  get connections(): number {
+    return this.conns.size;
+  }
+
   /** Close connections with nothing in flight; the others close after their current answer. */
   closeIdleConnections(): void {
     this.draining = true;

@@ -14,7 +14,8 @@
  * the strict ingress program simply is not attached), so a connection arriving here does
  * not carry an original destination; CONNECT names it, as HBONE does inside the tunnel.
  */
-import http from 'node:http';
+import type * as http from 'node:http';
+import nodeHttp from '../node-http.js';
 import net from 'node:net';
 import type { StateStore } from '../state/store.js';
 import type { Logger } from '../telemetry/log.js';
@@ -35,7 +36,7 @@ export class PlaintextInbound {
   private readonly sockets = new Set<net.Socket>();
 
   constructor(private readonly deps: PlaintextInboundDeps) {
-    this.server = http.createServer({ requireHostHeader: false, headersTimeout: 10_000, requestTimeout: 10_000 });
+    this.server = nodeHttp.createServer({ requireHostHeader: false, headersTimeout: 10_000, requestTimeout: 10_000 });
     this.server.on('connection', (s: net.Socket) => {
       this.sockets.add(s);
       s.once('close', () => this.sockets.delete(s));
@@ -50,6 +51,11 @@ export class PlaintextInbound {
 
   listen(host: string, port: number): Promise<void> {
     return listen(this.server, { host, port, backlog: 1024 });
+  }
+
+  /** Connections open now (CONNECT tunnels included). */
+  get connections(): number {
+    return this.sockets.size;
   }
 
   get port(): number {
@@ -69,7 +75,7 @@ export class PlaintextInbound {
     const srcIp = (socket.remoteAddress ?? '').replace(/^::ffff:/, '');
     const refuse = (status: number, header: string, why: string) => {
       log.warn({ src_ip: srcIp, dst: req.url, status, reason: why }, 'plaintext inbound refused');
-      if (socket.writable) socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nx-weft-error: ${header}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
+      if (socket.writable) socket.end(`HTTP/1.1 ${status} ${nodeHttp.STATUS_CODES[status]}\r\nx-weft-error: ${header}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
       else socket.destroy();
     };
     const dst = parseAuthority(req.url);

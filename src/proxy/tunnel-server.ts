@@ -108,6 +108,20 @@ export class TunnelServer {
     return { sessions: this.sessions.size, streamsAccepted: this.accepted, handshakesRefused: this.refused };
   }
 
+  /** Sessions open now. */
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  /**
+   * Drain hook (the agent is being replaced; the listening socket is closed already): GOAWAY on
+   * every session, so the peers open new sessions (to the new agent) for new streams while the
+   * streams in flight finish.
+   */
+  drain(): void {
+    for (const s of this.sessions) if (!s.closed && !s.destroyed) s.close();
+  }
+
   /** Stop accepting; with `destroy`, cut every session now (else they drain). */
   close(opts: { destroy?: boolean } = {}): Promise<void> {
     return new Promise((resolve) => {

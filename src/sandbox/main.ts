@@ -5,12 +5,13 @@
  */
 import { MeshSandbox } from './mesh-sandbox.js';
 import { bad, bold, ctl, dim, endpointState, fmt, ok, spread, step, waitFor } from './ui.js';
+import { demoUpgrade } from './demo-upgrade.js';
 
 /**
  * Demos that run after the core one, in order, each in its own file (demo-*.ts): each prints
  * its steps with ui.ts and leaves the sandbox as it found it.
  */
-const demos: Array<(sb: MeshSandbox) => Promise<void>> = [];
+const demos: Array<(sb: MeshSandbox) => Promise<void>> = [demoUpgrade];
 
 async function demo(sb: MeshSandbox): Promise<void> {
   const cfg = sb.config;

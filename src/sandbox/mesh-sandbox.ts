@@ -163,16 +163,51 @@ export class MeshSandbox {
   async startAgent(extraArgs: string[] = []): Promise<ManagedProcess> {
     const proc = this.spawnAgent(this.node, extraArgs);
     this.agent = proc;
-    proc.child.stdout?.on('data', (d: Buffer) => {
-      this.agentLog += d.toString();
-      if (this.agentLog.length > 8_000_000) this.agentLog = this.agentLog.slice(-4_000_000);
-    });
+    this.collectLog(proc);
     await this.waitReady(this.node, proc);
     return proc;
   }
 
-  /** Stop the agent: SIGTERM (drain) by default, or SIGKILL to simulate a crash. */
-  async stopAgent(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+  private collectLog(proc: ManagedProcess): void {
+    proc.child.stdout?.on('data', (d: Buffer) => {
+      this.agentLog += d.toString();
+      if (this.agentLog.length > 8_000_000) this.agentLog = this.agentLog.slice(-4_000_000);
+    });
+  }
+
+  /**
+   * An upgrade as a DaemonSet with maxSurge does it: a new agent starts beside the running one
+   * (same node, pin root, ports and state directory), takes its listening sockets and capture
+   * over, and the old one drains and exits by itself. Resolves once the new agent serves the
+   * node (the old one has stopped accepting); `previous.exited` says when the old one is gone.
+   */
+  async replaceAgent(extraArgs: string[] = []): Promise<{ previous: ManagedProcess; next: ManagedProcess }> {
+    const previous = this.agent;
+    if (!previous) throw new Error('no agent runs: start one first');
+    const next = this.spawnAgent(this.node, extraArgs);
+    this.collectLog(next);
+    try {
+      await Promise.race([
+        next.waitFor(/"msg":"agent ready"/, 30_000),
+        next.exited.then(() => {
+          throw new Error(`the new agent exited during start-up:\n${next.output().slice(-4000)}`);
+        }),
+      ]);
+    } catch (err) {
+      next.kill('SIGKILL');
+      await next.exited;
+      throw err;
+    }
+    this.agent = next;
+    return { previous, next };
+  }
+
+  /**
+   * Stop the agent: SIGINT (stop now; requests in flight finish) by default; SIGTERM to drain
+   * as Kubernetes does (readiness fails, the agent serves on for agent.drainTimeout); SIGKILL to
+   * simulate a crash.
+   */
+  async stopAgent(signal: NodeJS.Signals = 'SIGINT'): Promise<number | null> {
     const a = this.agent;
     if (!a) return null;
     a.kill(signal);
@@ -240,9 +275,9 @@ export class MeshSandbox {
   }
 
   async destroy(): Promise<void> {
-    if (this.agent) await this.stopAgent('SIGTERM').catch(() => undefined);
+    if (this.agent) await this.stopAgent('SIGINT').catch(() => undefined);
     for (const p of this.peers.values()) {
-      p.agent?.kill('SIGTERM');
+      p.agent?.kill('SIGINT');
       await p.agent?.exited.catch(() => undefined);
     }
     writeFileSync(this.logFile, this.agentLog);

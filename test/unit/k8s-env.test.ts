@@ -35,6 +35,14 @@ t.test('the DaemonSet environment', async (t) => {
   });
 });
 
+t.test("the drain time follows the pod's grace period, less a second, unless WEFT_DRAIN_TIMEOUT says otherwise", async (t) => {
+  const base = { NODE_NAME: 'n', NODE_IP: '10.0.0.1' };
+  t.equal(staticConfigFromEnv({ env: { ...base, WEFT_TERMINATION_GRACE_PERIOD_SECONDS: '30' } }).static.agent?.drainTimeout, 29_000);
+  t.equal(staticConfigFromEnv({ env: { ...base, WEFT_TERMINATION_GRACE_PERIOD_SECONDS: '0' } }).static.agent?.drainTimeout, 0);
+  t.equal(staticConfigFromEnv({ env: { ...base, WEFT_TERMINATION_GRACE_PERIOD_SECONDS: '30', WEFT_DRAIN_TIMEOUT: '5s' } }).static.agent?.drainTimeout, 5_000);
+  t.throws(() => staticConfigFromEnv({ env: { ...base, WEFT_TERMINATION_GRACE_PERIOD_SECONDS: '30s' } }), { name: 'ConfigError', problems: [/^WEFT_TERMINATION_GRACE_PERIOD_SECONDS: "30s" is not a whole number of seconds/] });
+});
+
 t.test('flags win over the environment; defaults', async (t) => {
   const s = staticConfigFromEnv({ node: 'n1', address: '10.0.0.1', env: { NODE_NAME: 'ignored', NODE_IP: '10.9.9.9' } });
   t.equal(s.nodeName, 'n1');

@@ -5,7 +5,8 @@
  * (Content-Length, Transfer-Encoding) are reported, not copied: the sender of each hop writes
  * its own.
  */
-import { STATUS_CODES } from 'node:http';
+import http from '../../node-http.js';
+const { STATUS_CODES } = http;
 
 /** What a head scan reports. */
 export interface HeadFields {
