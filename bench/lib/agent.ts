@@ -34,7 +34,7 @@ export async function startAgent(node: TopoNode, o: AgentOptions): Promise<Runni
   const args = [process.execPath, ...AGENT_NODE_FLAGS, join(repoRoot(), 'bin', 'weft.js'), 'agent', '--config', o.configFile, '--pin-root', o.pinRoot];
   if (o.logLevel) args.push('--log-level', o.logLevel);
   const started = Date.now();
-  const running = spawnPinned(node, 'agent', o.cpu, args, o.logFile, { ...process.env, WEFT_STATE_DIR: o.stateDir });
+  const running = spawnPinned(node, 'agent', o.cpu, args, o.logFile, { ...process.env, WEFT_STATE_DIR: o.stateDir }, node.agentCgroup);
   const deadline = started + (o.readyTimeoutMs ?? 60_000);
   for (;;) {
     const exited = await Promise.race([running.proc.exited.then(() => true), sleep(100).then(() => false)]);

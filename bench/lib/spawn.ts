@@ -27,10 +27,12 @@ export function spawnPinned(
   argv: string[],
   logFile: string,
   env?: NodeJS.ProcessEnv,
+  cgroup?: string,
 ): Running {
   const proc = node.spawn('sh', ['-c', 'log=$1; shift; exec taskset -c "$@" >>"$log" 2>&1', 'weft-bench', logFile, String(cpu), ...argv], {
     env,
     label: name,
+    cgroup,
   });
   const tail = (bytes = 4000): string => {
     if (!existsSync(logFile)) return '';

@@ -48,7 +48,7 @@ t.test('top-level defaults', async (t) => {
 t.test('workload, service and namespace defaults', async (t) => {
   const c = parseConfig(MINIMAL, 't', { env: {} });
   t.same(c.workloads, [
-    { name: 'api-0', namespace: 'shop', node: 'node-a', ip: '10.77.0.11', serviceAccount: 'default', labels: {}, weight: 1, ready: true },
+    { name: 'api-0', namespace: 'shop', node: 'node-a', ip: '10.77.0.11', serviceAccount: 'default', labels: {}, weight: 1, ready: true, probePorts: [] },
   ]);
   t.same(c.namespaces, [{ name: 'shop', labels: {}, peerAuthentication: 'strict' }], 'an undeclared namespace exists, unlabelled');
   t.same(c.services[0], {
