@@ -17,19 +17,24 @@
 #include <bpf/bpf_helpers.h>
 #include "weft.h"
 
-static __always_inline int is_agent(void)
+static __always_inline int is_task(__u32 slot)
 {
 	struct bpf_pidns_info ns = {};
 	struct weft_agent_task *a;
-	__u32 zero = 0;
 
-	a = bpf_map_lookup_elem(&weft_agent, &zero);
+	a = bpf_map_lookup_elem(&weft_agent, &slot);
 	if (!a || !a->tgid)
 		return 0;
 	/* Fails (non-zero) when the current task is not in that pid namespace. */
 	if (bpf_get_ns_current_pid_tgid(a->pidns_dev, a->pidns_ino, &ns, sizeof(ns)))
 		return 0;
 	return ns.tgid == a->tgid;
+}
+
+/* Either agent of the node: during a handover the old one drains beside the new one. */
+static __always_inline int is_agent(void)
+{
+	return is_task(0) || is_task(1);
 }
 
 SEC("sockops")

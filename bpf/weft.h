@@ -118,10 +118,12 @@ struct weft_probe_val {
 };
 
 /*
- * weft_agent[0]: the agent process, as bpf_get_ns_current_pid_tgid() sees it: its tgid in its
- * own pid namespace, named by that namespace's device and inode (stat /proc/self/ns/pid).
- * tgid 0: no agent registered (nothing is marked as agent-opened).
+ * weft_agent[0..1]: the agent processes, as bpf_get_ns_current_pid_tgid() sees them: a tgid in
+ * its own pid namespace, named by that namespace's device and inode (stat /proc/self/ns/pid).
+ * Two slots: while a new agent takes a node over (src/lifecycle/handover.ts) both run, and the
+ * old one drains with connections of its own. tgid 0: a free slot.
  */
+#define WEFT_AGENTS_MAX 2
 struct weft_agent_task {
 	__u64 pidns_dev;
 	__u64 pidns_ino;
@@ -277,7 +279,7 @@ struct {
 /* The agent process (weft_agent_sockops tells its connects from those of others). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, WEFT_AGENTS_MAX);
 	__type(key, __u32);
 	__type(value, struct weft_agent_task);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

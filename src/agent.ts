@@ -216,6 +216,9 @@ export class Agent {
           pinRoot,
           nodeIp: node.address,
           outboundPort: predecessor?.listeners.find((l) => l.name === 'outbound')?.port ?? ports.outbound,
+          // Both agents of a handover open connections into strict pods: one slot each.
+          agentSlot: predecessor ? (predecessor.agentSlot === 0 ? 1 : 0) : 0,
+          beside: predecessor !== undefined,
           splice: this.opts.l4Splice ?? process.env.WEFT_L4_SPLICE !== '0',
           log: log.child({ component: 'datapath' }),
         });
@@ -286,6 +289,7 @@ export class Agent {
     this.ready = true;
     await this.slot?.serve({
       listeners: () => this.listeners.handed(),
+      agentSlot: () => this.datapath?.agentSlot,
       releaseCapture: () => this.releaseCapture(),
       resumeCapture: () => this.resumeCapture(),
       stopAccepting: async () => this.listeners.stopAccepting(),
@@ -337,6 +341,7 @@ export class Agent {
     this.captureOwned = false;
     this.capture?.stop();
     this.socketLb?.release();
+    this.datapath?.readRefusedConnects(false);
   }
 
   /** The successor went away before it was ready: capture is this agent's again. */
@@ -345,6 +350,7 @@ export class Agent {
     this.captureOwned = true;
     this.capture?.resume();
     this.socketLb?.resume();
+    this.datapath?.readRefusedConnects(true);
   }
 
   /**

@@ -19,6 +19,8 @@ export const CGROUPS_MAX = 16384;
 /** Levels of the cgroup v2 tree connect4 searches for the caller's pod cgroup. (WEFT_CGROUP_LEVELS_MAX) */
 export const CGROUP_LEVELS_MAX = 16;
 export const AGENT_FLOWS_MAX = 65536;
+/** weft_agent slots: the two agents of a handover (src/lifecycle/handover.ts). */
+export const AGENTS_MAX = 2;
 export const PROBES_MAX = 65536;
 /** Bytes of the ring buffer of refused connects. */
 export const REFUSED_BYTES = 1 << 16;
@@ -49,6 +51,7 @@ export const DEFINES: Readonly<Record<string, number>> = {
   WEFT_PODS_MAX: PODS_MAX,
   WEFT_CGROUPS_MAX: CGROUPS_MAX,
   WEFT_CGROUP_LEVELS_MAX: CGROUP_LEVELS_MAX,
+  WEFT_AGENTS_MAX: AGENTS_MAX,
   WEFT_AGENT_FLOWS_MAX: AGENT_FLOWS_MAX,
   WEFT_PROBES_MAX: PROBES_MAX,
   WEFT_REFUSED_BYTES: REFUSED_BYTES,
@@ -143,7 +146,7 @@ export const MAPS: Readonly<Record<MapName, MapSpec>> = {
   weft_pods: { type: MAP_TYPE.hash, keySize: 4, valueSize: STRUCTS.weft_pod_val.size, maxEntries: PODS_MAX },
   weft_cgroups: { type: MAP_TYPE.hash, keySize: 8, valueSize: STRUCTS.weft_cgroup_val.size, maxEntries: CGROUPS_MAX },
   weft_refused: { type: MAP_TYPE.ringbuf, keySize: 0, valueSize: 0, maxEntries: REFUSED_BYTES },
-  weft_agent: { type: MAP_TYPE.array, keySize: 4, valueSize: STRUCTS.weft_agent_task.size, maxEntries: 1 },
+  weft_agent: { type: MAP_TYPE.array, keySize: 4, valueSize: STRUCTS.weft_agent_task.size, maxEntries: AGENTS_MAX },
   weft_agt_flows: { type: MAP_TYPE.lruHash, keySize: STRUCTS.weft_lb_flow_key.size, valueSize: 8, maxEntries: AGENT_FLOWS_MAX },
   weft_probes: { type: MAP_TYPE.hash, keySize: STRUCTS.weft_dst_key.size, valueSize: STRUCTS.weft_probe_val.size, maxEntries: PROBES_MAX },
   weft_lb_svcs: { type: MAP_TYPE.hash, keySize: STRUCTS.weft_dst_key.size, valueSize: STRUCTS.weft_lb_svc.size, maxEntries: LB_SVCS_MAX },

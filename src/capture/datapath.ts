@@ -64,6 +64,14 @@ export interface DatapathOptions {
    */
   agentCgroup?: string | false;
   /**
+   * Which of the two weft_agent slots this agent registers in: 0, unless it takes over from an
+   * agent that holds slot 0 (then 1), for both to be marked while the old one drains. An agent
+   * that starts alone frees the other slot and the links an earlier agent left on its cgroup.
+   */
+  agentSlot?: 0 | 1;
+  /** A predecessor still runs (a handover): its slot and link stay. */
+  beside?: boolean;
+  /**
    * Load the kernel splice of L4 connections (bpf/splice.bpf.c). Default true. When the kernel
    * refuses it, the datapath still opens, without it (see {@link Datapath.splicing}).
    */
@@ -191,6 +199,8 @@ export class Datapath {
       maps.config.set(0, { nodeIp: opts.nodeIp, outboundPort: opts.outboundPort });
       dp.readRefusals();
       const agentCgroup = opts.agentCgroup ?? ownCgroup();
+      dp.agentSlot = opts.agentSlot ?? 0;
+      if (!opts.beside) dp.forgetOtherAgents();
       if (agentCgroup !== false) dp.markAgent(agentCgroup);
       log.info(
         {
@@ -276,6 +286,14 @@ export class Datapath {
   offLbEvents(): void {
     this.lbReader?.close();
     this.lbReader = undefined;
+  }
+
+  /** Stops logging refused connects (another agent reads weft_refused now), or starts again. */
+  readRefusedConnects(on: boolean): void {
+    if (!on) {
+      this.refusedReader?.close();
+      this.refusedReader = undefined;
+    } else if (!this.refusedReader) this.readRefusals();
   }
 
   /**
@@ -467,6 +485,14 @@ export class Datapath {
     this.splicer?.close();
     this.lbReader?.close();
     this.refusedReader?.close();
+    if (this.markedAgent) {
+      // This process opens nothing more: its slot is free (for the next handover).
+      try {
+        this.maps.agent.update(codecs.u32.encode(this.agentSlot), Buffer.alloc(STRUCTS.weft_agent_task.size));
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, 'freeing the agent slot failed');
+      }
+    }
     this.closed = true;
     const { dests, config, tuple, pods, cgroups, agent, probes, refused, lbSvcs, lbSlots, lbEvents, lbLost } = this.maps;
     for (const m of [dests.map, config.map, tuple, pods.map, cgroups, agent, probes, refused, lbSvcs, lbSlots, lbEvents, lbLost]) m.close();
@@ -511,18 +537,43 @@ export class Datapath {
    */
   private markAgent(cgroupPath: string): void {
     const ns = statSync('/proc/self/ns/pid', { bigint: true });
-    this.maps.agent.update(codecs.u32.encode(0), codecs.agentTask.encode({ pidnsDev: ns.dev, pidnsIno: ns.ino, tgid: process.pid }));
+    this.maps.agent.update(codecs.u32.encode(this.agentSlot), codecs.agentTask.encode({ pidnsDev: ns.dev, pidnsIno: ns.ino, tgid: process.pid }));
+    this.markedAgent = true;
     const cgroupId = cgroupIdOf(cgroupPath);
     if (statfsSync(cgroupPath).type !== CGROUP2_SUPER_MAGIC)
       throw new BpfError('attach', EINVAL, 'EINVAL', `agent cgroup ${cgroupPath} is not a cgroup v2 directory`);
-    const dir = join(this.linksDir, AGENT_LINK_DIR);
+    // One link per agent cgroup: the two agents of a handover may run in two (two pods).
+    const dir = join(this.linksDir, AGENT_LINK_DIR, String(cgroupId));
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     this.ensureLink(cgroupPath, cgroupId, dir, AGENT_PROGRAM, new Map());
   }
 
-  /** Removes the agent's link (destroy). */
+  /** Which weft_agent slot this agent holds. */
+  agentSlot: 0 | 1 = 0;
+  private markedAgent = false;
+
+  /**
+   * An agent that starts alone: whatever agent registered before it is gone (its slot is
+   * freed) and so are the links on the cgroups earlier agents ran in.
+   */
+  private forgetOtherAgents(): void {
+    const other = this.agentSlot === 0 ? 1 : 0;
+    this.maps.agent.update(codecs.u32.encode(other), Buffer.alloc(STRUCTS.weft_agent_task.size));
+    this.unlinkAgent();
+  }
+
+  /** Removes the links on agent cgroups (destroy, or an agent starting alone). */
   private unlinkAgent(): void {
-    const dir = join(this.linksDir, AGENT_LINK_DIR);
+    const root = join(this.linksDir, AGENT_LINK_DIR);
+    if (!existsSync(root)) return;
+    for (const entry of readdirSync(root, { withFileTypes: true })) {
+      if (entry.isDirectory()) this.unlinkAgentAt(join(root, entry.name));
+    }
+    // The layout before one link per cgroup: root/agent_sockops.
+    this.unlinkAgentAt(root);
+  }
+
+  private unlinkAgentAt(dir: string): void {
     const pinPath = join(dir, AGENT_PROGRAM.name);
     if (existsSync(pinPath)) {
       const link = BpfLink.fromPin(pinPath);

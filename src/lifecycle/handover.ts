@@ -40,6 +40,8 @@ export interface HandedListener {
 export interface HandoverHost {
   /** The listening sockets to hand over (fds of this process; the successor gets its own copies). */
   listeners(): HandedListener[];
+  /** The weft_agent slot this agent marks its connections with (the successor takes the other). */
+  agentSlot(): number | undefined;
   /** The successor runs capture from now on: stop syncing maps and links. */
   releaseCapture(): void;
   /** The successor went away before it was ready: take capture back. */
@@ -95,6 +97,8 @@ export class Predecessor {
     fd: number,
     readonly pid: number,
     readonly listeners: HandedListener[],
+    /** The weft_agent slot it marks its connections with. */
+    readonly agentSlot: number | undefined,
     private readonly replyTimeoutMs: number,
     private readonly log: Logger,
   ) {
@@ -249,7 +253,7 @@ export class NodeSlot {
       const [lockFd, ...listenerFds] = fds;
       const listeners = specs.map((s, i) => ({ name: String(s.name), host: String(s.host), port: Number(s.port), fd: listenerFds[i]! }));
       fds.length = 0;
-      return { lockFd: lockFd!, predecessor: new Predecessor(fd, Number(m.pid), listeners, timeout, opts.log) };
+      return { lockFd: lockFd!, predecessor: new Predecessor(fd, Number(m.pid), listeners, typeof m.agentSlot === 'number' ? m.agentSlot : undefined, timeout, opts.log) };
     } catch (err) {
       for (const f of fds) closeFd(f);
       closeFd(fd);
@@ -350,7 +354,7 @@ export class NodeSlot {
       switch (m.op) {
         case 'hello': {
           const listeners = host.listeners();
-          const welcome = { op: 'welcome', version: VERSION, pid: process.pid, listeners: listeners.map(({ name, host, port }) => ({ name, host, port })) };
+          const welcome = { op: 'welcome', version: VERSION, pid: process.pid, agentSlot: host.agentSlot(), listeners: listeners.map(({ name, host, port }) => ({ name, host, port })) };
           log.info({ successor: cred.pid, listeners: listeners.map((l) => `${l.name} ${l.host}:${l.port}`) }, 'a new agent takes over: handing over the listening sockets');
           // Nothing was written on this socket through Node: the fds go out first, in order.
           sendFds(fd, Buffer.from(JSON.stringify(welcome) + '\n'), [this.lockFd, ...listeners.map((l) => l.fd)]);
