@@ -99,6 +99,7 @@ interface RawTrafficPolicy {
   connectionPool?: Partial<Record<keyof ConnectionPoolPolicy, number | RawDuration>>;
   circuitBreaker?: Partial<Record<keyof CircuitBreakerPolicy, number | RawDuration>>;
   fallback?: { service: string };
+  upgrades?: string[];
 }
 
 interface RawConfig {
@@ -496,6 +497,7 @@ function buildTrafficPolicy(raw: RawTrafficPolicy, at: PathSegment[], p: Problem
   if (raw.retries) policy.retries = buildRetries(raw.retries, [...at, 'retries'], p, timeout);
   if (raw.circuitBreaker) policy.circuitBreaker = buildCircuitBreaker(raw.circuitBreaker, [...at, 'circuitBreaker'], p);
   if (raw.fallback) policy.fallback = { service: raw.fallback.service };
+  if (raw.upgrades) policy.upgrades = [...new Set(raw.upgrades.map((u) => u.toLowerCase()))];
   return policy;
 }
 

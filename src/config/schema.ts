@@ -121,6 +121,8 @@ const trafficPolicy = obj({
     halfOpenRequests: int(1),
   }),
   fallback: obj({ service: labelName }, ['service']),
+  // Upgrade protocol names (RFC 9110 tokens, without a version): websocket, h2c, ...
+  upgrades: { ...list(str('^[A-Za-z0-9!#$%&\'*+.^_`|~-]+$', 'must be an Upgrade protocol name, like websocket'), 0), uniqueItems: true },
 });
 
 const servicePort = obj(

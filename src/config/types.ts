@@ -251,6 +251,12 @@ export interface TrafficPolicy {
    * P: the loader checks that the fallback has each of this service's ports, same protocol.
    */
   fallback?: { service: string };
+  /**
+   * Protocol upgrades forwarded to this service (lower-case `Upgrade` protocol names); a
+   * request asking for another is served as plain HTTP. Absent: `websocket` only. `h2c` is
+   * never allowed unless listed.
+   */
+  upgrades?: string[];
 }
 
 export interface Service {
