@@ -45,7 +45,7 @@ export class Enforcer {
     this.log = log.child({ component: 'authz' });
     const cfg = state.config;
     this.compiled = compilePolicies(cfg.policies, { trustDomain: cfg.mesh.trustDomain });
-    this.jwt = new JwtAuthenticator(cfg.requestAuthentications, { logger: this.log as never });
+    this.jwt = new JwtAuthenticator(cfg.requestAuthentications, { logger: this.log as never, allowLocalUris: cfg.agent.jwksAllowLocalUris, nodeAddresses: [cfg.node.address] });
     this.policiesJson = JSON.stringify(cfg.policies);
     this.rasJson = JSON.stringify(cfg.requestAuthentications);
   }

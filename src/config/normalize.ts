@@ -151,7 +151,7 @@ interface RawConfig {
     action?: 'ALLOW' | 'DENY';
     rules?: { from?: PolicySource[]; to?: PolicyOperation[] }[];
   }[];
-  agent?: { drainTimeout?: RawDuration; logLevel?: string };
+  agent?: { drainTimeout?: RawDuration; logLevel?: string; jwksAllowLocalUris?: boolean; maxDownstreamConnections?: { outbound?: number; inbound?: number; tunnel?: number } };
 }
 
 export interface NormalizeOptions {
@@ -245,6 +245,8 @@ function build(raw: RawConfig, p: Problems, baseDir: string): MeshConfig {
     agent: {
       drainTimeout: p.duration(raw.agent?.drainTimeout, DEFAULT_AGENT.drainTimeout, ['agent', 'drainTimeout']),
       logLevel: raw.agent?.logLevel ?? DEFAULT_AGENT.logLevel,
+      jwksAllowLocalUris: raw.agent?.jwksAllowLocalUris ?? DEFAULT_AGENT.jwksAllowLocalUris,
+      maxDownstreamConnections: { ...DEFAULT_AGENT.maxDownstreamConnections, ...raw.agent?.maxDownstreamConnections },
     },
   };
 }

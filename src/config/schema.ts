@@ -246,7 +246,12 @@ export const CONFIG_SCHEMA: SchemaObject = obj(
         ['name', 'namespace'],
       ),
     ),
-    agent: obj({ drainTimeout: duration, logLevel: oneOfStrings(LOG_LEVELS) }),
+    agent: obj({
+      drainTimeout: duration,
+      logLevel: oneOfStrings(LOG_LEVELS),
+      jwksAllowLocalUris: { type: 'boolean' },
+      maxDownstreamConnections: obj({ outbound: int(1), inbound: int(1), tunnel: int(1) }),
+    }),
   },
   ['node'],
   // `x-` keys are ignored (a docker-compose convention): a place for YAML anchors to share.

@@ -368,5 +368,16 @@ export interface MeshConfig {
     drainTimeout: number;
     /** Log level: fatal | error | warn | info | debug | trace | silent (default info). */
     logLevel: string;
+    /**
+     * Allow `jwksUri` hosts that are (or resolve to) a loopback, link-local or this node's
+     * own address (default false: refused, the rule fails closed). Read at start.
+     */
+    jwksAllowLocalUris: boolean;
+    /**
+     * Open downstream connections accepted per listener; beyond it a new connection is
+     * closed at once and counted in `weft_downstream_connections_rejected_total{listener}`.
+     * Defaults: outbound 16384, tunnel 16384, inbound 4096. Applied live.
+     */
+    maxDownstreamConnections: { outbound: number; inbound: number; tunnel: number };
   };
 }
