@@ -77,6 +77,26 @@ t.test('an upgrade the upstream does not switch: the next request on the connect
   c.close();
 });
 
+t.test('the same with the client half-closing after its requests', async (t) => {
+  const backend = await plainBackend(t);
+  const la = await agentFor(t);
+  const c = await RawClient.connect(la.outboundPort, clientIp(la));
+  c.sock.end('GET /public HTTP/1.1\r\nHost: api.shop\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /admin HTTP/1.1\r\nHost: api.shop\r\n\r\n');
+  t.equal((await c.readResponse()).status, 200);
+  t.equal((await c.readResponse()).status, 403, 'the pipelined request is parsed and denied');
+  t.equal(backend.heads().length, 1);
+  await c.waitClosed();
+});
+
+t.test('h2c with the client half-closing', async (t) => {
+  await plainBackend(t);
+  const la = await agentFor(t);
+  const c = await RawClient.connect(la.outboundPort, clientIp(la));
+  c.sock.end('GET /public HTTP/1.1\r\nHost: api\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\nGET /admin HTTP/1.1\r\nHost: api\r\n\r\n');
+  t.equal((await c.readResponse()).status, 200);
+  t.equal((await c.readResponse()).status, 403, 'the pipelined request is parsed and denied');
+});
+
 t.test('an upgrade type the service does not allow is stripped and served as HTTP', async (t) => {
   const backend = await plainBackend(t);
   const la = await agentFor(t);

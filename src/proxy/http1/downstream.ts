@@ -95,6 +95,15 @@ export class Downstream implements TelemetryConn {
     sock.on('drain', this.onDrain);
   }
 
+  /**
+   * The client half-closed (or the proxy drains) and no request is queued after the one
+   * being answered: that answer is the last and says `connection: close`. Requests the
+   * client pipelined before its FIN are still answered.
+   */
+  get lastBeforeClose(): boolean {
+    return this.closing && this.queue.length <= 1 && this.parsing === undefined;
+  }
+
   /** Nothing in flight and no request partly received. */
   get idle(): boolean {
     return this.queue.length === 0 && this.parsing === undefined && this.headStart === 0;

@@ -221,7 +221,7 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   }
 
   protected writeAnswer(a: Answer): void {
-    const close = !this.keepAlive || !this.bodyComplete || this.down.closing || this.callHost.draining || this.rejectReason !== undefined;
+    const close = !this.keepAlive || !this.bodyComplete || this.down.lastBeforeClose || this.callHost.draining || this.rejectReason !== undefined;
     this.closeAfter = close;
     const sock = this.down.sock;
     if (sock.writable) {
@@ -367,7 +367,7 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
     const status = conn.status;
     if (!this.responseHead(status, undefined)) return false;
     const v10 = this.versionMinor === 0;
-    let close = !this.keepAlive || !this.bodyComplete || this.down.closing || this.callHost.draining;
+    let close = !this.keepAlive || !this.bodyComplete || this.down.lastBeforeClose || this.callHost.draining;
     let head = `HTTP/1.1 ${status} ${conn.reason}\r\n${conn.lines}`;
     const te = conn.transferEncoding;
     if (this.headRequest || status === 204 || status === 304) {
