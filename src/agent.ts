@@ -21,6 +21,7 @@ import { LocalIdentities } from './identity/local-identities.js';
 import { HboneTunnel } from './proxy/hbone-tunnel.js';
 import { TunnelServer } from './proxy/tunnel-server.js';
 import { PlaintextInbound } from './proxy/inbound-plaintext.js';
+import { DownstreamCaps } from './proxy/downstream-caps.js';
 import { inboundTransport } from './proxy/inbound.js';
 import type { TcpProxyDeps } from './proxy/tcp.js';
 import { DEFAULT_PIN_ROOT, preparePinRoot } from './capture/datapath.js';
@@ -74,6 +75,7 @@ export class Agent {
   private tunnel?: HboneTunnel;
   private tunnelServer?: TunnelServer;
   private plaintextInbound?: PlaintextInbound;
+  private downstreamCaps?: DownstreamCaps;
   private admin!: AdminServer;
   private capture?: CaptureManager;
   private socketLb?: SocketLb;
@@ -191,6 +193,11 @@ export class Agent {
       log: log.child({ component: 'admin' }),
     });
     const { ports, node } = cfg;
+    const caps = (this.downstreamCaps = new DownstreamCaps(this.metrics, log.child({ component: 'listeners' })));
+    const max = cfg.agent.maxDownstreamConnections;
+    caps.attach('outbound', this.outbound.server, max.outbound);
+    caps.attach('tunnel', this.tunnelServer.server, max.tunnel);
+    caps.attach('inbound', this.plaintextInbound.server, max.inbound);
     setProbeSourceAddress(node.address);
 
     // The node's slot: the pin-root lock, or a handover from the agent that holds it.
@@ -399,6 +406,7 @@ export class Agent {
       this.log.warn({ ca: next.ca, trustDomain: next.mesh.trustDomain }, 'ca, stateDir or trust domain changed: restart the agent to apply them');
     }
     this.state.apply(next);
+    this.downstreamCaps?.apply(next.agent.maxDownstreamConnections);
     this.enforcer.update(next);
     this.clusters.sync();
     this.identities?.sync(this.state);

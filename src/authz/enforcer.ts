@@ -45,7 +45,7 @@ export class Enforcer {
     this.log = log.child({ component: 'authz' });
     const cfg = state.config;
     this.compiled = compilePolicies(cfg.policies, { trustDomain: cfg.mesh.trustDomain });
-    this.jwt = new JwtAuthenticator(cfg.requestAuthentications, { logger: this.log as never });
+    this.jwt = new JwtAuthenticator(cfg.requestAuthentications, { logger: this.log as never, allowLocalUris: cfg.agent.jwksAllowLocalUris, nodeAddresses: [cfg.node.address] });
     this.policiesJson = JSON.stringify(cfg.policies);
     this.rasJson = JSON.stringify(cfg.requestAuthentications);
   }
@@ -80,10 +80,22 @@ export class Enforcer {
     return wp.deny.length > 0 || wp.allow.length > 0;
   }
 
+  /**
+   * The destination workload of `ep` is not (or no longer) in the state: nothing can be said
+   * about the policies that select it, so the connection or request is refused (fail closed)
+   * rather than let through unchecked.
+   */
+  private unknownDestination(peer: PeerIdentity, ep: Endpoint, protocol: string): Decision {
+    const d: Decision = { allowed: false, policy: 'unknown-destination' };
+    this.metrics.authzDenied.inc({ policy: d.policy! });
+    this.log.warn({ policy: d.policy, protocol, src: peer.principal, src_ip: peer.ip, endpoint: ep.id, dst: `${ep.info.namespace}/${ep.info.workload}` }, 'refused: the destination workload is unknown (fail closed)');
+    return d;
+  }
+
   /** TCP: may `peer` open a connection to `ep`? */
   tcp(peer: PeerIdentity, ep: Endpoint): Decision {
     const dst = this.destination(ep);
-    if (!dst) return { allowed: true };
+    if (!dst) return this.unknownDestination(peer, ep, 'tcp');
     const d = this.compiled.forWorkload(dst).evaluate({ protocol: 'tcp', sourcePrincipal: peer.principal, sourceNamespace: peer.namespace, sourceIp: peer.ip, port: ep.info.port });
     if (!d.allowed) this.denied(d, peer, dst, ep, 'tcp');
     return d;
@@ -97,7 +109,10 @@ export class Enforcer {
    */
   http(peer: PeerIdentity, ep: Endpoint, req: HttpRequestView): AuthzVerdict | undefined | Promise<AuthzVerdict | undefined> {
     const dst = this.destination(ep);
-    if (!dst) return undefined;
+    if (!dst) {
+      this.unknownDestination(peer, ep, 'http');
+      return new WeftError('WEFT_ERR_DENIED', 'the destination workload is unknown');
+    }
     if (this.jwt.appliesTo(dst)) return this.httpWithJwt(peer, ep, dst, req);
     return this.authorizeHttp(peer, ep, dst, req, undefined);
   }

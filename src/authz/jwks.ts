@@ -1,14 +1,27 @@
 /**
  * JSON Web Key Sets for request authentication, from a file or a URI, kept fresh in the
- * background. A key set that fails to load or parse never replaces the last good one.
+ * background. A key set that fails to load or parse never replaces the last good one; one
+ * that never loaded fails its rules closed (a token for them is answered 401).
+ *
+ * Every source is read defensively, since it is named by configuration that a namespace
+ * tenant may write (in Kubernetes, through a RequestAuthentication): a file must be a regular
+ * file (opened non-blocking, so a FIFO cannot hang a thread), every read is streamed with a
+ * size cap ({@link MAX_JWKS_BYTES}) and a time cap (`fetchTimeout`), redirects are not
+ * followed, and a URI whose host is a loopback, link-local or this node's own address is
+ * refused unless `allowLocalUris` is set.
  *
  * The verification keys are wrapped once per key-set change with jose's `createLocalJWKSet`,
  * which imports each JWK on first use and caches the `CryptoKey`: the request path never
  * re-imports a key.
  */
 
-import { readFile, stat } from 'node:fs/promises';
-import { unwatchFile, watchFile, type Stats } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { constants, unwatchFile, watchFile, type Stats } from 'node:fs';
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import http from 'node:http';
+import https from 'node:https';
+import { isIP, type LookupFunction } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { createLocalJWKSet, type JSONWebKeySet, type JWK, type LocalJWKSet } from 'jose';
 
 /** Minimal logger (pino-compatible). */
@@ -22,14 +35,20 @@ export interface KeySetOptions {
   refreshInterval: number;
   /** How often a file's mtime/size is polled for changes, ms. Default 2s. */
   fileCheckInterval: number;
-  /** Timeout for one JWKS fetch, ms. Default 5s. */
+  /** Time cap on one JWKS read (file) or fetch (URI, from connect to the last byte), ms. Default 5s. */
   fetchTimeout: number;
   /** Minimum time between refreshes forced by a token whose key is unknown, ms. Default 30s. */
   cooldown: number;
   /** First retry delay after a failed fetch, ms; doubles up to `refreshInterval`. Default 2s. */
   retryDelay: number;
   now: () => number;
-  fetch: typeof fetch;
+  /**
+   * Fetch a `jwksUri` whose host is (or resolves to) a loopback, link-local or this node's
+   * own address. Default false: such a URI is refused (config `agent.jwksAllowLocalUris`).
+   */
+  allowLocalUris: boolean;
+  /** Extra addresses counted as this node's (the node address from the config). */
+  nodeAddresses: readonly string[];
   logger?: AuthnLogger;
 }
 
@@ -40,11 +59,12 @@ export const DEFAULT_KEY_SET_OPTIONS: KeySetOptions = {
   cooldown: 30_000,
   retryDelay: 2_000,
   now: () => Date.now(),
-  fetch: (...args) => fetch(...args),
+  allowLocalUris: false,
+  nodeAddresses: [],
 };
 
-/** Largest JWKS document accepted, bytes. */
-const MAX_JWKS_BYTES = 1 << 20;
+/** Largest JWKS document accepted, bytes (a key set of a few dozen RSA keys fits). */
+export const MAX_JWKS_BYTES = 64 * 1024;
 
 /** Private and symmetric members: never needed to verify, dropped from every key. */
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k', 'priv'] as const;
@@ -203,10 +223,8 @@ export class FileKeySet extends KeySet {
     this.start();
   }
 
-  protected async read(): Promise<string> {
-    const st = await stat(this.path);
-    if (st.size > MAX_JWKS_BYTES) throw new Error(`JWKS file larger than ${MAX_JWKS_BYTES} bytes`);
-    return readFile(this.path, 'utf8');
+  protected read(): Promise<string> {
+    return withTimeout(readRegularFile(this.path), this.opts.fetchTimeout, `reading ${this.path}`);
   }
 
   override close(): void {
@@ -232,23 +250,8 @@ export class UriKeySet extends KeySet {
     this.start();
   }
 
-  protected async read(): Promise<string> {
-    const res = await this.opts.fetch(this.uri, {
-      headers: { accept: 'application/json, application/jwk-set+json' },
-      signal: AbortSignal.timeout(this.opts.fetchTimeout),
-    });
-    if (!res.ok) {
-      await res.body?.cancel().catch(() => {});
-      throw new Error(`GET ${this.uri}: HTTP ${res.status}`);
-    }
-    const length = Number(res.headers.get('content-length') ?? '0');
-    if (length > MAX_JWKS_BYTES) {
-      await res.body?.cancel().catch(() => {});
-      throw new Error(`JWKS larger than ${MAX_JWKS_BYTES} bytes`);
-    }
-    const text = await res.text();
-    if (text.length > MAX_JWKS_BYTES) throw new Error(`JWKS larger than ${MAX_JWKS_BYTES} bytes`);
-    return text;
+  protected read(): Promise<string> {
+    return fetchCapped(this.uri, this.opts);
   }
 
   protected override onSuccess(): void {
@@ -273,4 +276,144 @@ export class UriKeySet extends KeySet {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading a source with caps
+
+function tooLarge(): Error {
+  return new Error(`JWKS larger than ${MAX_JWKS_BYTES} bytes`);
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms}ms`)), ms);
+    timer.unref();
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * A JWKS file, read only when it is a regular file: opened with O_NONBLOCK (opening a FIFO
+ * for reading would otherwise wait for a writer, holding a libuv thread), then checked with
+ * fstat on the open descriptor (no race with a rename), then read up to the cap (a device
+ * such as /dev/zero reports size 0 and never ends; it is refused before any read).
+ */
+export async function readRegularFile(path: string): Promise<string> {
+  const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new Error(`${path} is not a regular file`);
+    if (st.size > MAX_JWKS_BYTES) throw tooLarge();
+    const buf = Buffer.allocUnsafe(MAX_JWKS_BYTES + 1);
+    let n = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
+      if (bytesRead === 0) break;
+      n += bytesRead;
+      if (n > MAX_JWKS_BYTES) throw tooLarge();
+    }
+    return buf.toString('utf8', 0, n);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Is `ip` a loopback, link-local, unspecified or this node's own address? */
+export function isLocalAddress(ip: string, nodeAddresses: readonly string[] = []): boolean {
+  let a = ip.toLowerCase();
+  if (a.startsWith('::ffff:') && isIP(a.slice(7)) === 4) a = a.slice(7);
+  if (isIP(a) === 4) {
+    const [o1, o2] = a.split('.').map(Number) as [number, number];
+    if (o1 === 127 || o1 === 0 || (o1 === 169 && o2 === 254)) return true;
+  } else if (isIP(a) === 6) {
+    if (a === '::1' || a === '::' || /^fe[89ab]/.test(a)) return true;
+  }
+  if (nodeAddresses.includes(a)) return true;
+  for (const list of Object.values(networkInterfaces())) {
+    for (const i of list ?? []) if (i.address.toLowerCase() === a) return true;
+  }
+  return false;
+}
+
+/** A DNS lookup that fails when any address of the name is local (checked where the connection is made, so a re-resolving name cannot slip one in). */
+function guardedLookup(nodeAddresses: readonly string[]): LookupFunction {
+  return (hostname, options, callback) => {
+    dnsLookup(hostname, { family: options.family, hints: options.hints, all: true }, (err, addresses: LookupAddress[]) => {
+      if (err) return (callback as (e: Error) => void)(err);
+      const local = addresses.find((x) => isLocalAddress(x.address, nodeAddresses));
+      if (local !== undefined || addresses.length === 0) {
+        const e = new Error(`${hostname} resolves to ${local?.address ?? 'nothing'}, a local address: refused (agent.jwksAllowLocalUris)`);
+        return (callback as (e: Error) => void)(e);
+      }
+      if ((options as { all?: boolean }).all) (callback as (e: null, a: LookupAddress[]) => void)(null, addresses);
+      else (callback as (e: null, a: string, f: number) => void)(null, addresses[0]!.address, addresses[0]!.family);
+    });
+  };
+}
+
+/**
+ * GET a JWKS URI: no redirects (a 3xx is a failure), the body streamed and cut at the size
+ * cap whatever its framing, the whole exchange within `fetchTimeout`, and local addresses
+ * refused unless `allowLocalUris`.
+ */
+export function fetchCapped(uri: string, opts: Pick<KeySetOptions, 'fetchTimeout' | 'allowLocalUris' | 'nodeAddresses'>): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let url: URL;
+    try {
+      url = new URL(uri);
+    } catch {
+      reject(new Error(`${uri} is not a URL`));
+      return;
+    }
+    const host = url.hostname.replace(/^\[|\]$/g, '');
+    if (!opts.allowLocalUris && isIP(host) !== 0 && isLocalAddress(host, opts.nodeAddresses)) {
+      reject(new Error(`${uri}: ${host} is a local address: refused (agent.jwksAllowLocalUris)`));
+      return;
+    }
+    const mod = url.protocol === 'https:' ? https : url.protocol === 'http:' ? http : undefined;
+    if (mod === undefined) {
+      reject(new Error(`${uri}: not http(s)`));
+      return;
+    }
+    let done = false;
+    const fail = (err: Error) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      req.destroy();
+      reject(err);
+    };
+    const req = mod.request(url, {
+      method: 'GET',
+      agent: false,
+      headers: { accept: 'application/json, application/jwk-set+json' },
+      ...(opts.allowLocalUris ? {} : { lookup: guardedLookup(opts.nodeAddresses) }),
+    });
+    const timer = setTimeout(() => fail(new Error(`GET ${uri}: no complete answer within ${opts.fetchTimeout}ms`)), opts.fetchTimeout);
+    timer.unref();
+    req.on('error', (err) => fail(new Error(`GET ${uri}: ${err.message}`)));
+    req.on('response', (res) => {
+      const status = res.statusCode ?? 0;
+      if (status >= 300 && status < 400) return fail(new Error(`GET ${uri}: HTTP ${status} redirect to ${res.headers.location ?? '?'} (redirects are not followed)`));
+      if (status < 200 || status >= 300) return fail(new Error(`GET ${uri}: HTTP ${status}`));
+      if (Number(res.headers['content-length'] ?? 0) > MAX_JWKS_BYTES) return fail(tooLarge());
+      const parts: Buffer[] = [];
+      let n = 0;
+      res.on('data', (d: Buffer) => {
+        n += d.length;
+        if (n > MAX_JWKS_BYTES) return fail(tooLarge());
+        parts.push(d);
+      });
+      res.on('error', (err) => fail(new Error(`GET ${uri}: ${err.message}`)));
+      res.on('end', () => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        resolve(Buffer.concat(parts).toString('utf8'));
+      });
+    });
+    req.end();
+  });
 }

@@ -109,82 +109,9 @@ export function stripPort(host: string): string {
   return host.slice(0, colon);
 }
 
-const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
-
 /**
- * Normalizes a request path before it is matched against `paths` / `notPaths`, so that what
- * is authorized is what a backend will resolve. Returns undefined for a path that cannot be
- * normalized safely; the engine denies such a request whenever a policy selecting the
- * workload has a path condition (see `WorkloadPolicies.evaluate`).
- *
- * Steps (a superset of Envoy's `normalize_path` + `merge_slashes`, which Istio enables):
- * 1. Cut the query (`?`) and fragment (`#`).
- * 2. Refuse anything that does not start with `/` (`*`, absolute-form URLs: pass the path only).
- * 3. Refuse control characters, spaces, and a raw backslash (some servers treat `\` as `/`).
- * 4. Percent-decoding: `%XX` of an unreserved character (`A-Z a-z 0-9 - . _ ~`) is decoded
- *    (`/%61dmin` is `/admin`, `%2e%2e` is `..`); an encoded slash or backslash (`%2F`, `%5C`)
- *    or control byte (`%00`..`%1F`, `%7F`) is refused, because backends disagree on whether it
- *    separates segments; any other escape is kept, with its hex digits upper-cased; a malformed
- *    escape (`%zz`, `%4`) is refused.
- * 5. Merge repeated slashes (`//admin` is `/admin`) and resolve `.` and `..` segments
- *    (`/items/../admin` is `/admin`; `..` above the root stays at the root). A trailing slash,
- *    or a final `.`/`..` segment, leaves a trailing slash (RFC 3986 5.2.4).
- *
- * Not handled: `;` path parameters (`/admin;x`), which some Java servers strip. Match them
- * with a prefix pattern (`/admin*`) in a DENY policy if such a backend is exposed.
+ * Request paths are normalized once, where the proxy reads the request head (see
+ * proxy/l7/normalize.ts: dot segments, unreserved escapes, merged slashes, `;` parameters),
+ * and forwarded in that form; policies match the same form.
  */
-export function normalizePath(raw: string): string | undefined {
-  let end = raw.length;
-  const q = raw.indexOf('?');
-  if (q !== -1) end = q;
-  const h = raw.indexOf('#');
-  if (h !== -1 && h < end) end = h;
-  const path = raw.slice(0, end);
-  if (!path.startsWith('/')) return undefined;
-
-  // Fast path: the common, already-clean path needs no rebuilding.
-  if (/^(?:\/[A-Za-z0-9\-_~!$&'()*+,;=:@]+(?:\.[A-Za-z0-9\-_~!$&'()*+,;=:@]+)*)*\/?$/.test(path)) return path;
-
-  let decoded = '';
-  for (let i = 0; i < path.length; i++) {
-    const c = path.charCodeAt(i);
-    if (c <= 0x20 || c === 0x7f || c === 0x5c /* \ */) return undefined;
-    if (c !== 0x25 /* % */) {
-      decoded += path[i];
-      continue;
-    }
-    const hex = path.slice(i + 1, i + 3);
-    if (!/^[0-9A-Fa-f]{2}$/.test(hex)) return undefined;
-    const byte = parseInt(hex, 16);
-    if (byte < 0x20 || byte === 0x7f || byte === 0x2f || byte === 0x5c) return undefined;
-    const ch = String.fromCharCode(byte);
-    decoded += UNRESERVED.test(ch) ? ch : `%${hex.toUpperCase()}`;
-    i += 2;
-  }
-
-  const out: string[] = [];
-  const segments = decoded.split('/');
-  // segments[0] is '' (the leading slash).
-  let trailing = false;
-  for (let i = 1; i < segments.length; i++) {
-    const seg = segments[i]!;
-    const last = i === segments.length - 1;
-    if (seg === '') {
-      // A merged slash; only the final empty segment (a trailing slash) is kept.
-      if (last) trailing = true;
-      continue;
-    }
-    if (seg === '.') {
-      if (last) trailing = true;
-      continue;
-    }
-    if (seg === '..') {
-      out.pop();
-      if (last) trailing = true;
-      continue;
-    }
-    out.push(seg);
-  }
-  if (out.length === 0) return '/';
-  return `/${out.join('/')}${trailing ? '/' : ''}`;
-}
+export { normalizePath } from '../proxy/l7/normalize.js';

@@ -19,7 +19,12 @@ export const DEFAULT_PEER_AUTHENTICATION: PeerAuthMode = 'strict';
 /** Namespace label that sets the mTLS mode when the `peerAuthentication:` key is absent. */
 export const PEER_AUTH_LABEL = 'weft.io/peer-authentication';
 
-export const DEFAULT_AGENT = { drainTimeout: 20_000, logLevel: 'info' } as const;
+export const DEFAULT_AGENT = {
+  drainTimeout: 20_000,
+  logLevel: 'info',
+  jwksAllowLocalUris: false,
+  maxDownstreamConnections: { outbound: 16_384, inbound: 4_096, tunnel: 16_384 },
+} as const;
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 export const DEFAULT_LOAD_BALANCER: LoadBalancerType = 'round-robin';

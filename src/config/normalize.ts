@@ -99,6 +99,7 @@ interface RawTrafficPolicy {
   connectionPool?: Partial<Record<keyof ConnectionPoolPolicy, number | RawDuration>>;
   circuitBreaker?: Partial<Record<keyof CircuitBreakerPolicy, number | RawDuration>>;
   fallback?: { service: string };
+  upgrades?: string[];
 }
 
 interface RawConfig {
@@ -150,7 +151,7 @@ interface RawConfig {
     action?: 'ALLOW' | 'DENY';
     rules?: { from?: PolicySource[]; to?: PolicyOperation[] }[];
   }[];
-  agent?: { drainTimeout?: RawDuration; logLevel?: string };
+  agent?: { drainTimeout?: RawDuration; logLevel?: string; jwksAllowLocalUris?: boolean; maxDownstreamConnections?: { outbound?: number; inbound?: number; tunnel?: number } };
 }
 
 export interface NormalizeOptions {
@@ -244,6 +245,8 @@ function build(raw: RawConfig, p: Problems, baseDir: string): MeshConfig {
     agent: {
       drainTimeout: p.duration(raw.agent?.drainTimeout, DEFAULT_AGENT.drainTimeout, ['agent', 'drainTimeout']),
       logLevel: raw.agent?.logLevel ?? DEFAULT_AGENT.logLevel,
+      jwksAllowLocalUris: raw.agent?.jwksAllowLocalUris ?? DEFAULT_AGENT.jwksAllowLocalUris,
+      maxDownstreamConnections: { ...DEFAULT_AGENT.maxDownstreamConnections, ...raw.agent?.maxDownstreamConnections },
     },
   };
 }
@@ -496,6 +499,7 @@ function buildTrafficPolicy(raw: RawTrafficPolicy, at: PathSegment[], p: Problem
   if (raw.retries) policy.retries = buildRetries(raw.retries, [...at, 'retries'], p, timeout);
   if (raw.circuitBreaker) policy.circuitBreaker = buildCircuitBreaker(raw.circuitBreaker, [...at, 'circuitBreaker'], p);
   if (raw.fallback) policy.fallback = { service: raw.fallback.service };
+  if (raw.upgrades) policy.upgrades = [...new Set(raw.upgrades.map((u) => u.toLowerCase()))];
   return policy;
 }
 

@@ -121,6 +121,8 @@ const trafficPolicy = obj({
     halfOpenRequests: int(1),
   }),
   fallback: obj({ service: labelName }, ['service']),
+  // Upgrade protocol names (RFC 9110 tokens, without a version): websocket, h2c, ...
+  upgrades: { ...list(str('^[A-Za-z0-9!#$%&\'*+.^_`|~-]+$', 'must be an Upgrade protocol name, like websocket'), 0), uniqueItems: true },
 });
 
 const servicePort = obj(
@@ -244,7 +246,12 @@ export const CONFIG_SCHEMA: SchemaObject = obj(
         ['name', 'namespace'],
       ),
     ),
-    agent: obj({ drainTimeout: duration, logLevel: oneOfStrings(LOG_LEVELS) }),
+    agent: obj({
+      drainTimeout: duration,
+      logLevel: oneOfStrings(LOG_LEVELS),
+      jwksAllowLocalUris: { type: 'boolean' },
+      maxDownstreamConnections: obj({ outbound: int(1), inbound: int(1), tunnel: int(1) }),
+    }),
   },
   ['node'],
   // `x-` keys are ignored (a docker-compose convention): a place for YAML anchors to share.

@@ -251,6 +251,12 @@ export interface TrafficPolicy {
    * P: the loader checks that the fallback has each of this service's ports, same protocol.
    */
   fallback?: { service: string };
+  /**
+   * Protocol upgrades forwarded to this service (lower-case `Upgrade` protocol names); a
+   * request asking for another is served as plain HTTP. Absent: `websocket` only. `h2c` is
+   * never allowed unless listed.
+   */
+  upgrades?: string[];
 }
 
 export interface Service {
@@ -362,5 +368,16 @@ export interface MeshConfig {
     drainTimeout: number;
     /** Log level: fatal | error | warn | info | debug | trace | silent (default info). */
     logLevel: string;
+    /**
+     * Allow `jwksUri` hosts that are (or resolve to) a loopback, link-local or this node's
+     * own address (default false: refused, the rule fails closed). Read at start.
+     */
+    jwksAllowLocalUris: boolean;
+    /**
+     * Open downstream connections accepted per listener; beyond it a new connection is
+     * closed at once and counted in `weft_downstream_connections_rejected_total{listener}`.
+     * Defaults: outbound 16384, tunnel 16384, inbound 4096. Applied live.
+     */
+    maxDownstreamConnections: { outbound: number; inbound: number; tunnel: number };
   };
 }

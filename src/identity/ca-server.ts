@@ -34,6 +34,9 @@ import { ConfigError, WeftError } from '../errors.js';
 import type { CertificateAuthority } from './ca.js';
 import { identityKey, principalOf, spiffeId as makeSpiffeId } from './spiffe.js';
 
+/** How long a client may take to finish its TLS handshake with the CA, ms. */
+export const CA_HANDSHAKE_TIMEOUT_MS = 5_000;
+
 /** What an agent asks for. */
 export interface SignRequest {
   namespace: string;
@@ -250,7 +253,10 @@ export async function startCaServer(opts: CaServerOptions): Promise<CaServer> {
     send(res, 200, { certChain: [leaf, ca.rootPem], expiresAt, spiffeId: id });
   };
 
-  const server = https.createServer({ key: serving.keyPem, cert: serving.certPem, minVersion: 'TLSv1.2' }, (req, res) => {
+  // A client that connects and stalls is dropped: within a few seconds during the TLS
+  // handshake (Node's default is 120 s), and within 10 s for the request head.
+  const tlsOpts = { key: serving.keyPem, cert: serving.certPem, minVersion: 'TLSv1.2' as const, handshakeTimeout: CA_HANDSHAKE_TIMEOUT_MS, headersTimeout: 10_000, requestTimeout: 30_000 };
+  const server = https.createServer(tlsOpts, (req, res) => {
     handle(req, res).catch((err: unknown) => {
       if (!(err instanceof CaHttpError)) {
         log?.error({ err }, 'CA request failed');

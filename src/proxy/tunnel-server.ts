@@ -39,7 +39,15 @@ export interface TunnelServerDeps {
   log: Logger;
   /** How long a handshake may wait for the first certificate of the identity asked for (default 5s). */
   certWaitMs?: number;
+  /** A TLS handshake must complete within this, ms (default {@link TLS_HANDSHAKE_TIMEOUT_MS}). */
+  handshakeTimeoutMs?: number;
 }
+
+/**
+ * How long a TLS handshake may take on the tunnel port and on the CA. Longer than
+ * `certWaitMs` (a handshake may wait for the first certificate of a new identity).
+ */
+export const TLS_HANDSHAKE_TIMEOUT_MS = 8_000;
 
 /** The verified caller of one TLS session, worked out once per session. */
 interface SessionPeer {
@@ -82,6 +90,9 @@ export class TunnelServer {
       requestCert: true,
       rejectUnauthorized: true,
       minVersion: 'TLSv1.3',
+      // A client that opens a connection and never finishes the handshake is dropped (Node's
+      // default waits 120 s, holding a socket and a slot under the connection cap).
+      handshakeTimeout: deps.handshakeTimeoutMs ?? TLS_HANDSHAKE_TIMEOUT_MS,
       ALPNProtocols: [HBONE_ALPN],
       allowHTTP1: false,
       maxSessionMemory: 64,

@@ -27,6 +27,8 @@ export interface PodTarget {
   port: number;
   protocol: Protocol;
   key: string;
+  /** Upgrade types allowed on this port: those of the services that target it (see proxy/l7/upgrade.ts). */
+  upgrades?: string[];
 }
 
 export type Target = ServiceTarget | PodTarget;
@@ -150,8 +152,16 @@ export class StateStore extends EventEmitter {
       for (const s of this.servicesByWorkload.get(workloadKey(w)) ?? []) {
         for (const p of s.ports) {
           const dest = `${w.ip}:${p.targetPort}`;
-          if (!this.byDestination.has(dest)) {
-            this.byDestination.set(dest, { kind: 'pod', workload: w, port: p.targetPort, protocol: p.protocol, key: `pod:${dest}` });
+          const known = this.byDestination.get(dest);
+          if (!known) {
+            const t: PodTarget = { kind: 'pod', workload: w, port: p.targetPort, protocol: p.protocol, key: `pod:${dest}` };
+            if (s.trafficPolicy.upgrades) t.upgrades = s.trafficPolicy.upgrades;
+            this.byDestination.set(dest, t);
+          } else if (known.kind === 'pod' && s.trafficPolicy.upgrades) {
+            // Several services target the port: it accepts what any of them allows.
+            known.upgrades = [...new Set([...(known.upgrades ?? ['websocket']), ...s.trafficPolicy.upgrades])];
+          } else if (known.kind === 'pod' && known.upgrades) {
+            known.upgrades = [...new Set([...known.upgrades, 'websocket'])];
           }
         }
       }

@@ -24,6 +24,8 @@ export class Metrics {
   readonly authzDenied: Counter<'policy'>;
   readonly configRejected: Counter;
   readonly agentErrors: Counter<'kind'>;
+  readonly downstreamRejected: Counter<'listener'>;
+  readonly downstreamConnections: Gauge<'listener'>;
 
   constructor() {
     const registers = [this.registry];
@@ -52,6 +54,13 @@ export class Metrics {
     this.retries = new Counter({ name: 'weft_retries_total', help: 'Request retries made by the agent', labelNames: ['destination_service'], registers });
     this.authzDenied = new Counter({ name: 'weft_authz_denied_total', help: 'Requests and connections denied by authorization', labelNames: ['policy'], registers });
     this.configRejected = new Counter({ name: 'weft_config_rejected_total', help: 'Config changes refused as invalid (the last good config stays)', registers });
+    this.downstreamRejected = new Counter({
+      name: 'weft_downstream_connections_rejected_total',
+      help: 'Downstream connections closed at accept because the listener was at agent.maxDownstreamConnections',
+      labelNames: ['listener'],
+      registers,
+    });
+    this.downstreamConnections = new Gauge({ name: 'weft_downstream_connections', help: 'Open downstream connections per listener', labelNames: ['listener'], registers });
     this.agentErrors = new Counter({ name: 'weft_agent_errors_total', help: 'Errors inside the agent by kind (capture, proxy, discovery)', labelNames: ['kind'], registers });
   }
 }

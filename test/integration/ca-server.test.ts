@@ -6,7 +6,9 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { CertificateAuthority } from '../../src/identity/ca.js';
 import { CaClient, CaRequestError, EmbeddedCaClient } from '../../src/identity/ca-client.js';
-import { authorizerFromIdentities, identitiesByNodeFromConfig, startCaServer, type CaServer } from '../../src/identity/ca-server.js';
+import { authorizerFromIdentities, CA_HANDSHAKE_TIMEOUT_MS, identitiesByNodeFromConfig, startCaServer, type CaServer } from '../../src/identity/ca-server.js';
+import net from 'node:net';
+import { once } from 'node:events';
 import { ECDSA_SHA256, generateP256, x509 } from '../../src/identity/x509.js';
 
 const log = pino({ level: 'silent' });
@@ -209,4 +211,19 @@ t.test('EmbeddedCaClient signs only local identities', async (t) => {
   t.equal(signed.certChain[1], client.rootPem);
   t.equal(new X509Certificate(signed.certChain[0]!).subjectAltName, 'URI:spiffe://cluster.local/ns/shop/sa/api');
   await t.rejects(client.sign(await csr(), 'shop', 'db'), { code: 'WEFT_ERR_IDENTITY', reason: 'denied' });
+});
+
+t.test('a client that connects and never finishes its TLS handshake is dropped', async (t) => {
+  const dir = t.testdir();
+  const ca = await CertificateAuthority.open(join(dir, 'ca'));
+  const server = await startCaServer({ ca, listen: { host: '127.0.0.1', port: 0 }, authorize: authorizerFromIdentities(identitiesByNodeFromConfig({ workloads })), log });
+  t.teardown(() => server.close());
+  const sock = net.connect({ host: '127.0.0.1', port: server.port });
+  sock.on('error', () => undefined);
+  await once(sock, 'connect');
+  sock.write(Buffer.from([0x16, 0x03, 0x01])); // the start of a TLS record, then nothing
+  const closed = once(sock, 'close');
+  // Node's default would hold the connection for 120 s, past this test's timeout.
+  await closed;
+  t.pass(`the CA closed the stalled connection (handshake timeout ${CA_HANDSHAKE_TIMEOUT_MS} ms)`);
 });

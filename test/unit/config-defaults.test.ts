@@ -38,7 +38,7 @@ t.test('top-level defaults', async (t) => {
     services: [],
     requestAuthentications: [],
     policies: [],
-    agent: { drainTimeout: 20_000, logLevel: 'info' },
+    agent: { drainTimeout: 20_000, logLevel: 'info', jwksAllowLocalUris: false, maxDownstreamConnections: { outbound: 16_384, inbound: 4_096, tunnel: 16_384 } },
   });
   t.not(c.ports, DEFAULT_PORTS, 'a copy, not the shared constant');
   const p = parseConfig('node: { name: n, address: 10.0.0.1 }\nports: { admin: 9000 }\n', 't', { env: {} });

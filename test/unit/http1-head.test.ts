@@ -1,5 +1,5 @@
 import t from 'tap';
-import { endsChunked, headerObject, rawRequestHead, scanRequestHead, scanResponseHead, simpleResponse, withoutHeaders, type RequestHeadFields, type ResponseHeadFields } from '../../src/proxy/http1/head.js';
+import { endsChunked, headerObject, rawResponseHead, scanRequestHead, scanResponseHead, simpleResponse, withoutHeaders, type RequestHeadFields, type ResponseHeadFields } from '../../src/proxy/http1/head.js';
 
 function req(h: string[]): RequestHeadFields {
   const out: RequestHeadFields = { contentLength: -1, transferEncoding: undefined, lines: '', connClose: false, host: undefined, expect: undefined };
@@ -68,7 +68,7 @@ t.test('endsChunked', async (t) => {
 });
 
 t.test('helpers', async (t) => {
-  t.equal(rawRequestHead('GET', '/ws', ['Upgrade', 'websocket', 'Connection', 'Upgrade']), 'GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+  t.equal(rawResponseHead(101, 'Switching Protocols', ['Upgrade', 'websocket', 'Connection', 'Upgrade']), 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
   t.same(headerObject(['Host', 'a', 'X-Y', '1', 'x-y', '2']), { host: 'a', 'x-y': '1, 2' });
   t.equal(withoutHeaders(['Host', 'a', 'Authorization', 'Bearer x', 'Accept', '*/*', 'Connection', 'close'], 'unused', new Set(['authorization'])), 'Host: a\r\nAccept: */*\r\n');
   const s = simpleResponse(503, 'x-weft-error: overflow\r\n', 'overflow: full\n', { head: false, close: true, keepAlive10: false });

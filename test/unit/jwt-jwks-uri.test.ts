@@ -39,7 +39,8 @@ async function jwksServer(t: Test): Promise<{ url: string; state: { keys: JWK[];
 function authenticator(url: string, opts: ConstructorParameters<typeof JwtAuthenticator>[1]): JwtAuthenticator {
   return new JwtAuthenticator(
     [{ name: 'api-jwt', namespace: 'shop', selector: { app: 'api' }, jwtRules: [{ issuer: ISSUER, audiences: ['api'], jwksUri: url, forwardOriginalToken: true }] }],
-    opts,
+    // The test's JWKS server is on loopback, which the agent refuses unless allowed.
+    { allowLocalUris: true, ...opts },
   );
 }
 

@@ -287,3 +287,19 @@ t.test('blame: a node whose address disagrees with node.address', async (t) => {
   t.same(unattributed, []);
   t.match(blamed, [{ origin: { kind: 'Node', name: NODE }, problems: [/^nodes\[0\]\.address: node-a is this node, whose address is 10\.77\.0\.1/] }]);
 });
+
+t.test('a RequestAuthentication naming a jwksFile is refused: a tenant cannot make the agent read node files', async (t) => {
+  const s = state({
+    namespaces: [ns('shop', MESHED)],
+    requestAuthentications: [
+      cr('RequestAuthentication', 'file', 'shop', { selector: { app: 'api' }, jwtRules: [{ issuer: 'https://i', jwksUri: 'https://i/jwks' }, { issuer: 'https://j', jwksFile: '/dev/zero' }] }),
+      cr('RequestAuthentication', 'uri', 'shop', { selector: { app: 'api' }, jwtRules: [{ issuer: 'https://i', jwksUri: 'https://i/jwks' }] }),
+    ],
+  });
+  const tr = translate(s, ctx());
+  t.same(
+    tr.rejected.map((r) => `${r.origin.name}: ${r.problems.join('; ')}`),
+    ['file: spec.jwtRules[1].jwksFile: not allowed in Kubernetes (it would read a file on the node); use jwksUri'],
+  );
+  t.same(tr.raw.requestAuthentications.map((r) => r.name), ['uri'], 'the other RequestAuthentication applies');
+});

@@ -603,6 +603,13 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
         outOrigins.push(origin);
         continue;
       }
+      if (kind === 'RequestAuthentication') {
+        const problems = jwksFileProblems(o.spec);
+        if (problems.length > 0) {
+          rejected.push({ origin, problems });
+          continue;
+        }
+      }
       out.push({ ...o.spec, name: origin.name, namespace: origin.namespace });
       outOrigins.push(origin);
     }
@@ -611,6 +618,20 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
   crList('RequestAuthentication', state.requestAuthentications, raw.requestAuthentications, origins.requestAuthentications);
 
   return { raw, origins, rejected, warnings };
+}
+
+/**
+ * A RequestAuthentication object is written by a namespace tenant, and `jwksFile` would make
+ * the agent read any file on the node: in Kubernetes only `jwksUri` is accepted (and the
+ * agent refuses URIs pointing at the node itself, see authz/jwks.ts).
+ */
+function jwksFileProblems(spec: Record<string, unknown>): string[] {
+  const rules = Array.isArray(spec.jwtRules) ? spec.jwtRules : [];
+  const out: string[] = [];
+  rules.forEach((r, i) => {
+    if (isObject(r) && r.jwksFile !== undefined) out.push(`spec.jwtRules[${i}].jwksFile: not allowed in Kubernetes (it would read a file on the node); use jwksUri`);
+  });
+  return out;
 }
 
 export interface Blame {

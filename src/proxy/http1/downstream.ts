@@ -11,6 +11,8 @@ import type { Endpoint } from '../../cluster/endpoint.js';
 import type { ConnTelemetry, TelemetryConn } from '../l7/telemetry.js';
 import { closeParser, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, METHODS, PARSE_BODY, requestParser, STOP_AFTER_HEAD, type NativeParser, type ParseError } from './llhttp.js';
 import { Exchange, type ExchangeHost } from './exchange.js';
+import { normalizeRequestTarget } from '../l7/normalize.js';
+import { allowedUpgradeOffer, allowedUpgrades } from '../l7/upgrade.js';
 
 /** A partial request head must complete within this (slowloris). */
 export const HEADERS_TIMEOUT_MS = 30_000;
@@ -52,7 +54,16 @@ export class Downstream implements TelemetryConn {
   private prefix: Buffer | undefined = undefined;
   /** A parse error to answer once the requests before it are answered. */
   private pendingError: string | undefined;
+  /**
+   * An upgrade request (or a CONNECT) in flight: the bytes after its head are held, not
+   * parsed, until its answer says whether they belong to a new protocol (101: spliced) or
+   * are more HTTP requests (any other answer: parsed and authorized one by one).
+   */
   private upgrading: Exchange | undefined;
+  /** The client half-closed while an upgrade request held its bytes. */
+  private heldEnd = false;
+  /** The socket was handed over to a splice (a 101). */
+  private detached = false;
   private badVersion = false;
   /** After a close began: when to stop waiting for the client's side to close (coarse ms). */
   private lingerUntil = 0;
@@ -82,6 +93,15 @@ export class Downstream implements TelemetryConn {
     sock.on('error', this.onError);
     sock.on('close', this.onClose);
     sock.on('drain', this.onDrain);
+  }
+
+  /**
+   * The client half-closed (or the proxy drains) and no request is queued after the one
+   * being answered: that answer is the last and says `connection: close`. Requests the
+   * client pipelined before its FIN are still answered.
+   */
+  get lastBeforeClose(): boolean {
+    return this.closing && this.queue.length <= 1 && this.parsing === undefined;
   }
 
   /** Nothing in flight and no request partly received. */
@@ -210,9 +230,19 @@ export class Downstream implements TelemetryConn {
       this.badVersion = true;
       return STOP_AFTER_HEAD;
     }
-    const ex = new Exchange(this, METHODS[method] ?? 'GET', url ?? '/', minor, headers, keepAlive, upgrade);
+    const name = METHODS[method] ?? 'GET';
+    // One normalized target and Host for authorization and the upstream (l7/normalize.ts).
+    const norm = normalizeRequestTarget(name, url ?? '/', headers);
+    const offer = upgrade && norm.ok && name !== 'CONNECT' ? allowedUpgradeOffer(headers, allowedUpgrades(this.ctx.target)) : undefined;
+    const ex = new Exchange(this, name, norm.ok ? norm.url : (url ?? '/'), minor, headers, keepAlive, offer);
+    if (!norm.ok) ex.rejectReason = norm.reason;
+    else if (name === 'CONNECT') ex.rejectReason = 'CONNECT is not supported through the mesh';
     this.queue.push(ex);
-    if (upgrade) {
+    // llhttp stops after an upgrade request (after its body, if any): the bytes after it are
+    // held while an allowed upgrade waits for its answer, or dropped after a refused CONNECT.
+    // A disallowed upgrade is a plain request (its Upgrade header is not forwarded), and
+    // parsing goes on past it.
+    if (ex.upgrade !== undefined || name === 'CONNECT') {
       this.upgrading = ex;
       return PARSE_BODY;
     }
@@ -286,8 +316,7 @@ export class Downstream implements TelemetryConn {
     try {
       while (!this.closed && this.queue.length > 0 && !this.queue[0]!.started) {
         const ex = this.queue[0]!;
-        if (ex.upgrade) ex.startUpgrade();
-        else ex.start();
+        ex.start();
       }
     } finally {
       this.pumping = false;
@@ -301,15 +330,34 @@ export class Downstream implements TelemetryConn {
     const i = this.queue.indexOf(ex);
     if (i >= 0) this.queue.splice(i, 1);
     this.idleSince = this.host.clock;
-    if (this.closed || this.lingerUntil !== 0) return;
-    // An answer sent before the request's body was read always closes (Exchange sets
-    // `close`), and so does a refused upgrade.
-    if (close || this.upgrading === ex || (this.closing && this.queue.length === 0 && this.parsing === undefined)) {
+    if (this.detached || this.closed || this.lingerUntil !== 0) return;
+    if (this.upgrading === ex) {
       this.upgrading = undefined;
+      // Not switched: the connection stays HTTP, and what the client sent after the upgrade
+      // request is parsed (and each request authorized) like any other.
+      if (!close) {
+        this.resumeAfterUpgrade(ex);
+        return;
+      }
+    }
+    // An answer sent before the request's body was read always closes (Exchange sets `close`).
+    if (close || (this.closing && this.queue.length === 0 && this.parsing === undefined)) {
       this.closeGracefully();
       return;
     }
     this.pump();
+  }
+
+  private resumeAfterUpgrade(ex: Exchange): void {
+    const held = ex.upgradeHead;
+    ex.upgradeHead = undefined;
+    const ended = this.heldEnd;
+    this.heldEnd = false;
+    this.stopped = false;
+    this.setPause(PAUSE_STOP, false);
+    if (held !== undefined && held.length > 0) this.consume(held);
+    else this.pump();
+    if (ended && !this.closed) this.onEnd();
   }
 
   /** Pause or resume reading for request-body backpressure. */
@@ -326,8 +374,13 @@ export class Downstream implements TelemetryConn {
     else if (after === 0) this.sock.resume();
   }
 
-  /** Hand the socket over (an upgrade): no more parsing, no listeners of ours. */
-  detach(): void {
+  /**
+   * Hand the socket over (an upgrade that switched): no more parsing, no listeners of ours.
+   * `ended`: the client already half-closed its side.
+   */
+  detach(): { ended: boolean } {
+    const ended = this.heldEnd;
+    this.detached = true;
     this.stopped = true;
     this.upgrading = undefined;
     this.sock.off('data', this.onData);
@@ -339,6 +392,7 @@ export class Downstream implements TelemetryConn {
     this.host.forget(this);
     this.queue.length = 0;
     this.pauseMask = 0;
+    return { ended };
   }
 
   /** Close when idle; otherwise after the request in flight. */
@@ -362,8 +416,10 @@ export class Downstream implements TelemetryConn {
 
   private readonly onEnd = (): void => {
     if (this.stopped) {
+      // An upgrade request waits for its answer: its outcome decides what the end means.
+      if (this.upgrading !== undefined && this.lingerUntil === 0) this.heldEnd = true;
       // Our side is closing too (or the socket was handed over): done.
-      if (this.upgrading === undefined && this.lingerUntil !== 0) this.sock.destroy();
+      else if (this.lingerUntil !== 0) this.sock.destroy();
       return;
     }
     this.closing = true;

@@ -12,13 +12,12 @@ import type { RetryPolicy } from '../../config/types.js';
 import { WeftError } from '../../errors.js';
 import type { ConnContext } from '../context.js';
 import { L7Call, type CallHost } from '../l7/call.js';
-import { endLease, takeLease, type AuthzVerdict } from '../l7/attempt.js';
 import type { RequestView } from '../l7/request.js';
 import { answerStatus, type Answer } from '../l7/respond.js';
 import { canReplay, MAX_REPLAY_BODY_BYTES } from '../l7/retry.js';
 import type { Downstream } from './downstream.js';
 import type { EndpointPool, UpstreamConn, UpstreamUser } from './upstream.js';
-import { headerObject, rawRequestHead, scanRequestHead, simpleResponse, withoutHeaders, type RequestHeadFields } from './head.js';
+import { headerObject, rawResponseHead, scanRequestHead, simpleResponse, withoutHeaders, type RequestHeadFields } from './head.js';
 
 /** Requests whose body fits here are buffered, so that they can be retried. */
 export const REPLAY_LIMIT = MAX_REPLAY_BODY_BYTES;
@@ -59,7 +58,14 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   readonly versionMinor: number;
   readonly headers: string[];
   readonly keepAlive: boolean;
-  readonly upgrade: boolean;
+  /**
+   * An upgrade the destination allows (l7/upgrade.ts): the `Upgrade` value forwarded; the
+   * connection is spliced only if the upstream answers 101. Undefined for every other
+   * request (an Upgrade header it carried was dropped).
+   */
+  readonly upgrade: string | undefined;
+  /** The head was refused by normalization (l7/normalize.ts): answered 400 and the connection closed. */
+  rejectReason: string | undefined = undefined;
   readonly headRequest: boolean;
   readonly protocol = 'http/1.1';
   contentLength = -1;
@@ -85,8 +91,6 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   private staleRetried = false;
   private upstreamHead: string | undefined = undefined;
   private view_: RequestView | undefined = undefined;
-  /** Headers the authorizer removed (lower-case), for the upgrade's raw head. */
-  private removed: readonly string[] | undefined = undefined;
 
   // --- the upstream side ---
   private waitingPool: EndpointPool | undefined = undefined;
@@ -99,7 +103,7 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   private respMode = RESP_RAW;
   private closeAfter = false;
 
-  constructor(down: Downstream, method: string, url: string, versionMinor: number, headers: string[], keepAlive: boolean, upgrade: boolean) {
+  constructor(down: Downstream, method: string, url: string, versionMinor: number, headers: string[], keepAlive: boolean, upgrade: string | undefined) {
     super();
     this.down = down;
     this.ctx = down.ctx;
@@ -108,12 +112,13 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
     this.versionMinor = versionMinor;
     this.headers = headers;
     this.keepAlive = keepAlive;
-    this.upgrade = upgrade;
     this.headRequest = method === 'HEAD';
     scanRequestHead(headers, this);
     // llhttp accepted the framing: a Transfer-Encoding on a request ends with chunked.
     this.bodyKind = this.transferEncoding !== undefined ? BODY_CHUNKED : this.contentLength > 0 ? BODY_LENGTH : BODY_NONE;
     this.bodyComplete = this.bodyKind === BODY_NONE;
+    // An upgrade request with a body is served as plain HTTP (no upgrade type sends one by default).
+    this.upgrade = this.bodyKind === BODY_NONE && method !== 'CONNECT' ? upgrade : undefined;
   }
 
   protected get callHost(): ExchangeHost {
@@ -153,6 +158,7 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
     const t = this.ctx.target;
     const protocol = t.kind === 'service' ? t.port.protocol : t.protocol;
     if (protocol === 'http2' || protocol === 'grpc') return answerStatus(505, 'bad_request', `this destination speaks ${protocol}: HTTP/2 only (prior knowledge)`);
+    if (this.rejectReason !== undefined) return answerStatus(400, 'bad_request', this.rejectReason);
     if (this.expect !== undefined && this.expect.toLowerCase() !== '100-continue') return answerStatus(417, 'bad_request', `unsupported expectation: ${this.expect}`);
     return undefined;
   }
@@ -172,7 +178,6 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
 
   protected removeHeaders(names: readonly string[]): void {
     const gone = new Set(names);
-    this.removed = names;
     this.lines = withoutHeaders(this.headers, this.lines, gone);
     this.upstreamHead = undefined;
   }
@@ -216,7 +221,7 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   }
 
   protected writeAnswer(a: Answer): void {
-    const close = !this.keepAlive || !this.bodyComplete || this.down.closing || this.callHost.draining || this.upgrade;
+    const close = !this.keepAlive || !this.bodyComplete || this.down.lastBeforeClose || this.callHost.draining || this.rejectReason !== undefined;
     this.closeAfter = close;
     const sock = this.down.sock;
     if (sock.writable) {
@@ -269,6 +274,11 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   private buildUpstreamHead(): string {
     let head = `${this.method} ${this.path} HTTP/1.1\r\n${this.lines}`;
     if (this.host === undefined) head += `host: ${this.ctx.origIp}:${this.ctx.origPort}\r\n`;
+    if (this.upgrade !== undefined) {
+      const settings = this.upgrade.toLowerCase().includes('h2c') ? this.headerValue('http2-settings') : undefined;
+      head += settings !== undefined ? `connection: upgrade, http2-settings\r\nhttp2-settings: ${settings}\r\n` : 'connection: upgrade\r\n';
+      head += `upgrade: ${this.upgrade}\r\n`;
+    }
     if (this.bodyKind === BODY_LENGTH) head += `content-length: ${this.contentLength}\r\n`;
     else if (this.bodyKind === BODY_CHUNKED) head += `transfer-encoding: ${this.transferEncoding!}\r\n`;
     return `${head}\r\n`;
@@ -357,7 +367,7 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
     const status = conn.status;
     if (!this.responseHead(status, undefined)) return false;
     const v10 = this.versionMinor === 0;
-    let close = !this.keepAlive || !this.bodyComplete || this.down.closing || this.callHost.draining;
+    let close = !this.keepAlive || !this.bodyComplete || this.down.lastBeforeClose || this.callHost.draining;
     let head = `HTTP/1.1 ${status} ${conn.reason}\r\n${conn.lines}`;
     const te = conn.transferEncoding;
     if (this.headRequest || status === 204 || status === 304) {
@@ -422,7 +432,8 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
     this.up = undefined;
     if (this.upPaused) conn.sock.resume();
     // The connection goes back to the pool before the next request on this client connection starts.
-    conn.finish(conn.keepAlive && this.requestWritten);
+    // A connection that was asked to upgrade and did not is not reused.
+    conn.finish(conn.keepAlive && this.requestWritten && this.upgrade === undefined);
     this.responseDone(undefined);
   }
 
@@ -448,104 +459,49 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   }
 
   // ---------------------------------------------------------------------------------------
-  // Upgrades (WebSocket): an L4 splice to one endpoint after the request head
+  // Upgrades (WebSocket): the request went the pipeline's way (route, authz, balancer, pool);
+  // on a 101 the connection becomes an L4 splice to that endpoint
 
-  startUpgrade(): void {
-    this.started = true;
-    this.startedAt = performance.now();
-    if (this.method === 'CONNECT') {
-      this.answer(answerStatus(400, 'bad_request', 'CONNECT is not supported through the mesh'));
-      return;
-    }
-    if (!this.admitCall()) return;
-    const cluster = this.cluster!;
-    const ep = cluster.pick({});
-    if (ep === undefined) {
-      this.releaseAdm();
-      this.answerError(new WeftError('WEFT_ERR_NO_HEALTHY_UPSTREAM', `no healthy endpoint for ${cluster.serviceName}`));
-      return;
-    }
-    this.ep = ep;
-    this.authorizeThen(ep, this.afterUpgradeAuthz);
-  }
-
-  private afterUpgradeAuthz(ep: Endpoint, v: AuthzVerdict | undefined): void {
-    if (this.done || this.down.closed) return;
-    if (v?.deny !== undefined) {
-      this.releaseAdm();
-      this.answerError(v.deny);
-      return;
-    }
-    if (v?.removeHeaders !== undefined && v.removeHeaders.length > 0) this.removed = v.removeHeaders;
-    this.connectUpgrade(ep);
-  }
-
-  private connectUpgrade(ep: Endpoint): void {
+  /**
+   * The upstream answered 101 to the upgrade request: pass the answer on and splice the two
+   * connections. `rest` are the upstream's bytes after its 101 head (the new protocol's).
+   */
+  onSwitched(conn: UpstreamConn, headers: readonly string[], rest: Buffer): void {
     const host = this.callHost;
-    const cluster = this.cluster!;
-    takeLease(this, cluster, ep);
-    this.attempts = 1;
-    const src = this.ctx.source;
-    host.deps.transport.connect(ep, { timeoutMs: cluster.policy.connectionPool.connectTimeout, source: src ? { namespace: src.namespace, serviceAccount: src.serviceAccount } : undefined }).then(
-      (up) => {
-        const down = this.down;
-        if (down.closed || this.done) {
-          endLease(this, undefined);
-          this.releaseAdm();
-          up.destroy();
-          return;
-        }
-        this.settleAdm(true);
-        // The connection is up: the endpoint did its part; the lease stays until the splice ends.
-        cluster.report(ep, 'success', performance.now() - this.leaseT0);
-        const sock = down.sock;
-        const first = this.upgradeHead;
-        down.detach();
-        up.cork();
-        up.write(rawRequestHead(this.method, this.path, this.removed ? withoutNames(this.headers, this.removed) : this.headers), 'latin1');
-        if (first !== undefined && first.length > 0) up.write(first);
-        up.uncork();
-        this.done = true;
-        // The access line waits for the upstream's answer to the upgrade request.
-        up.once('data', (d: Buffer) => host.telemetry.record(this, statusOf(d)));
-        sock.pipe(up);
-        up.pipe(sock);
-        sock.resume();
-        host.spliced(sock, up);
-        const close = () => {
-          sock.destroy();
-          up.destroy();
-        };
-        sock.on('error', close);
-        up.on('error', close);
-        sock.once('close', () => up.destroy());
-        up.once('close', () => {
-          endLease(this, undefined);
-          sock.end();
-        });
-      },
-      (err: Error) => {
-        endLease(this, 'connect-failure');
-        this.settleAdm(false);
-        host.deps.log.warn({ endpoint: ep.id, err: err.message }, 'upgrade connect failed');
-        this.answerError(new WeftError('WEFT_ERR_CONNECT_FAILURE', `${ep.id}: ${err.message}`, { cause: err }));
-      },
-    );
+    const ep = this.ep!;
+    const up = conn.handOver();
+    this.up = undefined;
+    this.endTry('success');
+    this.settleAdm(true);
+    this.responseStarted = true;
+    this.status = 101;
+    const down = this.down;
+    const sock = down.sock;
+    const { ended } = down.detach();
+    const first = this.upgradeHead;
+    this.upgradeHead = undefined;
+    sock.write(rawResponseHead(101, conn.reason, headers), 'latin1');
+    if (rest.length > 0) sock.write(rest);
+    if (first !== undefined && first.length > 0) up.write(first);
+    if (ended) up.end();
+    // The splice holds the endpoint busy until it closes (least-request, draining).
+    ep.active++;
+    sock.pipe(up);
+    up.pipe(sock);
+    sock.resume();
+    up.resume();
+    host.spliced(sock, up);
+    const close = () => {
+      sock.destroy();
+      up.destroy();
+    };
+    sock.on('error', close);
+    up.on('error', close);
+    sock.once('close', () => up.destroy());
+    up.once('close', () => {
+      ep.active--;
+      sock.end();
+    });
+    this.complete(101);
   }
-}
-
-/** Raw headers minus those named (lower-case). */
-function withoutNames(raw: string[], drop: readonly string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) if (!drop.includes(raw[i]!.toLowerCase())) out.push(raw[i]!, raw[i + 1]!);
-  return out;
-}
-
-function statusOf(d: Buffer): number {
-  // "HTTP/1.1 101 ..."
-  if (d.length >= 12 && d[0] === 0x48) {
-    const n = Number(d.toString('latin1', 9, 12));
-    if (Number.isInteger(n)) return n;
-  }
-  return 0;
 }

@@ -206,9 +206,9 @@ export function endsChunked(te: string): boolean {
   return te.slice(i + 1).trim().toLowerCase() === 'chunked';
 }
 
-/** The upgrade request head, passed on as received (Connection and Upgrade must reach the peer). */
-export function rawRequestHead(method: string, url: string, h: readonly string[]): string {
-  let head = `${method} ${url} HTTP/1.1\r\n`;
+/** A 101 answer's head, passed on as received (Connection and Upgrade must reach the client). */
+export function rawResponseHead(status: number, reason: string, h: readonly string[]): string {
+  let head = `HTTP/1.1 ${status} ${reason}\r\n`;
   for (let i = 0; i < h.length; i += 2) head += `${h[i]!}: ${h[i + 1]!}\r\n`;
   return `${head}\r\n`;
 }

@@ -12,6 +12,8 @@ import type { Cluster } from '../../cluster/cluster.js';
 import { closeParser, kOnBody, kOnHeaders, kOnHeadersComplete, kOnMessageComplete, PARSE_BODY, responseParser, SKIP_BODY, STOP_AFTER_HEAD, type NativeParser, type ParseError } from './llhttp.js';
 import { endsChunked, scanResponseHead, type ResponseHeadFields } from './head.js';
 
+const EMPTY = Buffer.alloc(0);
+
 /** Idle upstream connections are closed after this long (or the server's Keep-Alive hint minus a margin). */
 export const UPSTREAM_IDLE_MS = 60_000;
 /** Margin under the server's `Keep-Alive: timeout`, so that we never reuse a connection it is closing. */
@@ -36,6 +38,13 @@ export interface UpstreamUser {
   onUpstreamDrain(): void;
   /** The response has no body whatever its head says (the request was HEAD). */
   readonly headRequest: boolean;
+  /** The request asks for an (allowed) upgrade: a 101 answer is expected, not a protocol error. */
+  readonly upgrade?: string | undefined;
+  /**
+   * The upstream answered 101 to the upgrade request: the user takes the socket
+   * (`conn.handOver()`); `rest` are the bytes after the 101 head.
+   */
+  onSwitched?(conn: UpstreamConn, headers: readonly string[], rest: Buffer): void;
   /** Corked around each batch of response bytes, so head and body leave in one write. */
   readonly downSock: Duplex;
 }
@@ -72,6 +81,8 @@ export class UpstreamConn implements ResponseHeadFields {
   private inData = false;
   private releaseAfterData = false;
   private flushed: string[] | undefined;
+  /** The head of a 101 answer, until the bytes after it are known. */
+  private switchHeaders: string[] | undefined;
 
   constructor(sock: Duplex, pool: EndpointPool) {
     this.sock = sock;
@@ -190,8 +201,33 @@ export class UpstreamConn implements ResponseHeadFields {
         return;
       }
       off += ret;
+      const switched = this.switchHeaders;
+      if (switched !== undefined) {
+        this.switchHeaders = undefined;
+        user.onSwitched!(this, switched, off < len ? chunk.subarray(off) : EMPTY);
+        return;
+      }
       if (ret === 0 && this.rawRemaining === 0) break;
     }
+  }
+
+  /**
+   * The connection switched protocols: it leaves the pool (its slot is freed) and the
+   * caller owns the socket, with no listener of ours left on it.
+   */
+  handOver(): Duplex {
+    const sock = this.sock;
+    sock.off('data', this.onData);
+    sock.off('end', this.onEnd);
+    sock.off('error', this.onError);
+    sock.off('close', this.onClose);
+    sock.off('drain', this.onDrain);
+    this.dead = true;
+    this.user = undefined;
+    this.releaseAfterData = false;
+    closeParser(this.parser);
+    this.pool.closed(this);
+    return sock;
   }
 
   private protocolError(err: ParseError): void {
@@ -233,6 +269,10 @@ export class UpstreamConn implements ResponseHeadFields {
     this.keepAliveHintMs = -1;
     scanResponseHead(headers, this);
     if (status < 200) {
+      if (status === 101 && user.upgrade !== undefined && user.onSwitched !== undefined) {
+        this.switchHeaders = headers;
+        return STOP_AFTER_HEAD;
+      }
       if (status === 101 || upgrade) {
         // Switching protocols on a request that did not ask to: nothing sensible to forward.
         this.protocolError(Object.assign(new Error('unexpected 101'), { code: 'HPE_UNEXPECTED_101', bytesParsed: 0 }));
@@ -263,6 +303,7 @@ export class UpstreamConn implements ResponseHeadFields {
       return;
     }
     if (this.rawRemaining > 0) return; // the head of a Content-Length body: the bytes follow raw
+    if (this.switchHeaders !== undefined) return; // a 101: what follows is the new protocol
     const user = this.user;
     if (user !== undefined && !this.dead) user.onResponseEnd(this);
   };
