@@ -112,6 +112,7 @@ interface RawConfig {
   workloads?: {
     name: string;
     namespace: string;
+    workload?: string;
     node?: string;
     ip: string;
     serviceAccount?: string;
@@ -350,6 +351,7 @@ function buildWorkloads(raw: RawConfig, p: Problems, nodeName: string): Workload
     };
     if (w.cgroup !== undefined) out.cgroup = w.cgroup;
     if (w.uid !== undefined) out.uid = w.uid;
+    if (w.workload !== undefined) out.workload = w.workload;
     return out;
   });
 }
