@@ -283,6 +283,8 @@ export class Agent {
       // A bug in applying one change must not take the node's traffic down with it.
       try {
         this.onUpdate(next);
+        // Series of workloads that are gone go with them (DESIGN.md "Metric labels").
+        this.metrics.retainWorkloads(next.workloads).catch((err: Error) => log.warn({ err }, 'pruning metric series failed'));
       } catch (err) {
         this.metrics.agentErrors.inc({ kind: 'config' });
         log.error({ err }, 'applying the new config failed; continuing with what was applied');

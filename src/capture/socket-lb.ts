@@ -26,6 +26,7 @@
  * retried on another endpoint (the client sees it, as with kube-proxy), connection-pool limits
  * are not enforced, and the endpoint sees the client pod's address instead of the node's.
  */
+import { sourceLabelsOf, type SourceLabels } from '../telemetry/labels.js';
 import type { Workload } from '../config/types.js';
 import type { ClusterManager } from '../cluster/manager.js';
 import type { Cluster } from '../cluster/cluster.js';
@@ -54,7 +55,7 @@ export interface SocketLbDeps {
 
 const KERNEL_BALANCERS = new Set(['round-robin', 'random', 'weighted-round-robin']);
 
-type Labels = { source_workload: string; source_namespace: string; destination_service: string; connection_security_policy: 'none' };
+type Labels = SourceLabels & { destination_service: string; connection_security_policy: 'none' };
 
 /** Why a service port is not balanced in the kernel, or undefined when it is eligible. */
 export function ineligibility(c: Cluster, governed: (ep: Endpoint) => boolean): string | undefined {
@@ -245,7 +246,7 @@ export class SocketLb {
     const service = target?.kind === 'service' ? `${target.service.namespace}/${target.service.name}` : 'unknown';
     const endpoint = target ? this.deps.clusters.get(target.key)?.endpoints.get(`${e.backend.ip}:${e.backend.port}`) : undefined;
     return {
-      labels: { source_workload: src?.name ?? 'unknown', source_namespace: src?.namespace ?? 'unknown', destination_service: service, connection_security_policy: 'none' },
+      labels: { ...sourceLabelsOf(src), destination_service: service, connection_security_policy: 'none' },
       endpoint,
     };
   }

@@ -9,7 +9,12 @@ export interface EndpointInfo {
   ip: string;
   port: number;
   weight: number;
+  /** The pod (or file entry) name. */
   workload: string;
+  /** The workload it belongs to, for metric labels (src/telemetry/labels.ts); default `workload`. */
+  owner?: string;
+  /** Its canonical service, for metric labels; default the owner. */
+  canonicalService?: string;
   namespace: string;
   node: string;
   serviceAccount: string;

@@ -11,6 +11,7 @@
  * - Relative file paths (stateDir, ca.rootCert, ca.tokenFile, jwtRules[].jwksFile) are
  *   resolved against the config file's directory.
  */
+import { fromIstioShape } from '../authz/istio-shape.js';
 import { validatePolicies } from '../authz/validate.js';
 import { validateRequestAuthentications } from '../authz/jwt.js';
 import { resolve } from 'node:path';
@@ -113,6 +114,7 @@ interface RawConfig {
   workloads?: {
     name: string;
     namespace: string;
+    workload?: string;
     node?: string;
     ip: string;
     serviceAccount?: string;
@@ -186,6 +188,7 @@ class Problems {
  * @throws ConfigError listing every problem, schema and semantic.
  */
 export function normalizeConfig(raw: unknown, source: string, opts: NormalizeOptions = {}): MeshConfig {
+  raw = withIstioPolicies(raw, source);
   const shape = schemaProblems(raw);
   // Cross-field checks assume the shape; on a malformed document they would only add noise.
   if (shape.length) throw new ConfigError(source, shape);
@@ -197,6 +200,23 @@ export function normalizeConfig(raw: unknown, source: string, opts: NormalizeOpt
   const late = [...validatePolicies(config.policies), ...validateRequestAuthentications(config.requestAuthentications, 'requestAuthentications')];
   if (late.length) throw new ConfigError(source, late);
   return config;
+}
+
+/**
+ * Policies written in Istio's AuthorizationPolicy shape (src/authz/istio-shape.ts) become
+ * weft's before validation; what cannot be converted is refused, by name.
+ */
+function withIstioPolicies(raw: unknown, source: string): unknown {
+  if (typeof raw !== 'object' || raw === null || !Array.isArray((raw as RawConfig).policies)) return raw;
+  const problems: string[] = [];
+  const policies = (raw as RawConfig).policies!.map((pol, i) => {
+    if (typeof pol !== 'object' || pol === null) return pol;
+    const r = fromIstioShape(pol as unknown as Record<string, unknown>);
+    problems.push(...r.problems.map((m) => m.replace(/^spec\./, `policies[${i}].`)));
+    return r.spec as unknown as typeof pol;
+  });
+  if (problems.length) throw new ConfigError(source, problems);
+  return { ...(raw as RawConfig), policies };
 }
 
 function build(raw: RawConfig, p: Problems, baseDir: string): MeshConfig {
@@ -353,6 +373,7 @@ function buildWorkloads(raw: RawConfig, p: Problems, nodeName: string): Workload
     };
     if (w.cgroup !== undefined) out.cgroup = w.cgroup;
     if (w.uid !== undefined) out.uid = w.uid;
+    if (w.workload !== undefined) out.workload = w.workload;
     return out;
   });
 }

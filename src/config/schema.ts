@@ -201,6 +201,7 @@ export const CONFIG_SCHEMA: SchemaObject = obj(
         {
           name: subdomainName,
           namespace: labelName,
+          workload: subdomainName,
           node: subdomainName,
           ip: ipv4,
           serviceAccount: subdomainName,

@@ -73,6 +73,12 @@ export interface Namespace {
 export interface Workload {
   name: string;
   namespace: string;
+  /**
+   * The workload the pod belongs to, for metric labels (DESIGN.md "Metric labels"): in
+   * Kubernetes the pod's owner (Deployment, StatefulSet, DaemonSet, Job), in a file
+   * `workloads[].workload`. Absent: the entry's own name.
+   */
+  workload?: string;
   /** The node the pod runs on (default: this agent's node.name). */
   node: string;
   ip: string;

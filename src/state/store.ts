@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { canonicalService, workloadName } from '../telemetry/labels.js';
 import {
   MESH_LABEL,
   MESH_LABEL_ENABLED,
@@ -231,6 +232,8 @@ export class StateStore extends EventEmitter {
       port,
       weight: w.weight,
       workload: w.name,
+      owner: workloadName(w),
+      canonicalService: canonicalService(w),
       namespace: w.namespace,
       node: w.node,
       serviceAccount: w.serviceAccount,

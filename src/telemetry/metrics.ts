@@ -1,4 +1,9 @@
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Workload } from '../config/types.js';
+import { UNKNOWN, workloadName } from './labels.js';
+
+type Src = 'source_workload' | 'source_namespace' | 'source_canonical_service';
+type Dst = 'destination_workload' | 'destination_canonical_service';
 
 /**
  * Every metric the agent exports, on one Registry the agent owns (never the global one, so
@@ -8,14 +13,14 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 export class Metrics {
   readonly registry = new Registry();
 
-  readonly requests: Counter<
-    'source_workload' | 'source_namespace' | 'destination_service' | 'destination_workload' | 'response_code' | 'grpc_status' | 'connection_security_policy'
-  >;
-  readonly requestDuration: Histogram<'source_workload' | 'source_namespace' | 'destination_service' | 'response_code'>;
-  readonly tcpOpened: Counter<'source_workload' | 'source_namespace' | 'destination_service' | 'connection_security_policy'>;
-  readonly tcpClosed: Counter<'source_workload' | 'source_namespace' | 'destination_service' | 'connection_security_policy'>;
-  readonly tcpSent: Counter<'source_workload' | 'source_namespace' | 'destination_service' | 'connection_security_policy'>;
-  readonly tcpReceived: Counter<'source_workload' | 'source_namespace' | 'destination_service' | 'connection_security_policy'>;
+  readonly requests: Counter<Src | 'destination_service' | Dst | 'response_code' | 'grpc_status' | 'connection_security_policy'>;
+  readonly requestDuration: Histogram<Src | 'destination_service' | Dst | 'response_code'>;
+  readonly tcpOpened: Counter<Src | 'destination_service' | 'connection_security_policy'>;
+  readonly tcpClosed: Counter<Src | 'destination_service' | 'connection_security_policy'>;
+  readonly tcpSent: Counter<Src | 'destination_service' | 'connection_security_policy'>;
+  readonly tcpReceived: Counter<Src | 'destination_service' | 'connection_security_policy'>;
+  /** opened - closed per label set, computed at scrape: unlike the difference of two counters in PromQL, it needs no care around restarts. */
+  readonly tcpOpen: Gauge<Src | 'destination_service' | 'connection_security_policy'>;
   readonly capturedWorkloads: Gauge;
   readonly ejections: Counter<'destination_service' | 'reason'>;
   readonly healthyEndpoints: Gauge<'destination_service'>;
@@ -29,24 +34,52 @@ export class Metrics {
 
   constructor() {
     const registers = [this.registry];
+    // Node.js process metrics (event-loop lag, heap, GC, RSS, CPU, handles) on the agent's own registry.
+    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 20 });
+    const src = ['source_workload', 'source_namespace', 'source_canonical_service'] as const;
+    const dst = ['destination_workload', 'destination_canonical_service'] as const;
     this.requests = new Counter({
       name: 'weft_requests_total',
       help: 'HTTP requests handled by the agent, by source, destination and response code',
-      labelNames: ['source_workload', 'source_namespace', 'destination_service', 'destination_workload', 'response_code', 'grpc_status', 'connection_security_policy'],
+      labelNames: [...src, 'destination_service', ...dst, 'response_code', 'grpc_status', 'connection_security_policy'],
       registers,
     });
     this.requestDuration = new Histogram({
       name: 'weft_request_duration_seconds',
       help: 'HTTP request duration through the agent, from request head received to response complete',
-      labelNames: ['source_workload', 'source_namespace', 'destination_service', 'response_code'],
+      labelNames: [...src, 'destination_service', ...dst, 'response_code'],
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     });
-    const tcpLabels = ['source_workload', 'source_namespace', 'destination_service', 'connection_security_policy'] as const;
+    const tcpLabels = [...src, 'destination_service', 'connection_security_policy'] as const;
     this.tcpOpened = new Counter({ name: 'weft_tcp_connections_opened_total', help: 'TCP connections opened through the agent', labelNames: tcpLabels, registers });
     this.tcpClosed = new Counter({ name: 'weft_tcp_connections_closed_total', help: 'TCP connections closed through the agent', labelNames: tcpLabels, registers });
     this.tcpSent = new Counter({ name: 'weft_tcp_sent_bytes_total', help: 'Bytes sent to the upstream on TCP connections', labelNames: tcpLabels, registers });
     this.tcpReceived = new Counter({ name: 'weft_tcp_received_bytes_total', help: 'Bytes received from the upstream on TCP connections', labelNames: tcpLabels, registers });
+    const opened = this.tcpOpened;
+    const closed = this.tcpClosed;
+    this.tcpOpen = new Gauge({
+      name: 'weft_tcp_connections_open',
+      help: 'TCP connections open through the agent now (opened - closed)',
+      labelNames: tcpLabels,
+      registers,
+      async collect() {
+        this.reset();
+        const open = new Map<string, { labels: Record<string, string | number>; n: number }>();
+        for (const [metric, sign] of [
+          [opened, 1],
+          [closed, -1],
+        ] as const) {
+          for (const v of (await metric.get()).values) {
+            const key = JSON.stringify(v.labels);
+            const e = open.get(key) ?? { labels: v.labels, n: 0 };
+            e.n += sign * v.value;
+            open.set(key, e);
+          }
+        }
+        for (const e of open.values()) this.set(e.labels, e.n);
+      },
+    });
     this.capturedWorkloads = new Gauge({ name: 'weft_captured_workloads', help: 'Local workloads whose traffic is captured by eBPF', registers });
     this.ejections = new Counter({ name: 'weft_upstream_ejections_total', help: 'Endpoints ejected by outlier detection', labelNames: ['destination_service', 'reason'], registers });
     this.healthyEndpoints = new Gauge({ name: 'weft_upstream_healthy_endpoints', help: 'Endpoints eligible for traffic per service', labelNames: ['destination_service'], registers });
@@ -62,5 +95,39 @@ export class Metrics {
     });
     this.downstreamConnections = new Gauge({ name: 'weft_downstream_connections', help: 'Open downstream connections per listener', labelNames: ['listener'], registers });
     this.agentErrors = new Counter({ name: 'weft_agent_errors_total', help: 'Errors inside the agent by kind (capture, proxy, discovery)', labelNames: ['kind'], registers });
+  }
+
+  /**
+   * Removes the series of workloads that are gone (DESIGN.md "Metric labels"): a source
+   * workload is matched with its namespace, a destination workload (whose series carry no
+   * namespace of their own) by name in any namespace. Called with every applied config.
+   */
+  async retainWorkloads(workloads: readonly Pick<Workload, 'name' | 'namespace' | 'workload'>[]): Promise<number> {
+    const sources = new Set<string>();
+    const destinations = new Set<string>();
+    for (const w of workloads) {
+      const name = workloadName(w);
+      sources.add(`${w.namespace}/${name}`);
+      destinations.add(name);
+    }
+    const gone = (l: Record<string, string | number | undefined>): boolean => {
+      const sw = l['source_workload'];
+      if (sw !== undefined && sw !== UNKNOWN && !sources.has(`${l['source_namespace']}/${sw}`)) return true;
+      const dw = l['destination_workload'];
+      return dw !== undefined && dw !== UNKNOWN && !destinations.has(String(dw));
+    };
+    let removed = 0;
+    for (const metric of [this.requests, this.requestDuration, this.tcpOpened, this.tcpClosed, this.tcpSent, this.tcpReceived] as const) {
+      const seen = new Set<string>();
+      for (const v of (await metric.get()).values) {
+        const { le: _le, ...labels } = v.labels as Record<string, string | number>;
+        const key = JSON.stringify(labels);
+        if (seen.has(key) || !gone(labels)) continue;
+        seen.add(key);
+        (metric as Counter<string>).remove(labels);
+        removed++;
+      }
+    }
+    return removed;
   }
 }

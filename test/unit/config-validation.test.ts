@@ -356,12 +356,12 @@ t.test('authorization policies', async (t) => {
   ]);
   const d = base();
   d.policies = [
-    { name: 'p', namespace: 'shop', action: 'allow', rules: [{ from: [{ principals: [] }], when: [] }] },
+    { name: 'p', namespace: 'shop', action: 'allow', rules: [{ from: [{ principals: [] }], unless: [] }] },
     { name: 'p', namespace: 'shop' },
   ];
   t.same(problemsOf(d), [
     'policies[0].action: must be one of ALLOW, DENY (got "allow")',
-    'policies[0].rules[0].when: unknown key; expected one of: from, to',
+    'policies[0].rules[0].unless: unknown key; expected one of: from, to',
     'policies[0].rules[0].from[0].principals: must not be empty',
   ]);
   d.policies[0] = { name: 'p', namespace: 'shop', action: 'DENY' };

@@ -98,6 +98,44 @@ function crd(
   };
 }
 
+/**
+ * The AuthorizationPolicy spec also admits Istio's shape (src/authz/istio-shape.ts converts
+ * it): `selector.matchLabels`, `from[].source`, `to[].operation`, `when[]`. A structural
+ * schema cannot say "a label map or { matchLabels }", so the selector is left to weft's own
+ * validation (preserve-unknown-fields) and CEL rules check what the API server can:
+ * every selector value is a string, and matchLabels is not mixed with labels.
+ */
+function withIstioShape(ap: Schema): Schema {
+  const out = structuredClone(ap);
+  const rules = out.properties.rules.items;
+  const from = rules.properties.from.items;
+  const to = rules.properties.to.items;
+  rules.properties.from.items = { ...from, properties: { ...from.properties, source: { ...structuredClone(from), description: "Istio's shape: the source, one level down." } } };
+  rules.properties.to.items = { ...to, properties: { ...to.properties, operation: { ...structuredClone(to), description: "Istio's shape: the operation, one level down." } } };
+  rules.properties.when = {
+    description: "Istio's conditions, ANDed with the rule: keys source.principal, source.namespace, source.ip, remote.ip, request.auth.principal, destination.port (others are refused).",
+    type: 'array',
+    items: {
+      type: 'object',
+      required: ['key'],
+      properties: { key: { type: 'string', minLength: 1 }, values: { type: 'array', items: { type: 'string' } }, notValues: { type: 'array', items: { type: 'string' } } },
+      'x-kubernetes-validations': [{ rule: 'has(self.values) || has(self.notValues)', message: 'a condition needs values or notValues' }],
+    },
+  };
+  out.properties.selector = {
+    description: 'The workloads it applies to, by labels: a label map, or { matchLabels: {...} } as in Istio.',
+    type: 'object',
+    'x-kubernetes-preserve-unknown-fields': true,
+    'x-kubernetes-validations': [
+      {
+        rule: "has(self.matchLabels) ? (self.size() == 1 && self.matchLabels.all(k, type(self.matchLabels[k]) == string)) : self.all(k, type(self[k]) == string)",
+        message: 'selector: a map of label values, or { matchLabels: {...} } alone',
+      },
+    ],
+  };
+  return out;
+}
+
 /** The three CRDs, from CONFIG_SCHEMA. */
 export function generateCrds(): Schema[] {
   const top = CONFIG_SCHEMA.properties as Record<string, Schema>;
@@ -119,7 +157,7 @@ export function generateCrds(): Schema[] {
       ...trafficPolicy.properties,
     },
   };
-  const apSpec = toOpenApi(without(top.policies!.items, ['name', 'namespace']));
+  const apSpec = withIstioShape(toOpenApi(without(top.policies!.items, ['name', 'namespace'])));
   const raSpec = toOpenApi(without(top.requestAuthentications!.items, ['name', 'namespace']));
   return [
     crd(

@@ -480,7 +480,10 @@ const DESIGN_METRICS = [
   'weft_cert_expiry_seconds',
   'weft_authz_denied_total',
   'weft_upstream_healthy_endpoints',
+  'weft_tcp_connections_open',
 ];
+/** prom-client's collectDefaultMetrics on the agent's registry (src/telemetry/metrics.ts). */
+const PROCESS_METRICS = ['nodejs_eventloop_lag_p99_seconds', 'nodejs_eventloop_lag_p50_seconds', 'process_resident_memory_bytes', 'nodejs_heap_size_used_bytes', 'nodejs_heap_size_total_bytes', 'nodejs_gc_duration_seconds'];
 
 t.test('the Grafana dashboard uses only metrics weft exports', async (t) => {
   const dash = JSON.parse(readFileSync(path.join(ROOT, 'deploy/grafana/weft-node.json'), 'utf8')) as Obj;
@@ -498,9 +501,16 @@ t.test('the Grafana dashboard uses only metrics weft exports', async (t) => {
   walk(dash);
   t.ok(exprs.length >= 10, `${exprs.length} queries`);
   const used = new Set<string>();
-  for (const e of exprs) for (const m of e.matchAll(/\bweft_[a-z0-9_]+/g)) used.add(m[0].replace(/_(bucket|sum|count)$/, ''));
-  for (const m of used) t.ok(DESIGN_METRICS.includes(m), `${m} is a weft metric`);
-  for (const m of DESIGN_METRICS) t.ok(used.has(m), `${m} has a panel`);
+  for (const e of exprs) for (const m of e.matchAll(/\b(weft|nodejs|process)_[a-z0-9_]+/g)) used.add(m[0].replace(/_(bucket|sum|count)$/, ''));
+  for (const m of used) t.ok(DESIGN_METRICS.includes(m) || PROCESS_METRICS.includes(m), `${m} is a metric the agent exports`);
+  for (const m of [...DESIGN_METRICS, ...PROCESS_METRICS]) t.ok(used.has(m), `${m} has a panel`);
+  // Open connections come from the gauge, never from opened - closed counters (wrong across restarts).
+  t.notOk(exprs.some((e) => /connections_opened_total[^)]*\)\s*-/.test(e)), 'no difference of raw counters');
+  // Every metric the dashboard names is one the agent really exports.
+  const { Metrics } = await import('../../src/telemetry/metrics.js');
+  // (weft_cert_expiry_seconds is registered on the same registry by the certificate manager.)
+  const exported = [...(await new Metrics().registry.getMetricsAsJSON()).map((m) => m.name), 'weft_cert_expiry_seconds'];
+  for (const m of used) t.ok(exported.includes(m), `${m} is in the agent's registry`);
   const ids = dash.panels.map((p: Obj) => p.id);
   t.equal(new Set(ids).size, ids.length, 'panel ids are unique');
 });

@@ -54,7 +54,7 @@ t.test('trimPod keeps what translation reads and drops the rest', async (t) => {
   const full = pod('api-0', 'shop', { node: NODE, ip: '10.1.0.1', labels: { app: 'api' }, annotations: { 'weft.io/weight': '2' }, ports: { web: 8080 } });
   const trimmed = trimPod(full);
   t.same(trimmed.metadata?.annotations, { 'weft.io/weight': '2' }, 'only weft.io annotations');
-  t.equal(trimmed.metadata?.ownerReferences, undefined);
+  t.same(trimmed.metadata?.ownerReferences, (full.metadata?.ownerReferences ?? []).filter((o) => o.controller), 'only the controller reference (it names the workload)');
   t.same(trimmed.spec?.containers, [{ name: 'app', ports: [{ name: 'web', containerPort: 8080, protocol: 'TCP' }] }]);
   t.same(trimmed.status?.conditions?.map((c) => c.type), ['Ready']);
   t.same(translate(state({ namespaces: [ns('shop', MESHED)], pods: [trimmed] }), ctx()).raw, translate(state({ namespaces: [ns('shop', MESHED)], pods: [full] }), ctx()).raw, 'same translation');

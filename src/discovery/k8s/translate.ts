@@ -112,6 +112,8 @@ function originOf(kind: string, obj: KubernetesObject): Origin {
 export interface RawWorkload {
   name: string;
   namespace: string;
+  /** The owning workload's name (workloadOfPod). */
+  workload?: string;
   node: string;
   ip: string;
   serviceAccount: string;
@@ -271,6 +273,31 @@ export function nodeFingerprint(node: V1Node): string {
 }
 
 /**
+ * The workload a pod belongs to (DESIGN.md "Metric labels"), from its controller reference:
+ * a ReplicaSet's pods belong to its Deployment (the ReplicaSet is `<deployment>-<pod-template-hash>`,
+ * the hash also being the pod's `pod-template-hash` label; a ReplicaSet made by hand keeps its
+ * own name); StatefulSet, DaemonSet and Job pods to those; a Job that a CronJob made
+ * (`<cronjob>-<minutes since epoch>`) to the CronJob. A pod with no controller is its own workload.
+ */
+export function workloadOfPod(pod: V1Pod): string {
+  const name = pod.metadata?.name ?? '';
+  const owner = pod.metadata?.ownerReferences?.find((o) => o.controller) ?? pod.metadata?.ownerReferences?.[0];
+  if (!owner?.name) return name;
+  switch (owner.kind) {
+    case 'ReplicaSet': {
+      const hash = pod.metadata?.labels?.['pod-template-hash'];
+      return hash && owner.name.endsWith(`-${hash}`) ? owner.name.slice(0, -hash.length - 1) : owner.name;
+    }
+    case 'Job': {
+      const m = /^(.+)-\d{8,}$/.exec(owner.name);
+      return m ? m[1]! : owner.name;
+    }
+    default:
+      return owner.name;
+  }
+}
+
+/**
  * Keep only what translation reads from a Pod: cluster-wide pod caches are the agent's
  * largest memory cost, and a full Pod object is 10-50x larger than this.
  */
@@ -288,6 +315,8 @@ export function trimPod(pod: V1Pod): V1Pod {
       resourceVersion: m.resourceVersion,
       labels: m.labels,
       annotations,
+      // Only the controller reference: it names the pod's workload (workloadOfPod).
+      ownerReferences: (m.ownerReferences ?? []).filter((o) => o.controller).map((o) => ({ apiVersion: o.apiVersion, kind: o.kind, name: o.name, uid: o.uid, controller: true })),
       creationTimestamp: m.creationTimestamp,
       deletionTimestamp: m.deletionTimestamp,
     },
@@ -457,6 +486,8 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
       weight,
       ready: inSlice ? podReady.get(key)! : condReady,
     };
+    const owner = workloadOfPod(pod);
+    if (owner !== name) workload.workload = owner;
     const uid = pod.metadata?.uid;
     if (uid && pod.spec?.nodeName === ctx.nodeName) {
       const cg = ctx.cgroupOf(uid);

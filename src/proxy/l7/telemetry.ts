@@ -13,11 +13,12 @@ import type { WeftErrorCode } from '../../errors.js';
 import type { Logger } from '../../telemetry/log.js';
 import type { Metrics } from '../../telemetry/metrics.js';
 import type { ConnContext } from '../context.js';
+import { destinationLabelsOf, sourceLabelsOf, type SourceLabels } from '../../telemetry/labels.js';
 import { errorHeader } from './respond.js';
 
-/** Metric labels of the caller; on the tunnel's far end the namespace comes from the verified peer. */
-export function sourceLabels(ctx: ConnContext): { source_workload: string; source_namespace: string } {
-  return { source_workload: ctx.source?.name ?? 'unknown', source_namespace: ctx.source?.namespace ?? ctx.peer?.namespace ?? 'unknown' };
+/** Metric labels of the caller (src/telemetry/labels.ts); on the tunnel's far end the namespace comes from the verified peer. */
+export function sourceLabels(ctx: ConnContext): SourceLabels {
+  return sourceLabelsOf(ctx.source, ctx.peer?.namespace);
 }
 
 export function targetName(ctx: ConnContext): string {
@@ -145,16 +146,18 @@ export class L7Telemetry {
     const ep = r.ep;
     const service = r.cluster?.serviceName ?? targetName(ctx);
     const security = ep ? this.securityOf(ep) : 'none';
-    const workload = ep?.info.workload ?? 'unknown';
-    const { source_workload, source_namespace } = sourceLabels(ctx);
+    const { source_workload, source_namespace, source_canonical_service } = sourceLabels(ctx);
+    const { destination_workload, destination_canonical_service } = destinationLabelsOf(ep?.info);
     const grpc_status = r.grpcStatus === undefined ? '' : String(r.grpcStatus);
-    const key = `${source_namespace}\u0000${source_workload}\u0000${service}\u0000${workload}\u0000${status}\u0000${grpc_status}\u0000${security}`;
+    const key = `${source_namespace}\u0000${source_workload}\u0000${service}\u0000${destination_workload}\u0000${destination_canonical_service}\u0000${status}\u0000${grpc_status}\u0000${security}`;
     let labels = this.labels.get(key);
     if (labels === undefined) {
       const response_code = String(status);
+      // The canonical-service labels last: the exposition keeps this order.
+      const common = { source_workload, source_namespace, destination_service: service, destination_workload, response_code };
       labels = {
-        requests: { source_workload, source_namespace, destination_service: service, destination_workload: workload, response_code, grpc_status, connection_security_policy: security },
-        duration: { source_workload, source_namespace, destination_service: service, response_code },
+        requests: { ...common, grpc_status, connection_security_policy: security, source_canonical_service, destination_canonical_service },
+        duration: { ...common, source_canonical_service, destination_canonical_service },
         pending: 0,
       };
       // Label values are bounded (workloads x services x codes); the cap only guards memory.
