@@ -16,6 +16,12 @@ export interface ListenerSpec {
   host: string;
   port: number;
   backlog?: number;
+  /**
+   * SO_REUSEPORT on a socket bound here (an inherited one keeps what it had). Note: sockets of
+   * one SO_REUSEPORT group have a listen queue each, and one that closes drops its queue; only
+   * sockets handed over (or dups of them: {@link Listeners.dupFd}) keep their queue.
+   */
+  reusePort?: boolean;
 }
 
 interface Bound extends ListenerSpec {
@@ -35,7 +41,7 @@ export class Listeners {
     const fd = this.slot?.inherit(spec.name, spec.host, spec.port);
     try {
       if (fd !== undefined) await listen(spec.server, { fd, backlog: spec.backlog } as ListenOptions);
-      else await listen(spec.server, { host: spec.host, port: spec.port, backlog: spec.backlog });
+      else await listen(spec.server, { host: spec.host, port: spec.port, backlog: spec.backlog, ...(spec.reusePort ? { reusePort: true } : {}) });
     } catch (err) {
       throw new Error(`cannot listen on ${spec.name} ${spec.host}:${spec.port}: ${(err as Error).message}`);
     }

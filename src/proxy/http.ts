@@ -91,11 +91,14 @@ export class HttpProxy implements ExchangeHost, H2Host {
   /**
    * Drain hook (the agent is being replaced): from now on every answer carries
    * `connection: close` and its connection closes after it, so keep-alive clients move away
-   * between requests. Idle connections are left alone: closing one could race a request the
-   * client is sending on it; they close on their next answer, or when the drain time is up.
+   * between requests. Idle HTTP/1.1 connections are left alone: closing one could race a
+   * request the client is sending on it; they close on their next answer, or when the drain
+   * time is up. HTTP/2 sessions get GOAWAY (session.close()): the client opens a new
+   * connection for new streams, and the streams in flight finish.
    */
   drain(): void {
     this.draining = true;
+    this.h2Front?.closeIdle();
   }
 
   /** Downstream connections open now. */
