@@ -192,10 +192,10 @@ t.test('mTLS between two nodes', async (t) => {
     const out = logLines(agentA).find((l) => l.msg === 'access' && l.protocol === 'hbone' && l.direction === 'outbound');
     t.equal(out.src_principal, 'cluster.local/ns/shop/sa/client', 'node-a logs both ends of the hop');
     const metricsB = (await nodeB.exec('curl', ['-s', '--max-time', '3', `http://${B}:15020/metrics`])).stdout;
-    t.match(metricsB, /weft_tcp_connections_opened_total\{source_workload="client-0",source_namespace="shop",destination_service="shop\/echo-0",connection_security_policy="mutual_tls"\} 1/);
-    t.match(metricsB, /weft_requests_total\{[^}]*destination_workload="api-0"[^}]*connection_security_policy="mutual_tls"\} 1/);
+    t.match(metricsB, /weft_tcp_connections_opened_total\{source_workload="client-0",source_namespace="shop",source_canonical_service="[^"]*",destination_service="shop\/echo-0",connection_security_policy="mutual_tls"\} 1/);
+    t.match(metricsB, /weft_requests_total\{[^}]*destination_workload="api-0"[^}]*connection_security_policy="mutual_tls"[^}]*\} 1/);
     const metricsA = (await nodeA.exec('curl', ['-s', '--max-time', '3', `http://${A}:15020/metrics`])).stdout;
-    t.match(metricsA, /weft_requests_total\{source_workload="client-0"[^}]*destination_service="shop\/api"[^}]*connection_security_policy="mutual_tls"\} 1/);
+    t.match(metricsA, /weft_requests_total\{source_workload="client-0"[^}]*destination_service="shop\/api"[^}]*connection_security_policy="mutual_tls"[^}]*\} 1/);
     t.match(metricsA, /weft_cert_expiry_seconds\{identity="cluster.local\/ns\/shop\/sa\/client"\}/);
   });
 

@@ -454,7 +454,8 @@ t.test('NOTES.txt, the PodMonitor and the dashboard ConfigMap', async (t) => {
   t.equal(pm.apiVersion, 'monitoring.coreos.com/v1');
   const ds = byKind(objs, 'DaemonSet')!;
   t.same(pm.spec.selector.matchLabels, ds.spec.selector.matchLabels, 'selects the agents');
-  t.ok(ds.spec.template.spec.containers[0].ports.some((p: Obj) => p.name === pm.spec.podMetricsEndpoints[0].port), 'by a port the agent names');
+  const env = Object.fromEntries(ds.spec.template.spec.containers[0].env.filter((e: Obj) => 'value' in e).map((e: Obj) => [e.name, e.value]));
+  t.equal(String(pm.spec.podMetricsEndpoints[0].portNumber), env.WEFT_PORT_METRICS, "on the agent's metrics port");
   t.equal(pm.metadata.labels.release, 'prometheus');
 
   const cm = byKind(objs, 'ConfigMap', 'weft-grafana-dashboard')!;
