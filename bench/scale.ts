@@ -70,6 +70,10 @@ export interface MemoryReport {
   /** RSS right after the agent reported ready, MiB. */
   rssAtReadyMb?: number;
   agentCpus?: string;
+  /** Worker threads of the measured agent (issue 17), and its RSS split: the control thread's share and each worker's. */
+  workers?: number;
+  controlRssMb?: number;
+  perWorkerMb?: number;
   error?: string;
 }
 
