@@ -30,8 +30,9 @@ export class OutboundListener {
     this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (s) => this.onConnection(s));
   }
 
-  listen(host: string, port: number): Promise<void> {
-    return listen(this.server, { host, port, backlog: 4096 });
+  /** `reusePort`: one of several listeners on the port (SO_REUSEPORT; the agent's worker threads), the kernel spreads connections over them. */
+  listen(host: string, port: number, opts: { reusePort?: boolean } = {}): Promise<void> {
+    return listen(this.server, { host, port, backlog: 4096, ...(opts.reusePort ? { reusePort: true } : {}) });
   }
 
   get address(): net.AddressInfo {
