@@ -30,9 +30,8 @@ export class OutboundListener {
     this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (s) => this.onConnection(s));
   }
 
-  /** `reusePort`: one of several listeners on the port (SO_REUSEPORT; the agent's worker threads), the kernel spreads connections over them. */
-  listen(host: string, port: number, opts: { reusePort?: boolean } = {}): Promise<void> {
-    return listen(this.server, { host, port, backlog: 4096, ...(opts.reusePort ? { reusePort: true } : {}) });
+  listen(host: string, port: number): Promise<void> {
+    return listen(this.server, { host, port, backlog: 4096 });
   }
 
   get address(): net.AddressInfo {

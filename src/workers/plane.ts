@@ -3,7 +3,7 @@
  * proxy (HttpProxy), the L4 proxy's dependencies and the outbound listener (15001), over a
  * state store, its clusters, a transport and the authorization enforcer.
  */
-import type { IncomingMessage } from 'node:http';
+import type { RequestView } from '../proxy/l7/request.js';
 import type { Enforcer } from '../authz/enforcer.js';
 import type { ClusterManager } from '../cluster/manager.js';
 import type { Endpoint } from '../cluster/endpoint.js';
@@ -40,7 +40,7 @@ export function outboundPlane(d: PlaneDeps): OutboundPlane {
   // Same-node traffic is authorized here, where the destination lives; the source is the
   // workload whose cgroup made the connection (never its source IP alone). Tunnelled
   // traffic is authorized by the destination's agent with the verified peer (ctx.peer).
-  const authorizeHttp = (ctx: ConnContext, ep: Endpoint, req: IncomingMessage) =>
+  const authorizeHttp = (ctx: ConnContext, ep: Endpoint, req: RequestView) =>
     enforcer.http(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep, req);
   const http = new HttpProxy({ clusters: d.clusters, transport: d.transport, metrics: d.metrics, log: log.child({ component: 'http' }), authorize: authorizeHttp });
   const tcp: TcpProxyDeps = {

@@ -69,6 +69,8 @@ interface Slot {
 export class WorkerPool {
   private readonly slots: Slot[] = [];
   private stopping = false;
+  /** Handed over: a worker that dies now is not started again (it would accept beside the successor). */
+  private acceptingDone = false;
   private nextId = 1;
   private readonly pending = new Map<number, (v: unknown) => void>();
   private readonly changed = new Set<Cluster>();
@@ -120,7 +122,7 @@ export class WorkerPool {
       worker.on('exit', (code) => {
         if (slot.worker !== worker) return;
         slot.worker = undefined;
-        if (this.stopping) {
+        if (this.stopping || this.acceptingDone) {
           slot.state = 'stopped';
           return;
         }
@@ -159,10 +161,11 @@ export class WorkerPool {
         this.o.writeLog(m.text);
         return;
       case 'metrics':
-      case 'dump': {
+      case 'dump':
+      case 'stopped-accepting': {
         const done = this.pending.get(m.id);
         this.pending.delete(m.id);
-        done?.(m.t === 'metrics' ? m.json : m.dump);
+        done?.(m.t === 'metrics' ? m.json : m.t === 'dump' ? m.dump : true);
         return;
       }
       case 'drained':
@@ -212,7 +215,13 @@ export class WorkerPool {
     this.post({ t: 'routes', routes });
   }
 
-  private ask(s: Slot, m: { t: 'metrics' | 'dump' }, timeoutMs = 2_000): Promise<unknown> {
+  /** A successor took the listening sockets: every worker closes its fd of them (connections it holds go on). */
+  async stopAccepting(): Promise<void> {
+    this.acceptingDone = true;
+    await Promise.all(this.slots.filter((s) => s.worker && s.state === 'serving').map((s) => this.ask(s, { t: 'stop-accepting' })));
+  }
+
+  private ask(s: Slot, m: { t: 'metrics' | 'dump' | 'stop-accepting' }, timeoutMs = 2_000): Promise<unknown> {
     const id = this.nextId++;
     return new Promise((resolve) => {
       const timer = setTimeout(() => {

@@ -25,8 +25,11 @@ export type SourceRoutes = Array<[srcIp: string, dest: { ip: string; port: numbe
 export interface WorkerInit {
   index: number;
   config: MeshConfig;
-  /** Where the outbound listener is: the control thread bound it first (port 0 in tests becomes a real port). */
-  outbound: { host: string; port: number };
+  /**
+   * The worker's own fd (a dup) of the outbound listening socket: every thread accepts from
+   * the one socket and its one queue (src/lifecycle/listeners.ts); the worker closes its fd.
+   */
+  outboundFd: number;
   /** capture on: the pinned BPF maps under this root hold the original destinations. */
   pinRoot?: string;
   logLevel: string;
@@ -46,6 +49,7 @@ export type ToWorker =
   | { t: 'routes'; routes: SourceRoutes }
   | { t: 'metrics'; id: number }
   | { t: 'dump'; id: number }
+  | { t: 'stop-accepting'; id: number }
   | { t: 'drain'; ms: number };
 
 /** [cluster key, endpoint id, result, latency ms] */
@@ -59,4 +63,5 @@ export type FromWorker =
   | { t: 'log'; text: string }
   | { t: 'metrics'; id: number; json: unknown[] }
   | { t: 'dump'; id: number; dump: unknown }
+  | { t: 'stopped-accepting'; id: number }
   | { t: 'drained' };

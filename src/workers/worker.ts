@@ -8,7 +8,9 @@
  * back what the control thread decides on (request outcomes, breaker verdicts) and what
  * comes out as one agent's (log lines, metrics).
  */
+import type { ListenOptions } from 'node:net';
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
+import { listen } from '../listen.js';
 import pino from 'pino';
 import { Enforcer } from '../authz/enforcer.js';
 import { OrigDstTable } from '../capture/datapath.js';
@@ -138,10 +140,10 @@ async function main(): Promise<void> {
   };
 
   const plane = outboundPlane({ state, clusters, transport, metrics, log, enforcer, origDst, source });
-  await plane.outbound.listen(init.outbound.host, init.outbound.port, { reusePort: true });
+  await listen(plane.outbound.server, { fd: init.outboundFd } as ListenOptions);
 
   const drain = async (ms: number): Promise<void> => {
-    const closing = plane.outbound.stopAccepting();
+    const closing = plane.outbound.server.listening ? plane.outbound.stopAccepting() : Promise.resolve();
     if (ms > 0 && plane.http.active > 0) await Promise.race([plane.http.idle(), new Promise((r) => setTimeout(r, ms).unref())]);
     plane.http.server.closeIdleConnections();
     plane.outbound.destroyAll();
@@ -184,6 +186,10 @@ async function main(): Promise<void> {
         return;
       case 'dump':
         send({ t: 'dump', id: m.id, dump: { index: init.index, connections: plane.outbound.connections, inflight: plane.http.active, clusters: [...clusters.all()].map((c) => c.describe()) } });
+        return;
+      case 'stop-accepting':
+        // A successor agent accepts from now on; what this worker holds finishes here.
+        void plane.outbound.stopAccepting().then(() => send({ t: 'stopped-accepting', id: m.id }));
         return;
       case 'drain':
         void drain(m.ms);
