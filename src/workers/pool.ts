@@ -71,6 +71,8 @@ export class WorkerPool {
   private stopping = false;
   /** Handed over: a worker that dies now is not started again (it would accept beside the successor). */
   private acceptingDone = false;
+  /** Every worker came up once: from now on a worker that fails is started again. */
+  private started = false;
   private nextId = 1;
   private readonly pending = new Map<number, (v: unknown) => void>();
   private readonly changed = new Set<Cluster>();
@@ -87,6 +89,7 @@ export class WorkerPool {
   /** Start every worker; resolves once each listens (rejects if one fails to start). */
   async start(): Promise<void> {
     await Promise.all(this.slots.map((s) => this.spawn(s)));
+    this.started = true;
   }
 
   get size(): number {
@@ -128,7 +131,8 @@ export class WorkerPool {
         }
         if (!ready) {
           reject(new Error(`worker ${slot.index} exited with ${code} during start-up${slot.lastExit ? `: ${slot.lastExit}` : ''}`));
-          if (this.slots.every((s) => s.state !== 'serving')) return;
+          // The agent's own start-up fails with it; a restart that fails is tried again below.
+          if (!this.started) return;
         }
         this.o.metrics.agentErrors.inc({ kind: 'worker' });
         if (Date.now() - slot.startedAt > STABLE_MS) slot.backoffMs = RESTART_MIN_MS;
