@@ -1,9 +1,10 @@
 /**
  * The agent's worker threads, from the control thread's side.
  *
- * With `agent.workers: N` the control thread serves as one of the N (it binds the outbound
- * listener first, with SO_REUSEPORT) and starts N-1 worker threads (worker.ts), each with
- * its own listener on the same port; the kernel spreads new connections over the group.
+ * With `agent.workers: N` the control thread serves as one of the N and starts N-1 worker
+ * threads (worker.ts). Every thread accepts from the one outbound listening socket (each
+ * worker on a dup of its fd, src/lifecycle/listeners.ts): one kernel queue, so a worker that
+ * dies loses nothing queued, and an upgrade hands the same socket to the next agent.
  * The control thread keeps everything that is the node's rather than a connection's:
  * discovery, capture, identity, active health checks, outlier detection and the circuit
  * breakers' decisions. It hands each worker immutable snapshots and takes back outcomes:
@@ -19,8 +20,8 @@
  *   merged with the control thread's Registry into one exposition.
  *
  * A worker that dies is started again (with a fresh snapshot) after a short backoff; the
- * others, and their connections, are not touched. The SO_REUSEPORT group loses only the dead
- * worker's listener, and with it the connections it had accepted.
+ * others, and their connections, are not touched; the dead worker's accepted connections end
+ * with it, nothing still queued on the socket is lost.
  */
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';

@@ -1,7 +1,7 @@
 /**
  * A worker thread of the agent (src/workers/pool.ts starts it): it serves its share of the
- * outbound listener's connections (SO_REUSEPORT: the kernel spreads new connections over
- * the listeners of the port), with its own state store, clusters (balancer state per
+ * outbound listener's connections (it accepts on its own fd of the agent's listening socket,
+ * beside the control thread), with its own state store, clusters (balancer state per
  * worker, as Envoy's), L7/L4 proxies and tunnel client. The control thread owns discovery,
  * capture, identity and health: this thread only applies the snapshots it sends (config,
  * endpoint health and ejections, breaker states, certificates, who is calling), and sends
