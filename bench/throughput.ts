@@ -599,7 +599,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
       );
     }
     report.notes.push(
-      'HTTP/2 rows (h2load through weft vs direct vs nginx http2/grpc_pass vs haproxy h2): not measured: the agent in this tree speaks HTTP/1.1 only on the L7 path (HTTP/2 comes with the pipeline work, issue 14)',
+      'HTTP/2 rows (h2load through weft vs direct vs nginx http2/grpc_pass vs haproxy h2): not measured yet: the bench has no HTTP/2 scenarios (the agent speaks HTTP/2 since the pipeline work, issue 14, merged after these rows were written)',
     );
     report.rounds = o.rounds;
     report.scenarios = SCENARIOS.flatMap((k) => results.get(k) ?? []);
