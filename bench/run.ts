@@ -5,8 +5,8 @@
  *
  *   node dist/bench/run.js [--quick] [--only=LIST] [--out=DIR] [--agent-log-level=LEVEL] [--duration=S] [--rounds=N]
  *
- * --only takes scenario keys (direct, l7, l4, nginx, haproxy, fastify) and section names
- * (throughput = all six scenarios, connrate, churn, memory, balancers, tunnel). A full run
+ * --only takes scenario keys (direct, l7, l7all, l4, nginx, haproxy, pipe, fastify) and section names
+ * (throughput = all eight scenarios, connrate, churn, memory, balancers, tunnel). A full run
  * (no --quick, --only, --duration or --rounds) writes docs/benchmarks/latest.{md,svg,json};
  * other runs write to a temp dir unless --out says where. Every section runs on its own: one
  * that fails is reported and the others still run. Needs root (network namespaces, cgroups,
@@ -82,7 +82,7 @@ async function main(): Promise<number> {
     return 2;
   }
   if (cli.help) {
-    log('usage: node dist/bench/run.js [--quick] [--only=direct,l7,l4,nginx,haproxy,fastify,throughput,connrate,churn,memory,balancers,tunnel] [--out=DIR] [--agent-log-level=LEVEL] [--duration=S] [--rounds=N]');
+    log('usage: node dist/bench/run.js [--quick] [--only=direct,l7,l7all,l4,nginx,haproxy,pipe,fastify,throughput,connrate,churn,memory,balancers,tunnel] [--out=DIR] [--agent-log-level=LEVEL] [--duration=S] [--rounds=N]');
     return 0;
   }
   if (process.getuid?.() !== 0) {
@@ -117,7 +117,7 @@ async function main(): Promise<number> {
   const full = !quick && cli.only.length === 0 && cli.duration === undefined && cli.rounds === undefined;
   const outDir = cli.out ?? (full ? join(repo, 'docs', 'benchmarks') : join(tmpdir(), 'weft-bench-out'));
 
-  const missingBuild = [join(repo, 'dist', 'src', 'cli.js'), join(repo, 'build', 'bpf', 'connect4.bpf.o'), join(repo, 'dist', 'bench', 'peers', 'fastify-proxy.js')].filter((p) => !existsSync(p));
+  const missingBuild = [join(repo, 'dist', 'src', 'cli.js'), join(repo, 'build', 'bpf', 'connect4.bpf.o'), join(repo, 'dist', 'bench', 'peers', 'fastify-proxy.js'), join(repo, 'dist', 'bench', 'peers', 'node-pipe.js')].filter((p) => !existsSync(p));
   if (missingBuild.length) {
     log(`bench: not built (${missingBuild.join(', ')} missing): run \`npm run bench\`, which builds first`);
     return 1;

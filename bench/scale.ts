@@ -12,6 +12,7 @@
  *   its RSS once it has settled.
  */
 import { mkdirSync, readdirSync, writeFileSync, renameSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { stringify } from 'yaml';
@@ -70,6 +71,13 @@ export interface MemoryReport {
   /** RSS right after the agent reported ready, MiB. */
   rssAtReadyMb?: number;
   agentCpus?: string;
+  /** Worker threads of the measured agent (issue 17), and its RSS split: the control thread's share and each worker's. */
+  workers?: number;
+  controlRssMb?: number;
+  perWorkerMb?: number;
+  /** RSS of the agent with its worker threads, settled and peak. */
+  workersRssMb?: number;
+  workersPeakRssMb?: number;
   error?: string;
 }
 
@@ -254,6 +262,24 @@ export async function runMemory(o: ScaleOptions): Promise<MemoryReport> {
       `  ${o.localWorkloads} local workloads (captured ${rep.captured ?? '?'}, ${rep.linkDirs ?? '?'} cgroups with pinned links) + ${o.remoteEndpoints} remote endpoints: ` +
         `ready in ${rep.startupMs} ms, RSS ${rep.rssMb.toFixed(1)} MB (peak ${rep.peakRssMb.toFixed(1)} MB)`,
     );
+    // Issue 17: the same agent unpinned, with its default workers (one per core): what each
+    // worker thread adds. The pinned agent above runs one thread (the control thread serving).
+    const single = rep.rssMb;
+    await agent.stop();
+    agent = undefined;
+    const cores = cpus().length;
+    if (cores > 1) {
+      await waitQuiet(0.15, o.quietTimeoutMs);
+      agent = await startAgent(node, { configFile, pinRoot, stateDir, logFile: join(dir, 'agent-workers.log'), cpu: `0-${cores - 1}`, readyTimeoutMs: 180_000 });
+      await sleep(3_000);
+      const all = treeRssMb(agent.pid);
+      rep.workers = cores - 1;
+      rep.controlRssMb = single;
+      rep.perWorkerMb = (all - single) / rep.workers;
+      rep.workersRssMb = all;
+      rep.workersPeakRssMb = treePeakRssMb(agent.pid);
+      o.log(`  with ${rep.workers} worker thread(s) beside the control thread: RSS ${all.toFixed(1)} MB (${rep.perWorkerMb.toFixed(1)} MB per worker thread)`);
+    }
   } catch (err) {
     rep.error = (err as Error).message;
     o.log(`  memory: FAILED: ${rep.error}`);

@@ -2,10 +2,16 @@
  * Throughput and connection rate through the real capture path.
  *
  * One node namespace (bridge 10.77.0.1/24) with two pods: `client-0` (namespace `bench`,
- * meshed: the agent's eBPF programs sit on its cgroup) and `backend-0` (the sample backend
- * answering 1 KiB bodies, in the unmeshed namespace `plain`, so that every scenario reaches
- * the very same backend the same way and `direct` is a plain pod-to-pod connection).
- * Core 0 runs wrk and the backend; core 1 runs the proxy under test, alone.
+ * meshed: the agent's eBPF programs sit on its cgroup) and `backend-0` (nginx serving a
+ * static 1 KiB body, in the unmeshed namespace `plain`, so that every scenario reaches the
+ * very same backend the same way and `direct` is a plain pod-to-pod connection).
+ *
+ * The proxy must be what limits. This machine has two cores, so: core 1 runs the proxy under
+ * test, alone; core 0 runs wrk and the backend (nginx, which needs about a third of what a
+ * proxy needs per request). On a machine with more cores the same split holds: the client
+ * and the backend never share the proxy's core. Every proxied row reports the proxy's CPU
+ * per request (utime + stime of its process tree over the measured run / requests), so a
+ * row is comparable even when the client side, not the proxy, ran out first.
  *
  *   direct     client-0 -> 10.77.0.20:8080 (no proxy; the agent runs, the pod IP is not redirected)
  *   weft L7    client-0 -> VIP 10.96.0.80:80 (protocol http) -> connect4 -> agent :15001 -> backend
@@ -13,6 +19,10 @@
  *   nginx      client-0 -> 10.77.0.1:18080 -> nginx on the node -> backend
  *   haproxy    client-0 -> 10.77.0.1:18081 -> haproxy on the node -> backend
  *   fastify    client-0 -> 10.77.0.1:18082 -> @fastify/http-proxy on the node -> backend
+ *   pipe       client-0 -> 10.77.0.1:18083 -> a raw Node.js TCP pipe (no parsing) -> backend: Node's floor
+ *   l7all      as weft L7, but the agent is not pinned: it may use every core and runs its
+ *              default number of workers (one per core it may use); its CPU over the run's
+ *              wall time is the number of cores it used
  *
  * weft L4's service (protocol tcp, an unmeshed endpoint on this node, round-robin, no
  * policy) qualifies for socket LB (src/capture/socket-lb.ts): connect4 rewrites the connect
@@ -33,13 +43,13 @@
  * which is the cost weft adds and they do not have.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { AGENT_NODE_FLAGS } from '../src/node-flags.js';
-import { backendScriptPath } from '../src/sandbox/backend.js';
 import { Topology, type ManagedProcess, type TopoNode, type TopoPod } from '../src/sandbox/topology.js';
 import { startAgent, type RunningAgent } from './lib/agent.js';
-import { startPeer, type PeerName } from './lib/peers.js';
+import { prepareStaticBackend, startPeer, type PeerName } from './lib/peers.js';
 import { cgroupCpuSeconds, coreTimes, coreUse, cpusAllowed, kernelThreadCpuSeconds, treeCpuSeconds, treePeakRssMb, treeRssMb, waitQuiet } from './lib/proc.js';
 import { nodeGet, waitHttp, type Running } from './lib/spawn.js';
 import { runWrk, type WrkOptions, type WrkResult } from './lib/wrk.js';
@@ -55,18 +65,22 @@ const L7_VIP = '10.96.0.80';
 const L4_VIP = '10.96.0.81';
 const BODY_BYTES = 1024;
 
-export type ScenarioKey = 'direct' | 'l7' | 'l4' | 'nginx' | 'haproxy' | 'fastify';
-export const SCENARIOS: readonly ScenarioKey[] = ['direct', 'l7', 'l4', 'nginx', 'haproxy', 'fastify'];
+export type ScenarioKey = 'direct' | 'l7' | 'l7all' | 'l4' | 'nginx' | 'haproxy' | 'pipe' | 'fastify';
+export const SCENARIOS: readonly ScenarioKey[] = ['direct', 'l7', 'l7all', 'l4', 'nginx', 'haproxy', 'pipe', 'fastify'];
 export const SCENARIO_NAMES: Record<ScenarioKey, string> = {
   direct: 'direct',
   l7: 'weft L7',
+  l7all: 'weft L7, workers unpinned',
   l4: 'weft L4',
   nginx: 'nginx',
   haproxy: 'haproxy',
+  pipe: 'Node.js pipe (no parsing)',
   fastify: '@fastify/http-proxy',
 };
 
-const PEER_PORTS: Record<PeerName, number> = { nginx: 18080, haproxy: 18081, fastify: 18082 };
+const PEER_PORTS: Record<PeerName, number> = { nginx: 18080, haproxy: 18081, fastify: 18082, pipe: 18083 };
+/** Every core of the machine, as taskset takes it: the unpinned agent's. */
+const ALL_CPUS = `0-${cpus().length - 1}`;
 
 /** wrk's figures as the report keeps them (without the raw text). */
 export type WrkFigures = Omit<WrkResult, 'bytesRead'> & { bytesRead: string };
@@ -79,6 +93,10 @@ export interface RunFigures {
   proxyCpuS?: number;
   /** proxyCpuS per 1000 requests. */
   cpuPer1000?: number;
+  /** proxyCpuS per request, µs. */
+  cpuUsPerReq?: number;
+  /** proxyCpuS over the run's wall time: how many cores the proxy used. */
+  coresUsed?: number;
   /** Proxy RSS at the end of the run, and its peak, MiB. */
   rssMb?: number;
   peakRssMb?: number;
@@ -223,9 +241,20 @@ function agentConfig(node: TopoNode, client: TopoPod, backend: TopoPod, stateDir
 async function tuneNetns(topo: Topology, netns: string): Promise<void> {
   await topo.sysctl(netns, [
     'net.ipv4.ip_local_port_range=1024 65535',
-    'net.ipv4.ip_local_reserved_ports=8080,15000-15020,18080-18082',
+    'net.ipv4.ip_local_reserved_ports=8080,15000-15020,18080-18083',
     'net.ipv4.tcp_tw_reuse=1',
   ]);
+}
+
+/** Until the backend answers (nginx prints nothing when it is up). */
+async function waitBackend(client: TopoPod, backend: ManagedProcess): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const r = await client.curl(`http://${BACKEND_IP}:${BACKEND_PORT}/`, ['--max-time', '2']);
+    if (r.status === 200) return;
+    if (backend.child.exitCode !== null || backend.child.signalCode !== null || Date.now() > deadline) throw new Error(`the backend (nginx) did not come up: status ${r.status}, curl ${r.code} ${r.stderr.trim()} ${backend.output().slice(-400)}`);
+    await new Promise((res) => setTimeout(res, 100));
+  }
 }
 
 async function checkAnswer(client: TopoPod, url: string): Promise<void> {
@@ -257,6 +286,8 @@ export function summarize(base: ScenarioResult, rounds: RoundResult[]): Scenario
     wrk: m.wrk,
     proxyCpuS: m.proxyCpuS,
     cpuPer1000: m.cpuPer1000,
+    cpuUsPerReq: m.cpuUsPerReq,
+    coresUsed: m.coresUsed,
     rssMb: m.rssMb,
     peakRssMb: m.peakRssMb,
     cores: m.cores,
@@ -294,28 +325,27 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
     for (const ns of [node.netns, client.netns, backendPod.netns]) await tuneNetns(topo, ns);
 
     // The backend on the client's core: the proxy's core holds the proxy alone.
-    const script = await backendScriptPath();
-    const backend: ManagedProcess = backendPod.spawn('taskset', ['-c', String(CLIENT_CPU), process.execPath, script, '--name', 'backend-0', '--port', String(BACKEND_PORT)], {
-      label: 'backend',
-    });
-    await backend.waitFor(/backend backend-0 listening on /, 15_000);
-    const size = await client.curl(`http://${BACKEND_IP}:${BACKEND_PORT}/_ctl/size?bytes=${BODY_BYTES}`);
-    if (size.status !== 200) throw new Error(`could not set the backend's body size: ${size.status} ${size.body}`);
-    report.notes.push(`backend: the sample backend (node:http) on core ${CLIENT_CPU} with wrk, ${BODY_BYTES}-byte bodies; pinned to ${cpusAllowed(backend.pid)}`);
-
     mkdirSync(o.workDir, { recursive: true });
+    const backendArgv = prepareStaticBackend(join(o.workDir, 'backend'), BACKEND_PORT, BODY_BYTES);
+    const backend: ManagedProcess = backendPod.spawn('taskset', ['-c', String(CLIENT_CPU), ...backendArgv], { label: 'backend' });
+    await waitBackend(client, backend);
+    report.notes.push(
+      `backend: nginx serving a static ${BODY_BYTES}-byte file (one worker, keep-alive, no access log) in the backend pod, on core ${CLIENT_CPU} with wrk (pinned to ${cpusAllowed(backend.pid)}). ` +
+        `This machine has ${cpus().length} cores: the proxy gets core ${PROXY_CPU} to itself, the client and the backend share core ${CLIENT_CPU}`,
+    );
+
     const stateDir = join(o.workDir, 'agent-state');
     const configFile = join(o.workDir, 'weft-throughput.yaml');
     writeFileSync(configFile, agentConfig(node, client, backendPod, stateDir));
 
     let agentRuns = 0;
-    const launchAgent = async (): Promise<RunningAgent> => {
+    const launchAgent = async (cpu: number | string = PROXY_CPU): Promise<RunningAgent> => {
       const a = await startAgent(node, {
         configFile,
         pinRoot: join(topo.bpfRoot, 'throughput'),
         stateDir,
         logFile: join(o.workDir, `agent-throughput-${++agentRuns}.log`),
-        cpu: PROXY_CPU,
+        cpu,
         logLevel: o.agentLogLevel,
       });
       const dump = JSON.parse((await nodeGet(node, 'http://127.0.0.1:15000/config_dump')).body) as { capture: Array<{ workload: string; captured: boolean; error?: string }> };
@@ -335,6 +365,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
         case 'direct':
           return `http://${BACKEND_IP}:${BACKEND_PORT}/`;
         case 'l7':
+        case 'l7all':
           return `http://${L7_VIP}/`;
         case 'l4':
           return `http://${L4_VIP}/`;
@@ -390,7 +421,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
         quietWaitMs: q.waitedMs,
         quiet: q.quiet,
       };
-      return { w, proxyCpuS, cores };
+      return { w, proxyCpuS, cores, seconds };
     };
 
     /** One round of scenario `k`: a measured run (made again once if other work disturbed it). */
@@ -415,6 +446,8 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
         if (proxyPid) {
           res.proxyCpuS = run.proxyCpuS;
           res.cpuPer1000 = w.requests > 0 ? (run.proxyCpuS / w.requests) * 1000 : undefined;
+          res.cpuUsPerReq = w.requests > 0 ? (run.proxyCpuS / w.requests) * 1e6 : undefined;
+          res.coresUsed = run.seconds > 0 ? run.proxyCpuS / run.seconds : undefined;
           res.rssMb = treeRssMb(proxyPid);
           res.peakRssMb = treePeakRssMb(proxyPid);
         }
@@ -422,7 +455,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
         res.wrk = rest;
         o.log(
           `  ${name}: ${w.reqPerSec.toFixed(0)} req/s, p50 ${w.p50Ms.toFixed(2)} ms, p99 ${w.p99Ms.toFixed(2)} ms, errors ${w.errors}` +
-            (res.cpuPer1000 !== undefined ? `, ${res.cpuPer1000.toFixed(4)} CPU s/1000 req, RSS ${res.rssMb!.toFixed(1)} MB` : '') +
+            (res.cpuUsPerReq !== undefined ? `, ${res.cpuUsPerReq.toFixed(1)} CPU µs/req on ${res.coresUsed!.toFixed(2)} cores, RSS ${res.rssMb!.toFixed(1)} MB` : '') +
             `; cores busy: client ${(run.cores.clientBusy * 100).toFixed(0)}%, proxy ${(run.cores.proxyBusy * 100).toFixed(0)}%; other work ${run.cores.foreignCores.toFixed(2)} cores`,
         );
       } catch (err) {
@@ -509,21 +542,25 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
       );
     }
 
-    // Then the peers, in turns as well, each started afresh for its run: alone on the proxy core.
-    const peerKeys = (['nginx', 'haproxy', 'fastify'] as const).filter((k) => o.only.includes(k));
+    // Then the peers, in turns as well, each started afresh for its run: alone on the proxy
+    // core. The unpinned agent takes its turn among them (it cannot run beside the pinned one).
+    const peerKeys = (['nginx', 'haproxy', 'pipe', 'fastify', 'l7all'] as const).filter((k) => o.only.includes(k));
     for (let round = 1; round <= o.rounds; round++) {
       for (const k of orderOf(peerKeys, round)) {
         if (failed.has(k)) continue;
         let peer: Running | undefined;
         try {
-          peer = startPeer(node, k, {
-            dir: join(o.workDir, k),
-            listenHost: NODE_IP,
-            listenPort: PEER_PORTS[k],
-            upstreamHost: BACKEND_IP,
-            upstreamPort: BACKEND_PORT,
-            cpu: PROXY_CPU,
-          });
+          peer =
+            k === 'l7all'
+              ? await launchAgent(ALL_CPUS)
+              : startPeer(node, k, {
+                  dir: join(o.workDir, k),
+                  listenHost: NODE_IP,
+                  listenPort: PEER_PORTS[k],
+                  upstreamHost: BACKEND_IP,
+                  upstreamPort: BACKEND_PORT,
+                  cpu: PROXY_CPU,
+                });
           await waitHttp(client, scenarioUrl(k), peer);
           await checkAnswer(client, scenarioUrl(k));
           // A fresh process: the full warm-up, every round.
@@ -552,8 +589,18 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
       const res = summarize(base, rounds.get(k) ?? []);
       if (proxyCpus.has(k)) res.proxyCpus = proxyCpus.get(k);
       if (agentKeys.includes(k as (typeof agentKeys)[number])) res.agentRunning = agentRan;
+      if (k === 'l7all') res.agentRunning = true;
       results.set(k, res);
     }
+    if (o.only.includes('l7all')) {
+      report.notes.push(
+        `weft L7, workers unpinned: the agent started afresh for each of its rounds (in turns with the peers) on cores ${ALL_CPUS}, with its default number of workers (one per core it may use); ` +
+          'wrk and the backend still run on core 0, so on this two-core machine the agent shares that core with them: "cores used" is its CPU over the run\'s wall time',
+      );
+    }
+    report.notes.push(
+      'HTTP/2 rows (h2load through weft vs direct vs nginx http2/grpc_pass vs haproxy h2): not measured yet: the bench has no HTTP/2 scenarios (the agent speaks HTTP/2 since the pipeline work, issue 14, merged after these rows were written)',
+    );
     report.rounds = o.rounds;
     report.scenarios = SCENARIOS.flatMap((k) => results.get(k) ?? []);
 

@@ -17,16 +17,21 @@ import { SocketLb } from './capture/socket-lb.js';
 import type { ConfigError } from './errors.js';
 import { Enforcer } from './authz/enforcer.js';
 import { setProbeSourceAddress } from './health/probe.js';
+import type { WorkloadCertificate } from './identity/cert-manager.js';
 import { LocalIdentities } from './identity/local-identities.js';
 import { HboneTunnel } from './proxy/hbone-tunnel.js';
 import { TunnelServer } from './proxy/tunnel-server.js';
 import { PlaintextInbound } from './proxy/inbound-plaintext.js';
 import { DownstreamCaps } from './proxy/downstream-caps.js';
 import { inboundTransport } from './proxy/inbound.js';
-import type { TcpProxyDeps } from './proxy/tcp.js';
 import { DEFAULT_PIN_ROOT, preparePinRoot } from './capture/datapath.js';
 import { NodeSlot } from './lifecycle/handover.js';
 import { Listeners } from './lifecycle/listeners.js';
+import { availableParallelism } from 'node:os';
+import pino from 'pino';
+import { outboundPlane } from './workers/plane.js';
+import { WorkerPool } from './workers/pool.js';
+import type { SourceRoutes } from './workers/protocol.js';
 
 export interface AgentOptions {
   discovery: Discovery;
@@ -54,6 +59,12 @@ export interface AgentOptions {
    * already running there, which then drains (src/lifecycle/handover.ts). Default: with capture.
    */
   handover?: boolean;
+  /**
+   * Threads serving connections, over `agent.workers` (src/workers/). Default: one per core
+   * the agent may run on with capture, 1 without (tests pass `origDst` as a function of this
+   * thread; they reach workers through setWorkerRoutes()).
+   */
+  workers?: number;
 }
 
 /**
@@ -81,6 +92,9 @@ export class Agent {
   private socketLb?: SocketLb;
   private enforcer!: Enforcer;
   private datapath?: Datapath;
+  /** Worker threads beside this (control) thread, when `agent.workers` > 1. */
+  private pool?: WorkerPool;
+  private sourcesTimer?: NodeJS.Timeout;
   private ready = false;
   private draining = false;
   private slot?: NodeSlot;
@@ -101,7 +115,8 @@ export class Agent {
 
   private constructor(private readonly opts: AgentOptions) {
     this.log = opts.log ?? createLogger();
-    this.clusters = new ClusterManager(this.state, this.metrics, this.log);
+    // Health, ejection and breaker changes go to the worker threads, if any.
+    this.clusters = new ClusterManager(this.state, this.metrics, this.log, Date.now, { onHealthChange: (c) => this.pool?.healthChanged(c) });
   }
 
   static async start(opts: AgentOptions): Promise<Agent> {
@@ -139,18 +154,9 @@ export class Agent {
     const log = this.log;
 
     const enforcer = (this.enforcer = new Enforcer(this.state, this.metrics, log));
-    // Same-node traffic is authorized here, where the destination lives; the source is the
-    // workload whose cgroup made the connection (never its source IP alone). Tunnelled
-    // traffic is authorized by the destination's agent with the verified peer (ctx.peer).
+    // Same-node traffic is authorized here, where the destination lives (as in outboundPlane()).
     const authorizeHttp = (ctx: ConnContext, ep: Endpoint, req: RequestView) =>
       enforcer.http(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep, req);
-    this.http = new HttpProxy({
-      clusters: this.clusters,
-      transport: this.transport,
-      metrics: this.metrics,
-      log: log.child({ component: 'http' }),
-      authorize: authorizeHttp,
-    });
     this.tunnelHttp = new HttpProxy({
       clusters: this.clusters,
       transport: inboundTransport('mutual_tls'),
@@ -163,33 +169,35 @@ export class Agent {
     if (!origDst) throw new Error('capture is off and no original-destination lookup was given');
     const source: SourceLookup =
       this.opts.sourceLookup ?? ((od) => (od.cgroupId !== undefined ? this.capture?.workloadByCgroupId(od.cgroupId) : undefined));
-    const tcp: TcpProxyDeps = {
+    const plane = outboundPlane({
+      state: this.state,
       clusters: this.clusters,
       transport: this.transport,
       metrics: this.metrics,
-      log: log.child({ component: 'tcp' }),
-      authorize: (ctx, ep) => (ep.info.local ? enforcer.tcp(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep) : { allowed: true }),
-      // Opened below, with capture; until then (and without capture) every L4 byte is piped here.
-      splice: (down, up, o) => this.datapath?.splice(down, up, o) ?? 'off',
-    };
-    this.outbound = new OutboundListener({
-      state: this.state,
+      log,
+      enforcer,
       origDst,
       source,
-      http: this.http,
-      tcp,
-      metrics: this.metrics,
-      log: log.child({ component: 'outbound' }),
+      // Opened below, with capture; until then (and without capture) every L4 byte is piped here.
+      splice: (down, up, o) => this.datapath?.splice(down, up, o) ?? 'off',
     });
+    const { tcp } = plane;
+    this.http = plane.http;
+    this.outbound = plane.outbound;
+    const workers = this.opts.workers ?? cfg.agent.workers ?? (capture ? availableParallelism() : 1);
+    if (workers > 1) this.pool = this.createPool(workers - 1, capture);
     this.plaintextInbound = new PlaintextInbound({
       state: this.state,
       inbound: { http: this.http, tcp: { ...tcp, log: log.child({ component: 'tcp', entry: 'plaintext' }) }, security: 'none' },
       log: log.child({ component: 'inbound' }),
     });
+    const pool = this.pool;
     this.admin = new AdminServer({
       registry: this.metrics.registry,
+      metrics: pool ? () => pool.metrics(this.metrics.registry) : undefined,
       ready: () => this.readiness(),
       configDump: () => this.configDump(),
+      workers: pool ? () => pool.describe() : undefined,
       log: log.child({ component: 'admin' }),
     });
     const { ports, node } = cfg;
@@ -279,6 +287,19 @@ export class Agent {
       throw err;
     }
 
+    if (pool) {
+      if (this.capture) {
+        const capture = this.capture;
+        pool.sources(capture.cgroupSources());
+        // Capture retries cgroups on its own clock: follow it.
+        this.sourcesTimer = setInterval(() => pool.sources(capture.cgroupSources()), 1_000);
+        this.sourcesTimer.unref();
+      }
+      await pool.start().catch((err: Error) => {
+        throw new Error(`cannot start the worker threads: ${err.message}`);
+      });
+    }
+
     discovery.on('update', (next: MeshConfig) => {
       // A bug in applying one change must not take the node's traffic down with it.
       try {
@@ -301,7 +322,11 @@ export class Agent {
       agentSlot: () => this.datapath?.agentSlot,
       releaseCapture: () => this.releaseCapture(),
       resumeCapture: () => this.resumeCapture(),
-      stopAccepting: async () => this.listeners.stopAccepting(),
+      stopAccepting: async () => {
+        this.listeners.stopAccepting();
+        // The workers' fds of the listening socket too: only the successor accepts from now on.
+        await this.pool?.stopAccepting();
+      },
       handedOver: (successor) => {
         this.successor = successor;
         void this.drainAndStop('handed over');
@@ -314,6 +339,7 @@ export class Agent {
         address: node.address,
         ports: { ...ports, outbound: bound.outbound, tunnel: bound.tunnel, inbound: bound.inbound },
         capture,
+        workers: 1 + (pool?.size ?? 0),
         services: cfg.services.length,
         workloads: cfg.workloads.length,
         peers: (cfg.nodes ?? []).length,
@@ -386,6 +412,13 @@ export class Agent {
       throw new Error(`the embedded CA in ${cfg.stateDir}/ca signs for trust domain ${signer.trustDomain}, but mesh.trustDomain is ${cfg.mesh.trustDomain}`);
     }
     const certs = new CertManager({ client: signer, trustDomain: cfg.mesh.trustDomain, registry: this.metrics.registry, log, ttlMs: cfg.ca.certTtl });
+    // Worker threads get each certificate as it is issued or rotated (their tunnel clients use them).
+    const pool = this.pool;
+    if (pool) {
+      certs.on('issued', (c: WorkloadCertificate) =>
+        pool.cert({ namespace: c.namespace, serviceAccount: c.serviceAccount, keyPem: c.keyPem, chainPem: c.chainPem, rootPem: c.rootPem, notAfter: c.notAfter.getTime() }),
+      );
+    }
     this.identities = new LocalIdentities(certs, log);
     this.identities.sync(this.state);
     this.warnUnreachableNodes(cfg);
@@ -422,7 +455,48 @@ export class Agent {
     for (const c of this.clusters.all()) for (const id of c.endpoints.keys()) live.add(id);
     this.http.prune(live);
     this.tunnelHttp.prune(live);
+    this.pool?.config(next);
+    if (this.capture) this.pool?.sources(this.capture.cgroupSources());
     this.log.info({ generation: this.state.generation, services: next.services.length, workloads: next.workloads.length }, 'config applied');
+  }
+
+  /**
+   * The worker threads (src/workers/pool.ts): each starts from a snapshot of what this thread
+   * holds now, and follows it from there.
+   */
+  private createPool(threads: number, capture: boolean): WorkerPool {
+    const stream = (this.log as unknown as Record<symbol, { write(s: string): unknown } | undefined>)[pino.symbols.streamSym];
+    return new WorkerPool({
+      threads,
+      clusters: this.clusters,
+      metrics: this.metrics,
+      log: this.log.child({ component: 'workers' }),
+      writeLog: (text) => stream?.write(text),
+      snapshot: () => ({
+        config: this.state.config,
+        // A fd of its own for the outbound listening socket, each (re)start a fresh one.
+        outboundFd: this.listeners.dupFd('outbound'),
+        pinRoot: capture ? (this.datapath?.pinRoot ?? this.opts.pinRoot) : undefined,
+        logLevel: this.log.level,
+        trustDomain: this.state.config.mesh.trustDomain,
+        health: [...this.clusters.all()].map((c) => c.health()),
+        sources: this.capture?.cgroupSources() ?? [],
+        certs: [],
+      }),
+    });
+  }
+
+  /**
+   * Without capture (loopback tests), worker threads find original destinations and callers
+   * by source address in this table; the control thread's own `origDst` function serves it.
+   */
+  setWorkerRoutes(routes: SourceRoutes): void {
+    this.pool?.setRoutes(routes);
+  }
+
+  /** The worker threads, for tests (one is ended to see it come back) and /config_dump. */
+  get workerThreads(): ReturnType<WorkerPool['workerThreads']> {
+    return this.pool?.workerThreads() ?? [];
   }
 
   private readiness(): { ready: boolean; reasons: string[] } {
@@ -446,6 +520,7 @@ export class Agent {
       services: cfg.services,
       clusters: [...this.clusters.all()].map((c) => c.describe()),
       capture: this.capture?.describe() ?? 'disabled',
+      workers: { threads: 1 + (this.pool?.size ?? 0), controlConnections: this.outbound?.connections, workerThreads: this.pool?.workerThreads().map(({ worker: _w, ...rest }) => rest) ?? [] },
       socketLb: this.socketLb?.describe() ?? 'disabled',
       authorization: this.enforcer?.describe(),
       nodes: cfg.nodes ?? [],
@@ -532,6 +607,9 @@ export class Agent {
       this.capture?.stop();
       this.socketLb?.stop();
     }
+    clearInterval(this.sourcesTimer);
+    // The workers drain beside this thread, each its own connections.
+    const workersStopped = this.pool?.stop(drainMs);
     if (this.outbound) {
       this.listeners?.stopAccepting();
       const closing = this.outbound.stopAccepting();
@@ -549,6 +627,7 @@ export class Agent {
       await tunnelClosing;
       await closing;
     }
+    await workersStopped;
     await this.plaintextInbound?.close();
     await this.http?.close();
     await this.tunnelHttp?.close();

@@ -15,7 +15,8 @@ export interface AgentOptions {
   pinRoot: string;
   stateDir: string;
   logFile: string;
-  cpu: number;
+  /** The core it is pinned to, or a taskset list ('0-1': every core, the agent's workers unpinned). */
+  cpu: number | string;
   /** `--log-level`; default: the agent's own default (info: one access-log line per request). */
   logLevel?: string;
   readyTimeoutMs?: number;

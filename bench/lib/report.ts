@@ -156,6 +156,25 @@ export function doneWhen(r: BenchReport): Check[] {
     measured: memOk ? `${m.rssMb!.toFixed(1)} MB settled, ${f(m.peakRssMb, 1)} MB peak` : 'n/a',
     pass: worstRss === undefined ? undefined : worstRss < 150,
   });
+  // Issue 17: the L7 path at Node's floor, and memory per worker.
+  const pipe = byKey(t, 'pipe');
+  const floor = ratio(cpuUs(l7), cpuUs(pipe));
+  checks.push({
+    criterion: 'weft L7 CPU per request vs the raw Node pipe (issue 17)',
+    target: '<= 1.00x',
+    measured: floor === undefined ? 'n/a' : `${floor.toFixed(2)}x (${f(cpuUs(l7), 1)} vs ${f(cpuUs(pipe), 1)} µs)`,
+    pass: floor === undefined ? undefined : floor <= 1,
+  });
+  if (m?.workers !== undefined && m.workersRssMb !== undefined) {
+    const budget = 150 + 30 * m.workers;
+    const worst = Math.max(m.workersRssMb, m.workersPeakRssMb ?? 0);
+    checks.push({
+      criterion: `agent RSS with ${m.workers} worker thread(s) beside the control thread, at that scale (issue 17)`,
+      target: `< 150 MB + 30 MB per worker thread (${budget} MB)`,
+      measured: `${f(m.workersRssMb, 1)} MB settled, ${f(m.workersPeakRssMb, 1)} MB peak; control thread ${f(m.controlRssMb, 1)} MB, ${f(m.perWorkerMb, 1)} MB per worker thread`,
+      pass: worst < budget,
+    });
+  }
   const c = r.churn;
   const churnMs = c && !c.error && c.endToEndMs.length ? median(c.endToEndMs) : undefined;
   checks.push({
@@ -172,21 +191,28 @@ function median(xs: number[]): number {
   return s[s.length >> 1]!;
 }
 
+/** CPU µs per request of a scenario's median round (older reports carry only cpuPer1000). */
+export function cpuUs(s: ScenarioResult | undefined): number | undefined {
+  return s?.cpuUsPerReq ?? (s?.cpuPer1000 !== undefined ? s.cpuPer1000 * 1000 : undefined);
+}
+
 export function throughputTable(t: ThroughputReport): string {
-  const nginx = byKey(t, 'nginx')?.wrk?.reqPerSec;
+  const nginx = byKey(t, 'nginx');
+  const pipe = byKey(t, 'pipe');
   const direct = byKey(t, 'direct')?.wrk?.reqPerSec;
   const lines = [
-    '| scenario | req/s | p50 ms | p99 ms | errors | vs nginx | vs direct | proxy CPU s / 1000 req | proxy RSS MB | rounds req/s |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|',
+    '| scenario | req/s | p50 ms | p99 ms | errors | proxy CPU µs / req | cores used | req/s vs nginx | CPU vs nginx | req/s vs Node pipe | CPU vs Node pipe | vs direct | proxy RSS MB | rounds req/s |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
   ];
   for (const s of t.scenarios) {
     if (s.error || !s.wrk) {
-      lines.push(`| ${s.name} | failed: ${oneLine(s.error ?? 'no result')} | | | | | | | | ${roundsCell(s)} |`);
+      lines.push(`| ${s.name} | failed: ${oneLine(s.error ?? 'no result')} | | | | | | | | | | | | ${roundsCell(s)} |`);
       continue;
     }
     const w = s.wrk;
+    const us = cpuUs(s);
     lines.push(
-      `| ${s.name} | ${f(w.reqPerSec)} | ${f(w.p50Ms, 2)} | ${f(w.p99Ms, 2)} | ${totalErrors(s)} | ${f(ratio(w.reqPerSec, nginx), 2)} | ${f(ratio(w.reqPerSec, direct), 2)} | ${f(s.cpuPer1000, 4)} | ${f(s.rssMb, 1)} | ${roundsCell(s)} |`,
+      `| ${s.name} | ${f(w.reqPerSec)} | ${f(w.p50Ms, 2)} | ${f(w.p99Ms, 2)} | ${totalErrors(s)} | ${f(us, 1)} | ${f(s.coresUsed, 2)} | ${f(ratio(w.reqPerSec, nginx?.wrk?.reqPerSec), 2)} | ${f(ratio(us, cpuUs(nginx)), 2)} | ${f(ratio(w.reqPerSec, pipe?.wrk?.reqPerSec), 2)} | ${f(ratio(us, cpuUs(pipe)), 2)} | ${f(ratio(w.reqPerSec, direct), 2)} | ${f(s.rssMb, 1)} | ${roundsCell(s)} |`,
     );
   }
   return lines.join('\n');
@@ -238,6 +264,13 @@ function memorySection(m: MemoryReport): string {
     `| RSS at ready | ${f(m.rssAtReadyMb, 1)} MB |`,
     `| RSS settled (3 s after ready) | ${f(m.rssMb, 1)} MB |`,
     `| peak RSS (VmHWM) | ${f(m.peakRssMb, 1)} MB |`,
+    ...(m.workers !== undefined
+      ? [
+          `| with ${m.workers} worker thread(s) beside the control thread (agent unpinned, default agent.workers), RSS settled / peak | ${f(m.workersRssMb, 1)} / ${f(m.workersPeakRssMb, 1)} MB |`,
+          `| of which the control thread (the agent pinned to one core: no worker threads) | ${f(m.controlRssMb, 1)} MB |`,
+          `| each worker thread | ${f(m.perWorkerMb, 1)} MB |`,
+        ]
+      : []),
   ].join('\n');
 }
 
@@ -303,7 +336,7 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
   out.push(`Written by \`npm run bench\` (bench/run.ts)${mode.quick ? ' in --quick mode' : ''}${mode.only.length ? ` with --only=${mode.only.join(',')}` : ''}, in ${r.elapsedS.toFixed(0)} s.`, '');
   out.push(
     'Run it as root: `npm run bench` (about 7 minutes on an idle machine, up to about 10 when it has to wait for other work; writes this file, latest.svg and latest.json here), `npm run bench -- --quick` (about a minute and a half, writes to a temp dir), ' +
-      '`--only=direct,l7,l4,nginx,haproxy,fastify,connrate,churn,memory,balancers,tunnel` for parts, `--rounds=N` for more or fewer throughput rounds (default 5, 1 with --quick), `--out=DIR`, `--agent-log-level=warn` to take the access log out of the agent\'s cost.',
+      '`--only=direct,l7,l7all,l4,nginx,haproxy,pipe,fastify,connrate,churn,memory,balancers,tunnel` for parts, `--rounds=N` for more or fewer throughput rounds (default 5, 1 with --quick), `--out=DIR`, `--agent-log-level=warn` to take the access log out of the agent\'s cost.',
     '',
   );
   out.push(`- machine: ${m.cpuModel}, ${m.nproc} cores, ${m.memoryGiB} GiB, Linux ${m.kernel}`);
@@ -316,8 +349,9 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
   if (t) {
     const rounds = t.rounds ?? mode.rounds ?? 1;
     out.push(
-      `wrk \`-t1 -c${mode.connections} -d${mode.durationS}s --latency\` inside the client pod, pinned with the backend to core ${mode.clientCpu}; the proxy under test alone on core ${mode.proxyCpu}. ` +
-        'Client pod -> proxy on the node -> backend pod, 1 KiB responses, keep-alive connections. ' +
+      `wrk \`-t1 -c${mode.connections} -d${mode.durationS}s --latency\` inside the client pod, pinned with the backend to core ${mode.clientCpu}; the proxy under test alone on core ${mode.proxyCpu} (this machine has ${m.nproc} cores: the client and the backend share the other one). ` +
+        'Client pod -> proxy on the node -> backend pod (nginx serving a static file, so that the proxy is what limits), 1 KiB responses, keep-alive connections. ' +
+        'CPU per request is the proxy process tree\'s utime + stime over the measured run divided by its requests, and "cores used" that CPU over the run\'s wall time; the ratios to nginx and to the raw Node.js pipe (Node\'s floor: net.Socket.pipe both ways, no parsing) come from this same run. ' +
         'weft is reached through eBPF capture (the client dials a service VIP); the peers listen on the node address. ' +
         'Errors are socket errors plus non-2xx/3xx responses, over every round. Proxy CPU is utime + stime of the proxy process tree over the measured run.',
       '',

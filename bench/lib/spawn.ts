@@ -19,11 +19,11 @@ export interface Running {
   stop(graceMs?: number): Promise<void>;
 }
 
-/** `argv` in the node namespace, on core `cpu`, stdout and stderr appended to `logFile`. */
+/** `argv` in the node namespace, on core `cpu` (or a taskset list such as '0-1'), stdout and stderr appended to `logFile`. */
 export function spawnPinned(
   node: TopoNode,
   name: string,
-  cpu: number,
+  cpu: number | string,
   argv: string[],
   logFile: string,
   env?: NodeJS.ProcessEnv,

@@ -6,15 +6,19 @@ import type { Logger } from '../telemetry/log.js';
 
 export interface AdminDeps {
   registry: Registry;
+  /** The agent's metrics when they are more than `registry` (worker threads' merged in); default: `registry`'s. */
+  metrics?: () => Promise<{ text: string; contentType: string }>;
   ready: () => { ready: boolean; reasons: string[] };
   configDump: () => unknown;
+  /** With worker threads: what each serves now (asked of them). */
+  workers?: () => Promise<unknown>;
   log: Logger;
 }
 
-async function serveMetrics(registry: Registry, res: http.ServerResponse): Promise<void> {
-  const body = await registry.metrics();
-  res.writeHead(200, { 'content-type': registry.contentType });
-  res.end(body);
+async function serveMetrics(deps: AdminDeps, res: http.ServerResponse): Promise<void> {
+  const { text, contentType } = deps.metrics ? await deps.metrics() : { text: await deps.registry.metrics(), contentType: deps.registry.contentType };
+  res.writeHead(200, { 'content-type': contentType });
+  res.end(text);
 }
 
 /**
@@ -36,7 +40,7 @@ export class AdminServer {
     this.metrics = nodeHttp.createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0];
       if (req.method === 'GET' && path === '/metrics') {
-        serveMetrics(deps.registry, res).catch(() => res.destroy());
+        serveMetrics(deps, res).catch(() => res.destroy());
         return;
       }
       res.writeHead(404, { 'content-type': 'text/plain' });
@@ -64,13 +68,15 @@ export class AdminServer {
         return;
       }
       case '/config_dump': {
-        const body = JSON.stringify(this.deps.configDump(), (_k, v) => (typeof v === 'bigint' ? String(v) : v), 2);
+        const dump = this.deps.configDump() as Record<string, unknown>;
+        if (this.deps.workers) dump.workers = { ...(dump.workers as object), serving: await this.deps.workers() };
+        const body = JSON.stringify(dump, (_k, v) => (typeof v === 'bigint' ? String(v) : v), 2);
         res.writeHead(200, { 'content-type': 'application/json' });
         res.end(body);
         return;
       }
       case '/metrics':
-        await serveMetrics(this.deps.registry, res);
+        await serveMetrics(this.deps, res);
         return;
       default:
         res.writeHead(404, { 'content-type': 'text/plain' });

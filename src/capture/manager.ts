@@ -61,6 +61,11 @@ export class CaptureManager {
     return this.byCgroupId.get(id);
   }
 
+  /** cgroup id (decimal) -> `namespace/name` of every captured workload: who is calling, for worker threads. */
+  cgroupSources(): Array<[string, string]> {
+    return [...this.byCgroupId].map(([id, w]) => [String(id), `${w.namespace}/${w.name}`]);
+  }
+
   describe(): CaptureStatus[] {
     return [...this.status.values()];
   }

@@ -1,13 +1,13 @@
 import type { Logger } from '../telemetry/log.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { Protocol, TrafficPolicy } from '../config/types.js';
-import { Endpoint, type EndpointInfo } from './endpoint.js';
+import { Endpoint, type ActiveHealth, type EndpointInfo } from './endpoint.js';
 import type { Balancer, PickContext } from '../balancer/types.js';
 import { createBalancer } from '../balancer/index.js';
 import { ActiveHealthChecker } from '../health/active-checker.js';
 import { OutlierDetector, type OutlierResult } from '../health/outlier.js';
 import { selectEligible } from '../health/panic.js';
-import { CircuitBreaker } from '../resilience/circuit-breaker.js';
+import { CircuitBreaker, type BreakerFollow } from '../resilience/circuit-breaker.js';
 import { ConnectionLimits } from '../resilience/limits.js';
 import { RetryBudget } from '../resilience/retry.js';
 
@@ -20,6 +20,27 @@ export interface ClusterOptions {
   log: Logger;
   metrics: Metrics;
   now?: () => number;
+  /**
+   * A worker thread's cluster (src/workers/): no health checks and no outlier detection of
+   * its own. Outcomes and breaker verdicts go to the control thread, whose cluster sees every
+   * worker's and decides; this one follows (adoptHealth). Balancer state stays per worker.
+   */
+  follower?: ClusterFollower;
+  /** The control thread's cluster: called after health, ejection or breaker state changed, for the workers. */
+  onHealthChange?: (c: Cluster) => void;
+}
+
+export interface ClusterFollower {
+  outcome(cluster: string, endpoint: string, result: OutlierResult, latencyMs: number): void;
+  verdict(cluster: string, ok: boolean, wasProbe: boolean): void;
+}
+
+/** What workers follow of a cluster: each endpoint's active health and ejection, and the breaker. */
+export interface ClusterHealth {
+  key: string;
+  /** [endpoint id, active health, ejected until (ms since epoch)] */
+  endpoints: Array<[string, ActiveHealth, number]>;
+  breaker?: BreakerFollow;
 }
 
 const DEFAULT_PANIC_THRESHOLD = 50;
@@ -50,8 +71,12 @@ export class Cluster {
   private policyJson: string;
   /** Earliest ejection expiry among eligible-set exclusions: refresh then. */
   private nextExpiry = Infinity;
+  private readonly follower: ClusterFollower | undefined;
+  private readonly onHealthChange: ((c: Cluster) => void) | undefined;
 
   constructor(opts: ClusterOptions) {
+    this.follower = opts.follower;
+    this.onHealthChange = opts.onHealthChange;
     this.key = opts.key;
     this.serviceName = opts.serviceName;
     this.protocol = opts.protocol;
@@ -77,22 +102,27 @@ export class Cluster {
     if (!prev || !same(prev.loadBalancer, policy.loadBalancer)) this.balancer = createBalancer(policy.loadBalancer);
     if (!prev || !same(prev.connectionPool, policy.connectionPool)) this.limits = new ConnectionLimits(policy.connectionPool);
 
+    const follower = this.follower;
+    const changed = (): void => {
+      this.refresh();
+      this.onHealthChange?.(this);
+    };
     if (!prev || !same(prev.healthCheck, policy.healthCheck)) {
       this.checker?.stop();
-      this.checker = policy.healthCheck
-        ? new ActiveHealthChecker({ policy: policy.healthCheck, service: this.serviceName, log: this.log, onChange: () => this.refresh(), now: this.now })
+      this.checker = policy.healthCheck && !follower
+        ? new ActiveHealthChecker({ policy: policy.healthCheck, service: this.serviceName, log: this.log, onChange: changed, now: this.now })
         : undefined;
       if (!policy.healthCheck) for (const ep of this.endpoints.values()) ep.health = 'unknown';
     }
     if (!prev || !same(prev.outlierDetection, policy.outlierDetection)) {
       this.outlier?.stop();
-      this.outlier = policy.outlierDetection
+      this.outlier = policy.outlierDetection && !follower
         ? new OutlierDetector({
             policy: policy.outlierDetection,
             service: this.serviceName,
             log: this.log,
             now: this.now,
-            onChange: () => this.refresh(),
+            onChange: changed,
             onEject: (_ep, reason) => this.metrics.ejections.inc({ destination_service: this.serviceName, reason }),
           })
         : undefined;
@@ -103,9 +133,14 @@ export class Cluster {
         ? new CircuitBreaker({
             policy: policy.circuitBreaker,
             service: this.serviceName,
-            log: this.log,
+            // The control thread logs its decisions; a worker only follows them.
+            log: follower ? undefined : this.log,
             now: this.now,
-            onStateChange: (state) => this.metrics.circuitOpen.set({ destination_service: this.serviceName }, state === 'closed' ? 0 : 1),
+            forward: follower ? (ok, probe) => follower.verdict(this.key, ok, probe) : undefined,
+            onStateChange: (state) => {
+              this.metrics.circuitOpen.set({ destination_service: this.serviceName }, state === 'closed' ? 0 : 1);
+              if (!follower) this.onHealthChange?.(this);
+            },
           })
         : undefined;
       this.metrics.circuitOpen.set({ destination_service: this.serviceName }, 0);
@@ -176,7 +211,36 @@ export class Cluster {
     ep.requests++;
     if (result !== 'success') ep.failures++;
     if (result === 'success' || result === 'http5xx' || result === 'gateway') this.balancer.observe?.(ep, latencyMs, this.now());
+    if (this.follower) this.follower.outcome(this.key, ep.id, result, latencyMs);
+    else this.outlier?.record(ep, result);
+  }
+
+  /** An outcome a worker saw: the outlier detector counts it (the worker's balancer already did). */
+  recordRemote(endpointId: string, result: OutlierResult): void {
+    const ep = this.endpoints.get(endpointId);
+    if (!ep) return;
+    ep.requests++;
+    if (result !== 'success') ep.failures++;
     this.outlier?.record(ep, result);
+  }
+
+  /** For the workers: each endpoint's health and ejection, and the breaker's state. */
+  health(): ClusterHealth {
+    const endpoints: ClusterHealth['endpoints'] = [];
+    for (const ep of this.endpoints.values()) endpoints.push([ep.id, ep.health, ep.ejectedUntil]);
+    return { key: this.key, endpoints, breaker: this.breaker?.follow() };
+  }
+
+  /** A worker follows what the control thread decided. */
+  adoptHealth(h: ClusterHealth): void {
+    for (const [id, health, ejectedUntil] of h.endpoints) {
+      const ep = this.endpoints.get(id);
+      if (!ep) continue;
+      ep.health = health;
+      ep.ejectedUntil = ejectedUntil;
+    }
+    if (h.breaker && this.breaker) this.breaker.adopt(h.breaker);
+    this.refresh();
   }
 
   get balancerType(): string {

@@ -2,7 +2,7 @@ import type { Logger } from '../telemetry/log.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { Service, TrafficPolicy } from '../config/types.js';
 import { serviceKey, type StateStore, type Target } from '../state/store.js';
-import { Cluster } from './cluster.js';
+import { Cluster, type ClusterOptions } from './cluster.js';
 
 /** The policy for connections dialed straight at a pod: one endpoint, no balancing to speak of. */
 const POD_POLICY: TrafficPolicy = {
@@ -25,6 +25,8 @@ export class ClusterManager {
     private readonly metrics: Metrics,
     log: Logger,
     private readonly now: () => number = Date.now,
+    /** Worker threads' clusters follow the control thread's (src/workers/); the control thread's report changes. */
+    private readonly roles: Pick<ClusterOptions, 'follower' | 'onHealthChange'> = {},
   ) {
     this.log = log.child({ component: 'clusters' });
   }
@@ -43,7 +45,7 @@ export class ClusterManager {
           c = undefined;
         }
         if (!c) {
-          c = new Cluster({ key, serviceName: serviceKey(s), protocol: p.protocol, policy: s.trafficPolicy, log: this.log, metrics: this.metrics, now: this.now });
+          c = new Cluster({ key, serviceName: serviceKey(s), protocol: p.protocol, policy: s.trafficPolicy, log: this.log, metrics: this.metrics, now: this.now, ...this.roles });
           this.clusters.set(key, c);
         }
         c.update(infos, s.trafficPolicy);
@@ -75,7 +77,7 @@ export class ClusterManager {
       if (c) return c;
       throw new Error(`no cluster for ${t.key}`);
     }
-    const c = new Cluster({ key: t.key, serviceName: `${t.workload.namespace}/${t.workload.name}`, protocol: t.protocol, policy: POD_POLICY, log: this.log, metrics: this.metrics, now: this.now });
+    const c = new Cluster({ key: t.key, serviceName: `${t.workload.namespace}/${t.workload.name}`, protocol: t.protocol, policy: POD_POLICY, log: this.log, metrics: this.metrics, now: this.now, ...this.roles });
     c.update([this.state.endpointInfo(t.workload, t.port)], POD_POLICY);
     this.clusters.set(t.key, c);
     return c;

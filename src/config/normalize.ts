@@ -153,7 +153,7 @@ interface RawConfig {
     action?: 'ALLOW' | 'DENY';
     rules?: { from?: PolicySource[]; to?: PolicyOperation[] }[];
   }[];
-  agent?: { drainTimeout?: RawDuration; logLevel?: string; jwksAllowLocalUris?: boolean; maxDownstreamConnections?: { outbound?: number; inbound?: number; tunnel?: number } };
+  agent?: { drainTimeout?: RawDuration; logLevel?: string; jwksAllowLocalUris?: boolean; maxDownstreamConnections?: { outbound?: number; inbound?: number; tunnel?: number }; workers?: number };
 }
 
 export interface NormalizeOptions {
@@ -267,6 +267,7 @@ function build(raw: RawConfig, p: Problems, baseDir: string): MeshConfig {
       logLevel: raw.agent?.logLevel ?? DEFAULT_AGENT.logLevel,
       jwksAllowLocalUris: raw.agent?.jwksAllowLocalUris ?? DEFAULT_AGENT.jwksAllowLocalUris,
       maxDownstreamConnections: { ...DEFAULT_AGENT.maxDownstreamConnections, ...raw.agent?.maxDownstreamConnections },
+      ...(raw.agent?.workers !== undefined ? { workers: raw.agent.workers } : {}),
     },
   };
 }

@@ -252,6 +252,7 @@ export const CONFIG_SCHEMA: SchemaObject = obj(
       logLevel: oneOfStrings(LOG_LEVELS),
       jwksAllowLocalUris: { type: 'boolean' },
       maxDownstreamConnections: obj({ outbound: int(1), inbound: int(1), tunnel: int(1) }),
+      workers: int(1, 256),
     }),
   },
   ['node'],

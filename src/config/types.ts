@@ -385,5 +385,10 @@ export interface MeshConfig {
      * Defaults: outbound 16384, tunnel 16384, inbound 4096. Applied live.
      */
     maxDownstreamConnections: { outbound: number; inbound: number; tunnel: number };
+    /**
+     * Threads that serve connections (src/workers/). Absent: one per core the agent may run
+     * on (its CPU affinity). 1: the control thread serves alone, as before workers existed.
+     */
+    workers?: number;
   };
 }

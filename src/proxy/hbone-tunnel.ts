@@ -29,8 +29,15 @@ export interface PeerAgent {
   port: number;
 }
 
+type RotatedIdentity = Pick<WorkloadCertificate, 'namespace' | 'serviceAccount'>;
+
+/** What the tunnel needs of the local identities: LocalIdentities, or a worker's copy (src/workers/identities.ts). */
+export type TunnelIdentities = Pick<LocalIdentities, 'trustDomain' | 'has' | 'context'> & {
+  certs: { on(event: 'rotated', f: (cert: RotatedIdentity) => void): unknown; off(event: 'rotated', f: (cert: RotatedIdentity) => void): unknown };
+};
+
 export interface HboneTunnelOptions {
-  identities: LocalIdentities;
+  identities: TunnelIdentities;
   /** The agent of `node` (its node address and tunnel port), or undefined when unknown. */
   peerOf: (node: string) => PeerAgent | undefined;
   /** Source address of tunnel connections (the node address); default: the kernel's choice. */
@@ -76,7 +83,7 @@ export class HboneTunnel implements Tunnel {
   private readonly log: Logger;
   private readonly idleTimeoutMs: number;
   private closed = false;
-  private readonly onRotated = (cert: WorkloadCertificate) => this.retire(identityKey(cert.namespace, cert.serviceAccount), 'source certificate rotated');
+  private readonly onRotated = (cert: RotatedIdentity) => this.retire(identityKey(cert.namespace, cert.serviceAccount), 'source certificate rotated');
 
   constructor(private readonly opts: HboneTunnelOptions) {
     this.log = opts.log;

@@ -13,6 +13,19 @@ export interface CircuitBreakerOptions {
   /** Called on every transition, including the lazy open -> half-open one. */
   onStateChange?: (state: BreakerState, prev: BreakerState) => void;
   now?: () => number;
+  /**
+   * A worker's breaker (src/workers/): verdicts go to the control thread's breaker, which
+   * sees every worker's and decides; this one follows its state (adopt()) and only counts
+   * its own half-open probes.
+   */
+  forward?: (ok: boolean, wasProbe: boolean) => void;
+}
+
+/** The part of a breaker's state a worker follows. */
+export interface BreakerFollow {
+  state: BreakerState;
+  openUntil: number;
+  trips: number;
 }
 
 /** What config_dump shows. */
@@ -57,8 +70,10 @@ export class CircuitBreaker {
   private tripCount = 0;
   private openUntilMs = 0;
   private probes = 0;
+  private readonly forward: ((ok: boolean, wasProbe: boolean) => void) | undefined;
 
   constructor(opts: CircuitBreakerOptions) {
+    this.forward = opts.forward;
     this.policy = opts.policy;
     this.service = opts.service;
     this.log = opts.log;
@@ -113,6 +128,7 @@ export class CircuitBreaker {
 
   onSuccess(wasProbe: boolean): void {
     if (wasProbe) this.releaseProbe();
+    if (this.forward) return this.forward(true, wasProbe);
     this.refresh();
     if (this.current === 'closed') {
       this.failures = 0;
@@ -126,6 +142,7 @@ export class CircuitBreaker {
 
   onFailure(wasProbe: boolean): void {
     if (wasProbe) this.releaseProbe();
+    if (this.forward) return this.forward(false, wasProbe);
     this.refresh();
     if (this.current === 'closed') {
       this.failures++;
@@ -134,6 +151,20 @@ export class CircuitBreaker {
     } else if (wasProbe && this.current === 'half-open') {
       this.trip('probe failed');
     }
+  }
+
+  /** What a worker needs to follow this breaker. */
+  follow(): BreakerFollow {
+    const state = this.state;
+    return { state, openUntil: state === 'open' ? this.openUntilMs : 0, trips: this.tripCount };
+  }
+
+  /** A worker's breaker takes the control thread's decision (an elapsed open period still reads as half-open here). */
+  adopt(f: BreakerFollow): void {
+    this.tripCount = f.trips;
+    this.openUntilMs = f.openUntil;
+    this.failures = 0;
+    this.transition(f.state, 'decided by the control thread');
   }
 
   /** The request ended without a verdict (client went away, cancelled before sending). */

@@ -41,7 +41,7 @@ export interface LoopbackAgent {
   stop(): Promise<void>;
 }
 
-export async function startLoopbackAgent(yaml: string): Promise<LoopbackAgent> {
+export async function startLoopbackAgent(yaml: string, opts: { workers?: number } = {}): Promise<LoopbackAgent> {
   const config = parseConfig(yaml, 'test');
   // The embedded CA keeps its key in stateDir: a test without one must not use /var/lib/weft.
   let tmpState: string | undefined;
@@ -53,6 +53,7 @@ export async function startLoopbackAgent(yaml: string): Promise<LoopbackAgent> {
     discovery,
     log,
     capture: false,
+    workers: opts.workers,
     origDst: (s: Socket) => {
       const r = routes.get(s.remoteAddress ?? '');
       return r ? { ip: r.ip, port: r.port } : undefined;
@@ -90,6 +91,8 @@ export async function startLoopbackAgent(yaml: string): Promise<LoopbackAgent> {
     route(srcIp, dest, workload) {
       const i = dest.lastIndexOf(':');
       routes.set(srcIp, { ip: dest.slice(0, i), port: Number(dest.slice(i + 1)), workload });
+      // Worker threads cannot call this thread's origDst: they get the table.
+      agent.setWorkerRoutes([...routes]);
     },
     client,
     async get(srcIp, dest, path = '/', headers = {}) {

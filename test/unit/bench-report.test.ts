@@ -132,11 +132,22 @@ t.test('the RSS criterion holds the peak as well as the settled figure', async (
   t.equal(doneWhen(settledOnly).find((x) => x.criterion === crit)!.pass, true);
 });
 
+t.test('ratios to the Node pipe, and the issue-17 floor check', async (t) => {
+  const r = report([scenario('l7', 'weft L7', 19000, 12, 0.05), scenario('nginx', 'nginx', 27000, 6, 0.02), scenario('pipe', 'Node.js pipe (no parsing)', 25000, 8, 0.04)]);
+  t.match(toMarkdown(r), /\| weft L7 \| 19000 \| 1\.00 \| 12\.00 \| 0 \| 50\.0 \| – \| 0\.70 \| 2\.50 \| 0\.76 \| 1\.25 \|/);
+  const floor = doneWhen(r).find((c) => c.criterion.startsWith('weft L7 CPU per request vs the raw Node pipe'))!;
+  t.equal(floor.pass, false, '50 µs against the pipe\'s 40 is above the floor');
+  t.match(floor.measured, /1\.25x \(50\.0 vs 40\.0 µs\)/);
+  r.throughput!.scenarios[0]!.cpuPer1000 = 0.04;
+  t.equal(doneWhen(r).find((c) => c.criterion.startsWith('weft L7 CPU per request vs the raw Node pipe'))!.pass, true, 'at the pipe\'s cost passes');
+});
+
 t.test('markdown and SVG', async (t) => {
   const r = report([scenario('direct', 'direct', 30000, 5), scenario('l7', 'weft L7', 19000, 12, 0.05), scenario('nginx', 'nginx', 27000, 6, 0.02)]);
   r.throughput!.scenarios.push({ key: 'haproxy', name: 'haproxy', url: 'http://x/', error: 'bind | failed' });
   const md = toMarkdown(r, 'latest.svg');
-  t.match(md, /\| weft L7 \| 19000 \| 1\.00 \| 12\.00 \| 0 \| 0\.70 \| 0\.63 \| 0\.0500 \| 50\.0 \|/);
+  // req/s, p50, p99, errors, CPU µs/req, cores used, then req/s and CPU against nginx and the Node pipe, vs direct, RSS.
+  t.match(md, /\| weft L7 \| 19000 \| 1\.00 \| 12\.00 \| 0 \| 50\.0 \| – \| 0\.70 \| 2\.50 \| – \| – \| 0\.63 \| 50\.0 \|/);
   t.match(md, /\| haproxy \| failed: bind \\\| failed \|/);
   t.match(md, /commit: abc1234/);
   t.match(md, /!\[requests per second by scenario\]\(latest\.svg\)/);

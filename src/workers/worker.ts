@@ -1,0 +1,205 @@
+/**
+ * A worker thread of the agent (src/workers/pool.ts starts it): it serves its share of the
+ * outbound listener's connections (it accepts on its own fd of the agent's listening socket,
+ * beside the control thread), with its own state store, clusters (balancer state per
+ * worker, as Envoy's), L7/L4 proxies and tunnel client. The control thread owns discovery,
+ * capture, identity and health: this thread only applies the snapshots it sends (config,
+ * endpoint health and ejections, breaker states, certificates, who is calling), and sends
+ * back what the control thread decides on (request outcomes, breaker verdicts) and what
+ * comes out as one agent's (log lines, metrics).
+ */
+import type { ListenOptions } from 'node:net';
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
+import { listen } from '../listen.js';
+import pino from 'pino';
+import { Enforcer } from '../authz/enforcer.js';
+import { OrigDstTable } from '../capture/datapath.js';
+import { ClusterManager } from '../cluster/manager.js';
+import type { OrigDstLookup, SourceLookup } from '../proxy/context.js';
+import { HboneTunnel } from '../proxy/hbone-tunnel.js';
+import { MeshTransport } from '../proxy/transport.js';
+import { StateStore } from '../state/store.js';
+import { isoTime } from '../telemetry/log.js';
+import { Metrics } from '../telemetry/metrics.js';
+import { WorkerIdentities } from './identities.js';
+import { outboundPlane } from './plane.js';
+import type { FromWorker, Outcome, SourceRoutes, ToWorker, Verdict, WorkerInit } from './protocol.js';
+
+/** Log lines leave in batches: at most this many bytes or this many ms after the first. */
+const LOG_BATCH = 32 * 1024;
+const LOG_FLUSH_MS = 50;
+
+/** A pino destination that hands batches of lines to the control thread, which writes them with its own. */
+class PortLines {
+  private parts: string[] = [];
+  private bytes = 0;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly port: MessagePort) {}
+
+  write(line: string): boolean {
+    this.parts.push(line);
+    this.bytes += line.length;
+    if (this.bytes >= LOG_BATCH) this.flush();
+    else if (!this.timer) {
+      this.timer = setTimeout(() => this.flush(), LOG_FLUSH_MS);
+      this.timer.unref();
+    }
+    return true;
+  }
+
+  flush(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.parts.length === 0) return;
+    const text = this.parts.join('');
+    this.parts = [];
+    this.bytes = 0;
+    this.send({ t: 'log', text });
+  }
+
+  send(m: FromWorker): void {
+    this.port.postMessage(m);
+  }
+}
+
+async function main(): Promise<void> {
+  const init = workerData as WorkerInit;
+  const port = parentPort!;
+  const lines = new PortLines(port);
+  const send = (m: FromWorker): void => lines.send(m);
+  const log = pino({ level: init.logLevel, base: { pid: process.pid, worker: init.index }, timestamp: isoTime }, lines);
+  const metrics = new Metrics();
+  const state = new StateStore();
+  state.apply(init.config);
+
+  // Outcomes and verdicts leave once per turn of the event loop, batched.
+  let outcomes: Outcome[] = [];
+  let verdicts: Verdict[] = [];
+  let scheduled = false;
+  const flushOutcomes = (): void => {
+    scheduled = false;
+    send({ t: 'outcomes', outcomes, verdicts });
+    outcomes = [];
+    verdicts = [];
+  };
+  const schedule = (): void => {
+    if (scheduled) return;
+    scheduled = true;
+    setImmediate(flushOutcomes);
+  };
+  const clusters = new ClusterManager(state, metrics, log, Date.now, {
+    follower: {
+      outcome(cluster, endpoint, result, latencyMs) {
+        outcomes.push([cluster, endpoint, result, latencyMs]);
+        schedule();
+      },
+      verdict(cluster, ok, wasProbe) {
+        verdicts.push([cluster, ok, wasProbe]);
+        schedule();
+      },
+    },
+  });
+  clusters.sync();
+  const adoptHealth = (list: WorkerInit['health']): void => {
+    for (const h of list) clusters.get(h.key)?.adoptHealth(h);
+  };
+  adoptHealth(init.health);
+
+  const enforcer = new Enforcer(state, metrics, log);
+  const identities = new WorkerIdentities(init.trustDomain, state);
+  for (const c of init.certs) identities.put(c);
+  const transport = new MeshTransport();
+  const tunnel = new HboneTunnel({
+    identities,
+    peerOf: (name) => {
+      const n = state.config.nodes?.find((x) => x.name === name);
+      return n ? { host: n.address, port: state.config.ports.tunnel } : undefined;
+    },
+    localAddress: init.config.node.address,
+    log: log.child({ component: 'tunnel' }),
+  });
+  transport.setTunnel(tunnel);
+
+  let sources = new Map(init.sources);
+  let routes = new Map<string, SourceRoutes[number][1]>(init.routes ?? []);
+  // The pinned BPF map of original destinations, opened again in this thread (the map is the
+  // kernel's: every thread reads the same entries; the one that accepted the socket removes it).
+  const table = init.pinRoot ? OrigDstTable.open(init.pinRoot) : undefined;
+  const origDst: OrigDstLookup = table
+    ? (s) => table.lookup(s)
+    : (s) => {
+        const r = routes.get(s.remoteAddress ?? '');
+        return r ? { ip: r.ip, port: r.port } : undefined;
+      };
+  const source: SourceLookup = (od, srcIp) => {
+    const key = od.cgroupId !== undefined ? sources.get(String(od.cgroupId)) : routes.get(srcIp)?.workload;
+    if (!key) return undefined;
+    const i = key.indexOf('/');
+    return state.workload(key.slice(0, i), key.slice(i + 1));
+  };
+
+  const plane = outboundPlane({ state, clusters, transport, metrics, log, enforcer, origDst, source });
+  await listen(plane.outbound.server, { fd: init.outboundFd } as ListenOptions);
+
+  const drain = async (ms: number): Promise<void> => {
+    const closing = plane.outbound.server.listening ? plane.outbound.stopAccepting() : Promise.resolve();
+    if (ms > 0 && plane.http.active > 0) await Promise.race([plane.http.idle(), new Promise((r) => setTimeout(r, ms).unref())]);
+    plane.http.server.closeIdleConnections();
+    plane.outbound.destroyAll();
+    tunnel.close();
+    await closing;
+    await plane.http.close();
+    clusters.stop();
+    enforcer.close();
+    table?.close();
+    if (scheduled) flushOutcomes();
+    lines.flush();
+    send({ t: 'drained' });
+  };
+
+  port.on('message', (m: ToWorker) => {
+    switch (m.t) {
+      case 'config': {
+        state.apply(m.config);
+        enforcer.update(m.config);
+        clusters.sync();
+        const live = new Set<string>();
+        for (const c of clusters.all()) for (const id of c.endpoints.keys()) live.add(id);
+        plane.http.prune(live);
+        return;
+      }
+      case 'health':
+        adoptHealth(m.clusters);
+        return;
+      case 'sources':
+        sources = new Map(m.sources);
+        return;
+      case 'routes':
+        routes = new Map(m.routes);
+        return;
+      case 'cert':
+        identities.put(m.cert);
+        return;
+      case 'metrics':
+        void metrics.registry.getMetricsAsJSON().then((json) => send({ t: 'metrics', id: m.id, json }));
+        return;
+      case 'dump':
+        send({ t: 'dump', id: m.id, dump: { index: init.index, connections: plane.outbound.connections, inflight: plane.http.active, clusters: [...clusters.all()].map((c) => c.describe()) } });
+        return;
+      case 'stop-accepting':
+        // A successor agent accepts from now on; what this worker holds finishes here.
+        void plane.outbound.stopAccepting().then(() => send({ t: 'stopped-accepting', id: m.id }));
+        return;
+      case 'drain':
+        void drain(m.ms);
+        return;
+    }
+  });
+  send({ t: 'ready' });
+}
+
+main().catch((err: unknown) => {
+  // Thrown out of the thread: the control thread logs it and starts this worker again.
+  throw err;
+});
