@@ -196,7 +196,6 @@ export class Agent {
     const caps = (this.downstreamCaps = new DownstreamCaps(this.metrics, log.child({ component: 'listeners' })));
     const max = cfg.agent.maxDownstreamConnections;
     caps.attach('outbound', this.outbound.server, max.outbound);
-    caps.attach('tunnel', this.tunnelServer.server, max.tunnel);
     caps.attach('inbound', this.plaintextInbound.server, max.inbound);
     setProbeSourceAddress(node.address);
 
@@ -260,6 +259,7 @@ export class Agent {
         inbound: { http: this.tunnelHttp, tcp: { ...tcp, log: log.child({ component: 'tcp', entry: 'tunnel' }) }, security: 'mutual_tls' },
         log: log.child({ component: 'tunnel-server' }),
       });
+      caps.attach('tunnel', this.tunnelServer.server, max.tunnel);
 
       if (predecessor) {
         // Ready before the old agent stops accepting: capture reconciled (above), clusters

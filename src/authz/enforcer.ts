@@ -111,7 +111,7 @@ export class Enforcer {
     const dst = this.destination(ep);
     if (!dst) {
       this.unknownDestination(peer, ep, 'http');
-      return new WeftError('WEFT_ERR_DENIED', 'the destination workload is unknown');
+      return { deny: new WeftError('WEFT_ERR_DENIED', 'the destination workload is unknown') };
     }
     if (this.jwt.appliesTo(dst)) return this.httpWithJwt(peer, ep, dst, req);
     return this.authorizeHttp(peer, ep, dst, req, undefined);
