@@ -20,6 +20,8 @@ want_cmd g++ g++
 want_cmd pkg-config pkg-config
 want_cmd curl curl
 want_cmd tcpdump tcpdump
+# h2load: the HTTP/2 tests and benchmarks (h2c load through the agent)
+want_cmd h2load nghttp2-client
 want_file /usr/include/bpf/libbpf.h libbpf-dev
 want_file /usr/include/libelf.h libelf-dev
 want_file /usr/include/zlib.h zlib1g-dev

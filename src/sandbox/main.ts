@@ -4,6 +4,7 @@
  * On a terminal it stays up for exploring until Ctrl-C; otherwise it tears down and exits.
  */
 import { MeshSandbox } from './mesh-sandbox.js';
+import { demoGrpc } from './demo-grpc.js';
 import { bad, bold, ctl, dim, endpointState, fmt, ok, spread, step, waitFor } from './ui.js';
 import { demoUpgrade } from './demo-upgrade.js';
 
@@ -11,7 +12,7 @@ import { demoUpgrade } from './demo-upgrade.js';
  * Demos that run after the core one, in order, each in its own file (demo-*.ts): each prints
  * its steps with ui.ts and leaves the sandbox as it found it.
  */
-const demos: Array<(sb: MeshSandbox) => Promise<void>> = [demoUpgrade];
+const demos: Array<(sb: MeshSandbox) => Promise<void>> = [demoGrpc, demoUpgrade];
 
 async function demo(sb: MeshSandbox): Promise<void> {
   const cfg = sb.config;

@@ -114,9 +114,10 @@ export class MeshSandbox {
               .flatMap((s) => s.ports);
             const http = ports.find((p) => p.protocol === 'http');
             const tcp = ports.find((p) => p.protocol === 'tcp');
-            if (!http && !tcp) return;
+            const grpc = ports.find((p) => p.protocol === 'grpc' || p.protocol === 'http2');
+            if (!http && !tcp && !grpc) return;
             const pod = sb.pods.get(w.name)!;
-            const proc = await pod.spawnBackend({ port: http?.targetPort ?? 18080, tcpEchoPort: tcp?.targetPort });
+            const proc = await pod.spawnBackend({ port: http?.targetPort ?? 18080, tcpEchoPort: tcp?.targetPort, grpcPort: grpc?.targetPort });
             sb.backends.set(w.name, proc);
           }),
       );

@@ -1015,11 +1015,12 @@ export class TopoPod {
    * Start the sample backend (./backend.ts) in this pod with plain node, running the
    * compiled dist file (built with tsc if missing or stale), and wait for its listen line.
    */
-  async spawnBackend(opts: { name?: string; port: number; tcpEchoPort?: number; host?: string; timeoutMs?: number }): Promise<ManagedProcess> {
+  async spawnBackend(opts: { name?: string; port: number; tcpEchoPort?: number; grpcPort?: number; host?: string; timeoutMs?: number }): Promise<ManagedProcess> {
     const script = await backendScriptPath();
     const name = opts.name ?? this.name;
     const args = [script, '--name', name, '--port', String(opts.port)];
     if (opts.tcpEchoPort !== undefined) args.push('--tcp-echo-port', String(opts.tcpEchoPort));
+    if (opts.grpcPort !== undefined) args.push('--grpc-port', String(opts.grpcPort));
     if (opts.host !== undefined) args.push('--host', opts.host);
     const p = this.spawn(process.execPath, args, { label: `${this.name}:backend` });
     await p.waitFor(new RegExp(`backend ${escapeRe(name)} listening on `), opts.timeoutMs ?? 15_000);

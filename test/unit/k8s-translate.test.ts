@@ -144,6 +144,37 @@ t.test('services: VIPs, ports, protocols, named targetPorts', async (t) => {
   t.same(cfg.services[0]!.ports.map((p) => p.protocol), ['http', 'http'], 'the loader applies the name convention');
 });
 
+t.test('HTTP/2 and gRPC ports: appProtocol and port names as DESIGN.md "Protocols" maps them', async (t) => {
+  const s = state({
+    namespaces: [ns('shop', MESHED)],
+    pods: [pod('api-0', 'shop', { node: NODE, ip: '10.1.0.1', labels: { app: 'api' } })],
+    services: [
+      svc('api', 'shop', {
+        clusterIP: '10.96.0.20',
+        selector: { app: 'api' },
+        ports: [
+          { name: 'a', port: 1, targetPort: 1 as never, appProtocol: 'grpc' },
+          { name: 'b', port: 2, targetPort: 2 as never, appProtocol: 'http2' },
+          { name: 'c', port: 3, targetPort: 3 as never, appProtocol: 'kubernetes.io/h2c' },
+          { name: 'd', port: 4, targetPort: 4 as never, appProtocol: 'HTTP' },
+          { name: 'e', port: 5, targetPort: 5 as never, appProtocol: 'mysql' },
+          { name: 'grpc', port: 6, targetPort: 6 as never },
+          { name: 'grpc-api', port: 7, targetPort: 7 as never },
+          { name: 'http2', port: 8, targetPort: 8 as never },
+          { name: 'http2-web', port: 9, targetPort: 9 as never },
+          { name: 'http-web', port: 10, targetPort: 10 as never },
+          { name: 'grpcish', port: 11, targetPort: 11 as never },
+        ],
+      }),
+    ],
+  });
+  const cfg = validate(s);
+  t.same(
+    cfg.services[0]!.ports.map((p) => `${p.port}:${p.protocol}`),
+    ['1:grpc', '2:http2', '3:http2', '4:http', '5:tcp', '6:grpc', '7:grpc', '8:http2', '9:http2', '10:http', '11:tcp'],
+  );
+});
+
 t.test('traffic policies: oldest wins, malformed references are refused', async (t) => {
   const older = cr('TrafficPolicy', 'a', 'shop', { targetRef: { name: 'api' }, timeout: '1s' });
   older.metadata!.creationTimestamp = new Date('2026-01-01T00:00:00Z');

@@ -19,6 +19,8 @@ import type { ConnContext } from '../context.js';
 import type { ConnTelemetry, TelemetryConn } from '../l7/telemetry.js';
 import { H2Call, type H2Host } from './stream.js';
 
+const noop = (): void => {};
+
 /** The HTTP/2 connection preface (RFC 9113 3.4). */
 export const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
@@ -52,7 +54,7 @@ export class H2Session implements TelemetryConn {
       this.windowStart = now;
       this.resets = 0;
     }
-    if (++this.resets > RESET_LIMIT && !this.session.closed) {
+    if (++this.resets > RESET_LIMIT && !this.session.destroyed) {
       this.front.host.deps.log.warn({ src_ip: this.ctx.sourceIp, resets: this.resets }, 'http2 stream reset flood: GOAWAY');
       this.session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
       this.session.destroy();
@@ -82,6 +84,8 @@ export class H2Front {
 
   /** Serve `sock` as HTTP/2; `first`: bytes already read from it (the preface). */
   accept(sock: Duplex, ctx: ConnContext, first?: Buffer): void {
+    // The session reports its own errors; the socket's are the same ones.
+    sock.on('error', noop);
     sock.pause();
     if (first !== undefined && first.length > 0) sock.unshift(first);
     this.pendingCtx = ctx;
@@ -119,7 +123,12 @@ export class H2Front {
       stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
       return;
     }
-    stream.on('error', () => {});
+    stream.on('error', noop);
+    if (stream.destroyed || stream.closed) {
+      // Reset by the client in the same read as its HEADERS: gone before it could be served.
+      if (stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) hs.clientReset();
+      return;
+    }
     try {
       const call = new H2Call(hs, stream, headers, this.host);
       hs.calls.add(call);
