@@ -38,6 +38,7 @@ t.test('top-level defaults', async (t) => {
     services: [],
     requestAuthentications: [],
     policies: [],
+    routes: [],
     agent: { drainTimeout: 20_000, logLevel: 'info', jwksAllowLocalUris: false, maxDownstreamConnections: { outbound: 16_384, inbound: 4_096, tunnel: 16_384 } },
   });
   t.not(c.ports, DEFAULT_PORTS, 'a copy, not the shared constant');
