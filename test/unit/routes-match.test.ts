@@ -23,7 +23,7 @@ const hdr = (name: string, value: string, type: 'Exact' | 'RegularExpression' = 
 /** The backend a request reaches, or undefined (no_route). */
 function backendOf(table: PortRoutes, target: string, headers: Record<string, string> = {}, method = 'GET'): string | undefined {
   const flat = Object.entries(headers).flat();
-  const plan = table.plan({ method, target, headers: flat, header: headerReader(flat), host: 'svc' }, () => 0);
+  const plan = table.plan({ method, target, header: headerReader(flat), host: 'svc' }, () => 0);
   if (plan === undefined) return undefined;
   if (plan.kind !== 'forward') return `redirect:${plan.location}`;
   return typeof plan.backend === 'object' ? plan.backend.name : plan.backend;

@@ -70,3 +70,30 @@ export function redirectLocation(
   const path = redirect.path ? replacePath(req.path, redirect.path, matchedPrefix) : req.path;
   return `${scheme}://${hostname}${portPart}${joinTarget(path, req.query)}`;
 }
+
+/** modifyHeaders for a header object with lower-case names (node:http2's shape). */
+export function modifyHeaderObject<T extends Record<string, unknown>>(obj: T, mod: HeaderModifier): T {
+  const out: Record<string, unknown> = { ...obj };
+  for (const n of mod.remove) delete out[n.toLowerCase()];
+  for (const h of mod.set) out[h.name.toLowerCase()] = h.value;
+  for (const h of mod.add) {
+    const k = h.name.toLowerCase();
+    const prev = out[k];
+    out[k] = prev === undefined ? h.value : Array.isArray(prev) ? [...(prev as unknown[]), h.value] : [String(prev), h.value];
+  }
+  return out as T;
+}
+
+/** modifyHeaders for header lines (`name: value\r\n` each), the HTTP/1 forwarder's shape. */
+export function modifyHeaderLines(lines: string, mod: HeaderModifier): string {
+  const flat: string[] = [];
+  for (const line of lines.split('\r\n')) {
+    const i = line.indexOf(':');
+    if (i <= 0) continue;
+    flat.push(line.slice(0, i), line.slice(i + 1).trim());
+  }
+  let out = '';
+  const edited = modifyHeaders(flat, mod);
+  for (let i = 0; i < edited.length; i += 2) out += `${edited[i]!}: ${edited[i + 1]!}\r\n`;
+  return out;
+}

@@ -7,7 +7,7 @@
 import type { HeaderModifier, Route, RouteBackendRef, RouteFilter, RouteKind, RouteRule } from '../../../config/types.js';
 import { compileMatch, MATCH_ALL, splitTarget, type CompiledMatch, type RouteRequest } from './match.js';
 import { comparePrecedence, precedenceKey } from './precedence.js';
-import { joinTarget, modifyHeaders, redirectLocation, replacePath } from './filters.js';
+import { joinTarget, redirectLocation, replacePath } from './filters.js';
 import { chance, pickWeighted } from './select.js';
 
 export interface CompiledRule {
@@ -84,10 +84,10 @@ export type RoutePlan =
       rule: CompiledRule;
       /** The chosen backendRef; `parent` for a rule without backendRefs (the service itself); undefined when every weight is 0. */
       backend: RouteBackendRef | 'parent' | undefined;
-      /** The request target to send (rewritten or not). */
-      target: string;
-      /** The request headers to send ([name, value, ...]; Host rewritten when the rule says so). */
-      headers: string[];
+      /** The request target to send when a rewrite changed it; undefined: as received. */
+      target: string | undefined;
+      /** Header edits for the request, in order (the rule's RequestHeaderModifier, then a Host rewrite). */
+      requestHeaders: HeaderModifier[];
       /** Mirrors that drew their percent for this request. */
       mirrors: { name: string; port?: number }[];
       /** Fault: ms to hold the request before anything else (0: none). */
@@ -100,8 +100,6 @@ export interface PlanInput {
   method: string;
   /** The request target as received (origin form). */
   target: string;
-  /** [name, value, ...] */
-  headers: readonly string[];
   header: RouteRequest['header'];
   /** Host header value, or the address dialed. */
   host: string;
@@ -164,12 +162,12 @@ export class PortRoutes {
     const fault = rule.rule.fault;
     const delay = fault?.delay !== undefined && chance(fault.delay.percent, rand) ? fault.delay.fixedDelay : 0;
     const abort = fault?.abort !== undefined && chance(fault.abort.percent, rand) ? fault.abort.httpStatus : undefined;
-    let headers: string[] = input.headers as string[];
-    if (rule.requestHeaders !== undefined) headers = modifyHeaders(headers, rule.requestHeaders);
-    let target = input.target;
+    const requestHeaders: HeaderModifier[] = [];
+    if (rule.requestHeaders !== undefined) requestHeaders.push(rule.requestHeaders);
+    let target: string | undefined;
     if (rule.rewrite !== undefined) {
       if (rule.rewrite.path !== undefined) target = joinTarget(replacePath(path, rule.rewrite.path, match.prefix), query);
-      if (rule.rewrite.hostname !== undefined) headers = modifyHeaders(headers, { set: [{ name: 'host', value: rule.rewrite.hostname }], add: [], remove: [] });
+      if (rule.rewrite.hostname !== undefined) requestHeaders.push({ set: [{ name: 'host', value: rule.rewrite.hostname }], add: [], remove: [] });
     }
     const refs = rule.rule.backendRefs;
     let backend: RouteBackendRef | 'parent' | undefined = 'parent';
@@ -179,7 +177,7 @@ export class PortRoutes {
     }
     const mirrors: { name: string; port?: number }[] = [];
     for (const m of rule.mirrors) if (chance(m.percent, rand)) mirrors.push(m.backendRef);
-    return { kind: 'forward', rule, backend, target, headers, mirrors, delay, abort };
+    return { kind: 'forward', rule, backend, target, requestHeaders, mirrors, delay, abort };
   }
 
   /** A TCPRoute's backend for one connection (weighted), `parent`, or undefined when all weights are 0. */
