@@ -3,6 +3,7 @@
  * eBPF capture, a burst of traffic, and a readable account of what the mesh did.
  * On a terminal it stays up for exploring until Ctrl-C; otherwise it tears down and exits.
  */
+import { demoRoutes } from './demo-routes.js';
 import { MeshSandbox } from './mesh-sandbox.js';
 import { bad, bold, ctl, dim, endpointState, fmt, ok, spread, step, waitFor } from './ui.js';
 import { demoUpgrade } from './demo-upgrade.js';
@@ -11,7 +12,7 @@ import { demoUpgrade } from './demo-upgrade.js';
  * Demos that run after the core one, in order, each in its own file (demo-*.ts): each prints
  * its steps with ui.ts and leaves the sandbox as it found it.
  */
-const demos: Array<(sb: MeshSandbox) => Promise<void>> = [demoUpgrade];
+const demos: Array<(sb: MeshSandbox) => Promise<void>> = [demoRoutes, demoUpgrade];
 
 async function demo(sb: MeshSandbox): Promise<void> {
   const cfg = sb.config;
