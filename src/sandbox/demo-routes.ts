@@ -29,7 +29,7 @@ export async function demoRoutes(sb: MeshSandbox): Promise<void> {
   const productpage = sb.pod('productpage-0');
   const url = `http://${reviews.vip}:${reviews.ports[0]!.port}/reviews/0`;
 
-  step(`10. Routes: HTTPRoute bookinfo/reviews on ${reviews.vip}:${reviews.ports[0]!.port} (${route.rules.length} rules, Gateway API precedence)`);
+  step(`9b. Routes: HTTPRoute bookinfo/reviews on ${reviews.vip}:${reviews.ports[0]!.port} (${route.rules.length} rules, Gateway API precedence)`);
   const jason = await productpage.curl(url, ['-H', 'end-user: jason']);
   (jason.headers['x-pod'] === 'reviews-v2-0' ? ok : bad)(`end-user: jason -> answered by ${jason.headers['x-pod'] ?? `HTTP ${jason.status}`} (rule "jason": reviews-v2)`);
 
