@@ -6,6 +6,8 @@ import { Metrics } from './telemetry/metrics.js';
 import { createLogger, type Logger } from './telemetry/log.js';
 import { AdminServer } from './admin/server.js';
 import { HttpProxy } from './proxy/http.js';
+import { Mirror } from './proxy/l7/mirror.js';
+import { describeRoutes } from './proxy/l7/route-dump.js';
 import { OutboundListener } from './proxy/outbound.js';
 import { MeshTransport } from './proxy/transport.js';
 import type { ConnContext, OrigDstLookup, SourceLookup } from './proxy/context.js';
@@ -79,6 +81,7 @@ export class Agent {
   readonly clusters: ClusterManager;
   readonly transport = new MeshTransport();
   private http!: HttpProxy;
+  private mirror: Mirror | undefined;
   /** L7 for connections that came through the tunnel: metrics say `mutual_tls`. */
   private tunnelHttp!: HttpProxy;
   private outbound!: OutboundListener;
@@ -157,12 +160,15 @@ export class Agent {
     // Same-node traffic is authorized here, where the destination lives (as in outboundPlane()).
     const authorizeHttp = (ctx: ConnContext, ep: Endpoint, req: RequestView) =>
       enforcer.http(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep, req);
+    // RequestMirror copies of routed requests (fire-and-forget, bounded in flight).
+    const mirror = (this.mirror = new Mirror(this.transport, log.child({ component: 'mirror' })));
     this.tunnelHttp = new HttpProxy({
       clusters: this.clusters,
       transport: inboundTransport('mutual_tls'),
       metrics: this.metrics,
       log: log.child({ component: 'http', entry: 'tunnel' }),
       authorize: authorizeHttp,
+      mirror,
     });
     const capture = this.opts.capture ?? true;
     const origDst: OrigDstLookup | undefined = this.opts.origDst ?? (capture ? (s) => this.datapath!.origDst(s) : undefined);
@@ -180,6 +186,7 @@ export class Agent {
       source,
       // Opened below, with capture; until then (and without capture) every L4 byte is piped here.
       splice: (down, up, o) => this.datapath?.splice(down, up, o) ?? 'off',
+      mirror,
     });
     const { tcp } = plane;
     this.http = plane.http;
@@ -518,6 +525,7 @@ export class Agent {
       namespaces: cfg.namespaces.map((n) => ({ ...n, meshed: this.state.isMeshed(n.name) })),
       workloads: cfg.workloads,
       services: cfg.services,
+      routes: describeRoutes(this.state, this.clusters, this.mirror?.stats),
       clusters: [...this.clusters.all()].map((c) => c.describe()),
       capture: this.capture?.describe() ?? 'disabled',
       workers: { threads: 1 + (this.pool?.size ?? 0), controlConnections: this.outbound?.connections, workerThreads: this.pool?.workerThreads().map(({ worker: _w, ...rest }) => rest) ?? [] },
@@ -633,6 +641,7 @@ export class Agent {
     await this.tunnelHttp?.close();
     this.identities?.stop();
     this.clusters.stop();
+    this.mirror?.close();
     await this.admin?.close();
     this.enforcer?.close();
     this.datapath?.close();

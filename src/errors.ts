@@ -16,7 +16,9 @@ export type WeftErrorCode =
   | 'WEFT_ERR_BPF'
   | 'WEFT_ERR_CAPTURE'
   | 'WEFT_ERR_IDENTITY'
-  | 'WEFT_ERR_BAD_REQUEST';
+  | 'WEFT_ERR_BAD_REQUEST'
+  | 'WEFT_ERR_NO_ROUTE'
+  | 'WEFT_ERR_NO_BACKEND';
 
 /**
  * The `x-weft-error` value, HTTP status and gRPC status (DESIGN.md "Protocols") for each
@@ -31,6 +33,10 @@ export const HTTP_ERRORS: Partial<Record<WeftErrorCode, { header: string; status
   WEFT_ERR_UPSTREAM_TIMEOUT: { header: 'upstream_timeout', status: 504, grpc: 4 },
   WEFT_ERR_DENIED: { header: 'denied', status: 403, grpc: 7 },
   WEFT_ERR_UNAUTHENTICATED: { header: 'unauthenticated', status: 401, grpc: 16 },
+  // Routes (DESIGN.md "Routes"): no rule of the port's routes matched (gRPC UNIMPLEMENTED, as
+  // for an HTTP 404); the matched rule's backend Service does not exist (gRPC INTERNAL).
+  WEFT_ERR_NO_ROUTE: { header: 'no_route', status: 404, grpc: 12 },
+  WEFT_ERR_NO_BACKEND: { header: 'no_backend', status: 500, grpc: 13 },
   // gRPC's own mapping of HTTP 400 (doc/http-grpc-status-mapping.md).
   WEFT_ERR_BAD_REQUEST: { header: 'bad_request', status: 400, grpc: 13 },
 };

@@ -8,7 +8,8 @@
  *
  * A service port is balanced in the kernel only when all of this holds; otherwise (and the
  * moment it stops holding) its connections go to the agent as before:
- * - protocol tcp (L7 needs the agent);
+ * - protocol tcp (L7 needs the agent), and no TCPRoute attached (its weighted split over
+ *   other services is the agent's);
  * - no authorization policy (ALLOW or DENY) selects any of its endpoints' workloads: the agent
  *   would allow every connection anyway. Strict ingress on an endpoint pod admits such a
  *   connection by its flow, which sockops records before the SYN leaves (bpf/ingress.bpf.c);
@@ -159,7 +160,8 @@ export class SocketLb {
       for (const p of s.ports) {
         const c = clusters.get(`${s.namespace}/${s.name}:${p.port}`);
         if (!c || c.protocol !== 'tcp') continue;
-        let reason = ineligibility(c, isGoverned);
+        // A TCPRoute splits connections by weight over other services: the agent does that.
+        let reason = state.routesFor(c.key) !== undefined ? 'TCPRoute' : ineligibility(c, isGoverned);
         let slots: IpPort[] = [];
         if (!reason) {
           const all = [...c.endpoints.values()];

@@ -3,6 +3,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import type { Service, TrafficPolicy } from '../config/types.js';
 import { serviceKey, type StateStore, type Target } from '../state/store.js';
 import { Cluster, type ClusterOptions } from './cluster.js';
+import type { PortRoutes } from '../proxy/l7/routes/table.js';
 
 /** The policy for connections dialed straight at a pod: one endpoint, no balancing to speak of. */
 const POD_POLICY: TrafficPolicy = {
@@ -29,6 +30,21 @@ export class ClusterManager {
     private readonly roles: Pick<ClusterOptions, 'follower' | 'onHealthChange'> = {},
   ) {
     this.log = log.child({ component: 'clusters' });
+  }
+
+  /** The routes attached to a service port (`ns/name:port`), if any (the route stage reads them). */
+  routesFor(key: string): PortRoutes | undefined {
+    return this.state.routesFor(key);
+  }
+
+  /**
+   * A route backend's cluster and fallback: service `name` of namespace `ns`, port `port`;
+   * undefined when no such service port exists (500 no_backend).
+   */
+  forBackend(ns: string, name: string, port: number): { cluster: Cluster; fallback: Cluster | undefined } | undefined {
+    const t = this.state.backendTarget(ns, name, port);
+    if (t === undefined) return undefined;
+    return { cluster: this.forTarget(t), fallback: this.fallbackFor(t.service, port) };
   }
 
   /** Rebuild from the current state: create, update and remove clusters. */

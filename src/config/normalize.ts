@@ -64,6 +64,18 @@ import {
   type ServicePort,
   type TrafficPolicy,
   type Workload,
+  type HeaderModifier,
+  type PathMatchType,
+  type PathModifier,
+  type Route,
+  type RouteBackendRef,
+  type RouteFault,
+  type RouteFilter,
+  type RouteKind,
+  type RouteMatch,
+  type RouteParentRef,
+  type RouteRule,
+  type StringMatchType,
 } from './types.js';
 
 // --- raw shapes (what CONFIG_SCHEMA admits) ----------------------------------------------
@@ -153,6 +165,7 @@ interface RawConfig {
     action?: 'ALLOW' | 'DENY';
     rules?: { from?: PolicySource[]; to?: PolicyOperation[] }[];
   }[];
+  routes?: RawRoute[];
   agent?: { drainTimeout?: RawDuration; logLevel?: string; jwksAllowLocalUris?: boolean; maxDownstreamConnections?: { outbound?: number; inbound?: number; tunnel?: number }; workers?: number };
 }
 
@@ -237,6 +250,7 @@ function build(raw: RawConfig, p: Problems, baseDir: string): MeshConfig {
   const services = buildServices(raw, p, workloads);
   const requestAuthentications = buildRequestAuthentications(raw, p, baseDir);
   const policies = buildPolicies(raw, p);
+  const routes = buildRoutes(raw.routes ?? [], services, p);
 
   // Namespaces that are used but not declared exist, unlabelled (see the file comment).
   const known = new Set(namespaces.map((n) => n.name));
@@ -262,6 +276,7 @@ function build(raw: RawConfig, p: Problems, baseDir: string): MeshConfig {
     services,
     requestAuthentications,
     policies,
+    routes,
     agent: {
       drainTimeout: p.duration(raw.agent?.drainTimeout, DEFAULT_AGENT.drainTimeout, ['agent', 'drainTimeout']),
       logLevel: raw.agent?.logLevel ?? DEFAULT_AGENT.logLevel,
@@ -707,4 +722,358 @@ function buildPolicies(raw: RawConfig, p: Problems): AuthorizationPolicy[] {
       };
     }),
   }));
+}
+
+// --- routes ------------------------------------------------------------------------------
+
+interface RawRouteMatch {
+  path?: { type?: PathMatchType; value: string };
+  headers?: { type?: StringMatchType; name: string; value: string }[];
+  queryParams?: { type?: StringMatchType; name: string; value: string }[];
+  method?: string | { type?: StringMatchType; service?: string; method?: string };
+}
+interface RawPathModifier {
+  type: 'ReplaceFullPath' | 'ReplacePrefixMatch';
+  replaceFullPath?: string;
+  replacePrefixMatch?: string;
+}
+interface RawHeaderModifier {
+  set?: { name: string; value: string }[];
+  add?: { name: string; value: string }[];
+  remove?: string[];
+}
+interface RawRouteFilter {
+  type: RouteFilter['type'];
+  requestHeaderModifier?: RawHeaderModifier;
+  responseHeaderModifier?: RawHeaderModifier;
+  urlRewrite?: { hostname?: string; path?: RawPathModifier };
+  requestRedirect?: { scheme?: 'http' | 'https'; hostname?: string; port?: number; path?: RawPathModifier; statusCode?: 301 | 302 | 303 | 307 | 308 };
+  requestMirror?: { backendRef: { name: string; port?: number }; percent?: number };
+}
+export interface RawRoute {
+  name: string;
+  namespace: string;
+  kind?: RouteKind;
+  parentRefs: { name: string; port?: number }[];
+  rules: {
+    name?: string;
+    matches?: RawRouteMatch[];
+    filters?: RawRouteFilter[];
+    backendRefs?: { name: string; port?: number; weight?: number }[];
+    timeouts?: { request?: RawDuration; backendRequest?: RawDuration };
+    retry?: { attempts?: number; codes?: number[]; backoff?: RawDuration };
+    fault?: {
+      delay?: { fixedDelay: RawDuration; percent?: number };
+      abort?: { httpStatus: number; percent?: number };
+    };
+  }[];
+}
+
+/** The config key of each filter type. */
+const FILTER_KEYS = {
+  RequestHeaderModifier: 'requestHeaderModifier',
+  ResponseHeaderModifier: 'responseHeaderModifier',
+  URLRewrite: 'urlRewrite',
+  RequestRedirect: 'requestRedirect',
+  RequestMirror: 'requestMirror',
+} as const;
+
+/** Filters a GRPCRoute takes (Gateway API: no rewrite, no redirect). */
+const GRPC_FILTERS = new Set<string>(['RequestHeaderModifier', 'ResponseHeaderModifier', 'RequestMirror']);
+
+/** Route defaults (Gateway API's): a retry without codes retries these statuses. */
+export const DEFAULT_ROUTE_RETRY_CODES = [500, 502, 503, 504];
+
+function regexProblem(source: string): string | undefined {
+  try {
+    new RegExp(source);
+    return undefined;
+  } catch (err) {
+    return `is not a valid regular expression: ${(err as Error).message}`;
+  }
+}
+
+/**
+ * `routes:`. What a route may name is checked against the services of the same file: a
+ * parentRef must be a service (and port) of the route's namespace whose protocol fits the
+ * kind. A backendRef is NOT checked: a backend that does not exist yet is a runtime state
+ * (500 no_backend for that rule, Gateway API's ResolvedRefs=False), not a config error.
+ */
+export function buildRoutes(rawRoutes: readonly RawRoute[], services: readonly Service[], p: { add(path: readonly PathSegment[], message: string): void; duration(value: RawDuration | undefined, fallback: number, path: readonly PathSegment[], positive?: boolean): number }, top: PathSegment[] = ['routes']): Route[] {
+  const byKey = new Map(services.map((s) => [`${s.namespace}/${s.name}`, s]));
+  const names = new Map<string, number>();
+  /** `ns/svc:port` -> the kind attached there and where, so HTTP and TCP routes do not share a port. */
+  const attached = new Map<string, { kind: RouteKind; at: string }>();
+  return rawRoutes.map((r, i): Route => {
+    const at = [...top, i];
+    const kind: RouteKind = r.kind ?? 'HTTPRoute';
+    const key = `${kind}/${r.namespace}/${r.name}`;
+    const dup = names.get(key);
+    if (dup !== undefined) p.add([...at, 'name'], `duplicate ${kind} ${r.namespace}/${r.name} (also ${formatPath([...top, dup])})`);
+    else names.set(key, i);
+
+    const parentRefs: RouteParentRef[] = r.parentRefs.map((ref, j) => {
+      const pat = [...at, 'parentRefs', j];
+      const svc = byKey.get(`${r.namespace}/${ref.name}`);
+      const out: RouteParentRef = { name: ref.name };
+      if (ref.port !== undefined) out.port = ref.port;
+      if (!svc) {
+        p.add([...pat, 'name'], `no service ${ref.name} in namespace ${r.namespace} (a route attaches to a service of its own namespace)`);
+        return out;
+      }
+      const wanted: Protocol = kind === 'TCPRoute' ? 'tcp' : 'http';
+      let ports = svc.ports;
+      if (ref.port !== undefined) {
+        const sp = svc.ports.find((x) => x.port === ref.port);
+        if (!sp) {
+          p.add([...pat, 'port'], `service ${ref.name} has no port ${ref.port} (it has ${svc.ports.map((x) => x.port).join(', ')})`);
+          return out;
+        }
+        if (sp.protocol !== wanted) {
+          p.add([...pat, 'port'], `${kind} needs a ${wanted} port; ${ref.name} port ${ref.port} is ${sp.protocol}`);
+          return out;
+        }
+        ports = [sp];
+      } else {
+        ports = svc.ports.filter((x) => x.protocol === wanted);
+        if (ports.length === 0) p.add([...pat, 'name'], `${kind} needs a ${wanted} port; service ${ref.name} has none`);
+      }
+      for (const sp of ports) {
+        const portKey = `${r.namespace}/${ref.name}:${sp.port}`;
+        const other = attached.get(portKey);
+        const here = formatPath(pat);
+        if (other && other.kind !== kind) p.add(pat, `${ref.name} port ${sp.port} already has a ${other.kind} (${other.at}); one port takes one kind of route`);
+        else if (!other) attached.set(portKey, { kind, at: here });
+      }
+      return out;
+    });
+
+    const ruleNames = new Map<string, number>();
+    const rules = r.rules.map((rule, j): RouteRule => {
+      const rat = [...at, 'rules', j];
+      if (rule.name !== undefined) {
+        const first = ruleNames.get(rule.name);
+        if (first !== undefined) p.add([...rat, 'name'], `duplicate rule name ${rule.name} (also rules[${first}])`);
+        else ruleNames.set(rule.name, j);
+      }
+      const out: RouteRule = {
+        matches: (rule.matches ?? []).map((m, k) => buildRouteMatch(m, kind, [...rat, 'matches', k], p)),
+        filters: buildRouteFilters(rule.filters ?? [], kind, rule, [...rat, 'filters'], p),
+        backendRefs: (rule.backendRefs ?? []).map((b) => {
+          const ref: RouteBackendRef = { name: b.name, weight: b.weight ?? 1 };
+          if (b.port !== undefined) ref.port = b.port;
+          return ref;
+        }),
+      };
+      if (rule.name !== undefined) out.name = rule.name;
+      if (kind === 'TCPRoute') {
+        for (const k of ['matches', 'filters', 'timeouts', 'retry', 'fault'] as const) {
+          if (rule[k] !== undefined) p.add([...rat, k], 'a TCPRoute rule takes only backendRefs (a connection has no request to match or filter)');
+        }
+        if (out.backendRefs.length === 0) p.add([...rat, 'backendRefs'], 'a TCPRoute rule needs at least one backendRef');
+        if (j > 0) p.add(rat, 'a TCPRoute takes one rule (its connections have nothing to choose a rule by)');
+        return out;
+      }
+      if (rule.timeouts) {
+        const tat = [...rat, 'timeouts'];
+        const request = p.duration(rule.timeouts.request, 0, [...tat, 'request']);
+        const backendRequest = p.duration(rule.timeouts.backendRequest, 0, [...tat, 'backendRequest']);
+        if (request > 0 && backendRequest > request) p.add([...tat, 'backendRequest'], 'must not be longer than timeouts.request');
+        out.timeouts = {};
+        if (rule.timeouts.request !== undefined) out.timeouts.request = request;
+        if (rule.timeouts.backendRequest !== undefined) out.timeouts.backendRequest = backendRequest;
+      }
+      if (rule.retry) {
+        out.retry = {
+          attempts: rule.retry.attempts ?? 1,
+          codes: [...(rule.retry.codes ?? DEFAULT_ROUTE_RETRY_CODES)],
+          backoff: p.duration(rule.retry.backoff, 25, [...rat, 'retry', 'backoff']),
+        };
+      }
+      if (rule.fault) {
+        const fault: RouteFault = {};
+        if (rule.fault.delay) {
+          fault.delay = {
+            fixedDelay: p.duration(rule.fault.delay.fixedDelay, 0, [...rat, 'fault', 'delay', 'fixedDelay'], true),
+            percent: rule.fault.delay.percent ?? 100,
+          };
+        }
+        if (rule.fault.abort) fault.abort = { httpStatus: rule.fault.abort.httpStatus, percent: rule.fault.abort.percent ?? 100 };
+        out.fault = fault;
+      }
+      return out;
+    });
+    return { name: r.name, namespace: r.namespace, kind, parentRefs, rules };
+  });
+}
+
+function buildRouteMatch(m: RawRouteMatch, kind: RouteKind, at: PathSegment[], p: { add(path: readonly PathSegment[], message: string): void }): RouteMatch {
+  const out: RouteMatch = { headers: [], queryParams: [] };
+  if (m.path !== undefined) {
+    const type = m.path.type ?? 'PathPrefix';
+    if (kind === 'GRPCRoute') p.add([...at, 'path'], 'a GRPCRoute matches method: { service, method }, not a path');
+    else if (type === 'RegularExpression') {
+      const bad = regexProblem(m.path.value);
+      if (bad) p.add([...at, 'path', 'value'], bad);
+    } else if (!m.path.value.startsWith('/')) p.add([...at, 'path', 'value'], `must be an absolute path, starting with / (got "${m.path.value}")`);
+    else if (/[?#]/.test(m.path.value)) p.add([...at, 'path', 'value'], 'must not contain ? or # (match query parameters with queryParams)');
+    out.path = { type, value: m.path.value };
+  }
+  const seenHeaders = new Set<string>();
+  (m.headers ?? []).forEach((h, k) => {
+    const type = h.type ?? 'Exact';
+    const name = h.name.toLowerCase();
+    if (seenHeaders.has(name)) p.add([...at, 'headers', k, 'name'], `header ${h.name} is matched twice in one match`);
+    seenHeaders.add(name);
+    if (type === 'RegularExpression') {
+      const bad = regexProblem(h.value);
+      if (bad) p.add([...at, 'headers', k, 'value'], bad);
+    }
+    out.headers.push({ type, name, value: h.value });
+  });
+  const seenParams = new Set<string>();
+  (m.queryParams ?? []).forEach((q, k) => {
+    const type = q.type ?? 'Exact';
+    if (kind === 'GRPCRoute') p.add([...at, 'queryParams'], 'a GRPCRoute has no query parameters');
+    if (seenParams.has(q.name)) p.add([...at, 'queryParams', k, 'name'], `query parameter ${q.name} is matched twice in one match`);
+    seenParams.add(q.name);
+    if (type === 'RegularExpression') {
+      const bad = regexProblem(q.value);
+      if (bad) p.add([...at, 'queryParams', k, 'value'], bad);
+    }
+    out.queryParams.push({ type, name: q.name, value: q.value });
+  });
+  if (m.method !== undefined) {
+    if (typeof m.method === 'string') {
+      if (kind === 'GRPCRoute') p.add([...at, 'method'], 'a GRPCRoute matches method: { service, method } (got an HTTP method)');
+      else out.method = m.method;
+    } else if (kind !== 'GRPCRoute') {
+      p.add([...at, 'method'], `${kind} matches an HTTP method like GET; { service, method } is for a GRPCRoute`);
+    } else {
+      const type = m.method.type ?? 'Exact';
+      const grpc: NonNullable<RouteMatch['grpc']> = { type };
+      for (const k of ['service', 'method'] as const) {
+        const v = m.method[k];
+        if (v === undefined) continue;
+        if (type === 'RegularExpression') {
+          const bad = regexProblem(v);
+          if (bad) p.add([...at, 'method', k], bad);
+        } else if (/[/\s]/.test(v)) p.add([...at, 'method', k], `must not contain "/" or spaces (got "${v}")`);
+        grpc[k] = v;
+      }
+      out.grpc = grpc;
+    }
+  }
+  return out;
+}
+
+function buildHeaderModifier(raw: RawHeaderModifier, at: PathSegment[], p: { add(path: readonly PathSegment[], message: string): void }): HeaderModifier {
+  for (const k of ['set', 'add'] as const) {
+    const seen = new Map<string, number>();
+    (raw[k] ?? []).forEach((h, i) => {
+      const n = h.name.toLowerCase();
+      const first = seen.get(n);
+      if (first !== undefined) p.add([...at, k, i, 'name'], `header ${h.name} is listed twice (also ${k}[${first}])`);
+      else seen.set(n, i);
+    });
+  }
+  return {
+    set: (raw.set ?? []).map((h) => ({ name: h.name, value: h.value })),
+    add: (raw.add ?? []).map((h) => ({ name: h.name, value: h.value })),
+    remove: [...(raw.remove ?? [])],
+  };
+}
+
+function buildPathModifier(raw: RawPathModifier, at: PathSegment[], matches: RawRouteMatch[] | undefined, p: { add(path: readonly PathSegment[], message: string): void }): PathModifier | undefined {
+  if (raw.type === 'ReplaceFullPath') {
+    if (raw.replacePrefixMatch !== undefined) p.add([...at, 'replacePrefixMatch'], 'is for type ReplacePrefixMatch; type ReplaceFullPath takes replaceFullPath');
+    if (raw.replaceFullPath === undefined) {
+      p.add([...at, 'replaceFullPath'], 'is required with type ReplaceFullPath');
+      return undefined;
+    }
+    return { type: 'ReplaceFullPath', replaceFullPath: raw.replaceFullPath };
+  }
+  if (raw.replaceFullPath !== undefined) p.add([...at, 'replaceFullPath'], 'is for type ReplaceFullPath; type ReplacePrefixMatch takes replacePrefixMatch');
+  if (raw.replacePrefixMatch === undefined) {
+    p.add([...at, 'replacePrefixMatch'], 'is required with type ReplacePrefixMatch');
+    return undefined;
+  }
+  // Gateway API: the prefix replaced is the one matched, so every match must be a PathPrefix.
+  if (matches?.length !== 1 || matches[0]!.path === undefined || (matches[0]!.path.type ?? 'PathPrefix') !== 'PathPrefix') {
+    p.add([...at, 'type'], 'ReplacePrefixMatch needs exactly one match in the rule, with a path of type PathPrefix (the prefix it replaces)');
+  }
+  return { type: 'ReplacePrefixMatch', replacePrefixMatch: raw.replacePrefixMatch };
+}
+
+function buildRouteFilters(
+  raw: RawRouteFilter[],
+  kind: RouteKind,
+  rule: RawRoute['rules'][number],
+  at: PathSegment[],
+  p: { add(path: readonly PathSegment[], message: string): void },
+): RouteFilter[] {
+  const out: RouteFilter[] = [];
+  const seen = new Map<string, number>();
+  raw.forEach((f, i) => {
+    const fat = [...at, i];
+    const key = FILTER_KEYS[f.type];
+    for (const other of Object.values(FILTER_KEYS)) {
+      if (other !== key && f[other] !== undefined) p.add([...fat, other], `does not belong to a filter of type ${f.type} (which takes ${key})`);
+    }
+    if (kind === 'GRPCRoute' && !GRPC_FILTERS.has(f.type)) {
+      p.add([...fat, 'type'], `a GRPCRoute takes ${[...GRPC_FILTERS].join(', ')} filters, not ${f.type}`);
+      return;
+    }
+    if (f.type !== 'RequestMirror') {
+      const first = seen.get(f.type);
+      if (first !== undefined) p.add([...fat, 'type'], `${f.type} is used twice in one rule (also filters[${first}])`);
+      else seen.set(f.type, i);
+    }
+    if (f[key] === undefined) {
+      p.add([...fat, key], `is required with type ${f.type}`);
+      return;
+    }
+    switch (f.type) {
+      case 'RequestHeaderModifier':
+        out.push({ type: f.type, requestHeaderModifier: buildHeaderModifier(f.requestHeaderModifier!, [...fat, key], p) });
+        break;
+      case 'ResponseHeaderModifier':
+        out.push({ type: f.type, responseHeaderModifier: buildHeaderModifier(f.responseHeaderModifier!, [...fat, key], p) });
+        break;
+      case 'URLRewrite': {
+        const u = f.urlRewrite!;
+        const rewrite: { hostname?: string; path?: PathModifier } = {};
+        if (u.hostname !== undefined) rewrite.hostname = u.hostname;
+        if (u.path) {
+          const pm = buildPathModifier(u.path, [...fat, key, 'path'], rule.matches, p);
+          if (pm) rewrite.path = pm;
+        }
+        out.push({ type: f.type, urlRewrite: rewrite });
+        break;
+      }
+      case 'RequestRedirect': {
+        const r = f.requestRedirect!;
+        const redirect: Extract<RouteFilter, { type: 'RequestRedirect' }>['requestRedirect'] = { statusCode: r.statusCode ?? 302 };
+        if (r.scheme !== undefined) redirect.scheme = r.scheme;
+        if (r.hostname !== undefined) redirect.hostname = r.hostname;
+        if (r.port !== undefined) redirect.port = r.port;
+        if (r.path) {
+          const pm = buildPathModifier(r.path, [...fat, key, 'path'], rule.matches, p);
+          if (pm) redirect.path = pm;
+        }
+        if (rule.backendRefs?.length) p.add([...fat, 'type'], 'a RequestRedirect answers the request itself: the rule must not have backendRefs');
+        if (seen.has('URLRewrite') || raw.some((x) => x.type === 'URLRewrite')) p.add([...fat, 'type'], 'RequestRedirect and URLRewrite cannot be used in the same rule');
+        out.push({ type: f.type, requestRedirect: redirect });
+        break;
+      }
+      case 'RequestMirror': {
+        const m = f.requestMirror!;
+        const backendRef: { name: string; port?: number } = { name: m.backendRef.name };
+        if (m.backendRef.port !== undefined) backendRef.port = m.backendRef.port;
+        out.push({ type: f.type, requestMirror: { backendRef, percent: m.percent ?? 100 } });
+        break;
+      }
+    }
+  });
+  return out;
 }

@@ -178,6 +178,79 @@ const policyOperation = obj(
   { minProperties: 1 },
 );
 
+// --- routes (Gateway API HTTPRoute / GRPCRoute / TCPRoute on a Service, DESIGN.md "Routes") ---
+
+export const PATH_MATCH_TYPES = ['Exact', 'PathPrefix', 'RegularExpression'] as const;
+export const STRING_MATCH_TYPES = ['Exact', 'RegularExpression'] as const;
+export const ROUTE_KINDS = ['HTTPRoute', 'GRPCRoute', 'TCPRoute'] as const;
+export const ROUTE_FILTER_TYPES = ['RequestHeaderModifier', 'ResponseHeaderModifier', 'URLRewrite', 'RequestRedirect', 'RequestMirror'] as const;
+export const REDIRECT_STATUS_CODES = [301, 302, 303, 307, 308] as const;
+
+const valueMatch = obj({ type: oneOfStrings(STRING_MATCH_TYPES), name: headerName, value: { type: 'string' } }, ['name', 'value']);
+const headerPair = obj({ name: headerName, value: { type: 'string' } }, ['name', 'value']);
+const headerModifier = obj({ set: list(headerPair), add: list(headerPair), remove: list(headerName) }, [], { minProperties: 1 });
+const pathModifier = obj(
+  {
+    type: oneOfStrings(['ReplaceFullPath', 'ReplacePrefixMatch']),
+    replaceFullPath: absolutePath,
+    replacePrefixMatch: absolutePath,
+  },
+  ['type'],
+);
+const hostname = str('^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$', 'must be a host name');
+const backendName = obj({ name: labelName, port }, ['name']);
+const percent = num(0, 100);
+const routeMatch = obj({
+  path: obj({ type: oneOfStrings(PATH_MATCH_TYPES), value: nonEmpty }, ['value']),
+  headers: list(valueMatch),
+  queryParams: list(obj({ type: oneOfStrings(STRING_MATCH_TYPES), name: nonEmpty, value: { type: 'string' } }, ['name', 'value'])),
+  // HTTPRoute: an HTTP method; GRPCRoute: { service, method } (normalize.ts checks which the kind takes).
+  method: { weftRouteMethod: true },
+});
+const routeFilter = obj(
+  {
+    type: oneOfStrings(ROUTE_FILTER_TYPES),
+    requestHeaderModifier: headerModifier,
+    responseHeaderModifier: headerModifier,
+    urlRewrite: obj({ hostname, path: pathModifier }, [], { minProperties: 1 }),
+    requestRedirect: obj({
+      scheme: oneOfStrings(['http', 'https']),
+      hostname,
+      port,
+      path: pathModifier,
+      statusCode: { type: 'integer', enum: [...REDIRECT_STATUS_CODES] },
+    }),
+    requestMirror: obj({ backendRef: backendName, percent }, ['backendRef']),
+  },
+  ['type'],
+);
+const routeRule = obj({
+  name: labelName,
+  matches: list(routeMatch),
+  filters: list(routeFilter),
+  backendRefs: list(obj({ name: labelName, port, weight: int(0, 1_000_000) }, ['name'])),
+  timeouts: obj({ request: duration, backendRequest: duration }, [], { minProperties: 1 }),
+  retry: obj({ attempts: int(0, 10), codes: { ...list(int(400, 599), 1), uniqueItems: true }, backoff: duration }),
+  fault: obj(
+    {
+      delay: obj({ fixedDelay: duration, percent }, ['fixedDelay']),
+      abort: obj({ httpStatus: int(200, 599), percent }, ['httpStatus']),
+    },
+    [],
+    { minProperties: 1 },
+  ),
+});
+const route = obj(
+  {
+    name: subdomainName,
+    namespace: labelName,
+    kind: oneOfStrings(ROUTE_KINDS),
+    parentRefs: list(obj({ name: labelName, port }, ['name']), 1),
+    rules: list(routeRule, 1),
+  },
+  ['name', 'namespace', 'parentRefs', 'rules'],
+);
+
 /** The raw YAML of embedded mode. */
 export const CONFIG_SCHEMA: SchemaObject = obj(
   {
@@ -247,6 +320,7 @@ export const CONFIG_SCHEMA: SchemaObject = obj(
         ['name', 'namespace'],
       ),
     ),
+    routes: list(route),
     agent: obj({
       drainTimeout: duration,
       logLevel: oneOfStrings(LOG_LEVELS),
@@ -274,11 +348,40 @@ function validateDuration(_schema: boolean, data: unknown): boolean {
 }
 validateDuration.errors = undefined as Partial<ErrorObject>[] | undefined;
 
+const GRPC_METHOD_KEYS = new Set(['type', 'service', 'method']);
+
+/**
+ * The `weftRouteMethod` keyword: a route match's `method` is an HTTP method (HTTPRoute) or
+ * `{ type, service, method }` (GRPCRoute). One message instead of anyOf's two branches of noise.
+ */
+function validateRouteMethod(_schema: boolean, data: unknown): boolean {
+  const fail = (message: string) => {
+    validateRouteMethod.errors = [{ keyword: 'weftRouteMethod', message, params: {} }];
+    return false;
+  };
+  if (typeof data === 'string') {
+    return new RegExp(HTTP_METHOD).test(data) ? true : fail(`must be an upper-case HTTP method, like GET (got ${shown(data)})`);
+  }
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) {
+    return fail(`must be an HTTP method like GET (HTTPRoute), or { service, method } (GRPCRoute) (got ${shown(data)})`);
+  }
+  const o = data as Record<string, unknown>;
+  for (const k of Object.keys(o)) if (!GRPC_METHOD_KEYS.has(k)) return fail(`unknown key "${k}"; expected one of: type, service, method`);
+  if (o.service === undefined && o.method === undefined) return fail('must set at least one of: service, method');
+  for (const k of ['service', 'method'] as const) {
+    if (o[k] !== undefined && (typeof o[k] !== 'string' || o[k] === '')) return fail(`${k} must be a non-empty string`);
+  }
+  if (o.type !== undefined && o.type !== 'Exact' && o.type !== 'RegularExpression') return fail(`type must be one of Exact, RegularExpression (got ${shown(o.type)})`);
+  return true;
+}
+validateRouteMethod.errors = undefined as Partial<ErrorObject>[] | undefined;
+
 function buildValidator() {
   const ajv = new Ajv({ allErrors: true, strict: true, verbose: true });
   ajv.addVocabulary(['message']);
   ajv.addFormat('ipv4', { type: 'string', validate: isIPv4 });
   ajv.addKeyword({ keyword: 'weftDuration', schemaType: 'boolean', errors: true, validate: validateDuration });
+  ajv.addKeyword({ keyword: 'weftRouteMethod', schemaType: 'boolean', errors: true, validate: validateRouteMethod });
   return ajv.compile(CONFIG_SCHEMA);
 }
 
@@ -393,6 +496,7 @@ function describe(err: ErrorObject): [PathSegment[], string] {
     case 'format':
       return [segments, `${(schema.message as string | undefined) ?? err.message}${got}`];
     case 'weftDuration':
+    case 'weftRouteMethod':
       return [segments, err.message ?? 'must be a duration'];
     default:
       return [segments, err.message ?? `failed ${err.keyword}`];

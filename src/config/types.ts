@@ -349,6 +349,100 @@ export interface AuthorizationPolicy {
   rules: PolicyRule[];
 }
 
+/** A Service (and optionally one of its ports) a route attaches to; same namespace as the route. */
+export interface RouteParentRef {
+  name: string;
+  /** Absent: every port of the service. */
+  port?: number;
+}
+
+export type RouteKind = 'HTTPRoute' | 'GRPCRoute' | 'TCPRoute';
+
+export type PathMatchType = 'Exact' | 'PathPrefix' | 'RegularExpression';
+export type StringMatchType = 'Exact' | 'RegularExpression';
+
+/** A header (names lower-cased) or query parameter condition. Regular expressions match the whole value. */
+export interface RouteValueMatch {
+  type: StringMatchType;
+  name: string;
+  value: string;
+}
+
+/** One alternative of a rule: every condition it sets must hold. */
+export interface RouteMatch {
+  /** HTTPRoute; absent means any path (Gateway API's default, PathPrefix /). Regexes match the whole path. */
+  path?: { type: PathMatchType; value: string };
+  /** Default []. */
+  headers: RouteValueMatch[];
+  /** HTTPRoute; default []. */
+  queryParams: RouteValueMatch[];
+  /** HTTPRoute: an upper-case method. */
+  method?: string;
+  /** GRPCRoute: the call's service and/or method (at least one). */
+  grpc?: { type: StringMatchType; service?: string; method?: string };
+}
+
+export interface HeaderModifier {
+  /** Names as written; matched case-insensitively. Default [] each. */
+  set: { name: string; value: string }[];
+  add: { name: string; value: string }[];
+  remove: string[];
+}
+
+export type PathModifier = { type: 'ReplaceFullPath'; replaceFullPath: string } | { type: 'ReplacePrefixMatch'; replacePrefixMatch: string };
+
+export interface RouteBackendRef {
+  /** A Service in the route's namespace; it may not exist (then requests picked for it get 500 no_backend). */
+  name: string;
+  /** Default: the port the request arrived on. */
+  port?: number;
+  /** Default 1; 0 receives nothing. */
+  weight: number;
+}
+
+export type RouteFilter =
+  | { type: 'RequestHeaderModifier'; requestHeaderModifier: HeaderModifier }
+  | { type: 'ResponseHeaderModifier'; responseHeaderModifier: HeaderModifier }
+  | { type: 'URLRewrite'; urlRewrite: { hostname?: string; path?: PathModifier } }
+  | {
+      type: 'RequestRedirect';
+      requestRedirect: { scheme?: 'http' | 'https'; hostname?: string; port?: number; path?: PathModifier; statusCode: 301 | 302 | 303 | 307 | 308 };
+    }
+  /** percent default 100. The mirror's answer is dropped. */
+  | { type: 'RequestMirror'; requestMirror: { backendRef: { name: string; port?: number }; percent: number } };
+
+/** weft's fault injection: each part applies to `percent` of the rule's requests (default 100). */
+export interface RouteFault {
+  delay?: { fixedDelay: number; percent: number };
+  abort?: { httpStatus: number; percent: number };
+}
+
+export interface RouteRule {
+  /** Optional (Gateway API's rule name); access logs name a rule by it, else by its index. */
+  name?: string;
+  /** Alternatives; [] means every request (HTTPRoute/GRPCRoute). TCPRoute: always []. */
+  matches: RouteMatch[];
+  /** In order; default []. */
+  filters: RouteFilter[];
+  /** Default []: the parent service itself (GAMMA). */
+  backendRefs: RouteBackendRef[];
+  /** ms; request: the whole request including retries, backendRequest: each try. 0 or absent: the service's. */
+  timeouts?: { request?: number; backendRequest?: number };
+  /** Replaces the service's retries for this rule: retries after the first try, on these statuses (and connection failures). */
+  retry?: { attempts: number; codes: number[]; backoff: number };
+  fault?: RouteFault;
+}
+
+export interface Route {
+  name: string;
+  namespace: string;
+  /** Default HTTPRoute. */
+  kind: RouteKind;
+  /** At least one; each names a service of the route's namespace. */
+  parentRefs: RouteParentRef[];
+  rules: RouteRule[];
+}
+
 export interface MeshConfig {
   node: NodeConfig;
   /**
@@ -368,6 +462,12 @@ export interface MeshConfig {
   services: Service[];
   requestAuthentications: RequestAuthentication[];
   policies: AuthorizationPolicy[];
+  /**
+   * Traffic routes (Gateway API semantics, GAMMA-style on a Service). Optional so that a
+   * discovery source without routes may leave it out; the file loader always sets it. Order
+   * matters on ties of precedence (it stands for Gateway API's creation timestamp).
+   */
+  routes?: Route[];
   /** Agent-level knobs. */
   agent: {
     /** Grace period for in-flight requests on SIGTERM, ms (default 20s). */

@@ -1,8 +1,10 @@
 /**
  * Kubernetes discovery: the mesh from the API server, as whole MeshConfig snapshots.
  *
- * Eight list+watch caches (k8s/informer.ts): Namespaces, Pods, Services, EndpointSlices, Nodes,
- * and weft's TrafficPolicy, AuthorizationPolicy and RequestAuthentication (weft.io/v1alpha1).
+ * List+watch caches (k8s/informer.ts): Namespaces, Pods, Services, EndpointSlices, Nodes,
+ * weft's TrafficPolicy, AuthorizationPolicy, RequestAuthentication and FaultInjection
+ * (weft.io/v1alpha1), and the Gateway API's HTTPRoute, GRPCRoute (v1) and TCPRoute (v1alpha2)
+ * when their CRDs are installed (k8s/routes.ts; a missing one is a warning and an empty list).
  * Any change schedules a rebuild (for a Node, only a change of what translation reads: its
  * address; kubelet status reports alone would otherwise rebuild every few minutes per node); changes within `debounceMs` of the first one coalesce into
  * one snapshot (a rollout touching 100 pods yields a handful of snapshots, not 300). A rebuild
@@ -62,6 +64,7 @@ import {
   type Origin,
   type RawMeshState,
 } from './k8s/translate.js';
+import { GATEWAY_GROUP, type RouteObject } from './k8s/routes.js';
 import type { Discovery } from './types.js';
 
 export const WEFT_GROUP = 'weft.io';
@@ -91,6 +94,8 @@ export interface KubernetesDiscoveryOptions {
   listTimeoutMs?: number;
   /** First retry delay for a pod cgroup that does not exist yet, ms (default 200). */
   cgroupRetryMs?: number;
+  /** How often to look again for a CRD that is not installed (Gateway API routes), ms (default 60000). */
+  absentRetryMs?: number;
 }
 
 /** Source name in ConfigErrors about the snapshot as a whole. */
@@ -124,6 +129,10 @@ type Informers = {
   trafficPolicies: ResourceInformer<CustomObject>;
   authorizationPolicies: ResourceInformer<CustomObject>;
   requestAuthentications: ResourceInformer<CustomObject>;
+  faultInjections: ResourceInformer<CustomObject>;
+  httpRoutes: ResourceInformer<RouteObject>;
+  grpcRoutes: ResourceInformer<RouteObject>;
+  tcpRoutes: ResourceInformer<RouteObject>;
 };
 
 /**
@@ -180,13 +189,14 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
       maxBackoffMs: opts.maxBackoffMs,
       listTimeoutMs: opts.listTimeoutMs,
     };
-    const crd = (kind: string, plural: string) =>
+    const crd = (kind: string, plural: string, group = WEFT_GROUP, version = WEFT_VERSION, optional = false) =>
       new ResourceInformer<CustomObject>({
         ...common,
         kind,
-        path: `/apis/${WEFT_GROUP}/${WEFT_VERSION}/${plural}`,
-        list: ((p) =>
-          custom.listClusterCustomObject({ group: WEFT_GROUP, version: WEFT_VERSION, plural, ...p })) as ListPage<CustomObject>,
+        path: `/apis/${group}/${version}/${plural}`,
+        list: ((p) => custom.listClusterCustomObject({ group, version, plural, ...p })) as ListPage<CustomObject>,
+        optional,
+        absentRetryMs: opts.absentRetryMs,
       });
     this.informers = {
       namespaces: new ResourceInformer<V1Namespace>({
@@ -224,6 +234,12 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
       trafficPolicies: crd('TrafficPolicy', 'trafficpolicies'),
       authorizationPolicies: crd('AuthorizationPolicy', 'authorizationpolicies'),
       requestAuthentications: crd('RequestAuthentication', 'requestauthentications'),
+      // Routes: the Gateway API's CRDs may not be installed (a warning, not a failure); a
+      // cluster upgraded from a weft without routes may lack the FaultInjection CRD too.
+      faultInjections: crd('FaultInjection', 'faultinjections', WEFT_GROUP, WEFT_VERSION, true),
+      httpRoutes: crd('HTTPRoute', 'httproutes', GATEWAY_GROUP, 'v1', true),
+      grpcRoutes: crd('GRPCRoute', 'grpcroutes', GATEWAY_GROUP, 'v1', true),
+      tcpRoutes: crd('TCPRoute', 'tcproutes', GATEWAY_GROUP, 'v1alpha2', true),
     };
     this.informers.pods.on('change', (type: ChangeType, pod: V1Pod) => this.onPod(type, pod));
     this.informers.nodes.on('change', (type: ChangeType, node: V1Node) => this.onNode(type, node));
@@ -382,6 +398,10 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
       trafficPolicies: i.trafficPolicies.list(),
       authorizationPolicies: i.authorizationPolicies.list(),
       requestAuthentications: i.requestAuthentications.list(),
+      faultInjections: i.faultInjections.list(),
+      httpRoutes: i.httpRoutes.list(),
+      grpcRoutes: i.grpcRoutes.list(),
+      tcpRoutes: i.tcpRoutes.list(),
     };
   }
 

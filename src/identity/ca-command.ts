@@ -36,6 +36,7 @@ import {
   type Authorizer,
   type CaServer,
 } from './ca-server.js';
+import { RouteStatusWriter } from '../discovery/k8s/route-status.js';
 import { agentUsername, DEFAULT_AGENT_SERVICE_ACCOUNT, DEFAULT_TOKEN_AUDIENCE, defaultKubeConfig, KubernetesCaAuth } from './ca-kubernetes.js';
 
 export const DEFAULT_CA_PORT = 15012;
@@ -43,7 +44,7 @@ export const DEFAULT_CA_PORT = 15012;
 const USAGE = `usage:
   weft ca --listen ADDR:PORT --state-dir DIR [--config FILE] [--trust-domain TD] [--server-name NAME]... [--allow-any-identity]
   weft ca --kubernetes --listen ADDR:PORT --state-dir DIR [--agent-service-account NS/NAME]... [--token-audience AUD] [--kubeconfig FILE]
-          [--trust-domain TD] [--server-name NAME]...
+          [--trust-domain TD] [--server-name NAME]... [--route-status]
   weft ca token --state-dir DIR --node NAME
   weft ca rotate-token-secret --state-dir DIR
 Run 'weft ca token --help' or 'weft ca rotate-token-secret --help' for those.`;
@@ -137,6 +138,7 @@ async function serve(args: string[], io: CaCommandIo): Promise<number> {
       'agent-service-account': { type: 'string', multiple: true },
       'token-audience': { type: 'string' },
       kubeconfig: { type: 'string' },
+      'route-status': { type: 'boolean', default: false },
       'log-level': { type: 'string' },
   });
   if (!values['state-dir']) throw new UsageError('weft ca', '--state-dir DIR is required');
@@ -144,6 +146,7 @@ async function serve(args: string[], io: CaCommandIo): Promise<number> {
   const log = io.log ?? createLogger(values['log-level'] ?? process.env.WEFT_LOG_LEVEL ?? 'info');
   const stateDir = values['state-dir'];
   const k8sOnly = (['agent-service-account', 'token-audience', 'kubeconfig'] as const).filter((k) => values[k] !== undefined);
+  if (values['route-status'] && !values.kubernetes) throw new UsageError('weft ca', '--route-status only applies with --kubernetes');
   if (values.kubernetes && (values.config || values['allow-any-identity'])) {
     throw new UsageError('weft ca', `--kubernetes takes the workloads from the API: drop ${values.config ? '--config' : '--allow-any-identity'}`);
   }
@@ -153,6 +156,7 @@ async function serve(args: string[], io: CaCommandIo): Promise<number> {
 
   let authorize: Authorizer;
   let authenticate: Authenticator | undefined;
+  let routeStatus: RouteStatusWriter | undefined;
   let trustDomain = values['trust-domain'];
   if (values.kubernetes) {
     const agents = (values['agent-service-account'] ?? [DEFAULT_AGENT_SERVICE_ACCOUNT]).map(agentUsername);
@@ -171,6 +175,10 @@ async function serve(args: string[], io: CaCommandIo): Promise<number> {
     });
     authenticate = k8s.authenticator;
     authorize = k8s.authorizer;
+    if (values['route-status']) {
+      // The cluster's one writer of Gateway API route status (src/discovery/k8s/route-status.ts).
+      routeStatus = new RouteStatusWriter({ kubeConfig, log: log.child({ component: 'route-status' }), podName: process.env.POD_NAME, podNamespace: process.env.POD_NAMESPACE });
+    }
     log.info(
       { apiServer: kubeConfig.getCurrentCluster()?.server, audience: k8s.audience, agents },
       'kubernetes mode: agents authenticate with projected ServiceAccount tokens (TokenReview); node bootstrap tokens are refused',
@@ -188,6 +196,7 @@ async function serve(args: string[], io: CaCommandIo): Promise<number> {
   }
 
   const ca = await CertificateAuthority.open(stateDir, { trustDomain, log });
+  routeStatus?.start();
   const server = await startCaServer({ ca, listen, authorize, ...(authenticate ? { authenticate } : {}), log, serverNames: values['server-name'] ?? [] });
   log.info({ url: server.url, root: join(stateDir, ROOT_CERT_FILE), trustDomain: ca.trustDomain }, 'weft ca serving');
   io.onListening?.(server);
@@ -203,6 +212,7 @@ async function serve(args: string[], io: CaCommandIo): Promise<number> {
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
   log.info('weft ca stopping');
+  await routeStatus?.stop();
   await server.close();
   return 0;
 }

@@ -8,7 +8,7 @@ import { WeftError } from '../errors.js';
 import type { ConnContext } from './context.js';
 import { admit, release, settle, type Admission } from './l7/admission.js';
 import { EndpointLease, endLease, takeLease } from './l7/attempt.js';
-import { routeTarget, pickBackend } from './l7/route.js';
+import { routeConnection, pickBackend } from './l7/route.js';
 import { peerFields, sourceLabels } from './l7/telemetry.js';
 import type { Transport } from './transport.js';
 import { hashKey } from '../balancer/hash.js';
@@ -47,7 +47,7 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
   const { clusters, transport, metrics, log } = deps;
   let adm: Admission;
   try {
-    adm = admit(pickBackend(routeTarget(clusters, ctx.target)));
+    adm = admit(pickBackend(routeConnection(clusters, ctx.target)));
   } catch (err) {
     logRefused(log, ctx, err as WeftError);
     down.resetAndDestroy();

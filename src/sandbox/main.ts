@@ -3,6 +3,7 @@
  * eBPF capture, a burst of traffic, and a readable account of what the mesh did.
  * On a terminal it stays up for exploring until Ctrl-C; otherwise it tears down and exits.
  */
+import { demoRoutes } from './demo-routes.js';
 import { MeshSandbox } from './mesh-sandbox.js';
 import { demoGrpc } from './demo-grpc.js';
 import { bad, bold, ctl, dim, endpointState, fmt, ok, spread, step, waitFor } from './ui.js';
@@ -12,7 +13,7 @@ import { demoUpgrade } from './demo-upgrade.js';
  * Demos that run after the core one, in order, each in its own file (demo-*.ts): each prints
  * its steps with ui.ts and leaves the sandbox as it found it.
  */
-const demos: Array<(sb: MeshSandbox) => Promise<void>> = [demoGrpc, demoUpgrade];
+const demos: Array<(sb: MeshSandbox) => Promise<void>> = [demoGrpc, demoRoutes, demoUpgrade];
 
 async function demo(sb: MeshSandbox): Promise<void> {
   const cfg = sb.config;

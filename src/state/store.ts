@@ -11,6 +11,7 @@ import {
   type Workload,
 } from '../config/types.js';
 import type { EndpointInfo } from '../cluster/endpoint.js';
+import { attachRoutes, type PortRoutes } from '../proxy/l7/routes/table.js';
 
 /** A service port as the proxy resolves it from an original destination. */
 export interface ServiceTarget {
@@ -104,6 +105,7 @@ export class StateStore extends EventEmitter {
   private byDestination = new Map<string, Target>();
   private endpointsByService = new Map<string, Workload[]>();
   private servicesByWorkload = new Map<string, Service[]>();
+  private portRoutes = new Map<string, PortRoutes>();
   /** Bumped on every apply: clusters compare it to know when to re-read. */
   generation = 0;
 
@@ -167,6 +169,8 @@ export class StateStore extends EventEmitter {
         }
       }
     }
+    // Routes attached to each service port, compiled once per snapshot (regexes included).
+    this.portRoutes = attachRoutes(cfg.routes ?? [], cfg.services);
     this.generation++;
     this.emit('change', cfg);
   }
@@ -208,6 +212,30 @@ export class StateStore extends EventEmitter {
   /** What an original destination (ip, port) means to the mesh, if anything. */
   resolve(ip: string, port: number): Target | undefined {
     return this.byDestination.get(`${ip}:${port}`);
+  }
+
+  /**
+   * The routes attached to a service port (`ns/name:port`, a ServiceTarget's key), or
+   * undefined: then the port behaves as if routes did not exist.
+   */
+  routesFor(key: string): PortRoutes | undefined {
+    return this.portRoutes.get(key);
+  }
+
+  /** Every service port with routes attached. */
+  routedPorts(): ReadonlyMap<string, PortRoutes> {
+    return this.portRoutes;
+  }
+
+  /**
+   * A route's backendRef as a target: the service `name` of namespace `ns`, port `port`; or
+   * undefined when no such service (or port) exists (500 no_backend for that request).
+   */
+  backendTarget(ns: string, name: string, port: number): ServiceTarget | undefined {
+    const service = this.services.get(`${ns}/${name}`);
+    const sp = service?.ports.find((x) => x.port === port);
+    if (!service || !sp) return undefined;
+    return { kind: 'service', service, port: sp, key: `${serviceKey(service)}:${sp.port}` };
   }
 
   /** Every (ip, port) that connect4 should redirect: service VIP ports and meshed pods' target ports. */

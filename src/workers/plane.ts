@@ -3,6 +3,7 @@
  * proxy (HttpProxy), the L4 proxy's dependencies and the outbound listener (15001), over a
  * state store, its clusters, a transport and the authorization enforcer.
  */
+import type { Mirror } from '../proxy/l7/mirror.js';
 import type { RequestView } from '../proxy/l7/request.js';
 import type { Enforcer } from '../authz/enforcer.js';
 import type { ClusterManager } from '../cluster/manager.js';
@@ -27,6 +28,8 @@ export interface PlaneDeps {
   source: SourceLookup;
   /** The kernel splice for L4 (the control thread's Datapath); absent: userspace pipe. */
   splice?: TcpProxyDeps['splice'];
+  /** Sends routes' RequestMirror copies; absent, mirrors are not sent. */
+  mirror?: Mirror;
 }
 
 export interface OutboundPlane {
@@ -42,7 +45,7 @@ export function outboundPlane(d: PlaneDeps): OutboundPlane {
   // traffic is authorized by the destination's agent with the verified peer (ctx.peer).
   const authorizeHttp = (ctx: ConnContext, ep: Endpoint, req: RequestView) =>
     enforcer.http(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep, req);
-  const http = new HttpProxy({ clusters: d.clusters, transport: d.transport, metrics: d.metrics, log: log.child({ component: 'http' }), authorize: authorizeHttp });
+  const http = new HttpProxy({ clusters: d.clusters, transport: d.transport, metrics: d.metrics, log: log.child({ component: 'http' }), authorize: authorizeHttp, mirror: d.mirror });
   const tcp: TcpProxyDeps = {
     clusters: d.clusters,
     transport: d.transport,

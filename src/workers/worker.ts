@@ -23,6 +23,7 @@ import { isoTime } from '../telemetry/log.js';
 import { Metrics } from '../telemetry/metrics.js';
 import { WorkerIdentities } from './identities.js';
 import { outboundPlane } from './plane.js';
+import { Mirror } from '../proxy/l7/mirror.js';
 import type { FromWorker, Outcome, SourceRoutes, ToWorker, Verdict, WorkerInit } from './protocol.js';
 
 /** Log lines leave in batches: at most this many bytes or this many ms after the first. */
@@ -139,7 +140,8 @@ async function main(): Promise<void> {
     return state.workload(key.slice(0, i), key.slice(i + 1));
   };
 
-  const plane = outboundPlane({ state, clusters, transport, metrics, log, enforcer, origDst, source });
+  const mirror = new Mirror(transport, log.child({ component: 'mirror' }));
+  const plane = outboundPlane({ state, clusters, transport, metrics, log, enforcer, origDst, source, mirror });
   await listen(plane.outbound.server, { fd: init.outboundFd } as ListenOptions);
 
   const drain = async (ms: number): Promise<void> => {

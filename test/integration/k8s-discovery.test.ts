@@ -283,7 +283,7 @@ t.test('a watch cut mid-stream resumes from its resourceVersion without losing e
 
   for (const graceful of [false, true]) {
     // Cut every stream and change things before the client can reconnect.
-    t.equal(server.dropWatches({ graceful }), 8, 'eight watches were open');
+    t.equal(server.dropWatches({ graceful }), 12, 'twelve watches were open (eight kinds, FaultInjection and three Gateway API routes)');
     const n = graceful ? 'c' : 'b';
     server.apply(podObject(n, 'shop', { node: 'node-b', ip: graceful ? '10.1.1.3' : '10.1.1.2' }));
     server.delete('Pod', 'shop', graceful ? 'b' : 'a');

@@ -68,6 +68,10 @@ export const KINDS: readonly KindInfo[] = [
   { kind: 'TrafficPolicy', group: 'weft.io', version: 'v1alpha1', plural: 'trafficpolicies', namespaced: true, custom: true },
   { kind: 'AuthorizationPolicy', group: 'weft.io', version: 'v1alpha1', plural: 'authorizationpolicies', namespaced: true, custom: true },
   { kind: 'RequestAuthentication', group: 'weft.io', version: 'v1alpha1', plural: 'requestauthentications', namespaced: true, custom: true },
+  { kind: 'FaultInjection', group: 'weft.io', version: 'v1alpha1', plural: 'faultinjections', namespaced: true, custom: true },
+  { kind: 'HTTPRoute', group: 'gateway.networking.k8s.io', version: 'v1', plural: 'httproutes', namespaced: true, custom: true },
+  { kind: 'GRPCRoute', group: 'gateway.networking.k8s.io', version: 'v1', plural: 'grpcroutes', namespaced: true, custom: true },
+  { kind: 'TCPRoute', group: 'gateway.networking.k8s.io', version: 'v1alpha2', plural: 'tcproutes', namespaced: true, custom: true },
 ];
 
 const byKind = new Map(KINDS.map((k) => [k.kind, k]));
@@ -229,6 +233,8 @@ export class FakeApiServer {
   private compactedRv = 0;
   private failures: { count: number; status: number }[] = [];
   private readonly tokens = new Map<string, TokenReviewEntry>();
+  /** Kinds whose CRD is "not installed": their API paths answer 404. */
+  private readonly uninstalled = new Set<string>();
 
   private constructor(server: http.Server) {
     this.server = server;
@@ -352,6 +358,16 @@ export class FakeApiServer {
     return n;
   }
 
+  /** Make a kind's API answer 404, as when its CRD is not installed. */
+  uninstall(kind: string): void {
+    this.uninstalled.add(kind);
+  }
+
+  /** Serve a kind again (its CRD was installed). */
+  install(kind: string): void {
+    this.uninstalled.delete(kind);
+  }
+
   /** What TokenReview answers for `token` from now on. */
   setToken(token: string, entry: TokenReviewEntry): void {
     this.tokens.set(token, structuredClone(entry));
@@ -399,6 +415,42 @@ export class FakeApiServer {
     }
   }
 
+  /**
+   * PATCH .../NAME/status with a JSON merge patch (RFC 7386) on `status`, as the status
+   * subresource takes it: only `status` changes; `metadata.resourceVersion` in the patch is a
+   * precondition (409 Conflict when the object has moved on).
+   */
+  private patchStatus(req: http.IncomingMessage, res: http.ServerResponse, pathname: string, body: unknown): void {
+    const route = this.route(pathname);
+    if (!route || route.name === undefined || this.uninstalled.has(route.info.kind)) {
+      this.status(res, 404, 'NotFound', `the server could not find the requested resource (${pathname}/status)`);
+      return;
+    }
+    if (!/merge-patch\+json/.test(req.headers['content-type'] ?? '')) {
+      this.status(res, 415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/merge-patch+json (got ${req.headers['content-type']})`);
+      return;
+    }
+    const key = this.key(route.info.kind, route.namespace, route.name);
+    const previous = this.objects.get(key);
+    if (!previous) {
+      this.status(res, 404, 'NotFound', `${route.info.plural} "${route.name}" not found`);
+      return;
+    }
+    const patch = (body ?? {}) as { metadata?: { resourceVersion?: string }; status?: unknown };
+    const precondition = patch.metadata?.resourceVersion;
+    if (precondition !== undefined && precondition !== previous.metadata.resourceVersion) {
+      this.status(res, 409, 'Conflict', `Operation cannot be fulfilled on ${route.info.plural} "${route.name}": the object has been modified; please apply your changes to the latest version and try again`);
+      return;
+    }
+    const stored = clone(previous);
+    stored.status = mergePatch(stored.status, patch.status);
+    stored.metadata.resourceVersion = String(++this.rv);
+    this.objects.set(key, stored);
+    this.record({ rv: this.rv, type: 'MODIFIED', kind: route.info.kind, object: stored, previous });
+    res.writeHead(200, { 'Content-Type': 'application/json' });
+    res.end(JSON.stringify(stored));
+  }
+
   private send(w: WatchStream, type: string, object: unknown): void {
     if (!w.res.writableEnded && !w.res.destroyed) w.res.write(`${JSON.stringify({ type, object })}\n`);
   }
@@ -409,7 +461,7 @@ export class FakeApiServer {
   }
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
-    if (req.method === 'POST') {
+    if (req.method === 'POST' || req.method === 'PATCH') {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => this.handleRequest(req, res, Buffer.concat(chunks).toString('utf8')));
@@ -444,12 +496,16 @@ export class FakeApiServer {
       else this.tokenReview(res, body);
       return;
     }
+    if (req.method === 'PATCH' && url.pathname.endsWith('/status')) {
+      this.patchStatus(req, res, url.pathname.slice(0, -'/status'.length), body);
+      return;
+    }
     if (req.method !== 'GET') {
       this.status(res, 405, 'MethodNotAllowed', `${req.method} is not supported by the fake apiserver`);
       return;
     }
     const route = this.route(url.pathname);
-    if (!route) {
+    if (!route || this.uninstalled.has(route.info.kind)) {
       this.status(res, 404, 'NotFound', `the server could not find the requested resource (${url.pathname})`);
       return;
     }
@@ -786,6 +842,22 @@ export function endpointSliceObject(
 }
 
 /** A weft.io/v1alpha1 custom resource. */
-export function weftObject(kind: 'TrafficPolicy' | 'AuthorizationPolicy' | 'RequestAuthentication', name: string, namespace: string, spec: unknown): KubeObject {
+/** RFC 7386 JSON merge patch: objects merge key by key, null deletes, anything else replaces. */
+function mergePatch(target: unknown, patch: unknown): unknown {
+  if (patch === null || typeof patch !== 'object' || Array.isArray(patch)) return patch;
+  const out: Record<string, unknown> = target !== null && typeof target === 'object' && !Array.isArray(target) ? { ...(target as Record<string, unknown>) } : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatch(out[k], v);
+  }
+  return out;
+}
+
+/** A Gateway API route (HTTPRoute, GRPCRoute: v1; TCPRoute: v1alpha2). */
+export function gatewayRouteObject(kind: 'HTTPRoute' | 'GRPCRoute' | 'TCPRoute', name: string, namespace: string, spec: unknown): KubeObject {
+  return { apiVersion: `gateway.networking.k8s.io/${kind === 'TCPRoute' ? 'v1alpha2' : 'v1'}`, kind, metadata: { name, namespace }, spec };
+}
+
+export function weftObject(kind: 'TrafficPolicy' | 'AuthorizationPolicy' | 'RequestAuthentication' | 'FaultInjection', name: string, namespace: string, spec: unknown): KubeObject {
   return { apiVersion: 'weft.io/v1alpha1', kind, metadata: { name, namespace }, spec };
 }

@@ -38,6 +38,7 @@ t.test('top-level defaults', async (t) => {
     services: [],
     requestAuthentications: [],
     policies: [],
+    routes: [],
     agent: { drainTimeout: 20_000, logLevel: 'info', jwksAllowLocalUris: false, maxDownstreamConnections: { outbound: 16_384, inbound: 4_096, tunnel: 16_384 } },
   });
   t.not(c.ports, DEFAULT_PORTS, 'a copy, not the shared constant');
@@ -250,7 +251,7 @@ workloads:
 t.test('the embedded default.yaml parses', async (t) => {
   const c = parseConfig(readFileSync(defaultConfigPath(), 'utf8'), 'default.yaml', { env: { CGROUP_ROOT: '/sys/fs/cgroup/unified/weft' } });
   t.same(c.node, { name: 'node-a', address: '10.77.0.1' });
-  t.same(c.namespaces.map((n) => [n.name, n.labels[MESH_LABEL] ?? null]), [['shop', 'enabled'], ['legacy', null]]);
+  t.same(c.namespaces.map((n) => [n.name, n.labels[MESH_LABEL] ?? null]), [['shop', 'enabled'], ['legacy', null], ['bookinfo', 'enabled']]);
   const api = c.workloads.filter((w) => w.labels.app === 'api');
   t.same(api.map((w) => [w.name, w.weight, w.node]), [['api-0', 1, 'node-a'], ['api-1', 1, 'node-a'], ['api-2', 2, 'node-a'], ['api-3', 1, 'node-b']]);
   t.same(c.workloads.filter((w) => w.labels.app === 'web').map((w) => w.name), ['web-0', 'web-1']);

@@ -65,7 +65,7 @@ t.test('required keys and unknown keys', async (t) => {
   c.workloads[0].wieght = 2;
   c.extra = true;
   t.same(problemsOf(c), [
-    'extra: unknown key; expected one of: node, nodes, mesh, ports, ca, stateDir, namespaces, workloads, services, requestAuthentications, policies, agent',
+    'extra: unknown key; expected one of: node, nodes, mesh, ports, ca, stateDir, namespaces, workloads, services, requestAuthentications, policies, routes, agent',
     'workloads[0].wieght: unknown key (did you mean "weight"?)',
     'services[0].trafficPolicy.loadBalncer: unknown key (did you mean "loadBalancer"?)',
   ]);

@@ -136,7 +136,7 @@ function withIstioShape(ap: Schema): Schema {
   return out;
 }
 
-/** The three CRDs, from CONFIG_SCHEMA. */
+/** The weft CRDs, from CONFIG_SCHEMA. */
 export function generateCrds(): Schema[] {
   const top = CONFIG_SCHEMA.properties as Record<string, Schema>;
   const trafficPolicy = toOpenApi(top.services!.items.properties.trafficPolicy);
@@ -159,6 +159,7 @@ export function generateCrds(): Schema[] {
   };
   const apSpec = withIstioShape(toOpenApi(without(top.policies!.items, ['name', 'namespace'])));
   const raSpec = toOpenApi(without(top.requestAuthentications!.items, ['name', 'namespace']));
+  const fiSpec = toOpenApi(top.routes!.items.properties.rules.items.properties.fault);
   return [
     crd(
       'TrafficPolicy',
@@ -186,6 +187,17 @@ export function generateCrds(): Schema[] {
       'JWT validation for the workloads it selects: a request with an invalid token is answered 401; one without a token passes on (require one with an AuthorizationPolicy on requestPrincipals).',
       raSpec,
       [],
+    ),
+    crd(
+      'FaultInjection',
+      'faultinjections',
+      'wfi',
+      'Fault injection for the Gateway API route rules that name it in an ExtensionRef filter (group weft.io, kind FaultInjection): a fixed delay and/or an abort with an HTTP status, each for a percentage of the rule\'s requests. The `fault:` of a route rule in the weft config file.',
+      fiSpec,
+      [
+        { name: 'Delay', type: 'string', jsonPath: '.spec.delay.fixedDelay' },
+        { name: 'Abort', type: 'integer', jsonPath: '.spec.abort.httpStatus' },
+      ],
     ),
   ];
 }

@@ -94,6 +94,7 @@ t.test('every manifest validates against the Kubernetes schemas', async (t) => {
       'ClusterRoleBinding/weft-agent',
       'ClusterRoleBinding/weft-ca',
       'CustomResourceDefinition/authorizationpolicies.weft.io',
+      'CustomResourceDefinition/faultinjections.weft.io',
       'CustomResourceDefinition/requestauthentications.weft.io',
       'CustomResourceDefinition/trafficpolicies.weft.io',
       'DaemonSet/weft-agent',
@@ -199,13 +200,25 @@ t.test('the CA and RBAC', async (t) => {
     '/pods',
     '/services',
     'discovery.k8s.io/endpointslices',
+    'gateway.networking.k8s.io/grpcroutes',
+    'gateway.networking.k8s.io/httproutes',
+    'gateway.networking.k8s.io/tcproutes',
     'weft.io/authorizationpolicies',
+    'weft.io/faultinjections',
     'weft.io/requestauthentications',
     'weft.io/trafficpolicies',
   ]);
   const caRole = byKind(base, 'ClusterRole', 'weft-ca')!;
   t.match(caRole.rules, [{ apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] }, { resources: ['pods'] }]);
   t.ok(caRole.rules.some((r: Obj) => r.resources.includes('pods') && r.verbs.includes('get') && r.verbs.includes('list')), 'the CA gets and lists pods');
+  // The CA is the one writer of route status: it patches only the status subresource of routes.
+  t.ok(ca.args.includes('--route-status'), 'the CA writes route status');
+  const writes = caRole.rules.filter((r: Obj) => r.verbs.some((v: string) => v !== 'get' && v !== 'list' && v !== 'watch'));
+  t.same(writes.map((r: Obj) => `${r.apiGroups.join(',')}:${r.resources.join(',')}:${r.verbs.join(',')}`), [
+    'authentication.k8s.io:tokenreviews:create',
+    'gateway.networking.k8s.io:httproutes/status,grpcroutes/status,tcproutes/status:patch',
+  ]);
+  t.same(ca.env.filter((e: Obj) => e.valueFrom).map((e: Obj) => `${e.name}=${e.valueFrom.fieldRef.fieldPath}`), ['POD_NAME=metadata.name', 'POD_NAMESPACE=metadata.namespace'], 'the writer knows its pod, to tell which replica writes');
 
   // weft ca --kubernetes admits exactly the agents' ServiceAccount, with the audience their token is projected for.
   t.ok(ca.args.includes('--kubernetes'));

@@ -66,7 +66,7 @@ t.test('an invalid change is rejected and the last good config stays', async (t)
   const err = await rejected;
   t.type(err, ConfigError);
   t.same(err.problems.sort(), [
-    'bogus: unknown key; expected one of: node, nodes, mesh, ports, ca, stateDir, namespaces, workloads, services, requestAuthentications, policies, agent',
+    'bogus: unknown key; expected one of: node, nodes, mesh, ports, ca, stateDir, namespaces, workloads, services, requestAuthentications, policies, routes, agent',
     'node.address: must be an IPv4 address like 10.77.0.1 (got "10.0.0.300")',
   ]);
   t.equal(d.config, first, 'the last good config is still in force');

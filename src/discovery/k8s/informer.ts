@@ -53,6 +53,13 @@ export interface ResourceInformerOptions<T extends KubernetesObject> {
   maxBackoffMs?: number;
   /** Deadline of one list page, ms (default 60000). */
   listTimeoutMs?: number;
+  /**
+   * The resource may not exist (a CRD of another project, like the Gateway API's): a 404 on
+   * the first list counts as synced and empty (`absent` is emitted, once), and the list is
+   * retried every `absentRetryMs` (default 60000) so that installing the CRD later is noticed.
+   */
+  optional?: boolean;
+  absentRetryMs?: number;
 }
 
 /** A `Watch` that asks for bookmarks and trims objects before `ListWatch` sees them. */
@@ -111,6 +118,12 @@ export function describeApiError(err: unknown): string {
   return message.split('\n')[0] ?? message;
 }
 
+/** The HTTP status of an API error, if it has one. */
+export function statusOf(err: unknown): number | undefined {
+  const e = err as { code?: unknown; statusCode?: unknown };
+  return typeof e?.code === 'number' ? e.code : typeof e?.statusCode === 'number' ? e.statusCode : undefined;
+}
+
 /**
  * A resource cache kept in sync with the API server.
  *
@@ -131,6 +144,9 @@ export class ResourceInformer<T extends KubernetesObject> extends EventEmitter {
   private retryTimer: NodeJS.Timeout | undefined;
   private consecutiveFailures = 0;
   private isSynced = false;
+  private readonly optional: boolean;
+  private readonly absentRetryMs: number;
+  private isAbsent = false;
 
   constructor(opts: ResourceInformerOptions<T>) {
     super();
@@ -138,6 +154,8 @@ export class ResourceInformer<T extends KubernetesObject> extends EventEmitter {
     this.log = opts.log.child({ resource: opts.kind });
     this.backoffMs = opts.backoffMs ?? 250;
     this.maxBackoffMs = opts.maxBackoffMs ?? 30_000;
+    this.optional = opts.optional ?? false;
+    this.absentRetryMs = opts.absentRetryMs ?? 60_000;
     const pageSize = opts.pageSize ?? 500;
     const listTimeoutMs = opts.listTimeoutMs ?? 60_000;
     const page = (cont: string | undefined) => {
@@ -181,6 +199,11 @@ export class ResourceInformer<T extends KubernetesObject> extends EventEmitter {
     return this.isSynced;
   }
 
+  /** An optional resource whose API the server does not serve (its CRD is not installed). */
+  get absent(): boolean {
+    return this.isAbsent;
+  }
+
   /** Begin listing and watching; `synced` follows. Errors are retried, never thrown. */
   start(): void {
     if (this.running) return;
@@ -221,6 +244,10 @@ export class ResourceInformer<T extends KubernetesObject> extends EventEmitter {
     }
     if (this.attemptFailed) return;
     this.consecutiveFailures = 0;
+    if (this.isAbsent) {
+      this.isAbsent = false;
+      this.log.info('resource now served by the API server; watching it');
+    }
     if (!this.isSynced) {
       this.isSynced = true;
       this.log.debug({ resourceVersion: this.resourceVersion() }, 'synced');
@@ -238,6 +265,20 @@ export class ResourceInformer<T extends KubernetesObject> extends EventEmitter {
     if (!this.running) return;
     this.attemptFailed = true;
     if (this.retryTimer) return;
+    if (this.optional && statusOf(err) === 404 && (this.isAbsent || !this.isSynced || this.list().length === 0)) {
+      // Not installed: an empty, synced cache, and a slow re-check for when it is installed.
+      if (!this.isAbsent) {
+        this.isAbsent = true;
+        this.log.warn({ retryInMs: this.absentRetryMs }, `${this.kind} is not served by the API server (CRD not installed?); treated as none until it is`);
+        this.emit('absent');
+      }
+      if (!this.isSynced) {
+        this.isSynced = true;
+        this.emit('synced');
+      }
+      this.retryTimer = setTimeout(() => void this.attempt(), this.absentRetryMs);
+      return;
+    }
     const n = this.consecutiveFailures++;
     const cap = Math.min(this.maxBackoffMs, this.backoffMs * 2 ** Math.min(n, 20));
     const delay = Math.round(cap / 2 + (Math.random() * cap) / 2);

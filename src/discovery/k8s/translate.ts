@@ -46,6 +46,7 @@ import type {
 import { isIPv4 } from '../../config/patterns.js';
 import type { Protocol } from '../../config/types.js';
 import { MESH_LABEL, MESH_LABEL_ENABLED } from '../../config/types.js';
+import { routeOrder, translateRoute, type GatewayRouteKind, type RouteObject } from './routes.js';
 
 export const WEIGHT_ANNOTATION = 'weft.io/weight';
 export const PEER_AUTH_LABEL = 'weft.io/peer-authentication';
@@ -66,6 +67,11 @@ export interface ClusterState {
   authorizationPolicies: readonly CustomObject[];
   requestAuthentications: readonly CustomObject[];
   nodes: readonly V1Node[];
+  /** Gateway API routes and weft FaultInjections (absent or empty when their CRDs are not installed). */
+  httpRoutes?: readonly RouteObject[];
+  grpcRoutes?: readonly RouteObject[];
+  tcpRoutes?: readonly RouteObject[];
+  faultInjections?: readonly CustomObject[];
 }
 
 export interface TranslateContext {
@@ -142,6 +148,7 @@ export interface RawMeshState {
   policies: Record<string, unknown>[];
   requestAuthentications: Record<string, unknown>[];
   nodes: { name: string; address: string }[];
+  routes: Record<string, unknown>[];
 }
 
 /** For each entry of each list of `RawMeshState`, where it came from. */
@@ -154,6 +161,7 @@ export interface Origins {
   policies: Origin[];
   requestAuthentications: Origin[];
   nodes: Origin[];
+  routes: Origin[];
 }
 
 export interface Translation {
@@ -356,7 +364,7 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
   const skip = (kind: string, o: KubernetesObject) => exclude.has(objectKey(originOf(kind, o)));
   const warnings: string[] = [];
   const rejected: Translation['rejected'] = [];
-  const raw: RawMeshState = { namespaces: [], workloads: [], services: [], policies: [], requestAuthentications: [], nodes: [] };
+  const raw: RawMeshState = { namespaces: [], workloads: [], services: [], policies: [], requestAuthentications: [], nodes: [], routes: [] };
   const origins: Origins = {
     namespaces: [],
     workloads: [],
@@ -365,6 +373,7 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
     policies: [],
     requestAuthentications: [],
     nodes: [],
+    routes: [],
   };
 
   // Nodes: where each one's agent is reached.
@@ -648,6 +657,33 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
   crList('AuthorizationPolicy', state.authorizationPolicies, raw.policies, origins.policies);
   crList('RequestAuthentication', state.requestAuthentications, raw.requestAuthentications, origins.requestAuthentications);
 
+  // Gateway API routes on the mesh's Services (k8s/routes.ts).
+  const captured = new Set(raw.services.map((s) => `${s.namespace}/${s.name}`));
+  const faultsByNs = new Map<string, Map<string, unknown>>();
+  for (const f of state.faultInjections ?? []) {
+    const ns = f.metadata?.namespace ?? 'default';
+    if (!faultsByNs.has(ns)) faultsByNs.set(ns, new Map());
+    faultsByNs.get(ns)!.set(f.metadata?.name ?? '', f.spec);
+  }
+  const routeObjects: [GatewayRouteKind, RouteObject][] = [
+    ...(state.httpRoutes ?? []).map((o) => ['HTTPRoute', o] as [GatewayRouteKind, RouteObject]),
+    ...(state.grpcRoutes ?? []).map((o) => ['GRPCRoute', o] as [GatewayRouteKind, RouteObject]),
+    ...(state.tcpRoutes ?? []).map((o) => ['TCPRoute', o] as [GatewayRouteKind, RouteObject]),
+  ].sort((a, b) => routeOrder(a[1], b[1]));
+  for (const [kind, o] of routeObjects) {
+    const ns = o.metadata?.namespace ?? 'default';
+    if (!meshed.has(ns) || skip(kind, o)) continue;
+    const t = translateRoute(kind, o, faultsByNs.get(ns) ?? new Map(), (n, name) => captured.has(`${n}/${name}`));
+    if (t.refused) {
+      rejected.push({ origin: originOf(kind, o), problems: t.refused.problems });
+      continue;
+    }
+    if (!t.raw) continue;
+    for (const r of t.refs) warnings.push(`${kind} ${ns}/${o.metadata?.name}: ${r.message}`);
+    raw.routes.push(t.raw);
+    origins.routes.push(originOf(kind, o));
+  }
+
   return { raw, origins, rejected, warnings };
 }
 
@@ -685,7 +721,7 @@ export function blame(problems: readonly string[], origins: Origins): { blamed: 
     byKey.set(key, b);
   };
   for (const problem of problems) {
-    const m = problem.match(/^(namespaces|workloads|services|policies|requestAuthentications|nodes)(?:\[(\d+)\]|\.(\d+))(.*)$/);
+    const m = problem.match(/^(namespaces|workloads|services|policies|requestAuthentications|nodes|routes)(?:\[(\d+)\]|\.(\d+))(.*)$/);
     if (!m) {
       unattributed.push(problem);
       continue;
@@ -706,7 +742,7 @@ export function blame(problems: readonly string[], origins: Origins): { blamed: 
       unattributed.push(problem);
       continue;
     }
-    const custom = list === 'policies' || list === 'requestAuthentications';
+    const custom = list === 'policies' || list === 'requestAuthentications' || list === 'routes';
     add(origin, custom ? `spec${rest}` : `${list}[${index}]${rest}`);
   }
   return { blamed: [...byKey.values()], unattributed };

@@ -8,7 +8,8 @@
 import type { Duplex } from 'node:stream';
 import type { Cluster } from '../../cluster/cluster.js';
 import type { Endpoint } from '../../cluster/endpoint.js';
-import type { RetryPolicy } from '../../config/types.js';
+import type { HeaderModifier, RetryPolicy } from '../../config/types.js';
+import { modifyHeaderLines, modifyHeaders } from '../l7/routes/filters.js';
 import { WeftError } from '../../errors.js';
 import type { ConnContext } from '../context.js';
 import { L7Call, type CallHost } from '../l7/call.js';
@@ -91,6 +92,8 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   private staleRetried = false;
   private upstreamHead: string | undefined = undefined;
   private view_: RequestView | undefined = undefined;
+  /** The request target sent upstream when a route rewrote it (the access log keeps the received one). */
+  private upstreamPath: string | undefined = undefined;
 
   // --- the upstream side ---
   private waitingPool: EndpointPool | undefined = undefined;
@@ -182,6 +185,22 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
     this.upstreamHead = undefined;
   }
 
+  protected editRequest(target: string | undefined, mods: readonly HeaderModifier[]): void {
+    if (target !== undefined) this.upstreamPath = target;
+    if (mods.length === 0) return;
+    let edited: string[] = this.headers;
+    for (const m of mods) edited = modifyHeaders(edited, m);
+    // The body's framing was read from the received head and stays as it was.
+    const { contentLength, transferEncoding } = this;
+    this.headers.length = 0;
+    for (const x of edited) this.headers.push(x);
+    scanRequestHead(this.headers, this);
+    this.contentLength = contentLength;
+    this.transferEncoding = transferEncoding;
+    this.view_ = undefined;
+    this.upstreamHead = undefined;
+  }
+
   protected send(_ep: Endpoint): void {
     if (this.wantFullBody && !this.bodyComplete) {
       // Buffer the whole (small) body first, so that a retry can send it again.
@@ -225,7 +244,9 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
     this.closeAfter = close;
     const sock = this.down.sock;
     if (sock.writable) {
-      sock.write(simpleResponse(a.status, `content-type: text/plain\r\nx-weft-error: ${a.header}\r\n`, `${a.header}: ${a.message}\n`, { head: this.headRequest, close, keepAlive10: this.versionMinor === 0 }));
+      let extra = a.header === '' ? 'content-type: text/plain\r\n' : `content-type: text/plain\r\nx-weft-error: ${a.header}\r\n`;
+      if (a.headers !== undefined) for (const [k, v] of a.headers) extra += `${k}: ${v}\r\n`;
+      sock.write(simpleResponse(a.status, extra, a.header === '' ? `${a.message}\n` : `${a.header}: ${a.message}\n`, { head: this.headRequest, close, keepAlive10: this.versionMinor === 0 }));
     }
   }
 
@@ -272,7 +293,7 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   }
 
   private buildUpstreamHead(): string {
-    let head = `${this.method} ${this.path} HTTP/1.1\r\n${this.lines}`;
+    let head = `${this.method} ${this.upstreamPath ?? this.path} HTTP/1.1\r\n${this.lines}`;
     if (this.host === undefined) head += `host: ${this.ctx.origIp}:${this.ctx.origPort}\r\n`;
     if (this.upgrade !== undefined) {
       const settings = this.upgrade.toLowerCase().includes('h2c') ? this.headerValue('http2-settings') : undefined;
@@ -368,7 +389,7 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
     if (!this.responseHead(status, undefined)) return false;
     const v10 = this.versionMinor === 0;
     let close = !this.keepAlive || !this.bodyComplete || this.down.lastBeforeClose || this.callHost.draining;
-    let head = `HTTP/1.1 ${status} ${conn.reason}\r\n${conn.lines}`;
+    let head = `HTTP/1.1 ${status} ${conn.reason}\r\n${this.responseEdits === undefined ? conn.lines : modifyHeaderLines(conn.lines, this.responseEdits)}`;
     const te = conn.transferEncoding;
     if (this.headRequest || status === 204 || status === 304) {
       // No body; the framing headers still describe the entity.

@@ -17,6 +17,8 @@ import type { Duplex } from 'node:stream';
 import type { Cluster } from '../../cluster/cluster.js';
 import type { Endpoint } from '../../cluster/endpoint.js';
 import { WeftError } from '../../errors.js';
+import type { HeaderModifier } from '../../config/types.js';
+import { modifyHeaderObject } from '../l7/routes/filters.js';
 import type { ConnContext } from '../context.js';
 import type { EndpointPool, UpstreamConn, UpstreamUser } from '../http1/upstream.js';
 import { L7Call, type CallHost } from '../l7/call.js';
@@ -59,7 +61,9 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
   readonly protocol = 'h2';
   protected readonly callHost: H2Host;
   private readonly down: ServerHttp2Stream;
-  private readonly reqHeaders: IncomingHttpHeaders;
+  private reqHeaders: IncomingHttpHeaders;
+  /** The request target sent upstream when a route rewrote it (the access log keeps the received one). */
+  private upstreamPath: string | undefined = undefined;
   /** Upstream speaks HTTP/2 (else HTTP/1.1). */
   private readonly upstreamH2: boolean;
   private view_: RequestView | undefined = undefined;
@@ -132,6 +136,23 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
     this.removed = names;
   }
 
+  protected editRequest(target: string | undefined, mods: readonly HeaderModifier[]): void {
+    if (target !== undefined) {
+      this.upstreamPath = target;
+      this.reqHeaders = { ...this.reqHeaders, ':path': target };
+    }
+    for (const m of mods) {
+      const edited = modifyHeaderObject(this.reqHeaders, m);
+      // A Host rewrite is :authority in HTTP/2.
+      if (m.set.some((h) => h.name.toLowerCase() === 'host')) {
+        edited[':authority'] = edited.host as string;
+        delete edited.host;
+      }
+      this.reqHeaders = edited;
+    }
+    this.view_ = undefined;
+  }
+
   protected send(ep: Endpoint): void {
     this.written = 0;
     this.requestWritten = false;
@@ -180,8 +201,11 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
       d.respond(grpcTrailersOnly(a), { endStream: true });
       return;
     }
-    d.respond({ ':status': a.status, 'content-type': 'text/plain', 'x-weft-error': a.header });
-    d.end(this.headRequest ? undefined : `${a.header}: ${a.message}\n`);
+    const h: OutgoingHttpHeaders = { ':status': a.status, 'content-type': 'text/plain' };
+    if (a.header !== '') h['x-weft-error'] = a.header;
+    if (a.headers !== undefined) for (const [k, v] of a.headers) h[k] = v;
+    d.respond(h);
+    d.end(this.headRequest ? undefined : a.header === '' ? `${a.message}\n` : `${a.header}: ${a.message}\n`);
   }
 
   protected cut(): void {
@@ -297,7 +321,7 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
       if (k === 'te' && h[k] !== 'trailers') continue;
       headers[k] = h[k];
     }
-    if (headers[':authority'] === undefined) headers[':authority'] = this.authority ?? `${this.ctx.origIp}:${this.ctx.origPort}`;
+    if (headers[':authority'] === undefined) headers[':authority'] = (h.host as string | undefined) ?? this.authority ?? `${this.ctx.origIp}:${this.ctx.origPort}`;
     let up: ClientHttp2Stream;
     try {
       up = c.session.request(headers, { endStream: this.bodyComplete && this.chunks.length === 0 });
@@ -354,8 +378,9 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
     const g = rh['grpc-status'];
     const grpcStatus = g !== undefined ? Number(g) : undefined;
     if (!this.responseHead(status, trailersOnly ? grpcStatus : undefined)) return;
-    const out: OutgoingHttpHeaders = {};
+    let out: OutgoingHttpHeaders = {};
     for (const k in rh) if (!HOP.has(k)) out[k] = rh[k];
+    if (this.responseEdits !== undefined) out = modifyHeaderObject(out, this.responseEdits);
     const d = this.down;
     if (d.destroyed) return;
     if (trailersOnly) {
@@ -408,7 +433,8 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
   onConn(conn: UpstreamConn): void {
     this.waiting = undefined;
     this.h1 = conn;
-    let head = `${this.method} ${this.path} HTTP/1.1\r\nhost: ${this.authority ?? `${this.ctx.origIp}:${this.ctx.origPort}`}\r\n`;
+    const authority = (this.reqHeaders[':authority'] as string | undefined) ?? this.authority;
+    let head = `${this.method} ${this.upstreamPath ?? this.path} HTTP/1.1\r\nhost: ${authority ?? `${this.ctx.origIp}:${this.ctx.origPort}`}\r\n`;
     const h = this.reqHeaders;
     const removed = this.removed;
     for (const k in h) {
@@ -441,7 +467,7 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
 
   onResponseHead(conn: UpstreamConn): boolean {
     if (!this.responseHead(conn.status, undefined)) return false;
-    const out: OutgoingHttpHeaders = { ':status': conn.status };
+    let out: OutgoingHttpHeaders = { ':status': conn.status };
     for (const line of conn.lines.split('\r\n')) {
       const i = line.indexOf(':');
       if (i <= 0) continue;
@@ -452,6 +478,7 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
       out[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [String(prev), v];
     }
     if (conn.contentLength >= 0) out['content-length'] = conn.contentLength;
+    if (this.responseEdits !== undefined) out = modifyHeaderObject(out, this.responseEdits);
     const noBody = this.headRequest || conn.status === 204 || conn.status === 304;
     if (!this.down.destroyed) this.down.respond(out, { endStream: noBody });
     return true;

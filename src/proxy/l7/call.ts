@@ -30,10 +30,14 @@ import type { Transport } from '../transport.js';
 import { admit, release, settle, type Admission } from './admission.js';
 import { asWeftError, classifyFailure, endLease, takeLease, type AuthzVerdict, type L7Authorizer, type LeaseHolder } from './attempt.js';
 import type { HasRequestView, RequestView } from './request.js';
-import { answerFor, answeredOk, outlierResult, type Answer } from './respond.js';
+import { answerFor, answeredOk, grpcForHttp, outlierResult, type Answer } from './respond.js';
 import { maxAttemptsFor, retryAnswer, retryDelay, retryWanted, type RetryState } from './retry.js';
 import { pickBackend, routeRequest, type RouteDecision } from './route.js';
 import type { L7Telemetry, RequestRecord, TelemetryConn } from './telemetry.js';
+import type { HeaderModifier } from '../../config/types.js';
+import type { Mirror } from './mirror.js';
+import { modifyHeaders } from './routes/filters.js';
+import type { CompiledRule } from './routes/table.js';
 
 /** What the pipeline needs from the proxy that runs it. */
 export interface L7Deps {
@@ -42,6 +46,8 @@ export interface L7Deps {
   metrics: Metrics;
   log: Logger;
   authorize?: L7Authorizer;
+  /** Sends RequestMirror copies (routes); without it, mirrors are not sent. */
+  mirror?: Mirror;
 }
 
 export interface CallHost {
@@ -66,6 +72,8 @@ interface TryFailure {
 }
 
 const EMPTY_PICK: PickContext = {};
+/** Methods whose requests carry no body unless they say so (for mirrors of HTTP/2 requests). */
+const BODYLESS = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE']);
 
 export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, HasRequestView {
   // --- what the codec provides ---
@@ -95,6 +103,11 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
   protected abstract removeHeaders(names: readonly string[]): void;
   /** Could the request be sent again now (resilience `canReplay` on what the codec holds)? */
   protected abstract canReplayNow(): boolean;
+  /**
+   * A route rule's edits, before the first try: send `target` instead of the received
+   * request target (when defined), with these header edits applied in order.
+   */
+  protected abstract editRequest(target: string | undefined, mods: readonly HeaderModifier[]): void;
 
   // --- state ---
   started = false;
@@ -124,6 +137,11 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
 
   // route, admission, retry
   protected decision: RouteDecision | undefined = undefined;
+  /** The route rule that decided, if the port has routes (access logs name it). */
+  routeRule: CompiledRule | undefined = undefined;
+  /** ResponseHeaderModifier of the rule: the codec applies it to the response head it forwards. */
+  protected responseEdits: HeaderModifier | undefined = undefined;
+  private faultTimer: NodeJS.Timeout | undefined = undefined;
   private adm: Admission | undefined = undefined;
   private admOpen = false;
   private holdsRequest = false;
@@ -157,6 +175,86 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
       this.answer(early);
       return;
     }
+    if (!this.routeCall()) return;
+    const delay = this.decision!.plan?.delay ?? 0;
+    if (delay > 0) {
+      // Fault injection: hold the request; the client leaving meanwhile ends it (clientGone).
+      this.faultTimer = setTimeout(() => {
+        this.faultTimer = undefined;
+        if (!this.done) this.afterRoute();
+      }, delay);
+      return;
+    }
+    this.afterRoute();
+  }
+
+  /**
+   * The route stage: pick the rule and backend (route.ts), apply the rule's filters, send its
+   * mirrors. Answers and returns false when the rule answers itself (no_route, redirect).
+   */
+  private routeCall(): boolean {
+    let d: RouteDecision;
+    try {
+      d = this.decision = routeRequest(this.callHost.deps.clusters, this.ctx.target, this);
+    } catch (err) {
+      this.answerError(asWeftError(err));
+      return false;
+    }
+    if (d.rule === undefined) return true;
+    this.routeRule = d.rule;
+    if (d.redirect !== undefined) {
+      this.answer({ status: d.redirect.status, header: '', headers: [['location', d.redirect.location]], grpcStatus: grpcForHttp(d.redirect.status), message: `redirect to ${d.redirect.location}` });
+      return false;
+    }
+    const plan = d.plan!;
+    this.responseEdits = plan.rule.responseHeaders;
+    const mirror = this.callHost.deps.mirror;
+    if (plan.mirrors.length && mirror !== undefined) this.sendMirrors(plan.mirrors, plan.requestHeaders, plan.target, mirror);
+    if (plan.target !== undefined || plan.requestHeaders.length) this.editRequest(plan.target, plan.requestHeaders);
+    return true;
+  }
+
+  private sendMirrors(refs: readonly { name: string; port?: number }[], mods: readonly HeaderModifier[], target: string | undefined, mirror: Mirror): void {
+    const t = this.ctx.target;
+    if (t.kind !== 'service') return;
+    const v = this.view();
+    let headers: string[] = [];
+    for (const k in v.headers) {
+      const val = v.headers[k];
+      if (val === undefined || k.startsWith(':')) continue;
+      if (Array.isArray(val)) for (const x of val) headers.push(k, x);
+      else headers.push(k, val);
+    }
+    if (v.headers.host === undefined && v.authority !== undefined) headers.push('host', v.authority);
+    for (const m of mods) headers = modifyHeaders(headers, m);
+    const cl = v.headers['content-length'];
+    const hasBody = (cl !== undefined && cl !== '0') || v.headers['transfer-encoding'] !== undefined || (cl === undefined && !BODYLESS.has(v.method) && this.protocol !== 'http/1.1');
+    for (const ref of refs) {
+      const b = this.callHost.deps.clusters.forBackend(t.service.namespace, ref.name, ref.port ?? t.port.port);
+      if (b === undefined) continue;
+      mirror.send(b.cluster, this.ctx, { method: v.method, target: target ?? v.path, headers, hasBody });
+    }
+  }
+
+  /** The fault abort or a missing backend, answered; false when the request goes on. */
+  private answeredByRoute(): boolean {
+    const d = this.decision!;
+    const abort = d.plan?.abort;
+    if (abort !== undefined) {
+      this.answer({ status: abort, header: '', grpcStatus: grpcForHttp(abort), message: 'fault filter abort' });
+      return true;
+    }
+    if (d.noBackend !== undefined) {
+      this.answerError(new WeftError('WEFT_ERR_NO_BACKEND', d.noBackend));
+      return true;
+    }
+    return false;
+  }
+
+  /** After the route stage (and a fault delay): the fault abort, admission, limits, the first try. */
+  private afterRoute(): void {
+    const d = this.decision!;
+    if (this.answeredByRoute()) return;
     if (!this.admitCall()) return;
     const cluster = this.cluster!;
     if (!cluster.limits.tryStartRequest()) {
@@ -165,20 +263,30 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
       return;
     }
     this.holdsRequest = true;
-    const d = this.decision!;
     const retries = (this.retries = d.retries);
     this.maxAttempts = maxAttemptsFor(retries, this.planReplay(retries));
-    // grpc-timeout is the call's deadline: the smaller of it and the request timeout.
+    // grpc-timeout is the call's deadline: the smaller of it and the request timeout. Both
+    // count from here: an injected delay is not the upstream's time (as in Envoy's router).
     const own = this.callTimeout;
     const t = own > 0 && (d.timeout <= 0 || own < d.timeout) ? own : d.timeout;
-    this.deadline = t > 0 ? this.startedAt + t : Infinity;
-    if (own > 0) this.callDeadline = this.startedAt + own;
+    const now = performance.now();
+    this.deadline = t > 0 ? now + t : Infinity;
+    if (own > 0) this.callDeadline = now + own;
     const hashOn = cluster.policy.loadBalancer.hashOn;
     if (hashOn?.header) {
       const v = this.headerValue(hashOn.header);
       if (v !== undefined) this.hash = hashKey(v);
     } else if (hashOn?.sourceIp) this.hash = hashKey(this.ctx.sourceIp);
     this.pickAndSend();
+  }
+
+  /** The access log's `route` (`ns/name`) and `rule` (name or index), when a route decided. */
+  get routeName(): string | undefined {
+    return this.routeRule?.routeName;
+  }
+
+  get ruleName(): string | undefined {
+    return this.routeRule?.ruleName;
   }
 
   /** An answer to give before routing (a request the codec cannot forward), or undefined. */
@@ -201,8 +309,7 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
   protected admitCall(): boolean {
     let adm: Admission;
     try {
-      const d = (this.decision = routeRequest(this.callHost.deps.clusters, this.ctx.target, this));
-      adm = admit(pickBackend(d));
+      adm = admit(pickBackend(this.decision!));
     } catch (err) {
       this.answerError(asWeftError(err));
       return false;
@@ -510,6 +617,10 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
     if (this.done) return;
     this.done = true;
     this.gen++;
+    if (this.faultTimer !== undefined) {
+      clearTimeout(this.faultTimer);
+      this.faultTimer = undefined;
+    }
     if (this.timer !== undefined) {
       clearTimeout(this.timer);
       this.timer = undefined;

@@ -9,11 +9,14 @@ import { outlierResultForStatus, type OutlierResult } from '../../health/outlier
 
 export interface Answer {
   readonly status: number;
-  /** The `x-weft-error` value. */
+  /** The `x-weft-error` value; '' for an answer that is not an error of the agent (a route's redirect or injected fault). */
   readonly header: string;
   readonly grpcStatus: number;
   readonly message: string;
-  readonly code: WeftErrorCode;
+  /** Absent for a route's redirect or injected fault (no error in the access log). */
+  readonly code?: WeftErrorCode;
+  /** More headers of the answer (a redirect's `location`). */
+  readonly headers?: readonly (readonly [string, string])[];
 }
 
 const UNKNOWN = { header: 'upstream_reset', status: 503, grpc: 14 };
@@ -35,7 +38,9 @@ export function errorHeader(code: WeftErrorCode): string {
 
 /** The headers of a trailers-only gRPC answer. */
 export function grpcTrailersOnly(a: Answer): Record<string, string | number> {
-  return { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': a.grpcStatus, 'grpc-message': encodeURIComponent(a.message), 'x-weft-error': a.header };
+  const h: Record<string, string | number> = { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': a.grpcStatus, 'grpc-message': encodeURIComponent(a.message) };
+  if (a.header !== '') h['x-weft-error'] = a.header;
+  return h;
 }
 
 /** gRPC's mapping of an HTTP status that did not come with a grpc-status (doc/http-grpc-status-mapping.md). */

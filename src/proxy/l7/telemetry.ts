@@ -73,6 +73,9 @@ export interface RequestRecord {
   readonly grpcStatus: number | undefined;
   /** `http/1.1` or `h2`. */
   readonly protocol: string;
+  /** The route (`ns/name`) and rule (name or index) that decided, on a port with routes. */
+  readonly routeName?: string | undefined;
+  readonly ruleName?: string | undefined;
 }
 
 export class L7Telemetry {
@@ -126,6 +129,8 @@ export class L7Telemetry {
         duration_ms: Math.round(secs * 100000) / 100,
         error: error ? errorHeader(error) : undefined,
         reason,
+        route: r.routeName,
+        rule: r.ruleName,
       },
       'access',
     );
