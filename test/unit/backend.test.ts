@@ -135,7 +135,7 @@ t.test('/_ctl/size pads bodies to N bytes; /_ctl/reset restores defaults', async
   t.equal(backend.state.requests, 3);
   await get(agent, `${base}/_ctl/fail`);
   await get(agent, `${base}/_ctl/reset`);
-  t.same(backend.state, { failStatus: null, delayMs: 0, healthy: true, sizeBytes: 0, requests: 0 });
+  t.same(backend.state, { failStatus: null, delayMs: 0, healthy: true, sizeBytes: 0, requests: 0, grpcFail: null, calls: 0 });
   t.equal((await get(agent, `${base}/x`)).status, 200);
 });
 
