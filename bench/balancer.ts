@@ -151,15 +151,10 @@ export async function benchBalancers(types: readonly LoadBalancerType[] = BALANC
 
 /** The rows as a markdown table. */
 export function formatBalancerTable(rows: readonly Row[]): string {
-  const lines = [
-    '| algorithm | endpoints | ns/pick (wall) | ns/pick (cpu) | setEndpoints (µs, cpu) |',
-    '|---|---:|---:|---:|---:|',
-  ];
+  const lines = ['| algorithm | endpoints | ns/pick (wall) | ns/pick (cpu) | setEndpoints (µs, cpu) |', '|---|---:|---:|---:|---:|'];
   for (const r of rows) {
     const rebuild = r.rebuildUs === undefined ? '' : r.rebuildUs.toFixed(0);
-    lines.push(
-      `| ${r.algorithm} | ${r.endpoints} | ${r.nsPerPick.toFixed(1)} | ${r.cpuNsPerPick.toFixed(1)} | ${rebuild} |`,
-    );
+    lines.push(`| ${r.algorithm} | ${r.endpoints} | ${r.nsPerPick.toFixed(1)} | ${r.cpuNsPerPick.toFixed(1)} | ${rebuild} |`);
   }
   return lines.join('\n');
 }

@@ -57,16 +57,44 @@ function parseArgs(argv: string[]): Args {
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     switch (argv[i]) {
-      case '--proxy': a.proxies = v!.split(','); i++; break;
-      case '--backend': a.backend = v as Args['backend']; i++; break;
-      case '--duration': a.duration = Number(v); i++; break;
-      case '--connections': a.connections = Number(v); i++; break;
-      case '--runs': a.runs = Number(v); i++; break;
-      case '--proxy-cpu': a.proxyCpu = v!; i++; break;
-      case '--load-cpu': a.loadCpu = v!; i++; break;
-      case '--log': a.log = v; i++; break;
-      case '--cpu-prof': a.cpuProf = v; i++; break;
-      default: throw new Error(`unknown argument ${argv[i]}`);
+      case '--proxy':
+        a.proxies = v!.split(',');
+        i++;
+        break;
+      case '--backend':
+        a.backend = v as Args['backend'];
+        i++;
+        break;
+      case '--duration':
+        a.duration = Number(v);
+        i++;
+        break;
+      case '--connections':
+        a.connections = Number(v);
+        i++;
+        break;
+      case '--runs':
+        a.runs = Number(v);
+        i++;
+        break;
+      case '--proxy-cpu':
+        a.proxyCpu = v!;
+        i++;
+        break;
+      case '--load-cpu':
+        a.loadCpu = v!;
+        i++;
+        break;
+      case '--log':
+        a.log = v;
+        i++;
+        break;
+      case '--cpu-prof':
+        a.cpuProf = v;
+        i++;
+        break;
+      default:
+        throw new Error(`unknown argument ${argv[i]}`);
     }
   }
   return a;
@@ -358,11 +386,11 @@ services:
             ? pino(opts, pino.destination({ dest: 1, sync: true, minLength: 32768, maxWrite: 65536 }))
             : logMode === 'buf'
               ? pino(opts, pino.destination({ dest: 1, sync: false, minLength: 4096, contentMode: 'buffer', periodicFlush: 100 } as never))
-            : logMode === 'batch'
-              ? pino(opts, batchDest())
-            : logMode === 'unbuffered'
-              ? pino(opts, pino.destination({ dest: 1, sync: false }))
-              : createLogger('info');
+              : logMode === 'batch'
+                ? pino(opts, batchDest())
+                : logMode === 'unbuffered'
+                  ? pino(opts, pino.destination({ dest: 1, sync: false }))
+                  : createLogger('info');
   const clusters = new ClusterManager(state, metrics, log);
   clusters.sync();
   const enforcer = new Enforcer(state, metrics, log);

@@ -53,7 +53,10 @@ function parseCli(argv: string[]) {
     },
     strict: true,
   });
-  const only = (values.only ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  const only = (values.only ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   const known = new Set<string>([...SCENARIOS, ...SECTIONS]);
   const unknown = only.filter((s) => !known.has(s));
   if (unknown.length) throw new Error(`--only: unknown ${unknown.join(', ')} (known: ${[...known].join(', ')})`);
@@ -82,7 +85,9 @@ async function main(): Promise<number> {
     return 2;
   }
   if (cli.help) {
-    log('usage: node dist/bench/run.js [--quick] [--only=direct,l7,l7all,l4,nginx,haproxy,pipe,fastify,throughput,connrate,churn,memory,balancers,tunnel] [--out=DIR] [--agent-log-level=LEVEL] [--duration=S] [--rounds=N]');
+    log(
+      'usage: node dist/bench/run.js [--quick] [--only=direct,l7,l7all,l4,nginx,haproxy,pipe,fastify,throughput,connrate,churn,memory,balancers,tunnel] [--out=DIR] [--agent-log-level=LEVEL] [--duration=S] [--rounds=N]',
+    );
     return 0;
   }
   if (process.getuid?.() !== 0) {
@@ -96,8 +101,7 @@ async function main(): Promise<number> {
   const started = Date.now();
   const repo = repoRoot();
   const quick = cli.quick;
-  const wants = (section: string, scenarios: readonly string[] = []): boolean =>
-    cli.only.length === 0 || cli.only.includes(section) || scenarios.some((s) => cli.only.includes(s));
+  const wants = (section: string, scenarios: readonly string[] = []): boolean => cli.only.length === 0 || cli.only.includes(section) || scenarios.some((s) => cli.only.includes(s));
   const scenarios: ScenarioKey[] = SCENARIOS.filter((k) => cli.only.length === 0 || cli.only.includes('throughput') || cli.only.includes(k));
   // Rounds after a scenario's first run against the same (warm) process need only a short warm-up.
   const rounds = cli.rounds ?? (quick ? 1 : 5);
@@ -117,7 +121,12 @@ async function main(): Promise<number> {
   const full = !quick && cli.only.length === 0 && cli.duration === undefined && cli.rounds === undefined;
   const outDir = cli.out ?? (full ? join(repo, 'docs', 'benchmarks') : join(tmpdir(), 'weft-bench-out'));
 
-  const missingBuild = [join(repo, 'dist', 'src', 'cli.js'), join(repo, 'build', 'bpf', 'connect4.bpf.o'), join(repo, 'dist', 'bench', 'peers', 'fastify-proxy.js'), join(repo, 'dist', 'bench', 'peers', 'node-pipe.js')].filter((p) => !existsSync(p));
+  const missingBuild = [
+    join(repo, 'dist', 'src', 'cli.js'),
+    join(repo, 'build', 'bpf', 'connect4.bpf.o'),
+    join(repo, 'dist', 'bench', 'peers', 'fastify-proxy.js'),
+    join(repo, 'dist', 'bench', 'peers', 'node-pipe.js'),
+  ].filter((p) => !existsSync(p));
   if (missingBuild.length) {
     log(`bench: not built (${missingBuild.join(', ')} missing): run \`npm run bench\`, which builds first`);
     return 1;

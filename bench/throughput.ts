@@ -239,11 +239,7 @@ function agentConfig(node: TopoNode, client: TopoPod, backend: TopoPod, stateDir
  * node namespace) could hold 10.77.0.1:18080 when nginx comes to bind it.
  */
 async function tuneNetns(topo: Topology, netns: string): Promise<void> {
-  await topo.sysctl(netns, [
-    'net.ipv4.ip_local_port_range=1024 65535',
-    'net.ipv4.ip_local_reserved_ports=8080,15000-15020,18080-18083',
-    'net.ipv4.tcp_tw_reuse=1',
-  ]);
+  await topo.sysctl(netns, ['net.ipv4.ip_local_port_range=1024 65535', 'net.ipv4.ip_local_reserved_ports=8080,15000-15020,18080-18083', 'net.ipv4.tcp_tw_reuse=1']);
 }
 
 /** Until the backend answers (nginx prints nothing when it is up). */
@@ -252,7 +248,8 @@ async function waitBackend(client: TopoPod, backend: ManagedProcess): Promise<vo
   for (;;) {
     const r = await client.curl(`http://${BACKEND_IP}:${BACKEND_PORT}/`, ['--max-time', '2']);
     if (r.status === 200) return;
-    if (backend.child.exitCode !== null || backend.child.signalCode !== null || Date.now() > deadline) throw new Error(`the backend (nginx) did not come up: status ${r.status}, curl ${r.code} ${r.stderr.trim()} ${backend.output().slice(-400)}`);
+    if (backend.child.exitCode !== null || backend.child.signalCode !== null || Date.now() > deadline)
+      throw new Error(`the backend (nginx) did not come up: status ${r.status}, curl ${r.code} ${r.stderr.trim()} ${backend.output().slice(-400)}`);
     await new Promise((res) => setTimeout(res, 100));
   }
 }
@@ -521,7 +518,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
         }
         if (agentKeys.includes('l4') && agent) {
           const p = report.l4Path;
-          if (!p) report.notes.push('weft L4 path: unknown (the agent\'s /config_dump could not be read during the L4 warm-up)');
+          if (!p) report.notes.push("weft L4 path: unknown (the agent's /config_dump could not be read during the L4 warm-up)");
           else if (p.socketLb) {
             const seen = p.openDuringWarmup === undefined ? '' : `; ${p.openDuringWarmup} balanced connections open during the warm-up, wrk holding ${o.connections}`;
             report.notes.push(`weft L4 path: socket LB (connect4 balances; the agent is off the data path): /config_dump shows ${L4_CLUSTER} balanced over ${p.slots ?? '?'} slot(s)${seen}`);
@@ -537,7 +534,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
     if (agentKeys.includes('direct')) {
       report.notes.push(
         agentRan
-          ? 'direct is measured while the agent runs, in turns with weft L4 and L7: the client\'s cgroup carries the eBPF programs in every round, and the backend pod\'s IP is not redirected. That is the fair baseline for what the L4 path adds (no round of direct before the agent started)'
+          ? "direct is measured while the agent runs, in turns with weft L4 and L7: the client's cgroup carries the eBPF programs in every round, and the backend pod's IP is not redirected. That is the fair baseline for what the L4 path adds (no round of direct before the agent started)"
           : 'direct is measured without the agent (it did not start)',
       );
     }

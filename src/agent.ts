@@ -8,7 +8,7 @@ import { AdminServer } from './admin/server.js';
 import { HttpProxy } from './proxy/http.js';
 import { Mirror } from './proxy/l7/mirror.js';
 import { describeRoutes } from './proxy/l7/route-dump.js';
-import { OutboundListener } from './proxy/outbound.js';
+import type { OutboundListener } from './proxy/outbound.js';
 import { MeshTransport } from './proxy/transport.js';
 import type { ConnContext, OrigDstLookup, SourceLookup } from './proxy/context.js';
 import type { Endpoint } from './cluster/endpoint.js';
@@ -158,8 +158,7 @@ export class Agent {
 
     const enforcer = (this.enforcer = new Enforcer(this.state, this.metrics, log));
     // Same-node traffic is authorized here, where the destination lives (as in outboundPlane()).
-    const authorizeHttp = (ctx: ConnContext, ep: Endpoint, req: RequestView) =>
-      enforcer.http(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep, req);
+    const authorizeHttp = (ctx: ConnContext, ep: Endpoint, req: RequestView) => enforcer.http(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep, req);
     // RequestMirror copies of routed requests (fire-and-forget, bounded in flight).
     const mirror = (this.mirror = new Mirror(this.transport, log.child({ component: 'mirror' })));
     this.tunnelHttp = new HttpProxy({
@@ -173,8 +172,7 @@ export class Agent {
     const capture = this.opts.capture ?? true;
     const origDst: OrigDstLookup | undefined = this.opts.origDst ?? (capture ? (s) => this.datapath!.origDst(s) : undefined);
     if (!origDst) throw new Error('capture is off and no original-destination lookup was given');
-    const source: SourceLookup =
-      this.opts.sourceLookup ?? ((od) => (od.cgroupId !== undefined ? this.capture?.workloadByCgroupId(od.cgroupId) : undefined));
+    const source: SourceLookup = this.opts.sourceLookup ?? ((od) => (od.cgroupId !== undefined ? this.capture?.workloadByCgroupId(od.cgroupId) : undefined));
     const plane = outboundPlane({
       state: this.state,
       clusters: this.clusters,
@@ -651,4 +649,3 @@ export class Agent {
     this.resolveFinished();
   }
 }
-

@@ -63,13 +63,7 @@ export interface LogHit {
  * Poll the log file from byte `from` until a JSON line satisfies `match`.
  * @throws after `timeoutMs`.
  */
-export async function waitLogLine(
-  file: string,
-  from: number,
-  match: (line: Record<string, unknown>) => boolean,
-  timeoutMs = 30_000,
-  pollMs = 5,
-): Promise<LogHit> {
+export async function waitLogLine(file: string, from: number, match: (line: Record<string, unknown>) => boolean, timeoutMs = 30_000, pollMs = 5): Promise<LogHit> {
   const deadline = Date.now() + timeoutMs;
   let offset = from;
   let pending = '';

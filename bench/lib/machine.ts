@@ -18,7 +18,10 @@ export interface MachineInfo {
 
 async function firstLine(cmd: string, args: string[]): Promise<string> {
   const r = await exec(cmd, args, { timeoutMs: 10_000 });
-  const text = `${r.stdout}\n${r.stderr}`.split('\n').map((l) => l.trim()).find((l) => l.length > 0);
+  const text = `${r.stdout}\n${r.stderr}`
+    .split('\n')
+    .map((l) => l.trim())
+    .find((l) => l.length > 0);
   return r.code === null && !text ? 'unavailable' : (text ?? 'unavailable');
 }
 

@@ -148,13 +148,7 @@ export function startPeer(node: TopoNode, name: PeerName, o: PeerOptions): Runni
     }
     case 'fastify': {
       const script = join(repoRoot(), 'dist', 'bench', 'peers', 'fastify-proxy.js');
-      return spawnPinned(
-        node,
-        name,
-        o.cpu,
-        [process.execPath, script, '--listen', `${o.listenHost}:${o.listenPort}`, '--upstream', `http://${o.upstreamHost}:${o.upstreamPort}`],
-        logFile,
-      );
+      return spawnPinned(node, name, o.cpu, [process.execPath, script, '--listen', `${o.listenHost}:${o.listenPort}`, '--upstream', `http://${o.upstreamHost}:${o.upstreamPort}`], logFile);
     }
     case 'pipe': {
       const script = join(repoRoot(), 'dist', 'bench', 'peers', 'node-pipe.js');

@@ -287,7 +287,7 @@ function renderUnknown(v: unknown): string {
   const rows = Array.isArray(v) ? v : v && typeof v === 'object' && Array.isArray((v as { rows?: unknown }).rows) ? (v as { rows: unknown[] }).rows : undefined;
   if (rows && rows.length > 0 && rows.every((r) => r && typeof r === 'object')) {
     const cols = [...new Set(rows.flatMap((r) => Object.keys(r as object)))];
-    const cell = (x: unknown): string => (typeof x === 'number' ? (Number.isInteger(x) ? String(x) : x.toFixed(3)) : oneLine(typeof x === 'string' ? x : JSON.stringify(x) ?? ''));
+    const cell = (x: unknown): string => (typeof x === 'number' ? (Number.isInteger(x) ? String(x) : x.toFixed(3)) : oneLine(typeof x === 'string' ? x : (JSON.stringify(x) ?? '')));
     return [`| ${cols.join(' | ')} |`, `|${cols.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${cols.map((c) => cell((r as Record<string, unknown>)[c])).join(' | ')} |`)].join('\n');
   }
   return `\`\`\`json\n${JSON.stringify(v, null, 2)}\n\`\`\``;
@@ -336,11 +336,15 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
   out.push(`Written by \`npm run bench\` (bench/run.ts)${mode.quick ? ' in --quick mode' : ''}${mode.only.length ? ` with --only=${mode.only.join(',')}` : ''}, in ${r.elapsedS.toFixed(0)} s.`, '');
   out.push(
     'Run it as root: `npm run bench` (about 7 minutes on an idle machine, up to about 10 when it has to wait for other work; writes this file, latest.svg and latest.json here), `npm run bench -- --quick` (about a minute and a half, writes to a temp dir), ' +
-      '`--only=direct,l7,l7all,l4,nginx,haproxy,pipe,fastify,connrate,churn,memory,balancers,tunnel` for parts, `--rounds=N` for more or fewer throughput rounds (default 5, 1 with --quick), `--out=DIR`, `--agent-log-level=warn` to take the access log out of the agent\'s cost.',
+      "`--only=direct,l7,l7all,l4,nginx,haproxy,pipe,fastify,connrate,churn,memory,balancers,tunnel` for parts, `--rounds=N` for more or fewer throughput rounds (default 5, 1 with --quick), `--out=DIR`, `--agent-log-level=warn` to take the access log out of the agent's cost.",
     '',
   );
   out.push(`- machine: ${m.cpuModel}, ${m.nproc} cores, ${m.memoryGiB} GiB, Linux ${m.kernel}`);
-  out.push(`- software: Node ${m.node}; ${Object.entries(m.tools).map(([k, v]) => `${k} ${v.replace(/^(nginx version: |HAProxy version |wrk )/, '')}`).join('; ')}`);
+  out.push(
+    `- software: Node ${m.node}; ${Object.entries(m.tools)
+      .map(([k, v]) => `${k} ${v.replace(/^(nginx version: |HAProxy version |wrk )/, '')}`)
+      .join('; ')}`,
+  );
   out.push(`- commit: ${m.commit}${m.dirty ? ' (the work tree had uncommitted changes to tracked files)' : ''}`);
   out.push(`- date: ${m.date}`, '');
 
@@ -351,7 +355,7 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
     out.push(
       `wrk \`-t1 -c${mode.connections} -d${mode.durationS}s --latency\` inside the client pod, pinned with the backend to core ${mode.clientCpu}; the proxy under test alone on core ${mode.proxyCpu} (this machine has ${m.nproc} cores: the client and the backend share the other one). ` +
         'Client pod -> proxy on the node -> backend pod (nginx serving a static file, so that the proxy is what limits), 1 KiB responses, keep-alive connections. ' +
-        'CPU per request is the proxy process tree\'s utime + stime over the measured run divided by its requests, and "cores used" that CPU over the run\'s wall time; the ratios to nginx and to the raw Node.js pipe (Node\'s floor: net.Socket.pipe both ways, no parsing) come from this same run. ' +
+        "CPU per request is the proxy process tree's utime + stime over the measured run divided by its requests, and \"cores used\" that CPU over the run's wall time; the ratios to nginx and to the raw Node.js pipe (Node's floor: net.Socket.pipe both ways, no parsing) come from this same run. " +
         'weft is reached through eBPF capture (the client dials a service VIP); the peers listen on the node address. ' +
         'Errors are socket errors plus non-2xx/3xx responses, over every round. Proxy CPU is utime + stime of the proxy process tree over the measured run.',
       '',
@@ -369,9 +373,7 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
           : [];
     const noisy = t.scenarios.flatMap(runsOf).filter((x) => x.cores.foreignCores > 0.1 || !x.cores.quiet);
     const notes = [...t.notes];
-    const paired = (['l4', 'l7'] as const)
-      .map((k) => ({ s: byKey(t, k), p: pairedRatios(byKey(t, k), byKey(t, 'direct')) }))
-      .filter((x) => x.p !== undefined);
+    const paired = (['l4', 'l7'] as const).map((k) => ({ s: byKey(t, k), p: pairedRatios(byKey(t, k), byKey(t, 'direct')) })).filter((x) => x.p !== undefined);
     if (paired.length) {
       notes.push(
         `vs direct round by round (the ratio within each round, whose runs follow one another, so that a shift of the machine between rounds cancels out): ${paired.map((x) => `${x.s!.name} ${pairedText(x.p!)}`).join('; ')}. ` +
@@ -465,9 +467,13 @@ export function toSvg(r: BenchReport): string {
   parts.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
   const m = r.machine;
   parts.push(`<text x="16" y="24" font-size="15" font-weight="bold">Requests per second through the capture path (1 KiB responses, ${r.mode.connections} keep-alive connections)</text>`);
-  parts.push(`<text x="16" y="44" fill="#555" font-size="11">${esc(`client pod -> proxy on the node -> backend pod; wrk and the backend on core ${r.mode.clientCpu}, the proxy alone on core ${r.mode.proxyCpu}`)}</text>`);
+  parts.push(
+    `<text x="16" y="44" fill="#555" font-size="11">${esc(`client pod -> proxy on the node -> backend pod; wrk and the backend on core ${r.mode.clientCpu}, the proxy alone on core ${r.mode.proxyCpu}`)}</text>`,
+  );
   if (rounds > 1) parts.push(`<text x="16" y="76" fill="#555" font-size="11">${esc(`bars: each scenario's median of ${rounds} alternating rounds; ticks: every round`)}</text>`);
-  parts.push(`<text x="16" y="60" fill="#555" font-size="11">${esc(`${m.cpuModel}, ${m.nproc} cores; Linux ${m.kernel}; Node ${m.node}; commit ${m.commit}${m.dirty ? ' (dirty)' : ''}; ${m.date.slice(0, 10)}`)}</text>`);
+  parts.push(
+    `<text x="16" y="60" fill="#555" font-size="11">${esc(`${m.cpuModel}, ${m.nproc} cores; Linux ${m.kernel}; Node ${m.node}; commit ${m.commit}${m.dirty ? ' (dirty)' : ''}; ${m.date.slice(0, 10)}`)}</text>`,
+  );
   // Grid: 5 ticks.
   const step = niceStep(max / 5);
   for (let v = 0; v <= max; v += step) {

@@ -20,15 +20,7 @@ export interface Running {
 }
 
 /** `argv` in the node namespace, on core `cpu` (or a taskset list such as '0-1'), stdout and stderr appended to `logFile`. */
-export function spawnPinned(
-  node: TopoNode,
-  name: string,
-  cpu: number | string,
-  argv: string[],
-  logFile: string,
-  env?: NodeJS.ProcessEnv,
-  cgroup?: string,
-): Running {
+export function spawnPinned(node: TopoNode, name: string, cpu: number | string, argv: string[], logFile: string, env?: NodeJS.ProcessEnv, cgroup?: string): Running {
   const proc = node.spawn('sh', ['-c', 'log=$1; shift; exec taskset -c "$@" >>"$log" 2>&1', 'weft-bench', logFile, String(cpu), ...argv], {
     env,
     label: name,

@@ -88,7 +88,10 @@ export class Enforcer {
   private unknownDestination(peer: PeerIdentity, ep: Endpoint, protocol: string): Decision {
     const d: Decision = { allowed: false, policy: 'unknown-destination' };
     this.metrics.authzDenied.inc({ policy: d.policy! });
-    this.log.warn({ policy: d.policy, protocol, src: peer.principal, src_ip: peer.ip, endpoint: ep.id, dst: `${ep.info.namespace}/${ep.info.workload}` }, 'refused: the destination workload is unknown (fail closed)');
+    this.log.warn(
+      { policy: d.policy, protocol, src: peer.principal, src_ip: peer.ip, endpoint: ep.id, dst: `${ep.info.namespace}/${ep.info.workload}` },
+      'refused: the destination workload is unknown (fail closed)',
+    );
     return d;
   }
 

@@ -198,12 +198,7 @@ function present<T>(list: readonly T[] | undefined): list is readonly T[] {
 }
 
 /** A positive (`x`) or negative (`notX`) condition over an optional string attribute. */
-function stringCondition(
-  http: boolean,
-  get: (ctx: EvalContext) => string | undefined,
-  m: StringMatcher,
-  negate: boolean,
-): Condition {
+function stringCondition(http: boolean, get: (ctx: EvalContext) => string | undefined, m: StringMatcher, negate: boolean): Condition {
   return negate
     ? {
         http,

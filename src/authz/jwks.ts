@@ -177,10 +177,7 @@ export abstract class KeySet {
     } catch (err) {
       this.lastError = (err as Error).message;
       this.onFailure();
-      this.opts.logger?.warn(
-        { source: this.source, err: this.lastError, keepingLastGood: this.resolver !== undefined },
-        'jwks load failed',
-      );
+      this.opts.logger?.warn({ source: this.source, err: this.lastError, keepingLastGood: this.resolver !== undefined }, 'jwks load failed');
     }
   }
 

@@ -18,32 +18,12 @@ import { decodeJwt, decodeProtectedHeader, errors, jwtVerify, type JWTPayload, t
 import { ConfigError } from '../errors.js';
 import type { JwtRule, RequestAuthentication } from '../config/types.js';
 import { workloadKey, type WorkloadRef } from './engine.js';
-import {
-  DEFAULT_KEY_SET_OPTIONS,
-  FileKeySet,
-  UriKeySet,
-  type AuthnLogger,
-  type KeySet,
-  type KeySetOptions,
-  type KeySetStatus,
-} from './jwks.js';
+import { DEFAULT_KEY_SET_OPTIONS, FileKeySet, UriKeySet, type AuthnLogger, type KeySet, type KeySetOptions, type KeySetStatus } from './jwks.js';
 
 export type { AuthnLogger, KeySetStatus } from './jwks.js';
 
 /** Signature algorithms accepted by default: asymmetric only (never `none`, never HS*). */
-export const DEFAULT_JWT_ALGORITHMS: readonly string[] = Object.freeze([
-  'RS256',
-  'RS384',
-  'RS512',
-  'PS256',
-  'PS384',
-  'PS512',
-  'ES256',
-  'ES384',
-  'ES512',
-  'EdDSA',
-  'Ed25519',
-]);
+export const DEFAULT_JWT_ALGORITHMS: readonly string[] = Object.freeze(['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519']);
 
 export interface JwtAuthenticatorOptions extends Partial<KeySetOptions> {
   /** Clock skew tolerated on `exp` / `nbf`, seconds. Default 60 (Envoy's default). */
@@ -166,7 +146,6 @@ function selects(a: CompiledAuthn, w: WorkloadRef): boolean {
   for (const [k, v] of a.selector) if (w.labels[k] !== v) return false;
   return true;
 }
-
 
 /** Reads a token from one header; undefined = no token, null = unusable (malformed). */
 function extractToken(headers: HeaderMap, header: string): string | undefined | null {
@@ -375,11 +354,7 @@ export class JwtAuthenticator {
   }
 
   /** Verifies against one rule; a reason string on failure. */
-  private async verifyWithRule(
-    token: string,
-    rule: CompiledRule,
-    now: number,
-  ): Promise<{ payload: JWTPayload; generation: number } | string> {
+  private async verifyWithRule(token: string, rule: CompiledRule, now: number): Promise<{ payload: JWTPayload; generation: number } | string> {
     const ks = rule.keys;
     if (ks.resolver === undefined) await ks.initial;
     for (let attempt = 0; ; attempt++) {

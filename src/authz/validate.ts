@@ -7,14 +7,7 @@
 import { parseCidr } from './cidr.js';
 import { normalizePath, validatePattern } from './match.js';
 
-const SOURCE_PATTERN_FIELDS = [
-  'principals',
-  'notPrincipals',
-  'namespaces',
-  'notNamespaces',
-  'requestPrincipals',
-  'notRequestPrincipals',
-] as const;
+const SOURCE_PATTERN_FIELDS = ['principals', 'notPrincipals', 'namespaces', 'notNamespaces', 'requestPrincipals', 'notRequestPrincipals'] as const;
 const SOURCE_CIDR_FIELDS = ['ipBlocks', 'notIpBlocks'] as const;
 const SOURCE_FIELDS = new Set<string>([...SOURCE_PATTERN_FIELDS, ...SOURCE_CIDR_FIELDS]);
 
@@ -37,13 +30,7 @@ function unknownFields(obj: Record<string, unknown>, known: Set<string>, path: s
 }
 
 /** A list field: absent is fine; otherwise each element is checked by `each`. */
-function checkList(
-  obj: Record<string, unknown>,
-  field: string,
-  path: string,
-  out: string[],
-  each: (v: unknown, p: string) => string | undefined,
-): void {
+function checkList(obj: Record<string, unknown>, field: string, path: string, out: string[], each: (v: unknown, p: string) => string | undefined): void {
   const list = obj[field];
   if (list === undefined) return;
   const p = `${path}.${field}`;

@@ -23,15 +23,7 @@ export { MaglevBalancer, DEFAULT_TABLE_SIZE, type MaglevOptions } from './maglev
 export type { WeightedRoundRobinOptions } from './weighted-round-robin.js';
 
 /** Every `trafficPolicy.loadBalancer.type`, in DESIGN.md's order. */
-export const BALANCER_TYPES: readonly LoadBalancerType[] = [
-  'random',
-  'round-robin',
-  'weighted-round-robin',
-  'least-request',
-  'peak-ewma',
-  'ring-hash',
-  'maglev',
-];
+export const BALANCER_TYPES: readonly LoadBalancerType[] = ['random', 'round-robin', 'weighted-round-robin', 'least-request', 'peak-ewma', 'ring-hash', 'maglev'];
 
 /** The types that read `PickContext.hash` (and so want `hashOn`). */
 export const HASH_BALANCER_TYPES: readonly LoadBalancerType[] = ['ring-hash', 'maglev'];

@@ -10,13 +10,7 @@ const LOOKAHEAD = 8;
  * the endpoints passed over handles anything else, so a reordered list is still matched
  * exactly. Avoids building a 10,000-entry Map on every health change.
  */
-export function matchPrevious(
-  prev: readonly Endpoint[],
-  m: number,
-  next: readonly Endpoint[],
-  n: number,
-  out: Int32Array,
-): void {
+export function matchPrevious(prev: readonly Endpoint[], m: number, next: readonly Endpoint[], n: number, out: Int32Array): void {
   let skipped: Map<Endpoint, number> | undefined;
   let misses = 0;
   let j = 0;

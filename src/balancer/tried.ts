@@ -10,12 +10,7 @@ export function triedSet(tried: ReadonlySet<Endpoint> | undefined): ReadonlySet<
  * `tried`; `start` itself when every one has been tried (a retry then reuses an endpoint
  * rather than failing).
  */
-export function firstUntried(
-  eps: readonly Endpoint[],
-  n: number,
-  start: number,
-  tried: ReadonlySet<Endpoint>,
-): number {
+export function firstUntried(eps: readonly Endpoint[], n: number, start: number, tried: ReadonlySet<Endpoint>): number {
   let i = start;
   for (let k = 0; k < n; k++) {
     if (!tried.has(eps[i]!)) return i;

@@ -138,8 +138,7 @@ export class WeightedRoundRobinBalancer implements Balancer {
     if (this.size === 0) return undefined;
     const eps = this.set.eps;
     const tried = triedSet(ctx.tried);
-    const slot =
-      tried !== undefined && tried.has(eps[this.hs[0]!]!) ? this.pickUntried(tried) : this.advanceTop();
+    const slot = tried !== undefined && tried.has(eps[this.hs[0]!]!) ? this.pickUntried(tried) : this.advanceTop();
     if (this.clock > this.rebaseAt) this.rebase();
     return eps[slot];
   }

@@ -166,7 +166,10 @@ export class BpfObject {
    */
   static open(path: string, pinRoot?: string): BpfObject {
     const a = addon();
-    return new BpfObject(sys(() => new a.BpfObject(path, pinRoot)), path);
+    return new BpfObject(
+      sys(() => new a.BpfObject(path, pinRoot)),
+      path,
+    );
   }
 
   /** Creates (or reuses) the maps and loads the programs through the verifier. */
@@ -266,7 +269,6 @@ export class BpfMap {
   close(): void {
     this.handle.close();
   }
-
 }
 
 // ---- codecs for the structs of bpf/weft.h ----

@@ -34,19 +34,7 @@ import {
   type LbEvent,
   type Refusal,
 } from './bpf.js';
-import {
-  AGENT_PROGRAM,
-  CGROUP2_SUPER_MAGIC,
-  DST_F_LB,
-  DST_F_REDIRECT,
-  LB_SLOTS_MAX,
-  MAP_NAMES,
-  POD_F_STRICT,
-  PROGRAMS,
-  SPLICE,
-  STRUCTS,
-  type ProgramSpec,
-} from './constants.js';
+import { AGENT_PROGRAM, CGROUP2_SUPER_MAGIC, DST_F_LB, DST_F_REDIRECT, LB_SLOTS_MAX, MAP_NAMES, POD_F_STRICT, PROGRAMS, SPLICE, STRUCTS, type ProgramSpec } from './constants.js';
 import { SocketSplicer, socketFd, type SpliceHandle, type SpliceOptions, type SpliceRefusal } from './splice.js';
 
 export interface DatapathOptions {
@@ -377,8 +365,7 @@ export class Datapath {
   attach(cgroupPath: string, opts?: { strict?: boolean }): { cgroupId: bigint } {
     this.checkOpen();
     const cgroupId = cgroupIdOf(cgroupPath);
-    if (statfsSync(cgroupPath).type !== CGROUP2_SUPER_MAGIC)
-      throw new BpfError('attach', EINVAL, 'EINVAL', `${cgroupPath} is not a cgroup v2 directory`);
+    if (statfsSync(cgroupPath).type !== CGROUP2_SUPER_MAGIC) throw new BpfError('attach', EINVAL, 'EINVAL', `${cgroupPath} is not a cgroup v2 directory`);
     const strict = opts?.strict ?? false;
     const dir = join(this.linksDir, String(cgroupId));
     mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -540,8 +527,7 @@ export class Datapath {
     this.maps.agent.update(codecs.u32.encode(this.agentSlot), codecs.agentTask.encode({ pidnsDev: ns.dev, pidnsIno: ns.ino, tgid: process.pid }));
     this.markedAgent = true;
     const cgroupId = cgroupIdOf(cgroupPath);
-    if (statfsSync(cgroupPath).type !== CGROUP2_SUPER_MAGIC)
-      throw new BpfError('attach', EINVAL, 'EINVAL', `agent cgroup ${cgroupPath} is not a cgroup v2 directory`);
+    if (statfsSync(cgroupPath).type !== CGROUP2_SUPER_MAGIC) throw new BpfError('attach', EINVAL, 'EINVAL', `agent cgroup ${cgroupPath} is not a cgroup v2 directory`);
     // One link per agent cgroup: the two agents of a handover may run in two (two pods).
     const dir = join(this.linksDir, AGENT_LINK_DIR, String(cgroupId));
     mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -857,8 +843,7 @@ function ensureBpffs(pinRoot: string, log: pino.Logger): void {
   let probe = pinRoot;
   while (!existsSync(probe)) probe = join(probe, '..');
   if (isBpffs(probe)) return;
-  if (pinRoot !== BPFFS_MOUNT && !pinRoot.startsWith(BPFFS_MOUNT + '/'))
-    throw new BpfError('mount bpf', EINVAL, 'EINVAL', `pin root ${pinRoot} is not on a bpffs`);
+  if (pinRoot !== BPFFS_MOUNT && !pinRoot.startsWith(BPFFS_MOUNT + '/')) throw new BpfError('mount bpf', EINVAL, 'EINVAL', `pin root ${pinRoot} is not on a bpffs`);
   if (!isBpffs(BPFFS_MOUNT)) {
     mkdirSync(BPFFS_MOUNT, { recursive: true });
     mountBpffs(BPFFS_MOUNT);

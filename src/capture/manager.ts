@@ -119,7 +119,10 @@ export class CaptureManager {
     this.status = next;
 
     const dests = this.state.destinations();
-    const sig = dests.map((d) => `${d.ip}:${d.port}`).sort().join(',');
+    const sig = dests
+      .map((d) => `${d.ip}:${d.port}`)
+      .sort()
+      .join(',');
     if (sig !== this.lastDestinations) {
       try {
         this.datapath.setDestinations(dests);

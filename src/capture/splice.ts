@@ -281,8 +281,7 @@ export class SocketSplicer {
   }
 
   private maybeDone(pair: Pair): void {
-    if (!pair.ended && pair.eof[0] && pair.eof[1] && pair.shut[0] && pair.shut[1])
-      this.end(pair, pair.first === 1 ? 'upstream_close' : 'downstream_close', 'graceful');
+    if (!pair.ended && pair.eof[0] && pair.eof[1] && pair.shut[0] && pair.shut[1]) this.end(pair, pair.first === 1 ? 'upstream_close' : 'downstream_close', 'graceful');
   }
 
   private onSocketClosed(pair: Pair, side: Side): void {

@@ -109,23 +109,22 @@ export class Cluster {
     };
     if (!prev || !same(prev.healthCheck, policy.healthCheck)) {
       this.checker?.stop();
-      this.checker = policy.healthCheck && !follower
-        ? new ActiveHealthChecker({ policy: policy.healthCheck, service: this.serviceName, log: this.log, onChange: changed, now: this.now })
-        : undefined;
+      this.checker = policy.healthCheck && !follower ? new ActiveHealthChecker({ policy: policy.healthCheck, service: this.serviceName, log: this.log, onChange: changed, now: this.now }) : undefined;
       if (!policy.healthCheck) for (const ep of this.endpoints.values()) ep.health = 'unknown';
     }
     if (!prev || !same(prev.outlierDetection, policy.outlierDetection)) {
       this.outlier?.stop();
-      this.outlier = policy.outlierDetection && !follower
-        ? new OutlierDetector({
-            policy: policy.outlierDetection,
-            service: this.serviceName,
-            log: this.log,
-            now: this.now,
-            onChange: changed,
-            onEject: (_ep, reason) => this.metrics.ejections.inc({ destination_service: this.serviceName, reason }),
-          })
-        : undefined;
+      this.outlier =
+        policy.outlierDetection && !follower
+          ? new OutlierDetector({
+              policy: policy.outlierDetection,
+              service: this.serviceName,
+              log: this.log,
+              now: this.now,
+              onChange: changed,
+              onEject: (_ep, reason) => this.metrics.ejections.inc({ destination_service: this.serviceName, reason }),
+            })
+          : undefined;
       if (!policy.outlierDetection) for (const ep of this.endpoints.values()) ep.ejectedUntil = 0;
     }
     if (!prev || !same(prev.circuitBreaker, policy.circuitBreaker)) {
@@ -184,7 +183,10 @@ export class Cluster {
       panic = false;
     }
     if (panic !== this.panic) {
-      this.log.warn({ service: this.serviceName, healthy: all.filter((e) => e.eligible(now)).length, total: all.length }, panic ? 'panic mode: too few healthy endpoints, spreading over all ready ones' : 'left panic mode');
+      this.log.warn(
+        { service: this.serviceName, healthy: all.filter((e) => e.eligible(now)).length, total: all.length },
+        panic ? 'panic mode: too few healthy endpoints, spreading over all ready ones' : 'left panic mode',
+      );
     }
     this.panic = panic;
     this.eligible = endpoints;

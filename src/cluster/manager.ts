@@ -93,7 +93,16 @@ export class ClusterManager {
       if (c) return c;
       throw new Error(`no cluster for ${t.key}`);
     }
-    const c = new Cluster({ key: t.key, serviceName: `${t.workload.namespace}/${t.workload.name}`, protocol: t.protocol, policy: POD_POLICY, log: this.log, metrics: this.metrics, now: this.now, ...this.roles });
+    const c = new Cluster({
+      key: t.key,
+      serviceName: `${t.workload.namespace}/${t.workload.name}`,
+      protocol: t.protocol,
+      policy: POD_POLICY,
+      log: this.log,
+      metrics: this.metrics,
+      now: this.now,
+      ...this.roles,
+    });
     c.update([this.state.endpointInfo(t.workload, t.port)], POD_POLICY);
     this.clusters.set(t.key, c);
     return c;

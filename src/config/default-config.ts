@@ -7,9 +7,6 @@ import { fileURLToPath } from 'node:url';
 
 /** Absolute path of src/config/default.yaml, from either src/ or dist/src/. */
 export function defaultConfigPath(): string {
-  const candidates = [
-    fileURLToPath(new URL('./default.yaml', import.meta.url)),
-    fileURLToPath(new URL('../../../src/config/default.yaml', import.meta.url)),
-  ];
+  const candidates = [fileURLToPath(new URL('./default.yaml', import.meta.url)), fileURLToPath(new URL('../../../src/config/default.yaml', import.meta.url))];
   return candidates.find((p) => existsSync(p)) ?? candidates[0]!;
 }

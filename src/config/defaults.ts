@@ -2,15 +2,7 @@
  * Every default the loader fills in, in one place so that the Kubernetes discovery (CRDs)
  * can apply the same ones. Durations in ms. types.ts documents each field with its default.
  */
-import type {
-  CircuitBreakerPolicy,
-  ConnectionPoolPolicy,
-  HealthCheckPolicy,
-  LoadBalancerType,
-  OutlierDetectionPolicy,
-  PeerAuthMode,
-  RetryPolicy,
-} from './types.js';
+import type { CircuitBreakerPolicy, ConnectionPoolPolicy, HealthCheckPolicy, LoadBalancerType, OutlierDetectionPolicy, PeerAuthMode, RetryPolicy } from './types.js';
 
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
 export const DEFAULT_STATE_DIR = '/var/lib/weft';

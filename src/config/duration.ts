@@ -31,9 +31,7 @@ export class DurationError extends Error {
 export function parseDuration(value: unknown): number {
   if (typeof value === 'number') {
     if (value === 0) return 0;
-    throw new DurationError(
-      `${value} has no unit: write e.g. "${value}ms" or "${value}s" (only 0 may be written bare)`,
-    );
+    throw new DurationError(`${value} has no unit: write e.g. "${value}ms" or "${value}s" (only 0 may be written bare)`);
   }
   if (typeof value !== 'string') {
     throw new DurationError(`must be a duration like "250ms", "5s" or "1m30s"`);
@@ -54,9 +52,7 @@ export function parseDuration(value: unknown): number {
     COMPONENT.lastIndex = pos;
     const m = COMPONENT.exec(text);
     if (!m) {
-      throw new DurationError(
-        `"${text}" is not a duration: use <number><unit> with units ms, s, m, h (e.g. "250ms", "1m30s")`,
-      );
+      throw new DurationError(`"${text}" is not a duration: use <number><unit> with units ms, s, m, h (e.g. "250ms", "1m30s")`);
     }
     const unitMs = UNIT_MS[m[2]!]!;
     if (unitMs >= lastUnitMs) {

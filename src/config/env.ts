@@ -20,10 +20,7 @@ const REFERENCE = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{/g;
  * @returns the result, or the problems (without a path) when a variable is unset or a
  *   reference is malformed.
  */
-export function substituteString(
-  text: string,
-  env: Readonly<Record<string, string | undefined>>,
-): { value: string; problems: string[]; changed: boolean } {
+export function substituteString(text: string, env: Readonly<Record<string, string | undefined>>): { value: string; problems: string[]; changed: boolean } {
   const problems: string[] = [];
   let changed = false;
   const value = text.replace(REFERENCE, (match, name: string | undefined, fallback: string | undefined) => {
@@ -55,11 +52,7 @@ function pathOf(ancestors: readonly unknown[], node: unknown): PathSegment[] {
 }
 
 /** Substitute in every scalar value of `doc`, in place. @returns problems, `path (line N): ...`. */
-export function substituteEnv(
-  doc: Document,
-  env: Readonly<Record<string, string | undefined>>,
-  lines?: LineCounter,
-): string[] {
+export function substituteEnv(doc: Document, env: Readonly<Record<string, string | undefined>>, lines?: LineCounter): string[] {
   const problems: string[] = [];
   visit(doc, {
     Scalar(key, node: Scalar, ancestors) {

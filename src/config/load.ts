@@ -39,7 +39,7 @@ function yamlProblems(errors: readonly YAMLError[], text: string): string[] {
     const pos = e.linePos?.[0];
     let message = yamlMessage(e.message);
     // `key: { a: ${X} }`: in flow style `{` is syntax, so an unquoted ${X} breaks the line.
-    const line = pos ? text.split('\n')[pos.line - 1] ?? '' : '';
+    const line = pos ? (text.split('\n')[pos.line - 1] ?? '') : '';
     if (/[{[][^\n]*(?<!["'])\$\{/.test(line)) message += ' (inside { } or [ ], quote a ${VAR} value: "${VAR}")';
     return pos ? `line ${pos.line}, column ${pos.col}: ${message}` : message;
   });

@@ -317,7 +317,7 @@ function buildCa(raw: RawConfig, p: Problems, baseDir: string): CaConfig {
   const out: CaConfig = {};
   if (ca.url !== undefined) {
     out.url = ca.url;
-    if (ca.rootCert === undefined) p.add(['ca', 'rootCert'], 'is required with ca.url (the remote CA\'s root certificate)');
+    if (ca.rootCert === undefined) p.add(['ca', 'rootCert'], "is required with ca.url (the remote CA's root certificate)");
     if (ca.tokenFile === undefined) p.add(['ca', 'tokenFile'], 'is required with ca.url (from `weft ca token`)');
   } else {
     for (const key of ['rootCert', 'tokenFile'] as const) {
@@ -342,8 +342,7 @@ function buildNamespaces(raw: RawConfig, p: Problems): Namespace[] {
       p.add(['namespaces', i, 'labels', PEER_AUTH_LABEL], `must be strict or permissive (got "${label}")`);
     }
     // The explicit key wins over the label (it is the more specific, file-only spelling).
-    const peerAuthentication: PeerAuthMode =
-      ns.peerAuthentication ?? (label === 'permissive' || label === 'strict' ? label : DEFAULT_PEER_AUTHENTICATION);
+    const peerAuthentication: PeerAuthMode = ns.peerAuthentication ?? (label === 'permissive' || label === 'strict' ? label : DEFAULT_PEER_AUTHENTICATION);
     return { name: ns.name, labels, peerAuthentication };
   });
 }
@@ -562,11 +561,7 @@ function buildHealthCheck(raw: NonNullable<RawTrafficPolicy['healthCheck']>, at:
   };
 }
 
-function buildOutlierDetection(
-  raw: NonNullable<RawTrafficPolicy['outlierDetection']>,
-  at: PathSegment[],
-  p: Problems,
-): OutlierDetectionPolicy {
+function buildOutlierDetection(raw: NonNullable<RawTrafficPolicy['outlierDetection']>, at: PathSegment[], p: Problems): OutlierDetectionPolicy {
   const d = DEFAULT_OUTLIER_DETECTION;
   const n = (k: keyof OutlierDetectionPolicy) => (raw[k] as number | undefined) ?? d[k];
   const baseEjectionTime = p.duration(raw.baseEjectionTime, d.baseEjectionTime, [...at, 'baseEjectionTime'], true);
@@ -619,11 +614,7 @@ function buildRetries(raw: NonNullable<RawTrafficPolicy['retries']>, at: PathSeg
   };
 }
 
-function buildCircuitBreaker(
-  raw: NonNullable<RawTrafficPolicy['circuitBreaker']>,
-  at: PathSegment[],
-  p: Problems,
-): CircuitBreakerPolicy {
+function buildCircuitBreaker(raw: NonNullable<RawTrafficPolicy['circuitBreaker']>, at: PathSegment[], p: Problems): CircuitBreakerPolicy {
   const d = DEFAULT_CIRCUIT_BREAKER;
   const openDuration = p.duration(raw.openDuration, d.openDuration, [...at, 'openDuration'], true);
   const maxOpenDuration = p.duration(raw.maxOpenDuration, Math.max(d.maxOpenDuration, openDuration), [...at, 'maxOpenDuration'], true);
@@ -671,18 +662,7 @@ function buildRequestAuthentications(raw: RawConfig, p: Problems, baseDir: strin
   }));
 }
 
-const PATTERN_FIELDS = [
-  'principals',
-  'notPrincipals',
-  'namespaces',
-  'notNamespaces',
-  'requestPrincipals',
-  'notRequestPrincipals',
-  'hosts',
-  'notHosts',
-  'paths',
-  'notPaths',
-] as const;
+const PATTERN_FIELDS = ['principals', 'notPrincipals', 'namespaces', 'notNamespaces', 'requestPrincipals', 'notRequestPrincipals', 'hosts', 'notHosts', 'paths', 'notPaths'] as const;
 
 function checkPolicyStrings(entry: PolicySource & PolicyOperation, at: PathSegment[], p: Problems): void {
   for (const field of PATTERN_FIELDS) {
@@ -799,7 +779,12 @@ function regexProblem(source: string): string | undefined {
  * kind. A backendRef is NOT checked: a backend that does not exist yet is a runtime state
  * (500 no_backend for that rule, Gateway API's ResolvedRefs=False), not a config error.
  */
-export function buildRoutes(rawRoutes: readonly RawRoute[], services: readonly Service[], p: { add(path: readonly PathSegment[], message: string): void; duration(value: RawDuration | undefined, fallback: number, path: readonly PathSegment[], positive?: boolean): number }, top: PathSegment[] = ['routes']): Route[] {
+export function buildRoutes(
+  rawRoutes: readonly RawRoute[],
+  services: readonly Service[],
+  p: { add(path: readonly PathSegment[], message: string): void; duration(value: RawDuration | undefined, fallback: number, path: readonly PathSegment[], positive?: boolean): number },
+  top: PathSegment[] = ['routes'],
+): Route[] {
   const byKey = new Map(services.map((s) => [`${s.namespace}/${s.name}`, s]));
   const names = new Map<string, number>();
   /** `ns/svc:port` -> the kind attached there and where, so HTTP and TCP routes do not share a port. */
@@ -1005,13 +990,7 @@ function buildPathModifier(raw: RawPathModifier, at: PathSegment[], matches: Raw
   return { type: 'ReplacePrefixMatch', replacePrefixMatch: raw.replacePrefixMatch };
 }
 
-function buildRouteFilters(
-  raw: RawRouteFilter[],
-  kind: RouteKind,
-  rule: RawRoute['rules'][number],
-  at: PathSegment[],
-  p: { add(path: readonly PathSegment[], message: string): void },
-): RouteFilter[] {
+function buildRouteFilters(raw: RawRouteFilter[], kind: RouteKind, rule: RawRoute['rules'][number], at: PathSegment[], p: { add(path: readonly PathSegment[], message: string): void }): RouteFilter[] {
   const out: RouteFilter[] = [];
   const seen = new Map<string, number>();
   raw.forEach((f, i) => {

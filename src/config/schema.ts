@@ -12,15 +12,7 @@ import { parseDuration } from './duration.js';
 import { formatPath, pointerSegments, type PathSegment } from './path.js';
 import { DNS_LABEL, DNS_SUBDOMAIN, HEADER_NAME, HTTP_METHOD, isIPv4 } from './patterns.js';
 
-export const LOAD_BALANCER_TYPES = [
-  'random',
-  'round-robin',
-  'weighted-round-robin',
-  'least-request',
-  'peak-ewma',
-  'ring-hash',
-  'maglev',
-] as const;
+export const LOAD_BALANCER_TYPES = ['random', 'round-robin', 'weighted-round-robin', 'least-request', 'peak-ewma', 'ring-hash', 'maglev'] as const;
 export const RETRY_ON = ['connect-failure', 'reset', '5xx', 'gateway-error', 'retriable-status-codes', 'unavailable', 'resource-exhausted', 'cancelled', 'deadline-exceeded', 'internal'] as const;
 
 // --- builders -------------------------------------------------------------------------
@@ -50,10 +42,7 @@ const ipv4: SchemaObject = { type: 'string', format: 'ipv4', message: 'must be a
 const port: SchemaObject = int(1, 65535);
 const agentPort: SchemaObject = int(0, 65535);
 const labelName = str(DNS_LABEL, 'must be a DNS label: lower-case letters, digits and "-", at most 63 characters');
-const subdomainName = str(
-  DNS_SUBDOMAIN,
-  'must be a DNS name: lower-case letters, digits, "-" and ".", at most 253 characters',
-);
+const subdomainName = str(DNS_SUBDOMAIN, 'must be a DNS name: lower-case letters, digits, "-" and ".", at most 253 characters');
 const labels: SchemaObject = {
   type: 'object',
   additionalProperties: { type: 'string', message: 'must be a string (quote numbers and booleans: "1", "true")' },
@@ -64,11 +53,7 @@ const stringList: SchemaObject = list(nonEmpty, 1);
 
 // --- the schema ------------------------------------------------------------------------
 
-const hashOn = obj(
-  { header: headerName, sourceIp: { type: 'boolean' } },
-  [],
-  { minProperties: 1 },
-);
+const hashOn = obj({ header: headerName, sourceIp: { type: 'boolean' } }, [], { minProperties: 1 });
 
 const trafficPolicy = obj({
   loadBalancer: obj({
@@ -122,7 +107,7 @@ const trafficPolicy = obj({
   }),
   fallback: obj({ service: labelName }, ['service']),
   // Upgrade protocol names (RFC 9110 tokens, without a version): websocket, h2c, ...
-  upgrades: { ...list(str('^[A-Za-z0-9!#$%&\'*+.^_`|~-]+$', 'must be an Upgrade protocol name, like websocket'), 0), uniqueItems: true },
+  upgrades: { ...list(str("^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", 'must be an Upgrade protocol name, like websocket'), 0), uniqueItems: true },
 });
 
 const servicePort = obj(
@@ -266,9 +251,7 @@ export const CONFIG_SCHEMA: SchemaObject = obj(
       certTtl: duration,
     }),
     stateDir: nonEmpty,
-    namespaces: list(
-      obj({ name: labelName, labels, peerAuthentication: oneOfStrings(['strict', 'permissive']) }, ['name']),
-    ),
+    namespaces: list(obj({ name: labelName, labels, peerAuthentication: oneOfStrings(['strict', 'permissive']) }, ['name'])),
     workloads: list(
       obj(
         {
@@ -301,13 +284,7 @@ export const CONFIG_SCHEMA: SchemaObject = obj(
         ['name', 'namespace', 'vip', 'ports'],
       ),
     ),
-    requestAuthentications: list(
-      obj({ name: subdomainName, namespace: labelName, selector: labels, jwtRules: list(jwtRule, 1) }, [
-        'name',
-        'namespace',
-        'jwtRules',
-      ]),
-    ),
+    requestAuthentications: list(obj({ name: subdomainName, namespace: labelName, selector: labels, jwtRules: list(jwtRule, 1) }, ['name', 'namespace', 'jwtRules'])),
     policies: list(
       obj(
         {
@@ -466,10 +443,7 @@ function describe(err: ErrorObject): [PathSegment[], string] {
     case 'required':
       return [[...segments, err.params.missingProperty as string], 'is required'];
     case 'additionalProperties':
-      return [
-        [...segments, err.params.additionalProperty as string],
-        unknownKey(err.params.additionalProperty as string, Object.keys(schema.properties ?? {})),
-      ];
+      return [[...segments, err.params.additionalProperty as string], unknownKey(err.params.additionalProperty as string, Object.keys(schema.properties ?? {}))];
     case 'minProperties':
       return [segments, `must set at least one of: ${Object.keys(schema.properties ?? {}).join(', ')}`];
     case 'type':
@@ -487,8 +461,7 @@ function describe(err: ErrorObject): [PathSegment[], string] {
       return [segments, err.params.limit === 1 ? 'must not be empty' : `must have at least ${err.params.limit} items`];
     case 'minLength':
       return [segments, 'must not be empty'];
-    case 'uniqueItems':
-    {
+    case 'uniqueItems': {
       const [a, b] = [err.params.i as number, err.params.j as number].sort((x, y) => x - y);
       return [segments, `must not repeat an item (items ${a} and ${b} are equal)`];
     }

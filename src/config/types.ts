@@ -116,14 +116,7 @@ export interface ServicePort {
   protocol: Protocol;
 }
 
-export type LoadBalancerType =
-  | 'random'
-  | 'round-robin'
-  | 'weighted-round-robin'
-  | 'least-request'
-  | 'peak-ewma'
-  | 'ring-hash'
-  | 'maglev';
+export type LoadBalancerType = 'random' | 'round-robin' | 'weighted-round-robin' | 'least-request' | 'peak-ewma' | 'ring-hash' | 'maglev';
 
 /** Exactly one of the two is set. A header name is lower-cased. */
 export interface HashOn {

@@ -112,9 +112,11 @@ export class FileDiscovery extends EventEmitter implements Discovery {
    * nothing when the content has not changed. Never rejects.
    */
   reload(): Promise<void> {
-    this.queue = this.queue.then(() => this.check()).catch((err: unknown) => {
-      this.log.error({ err, path: this.path }, 'config reload failed');
-    });
+    this.queue = this.queue
+      .then(() => this.check())
+      .catch((err: unknown) => {
+        this.log.error({ err, path: this.path }, 'config reload failed');
+      });
     return this.queue;
   }
 

@@ -52,18 +52,7 @@ import type { MeshConfig } from '../config/types.js';
 import { ConfigError, WeftError } from '../errors.js';
 import { silentLogger } from '../telemetry/log.js';
 import { ResourceInformer, type ChangeType, type ListPage } from './k8s/informer.js';
-import {
-  blame,
-  nodeFingerprint,
-  objectKey,
-  translate,
-  trimNode,
-  trimPod,
-  type ClusterState,
-  type CustomObject,
-  type Origin,
-  type RawMeshState,
-} from './k8s/translate.js';
+import { blame, nodeFingerprint, objectKey, translate, trimNode, trimPod, type ClusterState, type CustomObject, type Origin, type RawMeshState } from './k8s/translate.js';
 import { GATEWAY_GROUP, type RouteObject } from './k8s/routes.js';
 import type { Discovery } from './types.js';
 
@@ -274,15 +263,17 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
         Promise.all(infs.map((inf) => (inf.synced ? undefined : new Promise((r) => inf.once('synced', r))))),
         new Promise((_, reject) => {
           timeout = setTimeout(() => {
-            const missing = infs.filter((i) => !i.synced).map((i) => {
-              const e = lastErrors.get(i.kind);
-              return e ? `${i.kind} (${e})` : i.kind;
-            });
+            const missing = infs
+              .filter((i) => !i.synced)
+              .map((i) => {
+                const e = lastErrors.get(i.kind);
+                return e ? `${i.kind} (${e})` : i.kind;
+              });
             reject(
               new WeftError(
                 'WEFT_ERR_CONFIG',
                 `kubernetes: caches not synced after ${this.startTimeoutMs}ms: ${missing.join(', ')}` +
-                  ' (is the API server reachable, does the agent\'s ClusterRole allow list/watch, are the weft.io CRDs installed?)',
+                  " (is the API server reachable, does the agent's ClusterRole allow list/watch, are the weft.io CRDs installed?)",
               ),
             );
           }, this.startTimeoutMs);
@@ -311,10 +302,7 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
     }
     this.publish(cfg);
     this.started = true;
-    this.log.info(
-      { namespaces: cfg.namespaces.length, workloads: cfg.workloads.length, services: cfg.services.length, nodes: cfg.nodes?.length ?? 0 },
-      'kubernetes discovery synced',
-    );
+    this.log.info({ namespaces: cfg.namespaces.length, workloads: cfg.workloads.length, services: cfg.services.length, nodes: cfg.nodes?.length ?? 0 }, 'kubernetes discovery synced');
     return cfg;
   }
 
@@ -473,11 +461,7 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
    * When problems cannot be attributed by path: validate each weft custom resource on its own
    * against the built-in objects, and return the ones that fail.
    */
-  private isolate(
-    state: ClusterState,
-    exclude: ReadonlySet<string>,
-    failClosed: ReadonlySet<string>,
-  ): { origin: Origin; problems: string[] }[] {
+  private isolate(state: ClusterState, exclude: ReadonlySet<string>, failClosed: ReadonlySet<string>): { origin: Origin; problems: string[] }[] {
     const crs: Origin[] = [];
     for (const [kind, list] of [
       ['TrafficPolicy', state.trafficPolicies],
@@ -536,15 +520,10 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
       next.set(key, signature);
       if (this.reported.get(key) === signature) continue;
       const closed = origin.kind === 'AuthorizationPolicy';
-      const err = new ConfigError(
-        key,
-        closed ? [...problems, 'until it is fixed, the policy allows nothing to the workloads it selects (fail closed)'] : problems,
-      );
+      const err = new ConfigError(key, closed ? [...problems, 'until it is fixed, the policy allows nothing to the workloads it selects (fail closed)'] : problems);
       this.log.warn(
         { object: key, problems },
-        closed
-          ? `${key} rejected; it allows nothing until fixed (fail closed); the rest of the mesh config applies`
-          : `${key} rejected; the rest of the mesh config applies`,
+        closed ? `${key} rejected; it allows nothing until fixed (fail closed); the rest of the mesh config applies` : `${key} rejected; the rest of the mesh config applies`,
       );
       this.emit('rejected', err);
     }

@@ -81,10 +81,7 @@ export class ActiveHealthChecker {
     ep.checkFailures = s.failures;
     ep.lastCheckError = s.lastError;
     if (prev === s.health) return;
-    const reason =
-      s.health === 'unhealthy'
-        ? `${s.failures} consecutive failed checks: ${s.lastError}`
-        : `${s.successes} consecutive successful checks`;
+    const reason = s.health === 'unhealthy' ? `${s.failures} consecutive failed checks: ${s.lastError}` : `${s.successes} consecutive successful checks`;
     const fields = { endpoint: ep.id, service: this.service, from: prev, to: s.health, check: this.policy.type, reason };
     if (s.health === 'unhealthy') this.log?.warn(fields, 'endpoint failed health checks');
     else this.log?.info(fields, 'endpoint passed health checks');

@@ -220,10 +220,7 @@ export class OutlierDetector {
     const ejected = this.ejectedCount(now);
     const max = this.maxEjections();
     if (ejected >= max) {
-      this.log?.debug(
-        { endpoint: ep.id, service: this.service, reason, ejected, maxEjections: max },
-        'outlier ejection skipped: maxEjectionPercent reached',
-      );
+      this.log?.debug({ endpoint: ep.id, service: this.service, reason, ejected, maxEjections: max }, 'outlier ejection skipped: maxEjectionPercent reached');
       return false;
     }
     const base = Math.max(0, p.baseEjectionTime);
@@ -261,10 +258,7 @@ export class OutlierDetector {
     m.consecutiveGateway = 0;
     m.intervalTotal = 0;
     m.intervalSuccess = 0;
-    this.log?.info(
-      { endpoint: ep.id, service: this.service, reason: `ejection for ${reason} expired`, multiplier: ep.ejectionCount },
-      'endpoint returned to service',
-    );
+    this.log?.info({ endpoint: ep.id, service: this.service, reason: `ejection for ${reason} expired`, multiplier: ep.ejectionCount }, 'endpoint returned to service');
     this.onChange(ep);
   }
 }

@@ -37,12 +37,7 @@ export function hostPort(ip: string, port: number): string {
  * Shared plumbing of both probes: one settle, one timer, one abort listener, and the
  * socket (or request) destroyed however the check ends.
  */
-function settleOnce(
-  timeoutMs: number,
-  signal: AbortSignal,
-  destroy: () => void,
-  resolve: (r: ProbeResult) => void,
-): (ok: boolean, error: string) => void {
+function settleOnce(timeoutMs: number, signal: AbortSignal, destroy: () => void, resolve: (r: ProbeResult) => void): (ok: boolean, error: string) => void {
   let settled = false;
   const finish = (ok: boolean, error: string): void => {
     if (settled) return;

@@ -47,15 +47,7 @@ const realTimers: SchedulerTimers = {
 
 /** Everything that makes two checks the same check. Two subscribers with equal keys share one probe stream. */
 export function policyKey(policy: HealthCheckPolicy): string {
-  return [
-    policy.type,
-    policy.type === 'http' ? policy.path || '/' : '',
-    policy.interval,
-    policy.timeout,
-    policy.unhealthyThreshold,
-    policy.healthyThreshold,
-    policy.jitter,
-  ].join('|');
+  return [policy.type, policy.type === 'http' ? policy.path || '/' : '', policy.interval, policy.timeout, policy.unhealthyThreshold, policy.healthyThreshold, policy.jitter].join('|');
 }
 
 interface Target extends ProbeTarget {

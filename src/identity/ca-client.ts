@@ -231,11 +231,7 @@ export class CaClient implements CertificateSigner {
     if (err instanceof CaRequestError) return err;
     const code = (err as NodeJS.ErrnoException).code ?? '';
     if (TLS_ERROR_CODES.has(code) || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_')) {
-      return new CaRequestError(
-        'tls',
-        `cannot verify the CA at ${this.url.origin} against ${this.rootSource}: ${err.message} (${code})`,
-        { cause: err },
-      );
+      return new CaRequestError('tls', `cannot verify the CA at ${this.url.origin} against ${this.rootSource}: ${err.message} (${code})`, { cause: err });
     }
     return new CaRequestError('unreachable', `cannot reach the CA at ${this.url.origin}: ${err.message}`, { cause: err });
   }
@@ -272,10 +268,7 @@ export class EmbeddedCaClient implements CertificateSigner {
   }
 
   /** Opens (or creates) the CA in `join(stateDir, 'ca')`. */
-  static async open(
-    stateDir: string,
-    opts: { trustDomain?: string; isLocal?: (namespace: string, serviceAccount: string) => boolean; log?: Logger } = {},
-  ): Promise<EmbeddedCaClient> {
+  static async open(stateDir: string, opts: { trustDomain?: string; isLocal?: (namespace: string, serviceAccount: string) => boolean; log?: Logger } = {}): Promise<EmbeddedCaClient> {
     const ca = await CertificateAuthority.open(join(stateDir, 'ca'), { trustDomain: opts.trustDomain, log: opts.log });
     return new EmbeddedCaClient({ ca, isLocal: opts.isLocal });
   }
@@ -307,7 +300,7 @@ export async function createCertificateSigner(
 ): Promise<CertificateSigner> {
   if (ca.url) {
     if (!ca.rootCert || !ca.tokenFile) {
-      throw new CaRequestError('config', 'ca.url needs ca.rootCert (the CA root certificate file) and ca.tokenFile (this node\'s token)');
+      throw new CaRequestError('config', "ca.url needs ca.rootCert (the CA root certificate file) and ca.tokenFile (this node's token)");
     }
     return new CaClient({ url: ca.url, rootCert: ca.rootCert, tokenFile: ca.tokenFile, log: opts.log });
   }

@@ -27,15 +27,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { createLogger } from '../telemetry/log.js';
 import { ConfigError } from '../errors.js';
 import { CertificateAuthority, ROOT_CERT_FILE } from './ca.js';
-import {
-  authorizerFromIdentities,
-  readCaConfigFile,
-  startCaServer,
-  watchConfigIdentities,
-  type Authenticator,
-  type Authorizer,
-  type CaServer,
-} from './ca-server.js';
+import { authorizerFromIdentities, readCaConfigFile, startCaServer, watchConfigIdentities, type Authenticator, type Authorizer, type CaServer } from './ca-server.js';
 import { RouteStatusWriter } from '../discovery/k8s/route-status.js';
 import { agentUsername, DEFAULT_AGENT_SERVICE_ACCOUNT, DEFAULT_TOKEN_AUDIENCE, defaultKubeConfig, KubernetesCaAuth } from './ca-kubernetes.js';
 
@@ -128,18 +120,18 @@ export async function runCaCommand(argv: string[], io: CaCommandIo = {}): Promis
 
 async function serve(args: string[], io: CaCommandIo): Promise<number> {
   const { values } = parseCommandArgs('weft ca', USAGE, args, {
-      listen: { type: 'string' },
-      'state-dir': { type: 'string' },
-      config: { type: 'string', short: 'c' },
-      'trust-domain': { type: 'string' },
-      'server-name': { type: 'string', multiple: true },
-      'allow-any-identity': { type: 'boolean', default: false },
-      kubernetes: { type: 'boolean', default: false },
-      'agent-service-account': { type: 'string', multiple: true },
-      'token-audience': { type: 'string' },
-      kubeconfig: { type: 'string' },
-      'route-status': { type: 'boolean', default: false },
-      'log-level': { type: 'string' },
+    listen: { type: 'string' },
+    'state-dir': { type: 'string' },
+    config: { type: 'string', short: 'c' },
+    'trust-domain': { type: 'string' },
+    'server-name': { type: 'string', multiple: true },
+    'allow-any-identity': { type: 'boolean', default: false },
+    kubernetes: { type: 'boolean', default: false },
+    'agent-service-account': { type: 'string', multiple: true },
+    'token-audience': { type: 'string' },
+    kubeconfig: { type: 'string' },
+    'route-status': { type: 'boolean', default: false },
+    'log-level': { type: 'string' },
   });
   if (!values['state-dir']) throw new UsageError('weft ca', '--state-dir DIR is required');
   const listen = parseListen(values.listen ?? `0.0.0.0:${DEFAULT_CA_PORT}`);

@@ -148,8 +148,7 @@ export class KubernetesCaAuth {
       throw new CaHttpError(
         401,
         'unauthenticated',
-        'node bootstrap tokens (weft1.) are not accepted by a CA running with --kubernetes: present the projected ServiceAccount token (audience ' +
-          `${this.audience})`,
+        'node bootstrap tokens (weft1.) are not accepted by a CA running with --kubernetes: present the projected ServiceAccount token (audience ' + `${this.audience})`,
       );
     }
     const key = createHash('sha256').update(token).digest('base64url');
@@ -177,11 +176,7 @@ export class KubernetesCaAuth {
     }
     const username = status.user?.username ?? '';
     if (!this.agentUsernames.has(username)) {
-      throw new CaHttpError(
-        403,
-        'not_an_agent',
-        `${username || 'the token\'s user'} is not a weft agent: only ${[...this.agentUsernames].join(', ')} may ask for certificates`,
-      );
+      throw new CaHttpError(403, 'not_an_agent', `${username || "the token's user"} is not a weft agent: only ${[...this.agentUsernames].join(', ')} may ask for certificates`);
     }
     const node = await this.nodeOf(review, username);
     if (this.tokenCacheMs > 0) {
@@ -214,11 +209,7 @@ export class KubernetesCaAuth {
     if (bound) return bound;
     const podName = firstExtra(review, EXTRA_POD_NAME);
     if (!podName) {
-      throw new CaHttpError(
-        401,
-        'unauthenticated',
-        `the token of ${username} is bound to no pod (a legacy Secret token?): mount a projected ServiceAccount token with audience ${this.audience}`,
-      );
+      throw new CaHttpError(401, 'unauthenticated', `the token of ${username} is bound to no pod (a legacy Secret token?): mount a projected ServiceAccount token with audience ${this.audience}`);
     }
     // system:serviceaccount:NS:NAME: the pod is in the ServiceAccount's namespace.
     const namespace = username.slice(SA_PREFIX.length).split(':')[0]!;
@@ -243,9 +234,7 @@ export class KubernetesCaAuth {
   private listPods(key: string, node: string, namespace: string): Promise<PodListCache> {
     const existing = this.pods.get(key);
     if (existing?.pending) return existing.pending;
-    const pending = this.call(`list pods in ${namespace} on node ${node}`, () =>
-      this.core.listNamespacedPod({ namespace, fieldSelector: `spec.nodeName=${node}` }),
-    ).then(
+    const pending = this.call(`list pods in ${namespace} on node ${node}`, () => this.core.listNamespacedPod({ namespace, fieldSelector: `spec.nodeName=${node}` })).then(
       (list) => {
         const pods = list.items
           .filter((p) => p.spec?.nodeName === node && p.status?.phase !== 'Succeeded' && p.status?.phase !== 'Failed')
@@ -281,7 +270,7 @@ export class KubernetesCaAuth {
       if (err instanceof CaHttpError) throw err;
       if (err instanceof ApiException) {
         if (passThrough.includes(err.code)) throw err;
-        const hint = err.code === 401 || err.code === 403 ? ' (the CA\'s own credentials were refused: check the weft-ca ClusterRole and binding)' : '';
+        const hint = err.code === 401 || err.code === 403 ? " (the CA's own credentials were refused: check the weft-ca ClusterRole and binding)" : '';
         throw new CaHttpError(503, 'unavailable', `the Kubernetes API (${this.server}) answered ${err.code} to ${what}${hint}: ${apiMessage(err)}`);
       }
       throw new CaHttpError(503, 'unavailable', `cannot reach the Kubernetes API (${this.server}) for ${what}: ${(err as Error).message}`);

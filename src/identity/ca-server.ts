@@ -201,9 +201,11 @@ export async function startCaServer(opts: CaServerOptions): Promise<CaServer> {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
     if (!m) {
       log?.warn({ remote: req.socket.remoteAddress }, 'refused a signing request: no bearer token');
-      throw new CaHttpError(401, 'unauthenticated', opts.authenticate
-        ? 'missing token: send Authorization: Bearer <the agent\'s token>'
-        : 'missing node token: send Authorization: Bearer <token from `weft ca token`>');
+      throw new CaHttpError(
+        401,
+        'unauthenticated',
+        opts.authenticate ? "missing token: send Authorization: Bearer <the agent's token>" : 'missing node token: send Authorization: Bearer <token from `weft ca token`>',
+      );
     }
     let node: string;
     try {
@@ -280,19 +282,22 @@ export async function startCaServer(opts: CaServerOptions): Promise<CaServer> {
   let renewTimer: NodeJS.Timeout | undefined;
   const scheduleRenewal = (): void => {
     const delay = Math.max(60_000, ((serving.notAfter.getTime() - Date.now()) * 2) / 3);
-    renewTimer = setTimeout(() => {
-      ca.issueServingCertificate(serverHosts(opts.listen.host, extra)).then(
-        (next) => {
-          serving = next;
-          server.setSecureContext({ key: next.keyPem, cert: next.certPem, minVersion: 'TLSv1.2' });
-          scheduleRenewal();
-        },
-        (err: unknown) => {
-          log?.error({ err }, 'cannot renew the CA server certificate');
-          scheduleRenewal();
-        },
-      );
-    }, Math.min(delay, 2 ** 31 - 1));
+    renewTimer = setTimeout(
+      () => {
+        ca.issueServingCertificate(serverHosts(opts.listen.host, extra)).then(
+          (next) => {
+            serving = next;
+            server.setSecureContext({ key: next.keyPem, cert: next.certPem, minVersion: 'TLSv1.2' });
+            scheduleRenewal();
+          },
+          (err: unknown) => {
+            log?.error({ err }, 'cannot renew the CA server certificate');
+            scheduleRenewal();
+          },
+        );
+      },
+      Math.min(delay, 2 ** 31 - 1),
+    );
     renewTimer.unref();
   };
   scheduleRenewal();
@@ -365,7 +370,11 @@ export async function readCaConfigFile(file: string): Promise<CaConfigFile> {
     throw new ConfigError(file, [`cannot read: ${(err as Error).message}`]);
   }
   const doc = parseDocument(text);
-  if (doc.errors.length) throw new ConfigError(file, doc.errors.map((e) => e.message));
+  if (doc.errors.length)
+    throw new ConfigError(
+      file,
+      doc.errors.map((e) => e.message),
+    );
   const envProblems = substituteEnv(doc, process.env);
   if (envProblems.length) throw new ConfigError(file, envProblems);
   const raw = (doc.toJS() ?? {}) as Record<string, unknown>;

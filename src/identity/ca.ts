@@ -69,7 +69,7 @@ function badRequest(message: string, cause?: unknown): WeftError {
 /** 128 random bits as a positive DER INTEGER with no leading zero byte (hex). */
 function randomSerial(): string {
   const b = randomBytes(16);
-  b[0] = (b[0]! & 0x7f) || 0x01;
+  b[0] = b[0]! & 0x7f || 0x01;
   return b.toString('hex');
 }
 
@@ -182,10 +182,7 @@ export class CertificateAuthority {
   async sign(input: SignInput, opts: SignOptions): Promise<string> {
     const id = parseSpiffeId(opts.spiffeId);
     if (id.trustDomain !== this.trustDomain) {
-      throw new WeftError(
-        'WEFT_ERR_IDENTITY',
-        `SPIFFE ID ${opts.spiffeId} is outside this CA's trust domain ${this.trustDomain}`,
-      );
+      throw new WeftError('WEFT_ERR_IDENTITY', `SPIFFE ID ${opts.spiffeId} is outside this CA's trust domain ${this.trustDomain}`);
     }
     const publicKey = await subjectKeyOf(input, opts.spiffeId);
     const dnsNames = opts.dnsNames ?? [];
@@ -266,12 +263,7 @@ export class CertificateAuthority {
     return Math.min(ttl, this.maxTtlMs, this.root.notAfter.getTime() - Date.now());
   }
 
-  private async issue(
-    publicKey: x509.PublicKeyType,
-    names: x509.JsonGeneralName[],
-    ttlMs: number,
-    extra: { subject?: string; extKeyUsage?: string[] } = {},
-  ): Promise<x509.X509Certificate> {
+  private async issue(publicKey: x509.PublicKeyType, names: x509.JsonGeneralName[], ttlMs: number, extra: { subject?: string; extKeyUsage?: string[] } = {}): Promise<x509.X509Certificate> {
     const now = Date.now();
     const subject = extra.subject ?? '';
     return x509.X509CertificateGenerator.create({

@@ -342,7 +342,10 @@ export class CertManager extends EventEmitter {
       throw new WeftError('WEFT_ERR_IDENTITY', `the CA returned an unusable certificate for ${principalOf(entry.spiffeId)}: ${why}`);
     };
     if (!leaf.checkPrivateKey(key)) fail('it is not for the key in the CSR');
-    const chainOk = verifiesUpTo(signed.certChain.map((p) => new X509Certificate(p)), root);
+    const chainOk = verifiesUpTo(
+      signed.certChain.map((p) => new X509Certificate(p)),
+      root,
+    );
     if (!chainOk) fail('it does not chain to the trusted root');
     const uris = uriSans(leaf.subjectAltName);
     if (uris.length !== 1 || uris[0] !== entry.spiffeId) fail(`its URI SAN is ${uris.join(', ') || 'missing'}`);

@@ -67,7 +67,13 @@ export class LocalIdentities {
       timer = setTimeout(r, waitMs);
       timer.unref();
     });
-    await Promise.race([this.certs.ensure(namespace, serviceAccount).then(() => undefined, () => undefined), timeout]);
+    await Promise.race([
+      this.certs.ensure(namespace, serviceAccount).then(
+        () => undefined,
+        () => undefined,
+      ),
+      timeout,
+    ]);
     clearTimeout(timer);
     for (;;) {
       const ctx = this.certs.tlsContextFor(namespace, serviceAccount);

@@ -158,10 +158,12 @@ export class Predecessor {
         this.waiting = undefined;
         reject(new Error(`the previous agent (pid ${this.pid}) did not answer '${msg.op}' within ${this.replyTimeoutMs} ms`));
       }, this.replyTimeoutMs);
-      const done = <T>(f: (v: T) => void) => (v: T) => {
-        clearTimeout(timer);
-        f(v);
-      };
+      const done =
+        <T>(f: (v: T) => void) =>
+        (v: T) => {
+          clearTimeout(timer);
+          f(v);
+        };
       this.waiting = { op: expect, resolve: done(resolve), reject: done(reject) };
       this.sock.write(JSON.stringify(msg) + '\n');
     });
@@ -412,9 +414,7 @@ export class NodeSlot {
 /** The message of a refused start: who holds the pin root, and what to do. */
 function refusal(pinRoot: string, socketPath: string, why: string): SlotTakenError {
   const holders = lockHolders(pinRoot);
-  const who = holders.length
-    ? holders.map((pid) => `pid ${pid}${describePid(pid)}`).join(', ')
-    : 'a process this pid namespace cannot see';
+  const who = holders.length ? holders.map((pid) => `pid ${pid}${describePid(pid)}`).join(', ') : 'a process this pid namespace cannot see';
   return new SlotTakenError(
     `another agent holds the pin root ${pinRoot} (${who}) and cannot hand over to this one: ${why} at ${socketPath}. ` +
       `Two agents on one pin root would undo each other's capture; stop ${holders.length ? `pid ${holders.join(', ')}` : 'it'} first, or give this agent its own --pin-root`,

@@ -203,15 +203,7 @@ export class HboneTunnel implements Tunnel {
     });
   }
 
-  private async session(
-    key: string,
-    peer: PeerAgent,
-    src: { namespace: string; serviceAccount: string },
-    ep: Endpoint,
-    source: string,
-    destination: string,
-    deadline: number,
-  ): Promise<Pooled> {
+  private async session(key: string, peer: PeerAgent, src: { namespace: string; serviceAccount: string }, ep: Endpoint, source: string, destination: string, deadline: number): Promise<Pooled> {
     const pooled = this.pool.get(key);
     if (pooled && !pooled.session.closed && !pooled.session.destroyed) return pooled;
     if (pooled) this.drop(pooled, 'closed');
@@ -223,15 +215,7 @@ export class HboneTunnel implements Tunnel {
     return opening;
   }
 
-  private async open(
-    key: string,
-    peer: PeerAgent,
-    src: { namespace: string; serviceAccount: string },
-    ep: Endpoint,
-    source: string,
-    destination: string,
-    deadline: number,
-  ): Promise<Pooled> {
+  private async open(key: string, peer: PeerAgent, src: { namespace: string; serviceAccount: string }, ep: Endpoint, source: string, destination: string, deadline: number): Promise<Pooled> {
     const ids = this.opts.identities;
     const secureContext = await ids.context(src.namespace, src.serviceAccount, deadline - Date.now());
     if (!secureContext) {

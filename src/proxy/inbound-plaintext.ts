@@ -16,7 +16,7 @@
  */
 import type * as http from 'node:http';
 import nodeHttp from '../node-http.js';
-import net from 'node:net';
+import type net from 'node:net';
 import type { StateStore } from '../state/store.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ConnContext } from './context.js';
@@ -88,7 +88,10 @@ export class PlaintextInbound {
       return refuse(403, 'mtls_required', `namespace ${target.workload.namespace} is strict: mTLS only`);
     }
     const ctx: ConnContext = { sourceIp: srcIp, origIp: dst.ip, origPort: dst.port, target, peer: { ip: srcIp }, tunnelled: false };
-    log.info({ src_ip: srcIp, dst: `${dst.ip}:${dst.port}`, dst_workload: `${target.workload.namespace}/${target.workload.name}`, app_protocol: target.protocol }, 'plaintext inbound connection accepted');
+    log.info(
+      { src_ip: srcIp, dst: `${dst.ip}:${dst.port}`, dst_workload: `${target.workload.namespace}/${target.workload.name}`, app_protocol: target.protocol },
+      'plaintext inbound connection accepted',
+    );
     if (head.length) socket.unshift(head);
     serveInbound(socket, ctx, this.deps.inbound, {
       accept: () => {

@@ -173,5 +173,15 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
 }
 
 function logRefused(log: Logger, ctx: ConnContext, err: WeftError): void {
-  log.warn({ src_workload: ctx.source ? `${ctx.source.namespace}/${ctx.source.name}` : undefined, src_ip: ctx.sourceIp, dst: `${ctx.origIp}:${ctx.origPort}`, protocol: 'tcp', error: err.code, reason: err.message }, 'access: connection refused');
+  log.warn(
+    {
+      src_workload: ctx.source ? `${ctx.source.namespace}/${ctx.source.name}` : undefined,
+      src_ip: ctx.sourceIp,
+      dst: `${ctx.origIp}:${ctx.origPort}`,
+      protocol: 'tcp',
+      error: err.code,
+      reason: err.message,
+    },
+    'access: connection refused',
+  );
 }

@@ -17,18 +17,7 @@ import { peerSpiffeId } from '../identity/verify.js';
 import { parseSpiffeId, principalOf, spiffeId } from '../identity/spiffe.js';
 import type { ConnContext } from './context.js';
 import { serveInbound, type InboundDeps } from './inbound.js';
-import {
-  CONNECT_ERROR,
-  HBONE_ALPN,
-  MAX_CONCURRENT_STREAMS,
-  MAX_FRAME_SIZE,
-  SESSION_WINDOW,
-  STREAM_WINDOW,
-  forwardedFor,
-  identityOfServerName,
-  parseAuthority,
-  streamAsSocket,
-} from './hbone.js';
+import { CONNECT_ERROR, HBONE_ALPN, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, SESSION_WINDOW, STREAM_WINDOW, forwardedFor, identityOfServerName, parseAuthority, streamAsSocket } from './hbone.js';
 import { listen } from '../listen.js';
 
 export interface TunnelServerDeps {
@@ -189,7 +178,13 @@ export class TunnelServer {
         };
         const cert = socket.getPeerCertificate();
         this.log.info(
-          { src_principal: peer.principal, dst_principal: principalOf(spiffeId(parts.trustDomain, local.namespace, local.serviceAccount)), peer_ip: peer.ip, cert_serial: cert?.serialNumber, cert_expiry: cert?.valid_to },
+          {
+            src_principal: peer.principal,
+            dst_principal: principalOf(spiffeId(parts.trustDomain, local.namespace, local.serviceAccount)),
+            peer_ip: peer.ip,
+            cert_serial: cert?.serialNumber,
+            cert_expiry: cert?.valid_to,
+          },
           'tunnel session accepted',
         );
       } else {

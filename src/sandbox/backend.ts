@@ -319,14 +319,15 @@ function grpcCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, name:
   const path = String(headers[':path'] ?? '');
   const method = path.slice(path.lastIndexOf('/') + 1);
   const fail = (code: number, message: string): void => {
-    if (!stream.destroyed && !stream.headersSent) stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': code, 'grpc-message': encodeURIComponent(message), 'x-pod': name }, { endStream: true });
+    if (!stream.destroyed && !stream.headersSent)
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': code, 'grpc-message': encodeURIComponent(message), 'x-pod': name }, { endStream: true });
   };
   if (!path.startsWith('/weft.demo.Echo/')) {
     fail(12, `unknown service method ${path}`);
     return;
   }
   state.calls++;
-  const forced = headers['x-grpc-status'] !== undefined ? Number(headers['x-grpc-status']) : state.grpcFail ?? (state.failStatus !== null ? 14 : null);
+  const forced = headers['x-grpc-status'] !== undefined ? Number(headers['x-grpc-status']) : (state.grpcFail ?? (state.failStatus !== null ? 14 : null));
   let rest: Buffer = Buffer.alloc(0);
   const received: Buffer[] = [];
   let started = false;
@@ -406,8 +407,7 @@ export async function backendScriptPath(): Promise<string> {
   const root = repoRoot();
   const script = join(root, 'dist', 'src', 'sandbox', 'backend.js');
   const source = join(root, 'src', 'sandbox', 'backend.ts');
-  const fresh = (): boolean =>
-    existsSync(script) && (!existsSync(source) || statSync(script).mtimeMs >= statSync(source).mtimeMs);
+  const fresh = (): boolean => existsSync(script) && (!existsSync(source) || statSync(script).mtimeMs >= statSync(source).mtimeMs);
   if (fresh()) return script;
   const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc');
   let buildError = '';
@@ -437,12 +437,23 @@ function parseArgs(argv: string[]): BackendOptions {
       return n;
     };
     switch (flag) {
-      case '--name': opts.name = value; break;
-      case '--port': opts.port = port(); break;
-      case '--tcp-echo-port': opts.tcpEchoPort = port(); break;
-      case '--grpc-port': opts.grpcPort = port(); break;
-      case '--host': opts.host = value; break;
-      default: throw new Error(`unknown flag ${flag}`);
+      case '--name':
+        opts.name = value;
+        break;
+      case '--port':
+        opts.port = port();
+        break;
+      case '--tcp-echo-port':
+        opts.tcpEchoPort = port();
+        break;
+      case '--grpc-port':
+        opts.grpcPort = port();
+        break;
+      case '--host':
+        opts.host = value;
+        break;
+      default:
+        throw new Error(`unknown flag ${flag}`);
     }
     i++;
   }
@@ -456,9 +467,7 @@ async function main(): Promise<void> {
   try {
     opts = parseArgs(process.argv.slice(2));
   } catch (err) {
-    process.stderr.write(
-      `${(err as Error).message}\nusage: backend --name NAME --port PORT [--tcp-echo-port PORT] [--grpc-port PORT] [--host ADDR]\n`,
-    );
+    process.stderr.write(`${(err as Error).message}\nusage: backend --name NAME --port PORT [--tcp-echo-port PORT] [--grpc-port PORT] [--host ADDR]\n`);
     process.exit(2);
   }
   const backend = await startBackend(opts);

@@ -41,13 +41,17 @@ export async function demoRoutes(sb: MeshSandbox): Promise<void> {
   (v3 >= 5 && v3 <= 40 && (split.counts['reviews-v1-0'] ?? 0) + v3 === n ? ok : bad)(`canary, ${n} requests from productpage-0: ${fmt(split.counts)} (weights 80/20)`);
 
   const tester = await productpage.curl(url, ['-H', 'end-user: tester']);
-  (tester.status === 503 && tester.headers['x-weft-error'] === undefined ? ok : bad)(`end-user: tester -> HTTP ${tester.status}, injected by the agent (fault abort 503, 100%): the caller's error handling can be tested without breaking reviews`);
+  (tester.status === 503 && tester.headers['x-weft-error'] === undefined ? ok : bad)(
+    `end-user: tester -> HTTP ${tester.status}, injected by the agent (fault abort 503, 100%): the caller's error handling can be tested without breaking reviews`,
+  );
 
   if (await waitFor('the mirror copies', async () => (await served(sb, 'reviews-shadow-0')) >= before + n)) {
     ok(`reviews-shadow-0 received ${(await served(sb, 'reviews-shadow-0')) - before} mirrored copies of the ${n} canary requests; their answers were dropped`);
   }
   const nomatch = await productpage.curl(`http://${reviews.vip}:${reviews.ports[0]!.port}/other`);
-  (nomatch.status === 404 && nomatch.headers['x-weft-error'] === 'no_route' ? ok : bad)(`GET /other (no rule matches) -> HTTP ${nomatch.status} x-weft-error: ${nomatch.headers['x-weft-error'] ?? '-'}`);
+  (nomatch.status === 404 && nomatch.headers['x-weft-error'] === 'no_route' ? ok : bad)(
+    `GET /other (no rule matches) -> HTTP ${nomatch.status} x-weft-error: ${nomatch.headers['x-weft-error'] ?? '-'}`,
+  );
 
   const access = sb.agentLines().filter((l) => l.msg === 'access' && l.route === 'bookinfo/reviews');
   const rules = new Map<string, number>();

@@ -9,7 +9,14 @@ import type { MeshSandbox } from './mesh-sandbox.js';
 import { runSteadyClient, type SteadyResult } from './steady-client.js';
 import { bad, dim, ok, step } from './ui.js';
 
-const counts = (r: SteadyResult) => `${r.ok} answered, ${r.failed} failed${r.failed ? ` (${Object.entries(r.errors).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}`;
+const counts = (r: SteadyResult) =>
+  `${r.ok} answered, ${r.failed} failed${
+    r.failed
+      ? ` (${Object.entries(r.errors)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')})`
+      : ''
+  }`;
 
 export async function demoUpgrade(sb: MeshSandbox): Promise<void> {
   const web = sb.pod('web-0');
@@ -30,8 +37,15 @@ export async function demoUpgrade(sb: MeshSandbox): Promise<void> {
     (fresh!.failed === 0 ? ok : bad)(`a new connection per request: ${counts(fresh!)}`);
     (kept!.failed === 0 ? ok : bad)(`4 keep-alive connections:     ${counts(kept!)}`);
     const show = (await sb.node.exec('bpftool', ['cgroup', 'show', web.cgroup])).stdout.trim();
-    console.log(dim(show.split('\n').map((l) => `      ${l}`).join('\n')));
-    console.log(dim('      (the same pinned links, moved to the new agent\'s programs; the maps are the same maps)'));
+    console.log(
+      dim(
+        show
+          .split('\n')
+          .map((l) => `      ${l}`)
+          .join('\n'),
+      ),
+    );
+    console.log(dim("      (the same pinned links, moved to the new agent's programs; the maps are the same maps)"));
 
     step('11. For comparison, a crash: kill -9, then a new agent');
     clients = traffic();

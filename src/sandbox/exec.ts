@@ -84,11 +84,7 @@ export function exec(cmd: string, args: readonly string[], opts: ExecOptions = {
 export class ExecError extends Error {
   readonly result: ExecResult;
   constructor(cmd: string, args: readonly string[], result: ExecResult) {
-    const how = result.timedOut
-      ? 'timed out'
-      : result.code === null
-        ? `was killed by ${result.signal ?? 'an error'}`
-        : `exited with ${result.code}`;
+    const how = result.timedOut ? 'timed out' : result.code === null ? `was killed by ${result.signal ?? 'an error'}` : `exited with ${result.code}`;
     super(`${[cmd, ...args].join(' ')} ${how}: ${result.stderr.trim() || result.stdout.trim()}`);
     this.name = 'ExecError';
     this.result = result;

@@ -39,7 +39,12 @@ export async function grpcCalls(target: string, calls: number, method = 'Get', t
             let pod: string | undefined;
             if (buf.length > 5) pod = (JSON.parse(buf.subarray(5).toString()) as { pod?: string }).pod;
             const g = head['grpc-status'];
-            resolve({ code: g === undefined ? 2 : Number(g), pod: pod ?? (head['x-pod'] as string | undefined), weftError: head['x-weft-error'] as string | undefined, message: head['grpc-message'] ? decodeURIComponent(String(head['grpc-message'])) : undefined });
+            resolve({
+              code: g === undefined ? 2 : Number(g),
+              pod: pod ?? (head['x-pod'] as string | undefined),
+              weftError: head['x-weft-error'] as string | undefined,
+              message: head['grpc-message'] ? decodeURIComponent(String(head['grpc-message'])) : undefined,
+            });
           });
           req.end(grpcFrame(''));
         }),
@@ -58,10 +63,11 @@ async function main(): Promise<void> {
     return i >= 0 ? a[i + 1] : undefined;
   };
   const md: Record<string, string> = {};
-  for (let i = 0; i < a.length; i++) if (a[i] === '--metadata') {
-    const [k, v] = (a[i + 1] ?? '').split('=');
-    if (k && v !== undefined) md[k] = v;
-  }
+  for (let i = 0; i < a.length; i++)
+    if (a[i] === '--metadata') {
+      const [k, v] = (a[i + 1] ?? '').split('=');
+      if (k && v !== undefined) md[k] = v;
+    }
   const target = get('--target');
   if (!target) {
     process.stderr.write('usage: grpc-client --target HOST:PORT [--calls N] [--method Get] [--timeout 200m] [--metadata k=v]\n');

@@ -27,24 +27,43 @@ async function demo(sb: MeshSandbox): Promise<void> {
   const dump = await sb.configDump();
   for (const c of dump.capture as any[]) (c.captured ? ok : bad)(`${c.workload}: ${c.captured ? `captured (cgroup id ${c.cgroupId}${c.strict ? ', strict mTLS' : ''})` : c.error}`);
   const show = await sb.node.exec('bpftool', ['cgroup', 'show', web.cgroup]);
-  console.log(dim(show.stdout.trim().split('\n').map((l) => `      ${l}`).join('\n')));
+  console.log(
+    dim(
+      show.stdout
+        .trim()
+        .split('\n')
+        .map((l) => `      ${l}`)
+        .join('\n'),
+    ),
+  );
   const legacyShow = await sb.node.exec('bpftool', ['cgroup', 'show', legacy.cgroup]);
   (legacyShow.stdout.trim() === '' ? ok : bad)(`legacy-client-0 (namespace legacy, no weft.io/mesh label): ${legacyShow.stdout.trim() === '' ? 'no programs attached' : 'unexpectedly captured'}`);
 
   step(`2. Balancing: 30 requests from web-0 to the api VIP ${api.vip}:80 (${api.trafficPolicy.loadBalancer.type})`);
   const r1 = await spread(web, apiUrl, 30);
   ok(`answered by ${fmt(r1.counts)}; statuses ${fmt(r1.statuses)}`);
-  const peer = await web.exec(process.execPath, ['-e', `const s=require('net').connect(80,'${api.vip}',()=>{console.log(s.remoteAddress+':'+s.remotePort);s.destroy()});s.on('error',e=>{console.log('error '+e.code)})`]);
-  (peer.stdout.trim() === `${api.vip}:80` ? ok : bad)(`getpeername() inside web-0 shows ${peer.stdout.trim()} (the address it dialed), though the agent on ${cfg.node.address}:${cfg.ports.outbound} answered`);
+  const peer = await web.exec(process.execPath, [
+    '-e',
+    `const s=require('net').connect(80,'${api.vip}',()=>{console.log(s.remoteAddress+':'+s.remotePort);s.destroy()});s.on('error',e=>{console.log('error '+e.code)})`,
+  ]);
+  (peer.stdout.trim() === `${api.vip}:80` ? ok : bad)(
+    `getpeername() inside web-0 shows ${peer.stdout.trim()} (the address it dialed), though the agent on ${cfg.node.address}:${cfg.ports.outbound} answered`,
+  );
 
   step(`3. TCP: the echo service ${echo.vip}:${echo.ports[0]!.port} (${echo.trafficPolicy.loadBalancer.type}), spliced by the agent`);
-  const e1 = await web.exec(process.execPath, ['-e', `const s=require('net').connect(${echo.ports[0]!.port},'${echo.vip}',()=>s.write('ping'));let b='';s.on('data',d=>{b+=d;if(b.includes('ping')){console.log(JSON.stringify(b));s.end()}});s.on('error',e=>console.log('error '+e.code))`]);
+  const e1 = await web.exec(process.execPath, [
+    '-e',
+    `const s=require('net').connect(${echo.ports[0]!.port},'${echo.vip}',()=>s.write('ping'));let b='';s.on('data',d=>{b+=d;if(b.includes('ping')){console.log(JSON.stringify(b));s.end()}});s.on('error',e=>console.log('error '+e.code))`,
+  ]);
   ok(`echo answered ${e1.stdout.trim()}`);
 
   const remote = cfg.workloads.filter((w) => w.labels.app === 'api' && w.node !== cfg.node.name);
   for (const [name, peer] of sb.peers) {
     step(`3b. mTLS: ${remote.map((w) => w.name).join(', ')} on ${name} (${peer.node.address}) is reached through the tunnel (HTTP/2 CONNECT over mutual TLS on ${cfg.ports.tunnel})`);
-    const link = (await sb.node.exec('ip', ['-o', 'link', 'show'])).stdout.split('\n').map((l) => /^\d+: (wl\d+)@/.exec(l)?.[1]).find(Boolean);
+    const link = (await sb.node.exec('ip', ['-o', 'link', 'show'])).stdout
+      .split('\n')
+      .map((l) => /^\d+: (wl\d+)@/.exec(l)?.[1])
+      .find(Boolean);
     const pcap = `${sb.workDir}/link.pcap`;
     const dump = link ? sb.node.spawn('tcpdump', ['-i', link, '-n', '--immediate-mode', '-U', '-s', '0', '-w', pcap], { label: 'tcpdump' }) : undefined;
     if (dump) await dump.waitFor(/listening on/, 10_000).catch(() => undefined);
@@ -57,9 +76,15 @@ async function demo(sb: MeshSandbox): Promise<void> {
     if (dump) {
       const ascii = (await sb.node.exec('tcpdump', ['-r', pcap, '-A', '-n'])).stdout;
       const tls = (await sb.node.exec('tcpdump', ['-r', pcap, '-n', `tcp port ${cfg.ports.tunnel}`])).stdout.split('\n').filter(Boolean).length;
-      (!/GET \/items/.test(ascii) && tls > 0 ? ok : bad)(`on the link between the nodes: ${tls} packets to/from port ${cfg.ports.tunnel}, ${/GET \/items/.test(ascii) ? 'PLAINTEXT HTTP SEEN' : 'no plaintext HTTP'} (tcpdump)`);
+      (!/GET \/items/.test(ascii) && tls > 0 ? ok : bad)(
+        `on the link between the nodes: ${tls} packets to/from port ${cfg.ports.tunnel}, ${/GET \/items/.test(ascii) ? 'PLAINTEXT HTTP SEEN' : 'no plaintext HTTP'} (tcpdump)`,
+      );
     }
-    const lines = peer.agent?.output().split('\n').filter((l) => l.includes('tunnel connection accepted') || (l.includes('"access"') && l.includes('hbone'))) ?? [];
+    const lines =
+      peer.agent
+        ?.output()
+        .split('\n')
+        .filter((l) => l.includes('tunnel connection accepted') || (l.includes('"access"') && l.includes('hbone'))) ?? [];
     const principal = /"(?:src|source|peer)[a-z_]*":"(spiffe:\/\/[^"]+|cluster\.local\/[^"]+)"/.exec(lines.join('\n'))?.[1];
     (principal ? ok : bad)(`${name}'s agent verified the caller's certificate: ${principal ?? 'no identity logged'}`);
     const mt = (await sb.metrics()).split('\n').find((l) => l.startsWith('weft_requests_total') && l.includes('connection_security_policy="mutual_tls"'));

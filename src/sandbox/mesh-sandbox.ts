@@ -15,7 +15,6 @@ import { AGENT_NODE_FLAGS } from '../node-flags.js';
 import { repoRoot } from '../repo-root.js';
 import { Topology, type ManagedProcess, type TopoNode, type TopoPod } from './topology.js';
 
-
 export { repoRoot };
 
 export interface SandboxOptions {
@@ -134,7 +133,17 @@ export class MeshSandbox {
   }
 
   private spawnAgent(node: TopoNode, extraArgs: string[]): ManagedProcess {
-    const args = [...AGENT_NODE_FLAGS, join(repoRoot(), 'bin', 'weft.js'), 'agent', '--config', this.configFile, '--pin-root', join(this.topo.bpfRoot, node.name), ...(this.opts.agentArgs ?? []), ...extraArgs];
+    const args = [
+      ...AGENT_NODE_FLAGS,
+      join(repoRoot(), 'bin', 'weft.js'),
+      'agent',
+      '--config',
+      this.configFile,
+      '--pin-root',
+      join(this.topo.bpfRoot, node.name),
+      ...(this.opts.agentArgs ?? []),
+      ...extraArgs,
+    ];
     // In a cgroup of its own, as a DaemonSet pod: the connections it opens are marked from there.
     return node.spawn(process.execPath, args, { env: this.envFor(node), label: `${node.name}:agent`, cgroup: node.agentCgroup });
   }
@@ -301,4 +310,3 @@ function withEnv<T>(vars: Record<string, string>, fn: () => T): T {
     }
   }
 }
-

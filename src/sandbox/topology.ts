@@ -24,16 +24,7 @@
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import {
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  readdirSync,
-  rmSync,
-  rmdirSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isIPv4 } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -436,9 +427,7 @@ class Managed implements ManagedProcess {
   #failWaiters(why: string): void {
     for (const w of this.#waiters) {
       const m = w.re.exec(this.#out);
-      this.#settle(w, () =>
-        m ? w.resolve(m[0]) : w.reject(new Error(`${this.#label} (pid ${this.pid}) ${why} before printing ${w.re}: ${this.#tail()}`)),
-      );
+      this.#settle(w, () => (m ? w.resolve(m[0]) : w.reject(new Error(`${this.#label} (pid ${this.pid}) ${why} before printing ${w.re}: ${this.#tail()}`))));
     }
   }
 
@@ -464,9 +453,7 @@ async function exitedWithin(p: Managed, ms: number): Promise<boolean> {
 // The pod wrapper: join the cgroup while still a plain `sh`, so nothing of the command ever
 // runs outside it, then exec nsenter, which execs the command (the pid stays the same).
 // Node processes given a cgroup use it too.
-const POD_WRAPPER =
-  'echo $$ > "$1/cgroup.procs" || { echo "weft-topology: cannot join cgroup $1" >&2; exit 125; }; ' +
-  'ns=$2; shift 2; exec nsenter --net="$ns" -- "$@"';
+const POD_WRAPPER = 'echo $$ > "$1/cgroup.procs" || { echo "weft-topology: cannot join cgroup $1" >&2; exit 125; }; ' + 'ns=$2; shift 2; exec nsenter --net="$ns" -- "$@"';
 
 // ---------------------------------------------------------------------------------------
 // Exit hooks
@@ -540,8 +527,7 @@ export class Topology {
   static async create(opts: TopologyOptions = {}): Promise<Topology> {
     const prefix = opts.prefix ?? 'weft-t';
     if (!PREFIX_RE.test(prefix)) throw new Error(`topology prefix must contain 'weft' and only [A-Za-z0-9._-]: ${prefix}`);
-    const taken = (id: string): boolean =>
-      existsSync(join(cgroup2Mount(), id)) || existsSync(join(OWNER_DIR, `${id}.owner`)) || listNetns().some((n) => n.startsWith(id));
+    const taken = (id: string): boolean => existsSync(join(cgroup2Mount(), id)) || existsSync(join(OWNER_DIR, `${id}.owner`)) || listNetns().some((n) => n.startsWith(id));
     let id: string;
     do id = prefix + randomBytes(ID_RANDOM_HEX / 2).toString('hex');
     while (taken(id));
@@ -595,12 +581,7 @@ export class Topology {
     mkdirSync(qos, { recursive: true });
     const node = new TopoNode(this, name, netns, opts.address, prefixLen, qos, nodeCgroup, driver);
     this.nodes.push(node);
-    await this.ipBatch(netns, [
-      'link set lo up',
-      `link add ${BRIDGE} type bridge`,
-      `addr add ${opts.address}/${prefixLen} dev ${BRIDGE}`,
-      `link set ${BRIDGE} up`,
-    ]);
+    await this.ipBatch(netns, ['link set lo up', `link add ${BRIDGE} type bridge`, `addr add ${opts.address}/${prefixLen} dev ${BRIDGE}`, `link set ${BRIDGE} up`]);
     await this.sysctl(netns, ['net.ipv4.ip_forward=1']);
     this.#log(`topology ${this.id}: node ${name} (${netns}) ${opts.address}/${prefixLen}`);
     return node;
@@ -622,16 +603,8 @@ export class Topology {
     const bIp = intToIp(network + 2);
     const dev = `wl${k}`;
     await execOk('ip', ['-n', a.netns, 'link', 'add', dev, 'type', 'veth', 'peer', 'name', dev, 'netns', b.netns]);
-    await this.ipBatch(a.netns, [
-      `addr add ${aIp}/${prefixLen} dev ${dev}`,
-      `link set ${dev} up`,
-      `route add ${b.podSubnet} via ${bIp} dev ${dev}`,
-    ]);
-    await this.ipBatch(b.netns, [
-      `addr add ${bIp}/${prefixLen} dev ${dev}`,
-      `link set ${dev} up`,
-      `route add ${a.podSubnet} via ${aIp} dev ${dev}`,
-    ]);
+    await this.ipBatch(a.netns, [`addr add ${aIp}/${prefixLen} dev ${dev}`, `link set ${dev} up`, `route add ${b.podSubnet} via ${bIp} dev ${dev}`]);
+    await this.ipBatch(b.netns, [`addr add ${bIp}/${prefixLen} dev ${dev}`, `link set ${dev} up`, `route add ${a.podSubnet} via ${aIp} dev ${dev}`]);
     await this.sysctl(a.netns, ['net.ipv4.ip_forward=1']);
     await this.sysctl(b.netns, ['net.ipv4.ip_forward=1']);
     this.#log(`topology ${this.id}: link ${a.name}(${aIp}) <-> ${b.name}(${bIp}) on ${dev}`);
@@ -664,9 +637,7 @@ export class Topology {
     for (const pid of this.#execPids) killGroup(pid, 'SIGKILL');
     const procs = [...this.#procs];
     for (const p of procs) p.kill('SIGTERM');
-    const slow = (await Promise.all(procs.map(async (p) => ((await exitedWithin(p, 2_000)) ? undefined : p)))).filter(
-      (p): p is Managed => p !== undefined,
-    );
+    const slow = (await Promise.all(procs.map(async (p) => ((await exitedWithin(p, 2_000)) ? undefined : p)))).filter((p): p is Managed => p !== undefined);
     for (const p of slow) p.kill('SIGKILL');
     await Promise.all(slow.map((p) => exitedWithin(p, 2_000)));
 
@@ -914,29 +885,20 @@ export class TopoNode {
     const veth = `vp${this.#vethCount++}`;
     await execOk('ip', ['-n', this.netns, 'link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns]);
     await t.ipBatch(this.netns, [`link set ${veth} alias ${name}`, `link set ${veth} master ${BRIDGE}`, `link set ${veth} up`]);
-    await t.ipBatch(netns, [
-      'link set lo up',
-      `addr add ${opts.ip}/${this.prefixLen} dev eth0`,
-      'link set eth0 up',
-      `route add default via ${this.address} dev eth0`,
-    ]);
+    await t.ipBatch(netns, ['link set lo up', `addr add ${opts.ip}/${this.prefixLen} dev eth0`, 'link set eth0 up', `route add default via ${this.address} dev eth0`]);
     t.log(`topology ${t.id}: pod ${this.name}/${name} (${netns}) ${opts.ip} cgroup ${cgroup}`);
     return pod;
   }
 
   /** A process in the node netns (the agent runs here), in `opts.cgroup` or else this process's cgroup. */
   spawn(cmd: string, args: string[], opts: SpawnOpts = {}): ManagedProcess {
-    const argv = opts.cgroup
-      ? ['sh', '-c', POD_WRAPPER, 'weft-node', opts.cgroup, this.netnsPath, cmd, ...args]
-      : ['nsenter', `--net=${this.netnsPath}`, '--', cmd, ...args];
+    const argv = opts.cgroup ? ['sh', '-c', POD_WRAPPER, 'weft-node', opts.cgroup, this.netnsPath, cmd, ...args] : ['nsenter', `--net=${this.netnsPath}`, '--', cmd, ...args];
     return this.topology.spawnManaged(argv, opts, opts.label ?? `${this.name}:${baseName(cmd)}`);
   }
 
   /** Run to completion in the node netns, in `opts.cgroup` or else this process's cgroup. Default timeout 30s. */
   exec(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string; cgroup?: string } = {}): Promise<ExecResult> {
-    const argv = opts.cgroup
-      ? ['sh', '-c', POD_WRAPPER, 'weft-node', opts.cgroup, this.netnsPath, cmd, ...args]
-      : ['nsenter', `--net=${this.netnsPath}`, '--', cmd, ...args];
+    const argv = opts.cgroup ? ['sh', '-c', POD_WRAPPER, 'weft-node', opts.cgroup, this.netnsPath, cmd, ...args] : ['nsenter', `--net=${this.netnsPath}`, '--', cmd, ...args];
     return this.topology.execManaged(argv, opts);
   }
 }

@@ -62,4 +62,3 @@ export async function endpointState(sb: MeshSandbox, cluster: string, workload: 
   const dump = await sb.configDump();
   return dump.clusters.find((c: any) => c.key === cluster)?.endpoints.find((e: any) => e.workload === workload);
 }
-

@@ -1,15 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { canonicalService, workloadName } from '../telemetry/labels.js';
-import {
-  MESH_LABEL,
-  MESH_LABEL_ENABLED,
-  type MeshConfig,
-  type Protocol,
-  type Namespace,
-  type Service,
-  type ServicePort,
-  type Workload,
-} from '../config/types.js';
+import { MESH_LABEL, MESH_LABEL_ENABLED, type MeshConfig, type Protocol, type Namespace, type Service, type ServicePort, type Workload } from '../config/types.js';
 import type { EndpointInfo } from '../cluster/endpoint.js';
 import { attachRoutes, type PortRoutes } from '../proxy/l7/routes/table.js';
 

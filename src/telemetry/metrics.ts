@@ -83,8 +83,20 @@ export class Metrics {
     this.capturedWorkloads = new Gauge({ name: 'weft_captured_workloads', help: 'Local workloads whose traffic is captured by eBPF', registers });
     this.ejections = new Counter({ name: 'weft_upstream_ejections_total', help: 'Endpoints ejected by outlier detection', labelNames: ['destination_service', 'reason'], registers });
     // Decided by the control thread and followed by every worker: merged by max, not summed (src/workers/pool.ts).
-    this.healthyEndpoints = new Gauge({ name: 'weft_upstream_healthy_endpoints', help: 'Endpoints eligible for traffic per service', labelNames: ['destination_service'], registers, aggregator: 'max' });
-    this.circuitOpen = new Gauge({ name: 'weft_circuit_breaker_open', help: '1 while the service circuit breaker is open (or half-open), else 0', labelNames: ['destination_service'], registers, aggregator: 'max' });
+    this.healthyEndpoints = new Gauge({
+      name: 'weft_upstream_healthy_endpoints',
+      help: 'Endpoints eligible for traffic per service',
+      labelNames: ['destination_service'],
+      registers,
+      aggregator: 'max',
+    });
+    this.circuitOpen = new Gauge({
+      name: 'weft_circuit_breaker_open',
+      help: '1 while the service circuit breaker is open (or half-open), else 0',
+      labelNames: ['destination_service'],
+      registers,
+      aggregator: 'max',
+    });
     this.retries = new Counter({ name: 'weft_retries_total', help: 'Request retries made by the agent', labelNames: ['destination_service'], registers });
     this.authzDenied = new Counter({ name: 'weft_authz_denied_total', help: 'Requests and connections denied by authorization', labelNames: ['policy'], registers });
     this.configRejected = new Counter({ name: 'weft_config_rejected_total', help: 'Config changes refused as invalid (the last good config stays)', registers });

@@ -43,8 +43,7 @@ export function outboundPlane(d: PlaneDeps): OutboundPlane {
   // Same-node traffic is authorized here, where the destination lives; the source is the
   // workload whose cgroup made the connection (never its source IP alone). Tunnelled
   // traffic is authorized by the destination's agent with the verified peer (ctx.peer).
-  const authorizeHttp = (ctx: ConnContext, ep: Endpoint, req: RequestView) =>
-    enforcer.http(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep, req);
+  const authorizeHttp = (ctx: ConnContext, ep: Endpoint, req: RequestView) => enforcer.http(ctx.peer ?? enforcer.peerOfLocal(ctx.source, ctx.sourceIp), ep, req);
   const http = new HttpProxy({ clusters: d.clusters, transport: d.transport, metrics: d.metrics, log: log.child({ component: 'http' }), authorize: authorizeHttp, mirror: d.mirror });
   const tcp: TcpProxyDeps = {
     clusters: d.clusters,
@@ -57,4 +56,3 @@ export function outboundPlane(d: PlaneDeps): OutboundPlane {
   const outbound = new OutboundListener({ state: d.state, origDst: d.origDst, source: d.source, http, tcp, metrics: d.metrics, log: log.child({ component: 'outbound' }) });
   return { http, tcp, outbound };
 }
-

@@ -154,7 +154,12 @@ t.test('attacks on the HTTP path, JWKS sources and listeners', async (t) => {
   });
 
   await t.test('h2c upgrade (not allowed by default) is stripped and served as HTTP', async (t) => {
-    const raw = await rawExchange(client, API, 80, 'GET /public HTTP/1.1\r\nHost: api\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\nGET /admin HTTP/1.1\r\nHost: api\r\n\r\n');
+    const raw = await rawExchange(
+      client,
+      API,
+      80,
+      'GET /public HTTP/1.1\r\nHost: api\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\nGET /admin HTTP/1.1\r\nHost: api\r\n\r\n',
+    );
     t.same(statuses(raw), [200, 403]);
     t.notMatch(raw, /"upgrade"/i, 'the backend saw no Upgrade header');
   });
@@ -228,4 +233,3 @@ t.test('attacks on the HTTP path, JWKS sources and listeners', async (t) => {
     t.equal(r.stdout.trim(), 'closed', 'the agent closed the stalled handshake (Node default: 120 s)');
   });
 });
-

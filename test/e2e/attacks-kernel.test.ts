@@ -187,7 +187,11 @@ t.test('a tenant cannot get around the mesh from below the pod cgroup, nor a nod
   await t.test('strict: what the agent opens is admitted (proxied requests, health checks)', async (t) => {
     const r = await getFrom(web, web.containerCgroup(), 'http://10.96.0.20/public');
     t.equal(r.status, 200, 'the agent reaches the strict pod');
-    await until('the agent\'s health checks pass', async () => (await sb.configDump()).clusters.find((c: any) => c.key === 'shop/api:80')?.endpoints.find((e: any) => e.workload === 'shop/api-0')?.health === 'healthy', 15_000);
-    t.pass('api-0 is healthy by the agent\'s own TCP health checks from the node address');
+    await until(
+      "the agent's health checks pass",
+      async () => (await sb.configDump()).clusters.find((c: any) => c.key === 'shop/api:80')?.endpoints.find((e: any) => e.workload === 'shop/api-0')?.health === 'healthy',
+      15_000,
+    );
+    t.pass("api-0 is healthy by the agent's own TCP health checks from the node address");
   });
 });

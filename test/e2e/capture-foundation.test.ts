@@ -43,7 +43,11 @@ t.test('eBPF capture through the agent, end to end', async (t) => {
   const body = await client.curl('http://10.96.0.20/who');
   t.equal(JSON.parse(body.body).remoteAddress.replace('::ffff:', ''), '10.77.0.1', 'the backend sees the agent (node address) as its peer');
 
-  const echo = await client.exec(process.execPath, ['-e', `const s=require('net').connect(7000,'10.96.0.40',()=>s.write('ping'));let b='';s.on('data',d=>{b+=d;if(b.includes('ping')){console.log(JSON.stringify(b));s.end()}})`], { timeoutMs: 5000 });
+  const echo = await client.exec(
+    process.execPath,
+    ['-e', `const s=require('net').connect(7000,'10.96.0.40',()=>s.write('ping'));let b='';s.on('data',d=>{b+=d;if(b.includes('ping')){console.log(JSON.stringify(b));s.end()}})`],
+    { timeoutMs: 5000 },
+  );
   t.equal(echo.stdout.trim(), JSON.stringify('echo-0\nping'), 'a TCP service is spliced through the agent');
 
   const l = await legacy.curl('http://10.96.0.20/', ['--max-time', '2']);
@@ -76,7 +80,9 @@ t.test('eBPF capture through the agent, end to end', async (t) => {
   await sb.writeConfig(good.replace('vip: 10.96.0.40', 'vip: 10.96.0.41'));
 
   // A workload whose cgroup does not exist: a clear log line, the agent keeps running.
-  await sb.writeConfig(config(MESHED, '  - { name: ghost-0, namespace: shop, ip: 10.77.0.99, serviceAccount: ghost, labels: { app: ghost }, cgroup: /sys/fs/cgroup/unified/weft-e2e-missing/ghost-0 }'));
+  await sb.writeConfig(
+    config(MESHED, '  - { name: ghost-0, namespace: shop, ip: 10.77.0.99, serviceAccount: ghost, labels: { app: ghost }, cgroup: /sys/fs/cgroup/unified/weft-e2e-missing/ghost-0 }'),
+  );
   await until('missing cgroup logged', () => sb.agentLines().some((l) => /cannot capture workload/.test(l.msg ?? '') && /ghost-0/.test(l.workload ?? '')));
   const ghost = (await sb.configDump()).capture.find((c: any) => c.workload === 'shop/ghost-0');
   t.equal(ghost.captured, false);

@@ -142,7 +142,10 @@ class Topology {
     run('ip', [...node, 'addr', 'add', `${NODE_IP}/24`, 'dev', 'br0']);
     run('ip', [...node, 'link', 'set', 'br0', 'up']);
     run('ip', [...node, 'addr', 'add', `${VIP}/32`, 'dev', 'lo']);
-    for (const [name, ip, veth] of [['pod', POD_IP, 'vpod'], ['other', OTHER_IP, 'voth']] as const) {
+    for (const [name, ip, veth] of [
+      ['pod', POD_IP, 'vpod'],
+      ['other', OTHER_IP, 'voth'],
+    ] as const) {
       const ns = ['-n', this.netns[name]];
       run('ip', [...node, 'link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', this.netns[name]]);
       run('ip', [...node, 'link', 'set', veth, 'master', 'br0', 'up']);
@@ -180,7 +183,7 @@ class Topology {
         }
         if (m.ready) resolve();
       });
-      child.once("exit", (code, signal) => reject(new Error(`binder in ${ns} exited ${code ?? signal}: ${stderr}`)));
+      child.once('exit', (code, signal) => reject(new Error(`binder in ${ns} exited ${code ?? signal}: ${stderr}`)));
     });
     child.send('done');
     return servers;
@@ -288,7 +291,11 @@ t.test('datapath on real cgroups and namespaces', { skip }, async (t) => {
     t.match(err, { errno: 2, syscallCode: 'ENOENT', code: 'WEFT_ERR_BPF' });
     t.match((err as Error).message, missing, 'naming the path');
     t.ok(caught(() => cgroupIdOf(missing)) instanceof BpfError);
-    t.match(caught(() => dp!.attach('/tmp')), { errno: 22, syscallCode: 'EINVAL' }, 'not a cgroup v2 directory');
+    t.match(
+      caught(() => dp!.attach('/tmp')),
+      { errno: 22, syscallCode: 'EINVAL' },
+      'not a cgroup v2 directory',
+    );
     t.same(dp!.attached(), new Map([[cgroupId, ['connect4', 'getpeername4', 'sockops']]]), 'failed attaches leave no pins');
   });
 
@@ -324,7 +331,10 @@ t.test('datapath on real cgroups and namespaces', { skip }, async (t) => {
     dp!.setDestinations([{ ip: VIP, port: 81 }]);
     t.equal((await topo.connect('pod', topo.podCgroup, VIP, 80)).data, 'vip80', 'removed destination');
     t.equal((await topo.connect('pod', topo.podCgroup, VIP, 81)).data, 'agent', 'added destination');
-    dp!.setDestinations([{ ip: VIP, port: 80 }, { ip: 'not-an-ip', port: 1 }]);
+    dp!.setDestinations([
+      { ip: VIP, port: 80 },
+      { ip: 'not-an-ip', port: 1 },
+    ]);
     t.equal((await topo.connect('pod', topo.podCgroup, VIP, 80)).data, 'agent', 'an invalid entry does not stop the rest');
   });
 
@@ -360,7 +370,6 @@ t.test('datapath on real cgroups and namespaces', { skip }, async (t) => {
     t.equal((await topo.connect('pod', topo.podCgroup, '127.0.0.1', 9000)).data, 'pod', 'loopback can');
     t.equal((await topo.connect('pod', topo.podCgroup, POD_IP, 9000)).data, 'pod', 'the pod itself can');
     t.equal((await topo.connect('pod', topo.podCgroup, OTHER_IP, 7000)).data, 'other', 'replies to connections the pod opened pass');
-
 
     dp!.setPods([{ ip: POD_IP, strict: false }]);
     t.equal((await topo.connect('other', undefined, POD_IP, 9000)).data, 'pod', 'a pod entry without the strict flag relaxes at once');

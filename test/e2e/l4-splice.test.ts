@@ -199,7 +199,9 @@ t.test('L4 connections spliced in the kernel', async (t) => {
     const before = await sb.metrics();
     const lines = access().length;
     const r = await run({ mode: 'bulk', bytes });
-    const want = createHash('sha256').update(Buffer.concat([Buffer.from(GREETING), pattern(bytes, 7)])).digest('hex');
+    const want = createHash('sha256')
+      .update(Buffer.concat([Buffer.from(GREETING), pattern(bytes, 7)]))
+      .digest('hex');
     t.same(r, { len: bytes + GREETING.length, sha256: want }, 'every byte back, in order (client half-closed after sending)');
     await until('access line', () => access().length > lines);
     t.match(access().at(-1), { spliced: true, sent_bytes: bytes, received_bytes: bytes + GREETING.length });
@@ -222,7 +224,10 @@ t.test('L4 connections spliced in the kernel', async (t) => {
     const r = await run({ mode: 'many', conns: 100, bytes: 256 * 1024 }, 60_000);
     t.same(r, { ok: 100, bad: [] }, 'each of 100 connections got its own bytes back');
     // Lines of the earlier tests may still come in: pick these connections by their sizes.
-    const mine = () => access().slice(lines).filter((l) => l.sent_bytes === 256 * 1024);
+    const mine = () =>
+      access()
+        .slice(lines)
+        .filter((l) => l.sent_bytes === 256 * 1024);
     await until('100 access lines', () => mine().length >= 100);
     t.same(
       mine().map((l) => [l.spliced, l.received_bytes]),
@@ -269,11 +274,18 @@ t.test('L4 connections spliced in the kernel', async (t) => {
     t.same(await run({ mode: 'echo', payload: 'ping' }), { got: `${GREETING}ping` });
     t.same(await run({ mode: 'echo', payload: 'pong', endFirst: true }), { got: `${GREETING}pong` }, 'sent and half-closed at once');
     const bytes = 1024 * 1024;
-    const want = createHash('sha256').update(Buffer.concat([Buffer.from(GREETING), pattern(bytes, 7)])).digest('hex');
+    const want = createHash('sha256')
+      .update(Buffer.concat([Buffer.from(GREETING), pattern(bytes, 7)]))
+      .digest('hex');
     t.same(await run({ mode: 'bulk', bytes }), { len: bytes + GREETING.length, sha256: want });
     t.same(await run({ mode: 'half-server', port: 7100, bytes: 1000 }), { got: 'hello\n' }, 'half-close from the server');
     await until('access lines', () => access().length >= lines + 4);
-    t.ok(access().slice(lines).every((l) => l.spliced === false), 'not spliced');
+    t.ok(
+      access()
+        .slice(lines)
+        .every((l) => l.spliced === false),
+      'not spliced',
+    );
     t.match(access().slice(lines)[2], { sent_bytes: bytes, received_bytes: bytes + GREETING.length });
   });
 });

@@ -128,7 +128,12 @@ t.test('mTLS between two nodes', async (t) => {
 
   const agentB = await startAgent(nodeB, cfgB, topo);
   const agentA = await startAgent(nodeA, cfgA, topo);
-  await until('certificates issued', async () => (await certOf(nodeA, 'cluster.local/ns/shop/sa/client'))?.state === 'valid' && (await certOf(nodeB, 'cluster.local/ns/shop/sa/api'))?.state === 'valid', 15_000, 200);
+  await until(
+    'certificates issued',
+    async () => (await certOf(nodeA, 'cluster.local/ns/shop/sa/client'))?.state === 'valid' && (await certOf(nodeB, 'cluster.local/ns/shop/sa/api'))?.state === 'valid',
+    15_000,
+    200,
+  );
 
   const pcap = join(dir, 'inter-node.pcap');
   // --immediate-mode: packets reach the file as they come, not when a ring block fills (or
@@ -153,10 +158,15 @@ t.test('mTLS between two nodes', async (t) => {
     const d = JSON.parse((await admin(nodeA, '/config_dump')).body);
     t.equal(d.clusters.find((c: any) => c.key === 'shop/api:80')?.endpoints[0]?.health, 'unknown', 'node A does not probe the remote pod');
     const dB = JSON.parse((await admin(nodeB, '/config_dump')).body);
-    await until('node B probes its own pod', async () => {
-      const x = JSON.parse((await admin(nodeB, '/config_dump')).body);
-      return x.clusters.find((c: any) => c.key === 'shop/api:80')?.endpoints[0]?.health === 'healthy';
-    }, 10_000, 200);
+    await until(
+      'node B probes its own pod',
+      async () => {
+        const x = JSON.parse((await admin(nodeB, '/config_dump')).body);
+        return x.clusters.find((c: any) => c.key === 'shop/api:80')?.endpoints[0]?.health === 'healthy';
+      },
+      10_000,
+      200,
+    );
     t.ok(dB, 'node B checks api-0, which is local to it');
   });
 
@@ -186,13 +196,22 @@ t.test('mTLS between two nodes', async (t) => {
   await t.test('identities in the logs and metrics', async (t) => {
     const lines = logLines(agentB);
     const accepted = lines.filter((l) => l.msg === 'tunnel connection accepted');
-    t.ok(accepted.some((l) => l.src_principal === 'cluster.local/ns/shop/sa/client' && l.dst_principal === 'cluster.local/ns/shop/sa/api'), "node-b logs the client's SPIFFE ID (HTTP)");
-    t.ok(accepted.some((l) => l.src_principal === 'cluster.local/ns/shop/sa/client' && l.dst_principal === 'cluster.local/ns/shop/sa/echo' && l.src_workload === 'shop/client-0'), '(TCP, with the source pod)');
+    t.ok(
+      accepted.some((l) => l.src_principal === 'cluster.local/ns/shop/sa/client' && l.dst_principal === 'cluster.local/ns/shop/sa/api'),
+      "node-b logs the client's SPIFFE ID (HTTP)",
+    );
+    t.ok(
+      accepted.some((l) => l.src_principal === 'cluster.local/ns/shop/sa/client' && l.dst_principal === 'cluster.local/ns/shop/sa/echo' && l.src_workload === 'shop/client-0'),
+      '(TCP, with the source pod)',
+    );
     await until('tcp access line on node-a', () => logLines(agentA).some((l) => l.msg === 'access' && l.protocol === 'hbone' && l.direction === 'outbound'), 5000);
     const out = logLines(agentA).find((l) => l.msg === 'access' && l.protocol === 'hbone' && l.direction === 'outbound');
     t.equal(out.src_principal, 'cluster.local/ns/shop/sa/client', 'node-a logs both ends of the hop');
     const metricsB = (await nodeB.exec('curl', ['-s', '--max-time', '3', `http://${B}:15020/metrics`])).stdout;
-    t.match(metricsB, /weft_tcp_connections_opened_total\{source_workload="client-0",source_namespace="shop",source_canonical_service="[^"]*",destination_service="shop\/echo-0",connection_security_policy="mutual_tls"\} 1/);
+    t.match(
+      metricsB,
+      /weft_tcp_connections_opened_total\{source_workload="client-0",source_namespace="shop",source_canonical_service="[^"]*",destination_service="shop\/echo-0",connection_security_policy="mutual_tls"\} 1/,
+    );
     t.match(metricsB, /weft_requests_total\{[^}]*destination_workload="api-0"[^}]*connection_security_policy="mutual_tls"[^}]*\} 1/);
     const metricsA = (await nodeA.exec('curl', ['-s', '--max-time', '3', `http://${A}:15020/metrics`])).stdout;
     t.match(metricsA, /weft_requests_total\{source_workload="client-0"[^}]*destination_service="shop\/api"[^}]*connection_security_policy="mutual_tls"[^}]*\} 1/);
@@ -219,7 +238,11 @@ t.test('mTLS between two nodes', async (t) => {
     t.same(failures, [], `${n} HTTP requests and ${n} TCP connections across the nodes`);
     t.ok(seenA.size >= 3, `node-a's client certificate rotated at least twice (${seenA.size} seen)`);
     t.ok(seenB.size >= 3, `node-b's echo certificate rotated at least twice (${seenB.size} seen)`);
-    const sessions = new Set(logLines(agentB).filter((l) => l.msg === 'tunnel session accepted' && l.src_principal.endsWith('/sa/client')).map((l) => l.cert_serial));
+    const sessions = new Set(
+      logLines(agentB)
+        .filter((l) => l.msg === 'tunnel session accepted' && l.src_principal.endsWith('/sa/client'))
+        .map((l) => l.cert_serial),
+    );
     t.ok(sessions.size >= 3, `node-b saw the client present ${sessions.size} different certificates`);
   });
 

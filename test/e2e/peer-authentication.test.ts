@@ -57,7 +57,14 @@ t.test('strict and permissive peer authentication', async (t) => {
     t.match(await bpf(), /weft_ingress/, 'the ingress program guards the strict pod');
     const direct = await legacy.curl('http://10.77.0.11:8080/', ['--max-time', '2']);
     t.equal(direct.status, 0, 'a pod outside the mesh cannot reach the meshed pod directly');
-    const tcp = await legacy.exec(process.execPath, ['-e', `const s=require('net').connect(7000,'10.77.0.31');s.on('connect',()=>{console.log('connected');s.destroy()});s.on('error',e=>console.log(e.code));setTimeout(()=>{console.log('timeout');process.exit(0)},1500).unref()`], { timeoutMs: 5000 });
+    const tcp = await legacy.exec(
+      process.execPath,
+      [
+        '-e',
+        `const s=require('net').connect(7000,'10.77.0.31');s.on('connect',()=>{console.log('connected');s.destroy()});s.on('error',e=>console.log(e.code));setTimeout(()=>{console.log('timeout');process.exit(0)},1500).unref()`,
+      ],
+      { timeoutMs: 5000 },
+    );
     t.equal(tcp.stdout.trim(), 'timeout', 'its SYN is dropped');
     const meshed = await client.curl('http://10.77.0.11:8080/');
     t.equal(meshed.status, 200, 'a meshed pod gets there (through the agent)');
@@ -83,7 +90,10 @@ t.test('strict and permissive peer authentication', async (t) => {
     t.match(await connectEcho(legacy, '10.77.0.31:7000', 'hello-15006'), /^echo .*hello-15006/s, 'TCP through the plaintext inbound port');
     t.match(await connectEcho(legacy, '10.77.0.99:7000', 'x'), /^HTTP\/1.1 404/, 'only local meshed pods');
     const lines = sb.agentLines().filter((l) => l.msg === 'plaintext inbound connection accepted');
-    t.ok(lines.some((l) => l.src_ip === '10.77.0.60' && l.dst_workload === 'shop/api-0'), 'logged with the caller address');
+    t.ok(
+      lines.some((l) => l.src_ip === '10.77.0.60' && l.dst_workload === 'shop/api-0'),
+      'logged with the caller address',
+    );
     const metrics = await sb.metrics();
     t.match(metrics, /weft_tcp_connections_opened_total\{[^}]*destination_service="shop\/echo-0",connection_security_policy="none"\}/, 'plaintext is labelled none');
   });

@@ -106,12 +106,19 @@ t.test('plain-TCP service ports balanced in connect4', async (t) => {
     const r = await client.exec(process.execPath, ['-e', script], { timeoutMs: 5000 });
     const got = JSON.parse(r.stdout.trim()) as string;
     t.match(got, /^web-[01]\nhello$/);
-    const line = () => sb.agentLines().filter((l) => l.msg === 'access' && l.socket_lb === true && l.dst === '10.96.0.60:7000').at(-1);
+    const line = () =>
+      sb
+        .agentLines()
+        .filter((l) => l.msg === 'access' && l.socket_lb === true && l.dst === '10.96.0.60:7000')
+        .at(-1);
     await until('access line', () => line() !== undefined);
     t.match(line(), { component: 'tcp', src_workload: 'app/client-0', src_ip: CLIENT_IP, dst_service: 'app/web', sent_bytes: 5, received_bytes: got.length, protocol: 'tcp' });
     const after = await sb.metrics();
     const series = (text: string, name: string) => {
-      const m = new RegExp(`^${name}\\{source_workload="client-0",source_namespace="app",source_canonical_service="[^"]*",destination_service="app/web",connection_security_policy="none"\\} (\\d+)`, 'm').exec(text);
+      const m = new RegExp(
+        `^${name}\\{source_workload="client-0",source_namespace="app",source_canonical_service="[^"]*",destination_service="app/web",connection_security_policy="none"\\} (\\d+)`,
+        'm',
+      ).exec(text);
       return m ? Number(m[1]) : 0;
     };
     t.equal(series(after, 'weft_tcp_connections_opened_total') - series(before, 'weft_tcp_connections_opened_total'), 1);

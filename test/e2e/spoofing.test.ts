@@ -39,7 +39,11 @@ t.test("a pod that claims another pod's IP does not get its identity", async (t)
   const spoofed = await intruder.curl('http://10.96.0.20/', ['--interface', '10.77.0.21', '--max-time', '5']);
   t.equal(spoofed.status, 403, "dialing from web-0's IP does not make the intruder web-0");
   t.equal(spoofed.headers['x-weft-error'], 'denied');
-  const spoofedLine = () => sb.agentLines().reverse().find((l) => l.msg === 'access' && l.src_ip?.endsWith('10.77.0.21') && l.status === 403);
+  const spoofedLine = () =>
+    sb
+      .agentLines()
+      .reverse()
+      .find((l) => l.msg === 'access' && l.src_ip?.endsWith('10.77.0.21') && l.status === 403);
   await until('the access log line', () => spoofedLine() !== undefined, 5000).catch(() => undefined);
   const line = spoofedLine();
   t.ok(line, 'the spoofed request was logged');

@@ -28,9 +28,17 @@ function running(pid: number): boolean {
 }
 
 function assertGone(tt: Tap, topo: Topology): void {
-  tt.same(netnsNames().filter((n) => n.startsWith(topo.id)), [], 'no netns of the topology left');
+  tt.same(
+    netnsNames().filter((n) => n.startsWith(topo.id)),
+    [],
+    'no netns of the topology left',
+  );
   tt.notOk(existsSync(topo.cgroupRoot), 'cgroup root removed');
-  tt.same(readdirSync(cgroup2Mount()).filter((d) => d.startsWith(topo.id)), [], 'no cgroup dirs left');
+  tt.same(
+    readdirSync(cgroup2Mount()).filter((d) => d.startsWith(topo.id)),
+    [],
+    'no cgroup dirs left',
+  );
 }
 
 if (process.getuid?.() !== 0) {
@@ -53,7 +61,10 @@ if (process.getuid?.() !== 0) {
     t.ok(existsSync(b.cgroup), 'pod cgroup exists');
     t.equal(b.cgroup, `${topo.cgroupRoot}/node-a/kubepods.slice/kubepods-burstable.slice/api-0`, 'below the QoS slice, as the systemd driver lays it out');
     t.equal(b.cgroupPath, `/${topo.id}/node-a/kubepods.slice/kubepods-burstable.slice/api-0`);
-    const children = () => readdirSync(b.cgroup, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name);
+    const children = () =>
+      readdirSync(b.cgroup, { withFileTypes: true })
+        .filter((e) => e.isDirectory())
+        .map((e) => e.name);
     t.equal(children().length, 1, 'a new pod has one container cgroup: pause');
     t.match(children()[0], /^cri-containerd-[0-9a-f]{64}\.scope$/);
     t.ok(readFileSync(`${b.cgroup}/${children()[0]}/cgroup.procs`, 'utf8').trim(), 'the pause container holds a process');
@@ -89,7 +100,7 @@ if (process.getuid?.() !== 0) {
     const script = await backendScriptPath();
     const onNode = node.spawn(process.execPath, [script, '--name', 'node-a', '--port', '15020', '--host', node.address]);
     await onNode.waitFor(/listening on/);
-    t.equal(cgroupOfPid(onNode.pid), '/', 'a node process stays in the caller\'s cgroup');
+    t.equal(cgroupOfPid(onNode.pid), '/', "a node process stays in the caller's cgroup");
     const toNode = await a.curl(`http://${node.address}:15020/`);
     t.equal(toNode.headers['x-pod'], 'node-a', 'pod -> node address');
     const fromNode = await node.exec('curl', ['-sS', '--noproxy', '*', '--max-time', '5', 'http://10.77.0.11:8080/healthz']);
@@ -98,8 +109,11 @@ if (process.getuid?.() !== 0) {
     // the TCP echo server greets with the pod name, then echoes
     const echo = await a.exec(
       process.execPath,
-      ['-e', `const s = require('net').connect(9000, '10.77.0.11'); let got = '';
-        s.on('data', (d) => { got += d; if (got === 'api-0\\n') s.write('ping'); else if (got.endsWith('ping')) { process.stdout.write(got); s.end(); } });`],
+      [
+        '-e',
+        `const s = require('net').connect(9000, '10.77.0.11'); let got = '';
+        s.on('data', (d) => { got += d; if (got === 'api-0\\n') s.write('ping'); else if (got.endsWith('ping')) { process.stdout.write(got); s.end(); } });`,
+      ],
       { timeoutMs: 10_000 },
     );
     t.equal(echo.stdout, 'api-0\nping', echo.stderr);
@@ -117,7 +131,10 @@ if (process.getuid?.() !== 0) {
 
     // nothing leads outside: the node namespace has only lo, the bridge and the pod veths
     const links = await node.exec('ip', ['-o', 'link', 'show']);
-    const names = links.stdout.split('\n').filter(Boolean).map((l) => l.split(': ')[1]!.split('@')[0]);
+    const names = links.stdout
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => l.split(': ')[1]!.split('@')[0]);
     t.same(names.sort(), ['lo', 'vp0', 'vp1', 'weftbr0']);
     const route = await a.exec('ip', ['route', 'get', '1.1.1.1']);
     t.match(route.stdout, /via 10\.77\.0\.1/, 'a pod sends everything to its node');
@@ -158,7 +175,7 @@ if (process.getuid?.() !== 0) {
     await client.spawnBackend({ port: 8080 });
     const fromNodeB = await nodeB.exec('curl', ['-sS', '--noproxy', '*', '--max-time', '5', `http://${client.ip}:8080/`]);
     t.match(fromNodeB.stdout, /"pod":"client-0"/, 'node B -> pod on A');
-    t.equal((JSON.parse(fromNodeB.stdout) as { remoteAddress: string }).remoteAddress, '10.78.0.2', 'from node B\'s link address');
+    t.equal((JSON.parse(fromNodeB.stdout) as { remoteAddress: string }).remoteAddress, '10.78.0.2', "from node B's link address");
 
     await topo.destroy();
     t.notOk(running(agentLike.pid), 'node process stopped');
@@ -207,7 +224,10 @@ if (process.getuid?.() !== 0) {
     t.teardown(() => void execFileSync('sh', ['-c', `ip netns del ${foreign} 2>/dev/null || true`]));
     await Topology.sweep(PREFIX);
     t.ok(netnsNames().includes(foreign), 'foreign names are left alone');
-    t.notOk(netnsNames().some((n) => n.startsWith(deadId)), 'dead netns swept');
+    t.notOk(
+      netnsNames().some((n) => n.startsWith(deadId)),
+      'dead netns swept',
+    );
     t.notOk(existsSync(`${cgroup2Mount()}/${deadId}`), 'dead cgroup swept');
     t.notOk(running(Number(sleeper.trim())), 'process of the dead run killed');
     t.ok(netnsNames().includes(`${live.id}-node-a`), 'live topology spared');
@@ -255,13 +275,20 @@ if (process.getuid?.() !== 0) {
         });
         void exited.then(() => reject(new Error(`child exited early: ${out}`)));
       });
-      t.ok(netnsNames().some((n) => n.startsWith(id)), `${c.how}: topology built`);
+      t.ok(
+        netnsNames().some((n) => n.startsWith(id)),
+        `${c.how}: topology built`,
+      );
       pids.push(...(/PIDS (\d+) (\d+)/.exec(out) ?? []).slice(1).map(Number));
       if (c.signal) child.kill(c.signal);
       const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
       t.equal(await exited, c.expect, `${c.how}: the process still ends as it would have`);
       clearTimeout(timer);
-      t.same(netnsNames().filter((n) => n.startsWith(id)), [], `${c.how}: netns removed`);
+      t.same(
+        netnsNames().filter((n) => n.startsWith(id)),
+        [],
+        `${c.how}: netns removed`,
+      );
       t.notOk(existsSync(`${cgroup2Mount()}/${id}`), `${c.how}: cgroups removed`);
       t.notOk(existsSync(`/run/weft-sandbox/${id}.owner`), `${c.how}: owner file removed`);
     }

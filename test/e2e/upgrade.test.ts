@@ -49,7 +49,10 @@ t.test('replacing the agent under traffic', async (t) => {
   const stopAll = async (pair: ReturnType<typeof start>) => Promise.all(pair.map((c) => c.stop()));
   const mapId = async (name: string) => JSON.parse((await sb.node.exec('bpftool', ['-j', 'map', 'show', 'pinned', join(pinRoot, name)])).stdout).id as number;
   const connect4Progs = async () =>
-    (await sb.node.exec('bpftool', ['cgroup', 'show', client.cgroup])).stdout.split('\n').filter((l) => /weft_connect4/.test(l)).map((l) => Number(l.trim().split(/\s+/)[0]));
+    (await sb.node.exec('bpftool', ['cgroup', 'show', client.cgroup])).stdout
+      .split('\n')
+      .filter((l) => /weft_connect4/.test(l))
+      .map((l) => Number(l.trim().split(/\s+/)[0]));
   const linesOf = (pid: number) => sb.agentLines().filter((l) => l.pid === pid);
 
   t.same((await curlBurst(client, URL, 4)).statuses, { 200: 4 }, 'the mesh serves before anything happens');
@@ -71,7 +74,10 @@ t.test('replacing the agent under traffic', async (t) => {
 
     const oldLines = linesOf(previous.pid).map((l) => l.msg);
     t.ok(oldLines.includes('capture handed over: the new agent syncs maps and links from now on'), 'the old agent handed capture over');
-    t.notOk(oldLines.some((l) => l === 'workload released from capture'), 'the old agent detached nothing');
+    t.notOk(
+      oldLines.some((l) => l === 'workload released from capture'),
+      'the old agent detached nothing',
+    );
     t.equal(await mapId('weft_dests'), destsBefore, 'the destinations map is the same map (handed over, not rebuilt)');
     t.equal(await mapId('weft_tuple_dst'), tupleBefore, 'so is the tuple map');
     const loaded = linesOf(next.pid).find((l) => l.msg === 'datapath loaded');

@@ -57,30 +57,35 @@ t.test('random spreads evenly', async (t) => {
 });
 
 t.test('ring-hash and maglev: each key sticks to one endpoint, keys spread over all', async (t) => {
-  for (const type of ['ring-hash', 'maglev']) await t.test(type, async (t) => {
-    const { la } = await withMesh(t, 3, `{ loadBalancer: { type: ${type}, hashOn: { header: x-user } } }`);
-    const owner = new Map<string, Set<string>>();
-    for (let round = 0; round < 3; round++) {
-      for (let u = 0; u < 60; u++) {
-        const r = await la.get('127.0.2.1', '10.96.0.20:80', '/', { 'x-user': `user-${u}` });
-        const set = owner.get(`user-${u}`) ?? new Set();
-        set.add(r.headers['x-pod'] as string);
-        owner.set(`user-${u}`, set);
+  for (const type of ['ring-hash', 'maglev'])
+    await t.test(type, async (t) => {
+      const { la } = await withMesh(t, 3, `{ loadBalancer: { type: ${type}, hashOn: { header: x-user } } }`);
+      const owner = new Map<string, Set<string>>();
+      for (let round = 0; round < 3; round++) {
+        for (let u = 0; u < 60; u++) {
+          const r = await la.get('127.0.2.1', '10.96.0.20:80', '/', { 'x-user': `user-${u}` });
+          const set = owner.get(`user-${u}`) ?? new Set();
+          set.add(r.headers['x-pod'] as string);
+          owner.set(`user-${u}`, set);
+        }
       }
-    }
-    t.ok([...owner.values()].every((s) => s.size === 1), `${type}: every key always went to the same endpoint`);
-    const used = new Set([...owner.values()].map((s) => [...s][0]));
-    t.equal(used.size, 3, `${type}: 60 keys spread over all 3 endpoints`);
-  });
+      t.ok(
+        [...owner.values()].every((s) => s.size === 1),
+        `${type}: every key always went to the same endpoint`,
+      );
+      const used = new Set([...owner.values()].map((s) => [...s][0]));
+      t.equal(used.size, 3, `${type}: 60 keys spread over all 3 endpoints`);
+    });
 });
 
 t.test('least-request and peak-ewma send clearly less to a slow endpoint under concurrency', async (t) => {
-  for (const type of ['least-request', 'peak-ewma']) await t.test(type, async (t) => {
-    const { la, backends } = await withMesh(t, 3, `{ loadBalancer: { type: ${type} } }`);
-    backends[0]!.state.delayMs = 100;
-    const c = await concurrent(la, 12, 25);
-    const slow = c['api-0'] ?? 0;
-    const total = Object.values(c).reduce((a, b) => a + b, 0);
-    t.ok(slow / total < 0.2, `${type}: the slow endpoint got ${slow} of ${total} (a third would be even)`);
-  });
+  for (const type of ['least-request', 'peak-ewma'])
+    await t.test(type, async (t) => {
+      const { la, backends } = await withMesh(t, 3, `{ loadBalancer: { type: ${type} } }`);
+      backends[0]!.state.delayMs = 100;
+      const c = await concurrent(la, 12, 25);
+      const slow = c['api-0'] ?? 0;
+      const total = Object.values(c).reduce((a, b) => a + b, 0);
+      t.ok(slow / total < 0.2, `${type}: the slow endpoint got ${slow} of ${total} (a third would be even)`);
+    });
 });

@@ -2,7 +2,7 @@ import t, { type Test } from 'tap';
 import { once } from 'node:events';
 import { X509Certificate } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import * as tls from 'node:tls';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -77,10 +77,7 @@ async function handshake(serverCtx: tls.SecureContext, clientCtx: tls.SecureCont
       });
       sock.on('error', (err) => resolve({ error: err.message }));
     });
-    const server = await Promise.race([
-      serverSide,
-      new Promise<{ authorized: false; error: string }>((r) => setTimeout(() => r({ authorized: false, error: 'timeout' }), 2000)),
-    ]);
+    const server = await Promise.race([serverSide, new Promise<{ authorized: false; error: string }>((r) => setTimeout(() => r({ authorized: false, error: 'timeout' }), 2000))]);
     return { client: clientSide, server };
   } finally {
     srv.close();
@@ -183,7 +180,10 @@ t.test('CA down: the current certificate stays in service, retries back off, and
   const failures: Array<{ attempt: number; retryInMs: number; error: Error }> = [];
   mgr.on('refreshFailed', (f) => failures.push(f));
   while (failures.length < 3) await once(mgr, 'refreshFailed');
-  t.same(failures.map((f) => f.attempt), [1, 2, 3]);
+  t.same(
+    failures.map((f) => f.attempt),
+    [1, 2, 3],
+  );
   t.match(failures[0]!.error, { reason: 'unreachable' });
   t.ok(failures[2]!.retryInMs >= 200 && failures[2]!.retryInMs <= 400, `backoff grows (${failures.map((f) => Math.round(f.retryInMs))})`);
   t.equal(mgr.get('shop', 'api'), first, 'still serving the current certificate');

@@ -143,7 +143,10 @@ t.test('agent tokens, node binding and pod authorization', async (t) => {
     const res = await sign(server, rootPem, 'tok-a', { csr: await csr(), namespace: 'shop', serviceAccount: 'db' });
     t.equal(res.status, 403);
     t.match(res.body, { error: { code: 'denied', message: /node node-a has no workload running as shop\/db/ } });
-    t.ok(lines.some((l) => l.msg === 'refused a certificate: the node runs no such workload' && l.node === 'node-a'), 'logged');
+    t.ok(
+      lines.some((l) => l.msg === 'refused a certificate: the node runs no such workload' && l.node === 'node-a'),
+      'logged',
+    );
     t.equal((await sign(server, rootPem, 'tok-b', { csr: await csr(), namespace: 'shop', serviceAccount: 'db' })).status, 200);
     // A finished pod (Succeeded) runs nothing.
     t.equal((await sign(server, rootPem, 'tok-a', { csr: await csr(), namespace: 'shop', serviceAccount: 'batch' })).status, 403);
@@ -172,7 +175,10 @@ t.test('agent tokens, node binding and pod authorization', async (t) => {
     const unknown = await sign(server, rootPem, 'no-such-token', body);
     t.equal(unknown.status, 401);
     t.match(unknown.body, { error: { code: 'unauthenticated', message: /did not authenticate the token for audience weft-ca: .*invalid bearer token/ } });
-    t.ok(lines.some((l) => l.msg === 'refused a signing request: authentication failed' && l.status === 401), 'logged');
+    t.ok(
+      lines.some((l) => l.msg === 'refused a signing request: authentication failed' && l.status === 401),
+      'logged',
+    );
 
     // The agent's own API token (audience: the API server) is no credential for the CA.
     api.setToken('api-audience', serviceAccountToken(AGENT.ns, AGENT.sa, { pod: 'weft-agent-a', node: 'node-a' }));
@@ -203,14 +209,20 @@ t.test('agent tokens, node binding and pod authorization', async (t) => {
     const res = await sign(server, rootPem, 'workload', { csr: await csr(), namespace: 'shop', serviceAccount: 'api' });
     t.equal(res.status, 403);
     t.match(res.body, { error: { code: 'not_an_agent', message: /system:serviceaccount:shop:api is not a weft agent.*system:serviceaccount:weft-system:weft-agent/ } });
-    t.ok(lines.some((l) => l.code === 'not_an_agent'), 'logged');
+    t.ok(
+      lines.some((l) => l.code === 'not_an_agent'),
+      'logged',
+    );
   });
 
   t.test('without node-name in the token, the node comes from the bound agent pod', async (t) => {
     api.setToken('pod-only-b', serviceAccountToken(AGENT.ns, AGENT.sa, { pod: 'weft-agent-b', podUid: 'uid-agent-b', audiences: ['weft-ca'] }));
     const ok = await sign(server, rootPem, 'pod-only-b', { csr: await csr(), namespace: 'shop', serviceAccount: 'db' });
     t.equal(ok.status, 200, JSON.stringify(ok.body));
-    t.ok(api.requests.some((r) => r.method === 'GET' && r.path === `/api/v1/namespaces/${AGENT.ns}/pods/weft-agent-b`), 'looked up the agent pod');
+    t.ok(
+      api.requests.some((r) => r.method === 'GET' && r.path === `/api/v1/namespaces/${AGENT.ns}/pods/weft-agent-b`),
+      'looked up the agent pod',
+    );
     t.equal((await sign(server, rootPem, 'pod-only-b', { csr: await csr(), namespace: 'shop', serviceAccount: 'api' })).status, 403, 'node-b, not node-a');
 
     api.setToken('gone-pod', serviceAccountToken(AGENT.ns, AGENT.sa, { pod: 'weft-agent-z', audiences: ['weft-ca'] }));
@@ -233,7 +245,10 @@ t.test('agent tokens, node binding and pod authorization', async (t) => {
     t.equal(review.status, 503);
     t.equal(review.headers['retry-after'], '5');
     t.match(review.body, { error: { code: 'unavailable', message: /answered 500 to TokenReview: injected failure/ } });
-    t.ok(lines.some((l) => l.msg === 'cannot authenticate a signing request' && l.status === 503 && l.level === 50), 'logged as an error');
+    t.ok(
+      lines.some((l) => l.msg === 'cannot authenticate a signing request' && l.status === 503 && l.level === 50),
+      'logged as an error',
+    );
     // The CA's own credentials refused (RBAC): still 503, with a hint.
     api.failNext(1, 403);
     const rbac = await sign(server, rootPem, 'fresh', await body());
@@ -246,7 +261,10 @@ t.test('agent tokens, node binding and pod authorization', async (t) => {
     const list = await sign(server, rootPem, 'fresh', await body('shop2'));
     t.equal(list.status, 503);
     t.match(list.body.error.message, /list pods in shop2 on node node-a/);
-    t.ok(lines.some((l) => l.msg === 'cannot authorize a signing request' && l.status === 503), 'logged');
+    t.ok(
+      lines.some((l) => l.msg === 'cannot authorize a signing request' && l.status === 503),
+      'logged',
+    );
     t.equal((await sign(server, rootPem, 'fresh', await body('shop2'))).status, 200, 'fine again once the API answers');
 
     // The CaClient sees a server error (the CertManager retries those with backoff).
@@ -352,11 +370,9 @@ t.test('flags', async (t) => {
   // API credentials from a kubeconfig file.
   const kubeconfig = join(dir, 'kubeconfig');
   await writeFile(kubeconfig, api.kubeConfig().exportConfig());
-  const server = await serve(
-    t,
-    ['--kubernetes', '--listen=127.0.0.1:0', `--state-dir=${stateDir}`, '--agent-service-account=mesh/agent', '--token-audience=mesh-ca', `--kubeconfig=${kubeconfig}`],
-    { log: pino({ level: 'silent' }) },
-  );
+  const server = await serve(t, ['--kubernetes', '--listen=127.0.0.1:0', `--state-dir=${stateDir}`, '--agent-service-account=mesh/agent', '--token-audience=mesh-ca', `--kubeconfig=${kubeconfig}`], {
+    log: pino({ level: 'silent' }),
+  });
   const rootPem = await readFile(join(stateDir, 'root.pem'), 'utf8');
   t.equal((await sign(server, rootPem, 'x', { csr: await csr(), namespace: 'shop', serviceAccount: 'api' })).status, 200);
   t.same((tokenReviews(api).at(-1)!.body as any).spec.audiences, ['mesh-ca']);

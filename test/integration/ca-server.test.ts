@@ -26,14 +26,11 @@ async function csr(id?: string): Promise<string> {
 /** A raw HTTPS request to the CA, trusting its root. */
 function raw(server: CaServer, rootPem: string, method: string, path: string, body?: string, headers: Record<string, string> = {}) {
   return new Promise<{ status: number; body: string; headers: Record<string, unknown> }>((resolve, reject) => {
-    const req = https.request(
-      { host: '127.0.0.1', port: server.port, method, path, ca: rootPem, agent: false, headers: { 'content-type': 'application/json', ...headers } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString(), headers: res.headers }));
-      },
-    );
+    const req = https.request({ host: '127.0.0.1', port: server.port, method, path, ca: rootPem, agent: false, headers: { 'content-type': 'application/json', ...headers } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString(), headers: res.headers }));
+    });
     req.on('error', reject);
     req.end(body);
   });
@@ -90,7 +87,7 @@ t.test('CA server over HTTPS on loopback', async (t) => {
     t.equal(bad.status, 403);
   });
 
-  t.test('no token, a garbage token, another CA\'s token: 401', async (t) => {
+  t.test("no token, a garbage token, another CA's token: 401", async (t) => {
     const body = JSON.stringify({ csr: await csr(), namespace: 'shop', serviceAccount: 'api' });
     const none = await raw(server, ca.rootPem, 'POST', '/v1/sign', body);
     t.equal(none.status, 401);
@@ -126,14 +123,7 @@ t.test('CA server over HTTPS on loopback', async (t) => {
     t.match(JSON.parse(badTtl.body).error.message, /ttlSeconds/);
     const badName = await raw(server, ca.rootPem, 'POST', '/v1/sign', JSON.stringify({ csr: await csr(), namespace: 'sh op', serviceAccount: 'api' }), auth);
     t.equal(badName.status, 400);
-    const wrongSan = await raw(
-      server,
-      ca.rootPem,
-      'POST',
-      '/v1/sign',
-      JSON.stringify({ csr: await csr('spiffe://cluster.local/ns/shop/sa/admin'), namespace: 'shop', serviceAccount: 'api' }),
-      auth,
-    );
+    const wrongSan = await raw(server, ca.rootPem, 'POST', '/v1/sign', JSON.stringify({ csr: await csr('spiffe://cluster.local/ns/shop/sa/admin'), namespace: 'shop', serviceAccount: 'api' }), auth);
     t.equal(wrongSan.status, 400);
     t.match(JSON.parse(wrongSan.body).error.message, /not the requested identity/);
     const badCsr = await raw(
@@ -149,13 +139,10 @@ t.test('CA server over HTTPS on loopback', async (t) => {
     const big = await raw(server, ca.rootPem, 'POST', '/v1/sign', 'x'.repeat(100_000), auth);
     t.equal(big.status, 413);
     const chunked = await new Promise<number>((resolve, reject) => {
-      const req = https.request(
-        { host: '127.0.0.1', port: server.port, method: 'POST', path: '/v1/sign', ca: ca.rootPem, agent: false, headers: auth },
-        (res) => {
-          res.resume();
-          resolve(res.statusCode!);
-        },
-      );
+      const req = https.request({ host: '127.0.0.1', port: server.port, method: 'POST', path: '/v1/sign', ca: ca.rootPem, agent: false, headers: auth }, (res) => {
+        res.resume();
+        resolve(res.statusCode!);
+      });
       req.on('error', reject);
       for (let i = 0; i < 10; i++) req.write('y'.repeat(10_000));
       req.end();

@@ -180,10 +180,29 @@ t.test('h2c with prior knowledge on an http port; HTTP/2 both ways on an http2 p
   t.match(h2load.stdout, /requests: 400 total, 400 started, 400 done, 400 succeeded, 0 failed, 0 errored/, 'h2load: 400 of 400 succeeded');
   t.match(h2load.stdout, /status codes: 400 2xx/, 'all 2xx');
   const served = backends.map((b) => b.state.requests);
-  t.ok(served.every((n) => n >= 100), `h2load's streams on 2 connections were balanced per request: ${served}`);
+  t.ok(
+    served.every((n) => n >= 100),
+    `h2load's streams on 2 connections were balanced per request: ${served}`,
+  );
 
   la.route('127.0.0.1', '10.96.0.41:80', 'shop/client-0');
-  const h2 = await run('curl', ['-sS', '--interface', '127.0.0.1', '-o', '/dev/null', '-D', '-', '--http2-prior-knowledge', '-H', 'content-type: application/grpc', '-H', 'te: trailers', '--data-binary', '', `${url}/weft.demo.Echo/Get`]);
+  const h2 = await run('curl', [
+    '-sS',
+    '--interface',
+    '127.0.0.1',
+    '-o',
+    '/dev/null',
+    '-D',
+    '-',
+    '--http2-prior-knowledge',
+    '-H',
+    'content-type: application/grpc',
+    '-H',
+    'te: trailers',
+    '--data-binary',
+    '',
+    `${url}/weft.demo.Echo/Get`,
+  ]);
   t.match(h2.stdout, /HTTP\/2 200/, 'http2 port: HTTP/2 to an HTTP/2 backend');
   const refused = await curl([`${url}/plain`]);
   t.match(refused, /\n505 1\.1$/, 'HTTP/1.1 to an http2 port: 505');

@@ -80,11 +80,12 @@ function logCapture() {
 
 t.test('TCP check: unhealthy when the listener goes away, healthy again when it is back', async (t) => {
   let accepted = 0;
-  const mk = () => net.createServer((s) => {
-    accepted++;
-    s.on('error', () => {});
-    s.end();
-  });
+  const mk = () =>
+    net.createServer((s) => {
+      accepted++;
+      s.on('error', () => {});
+      s.end();
+    });
   let server = mk();
   const port = await listen(server);
   t.teardown(() => close(server));
@@ -105,14 +106,17 @@ t.test('TCP check: unhealthy when the listener goes away, healthy again when it 
   t.ok(took >= 100 && took < 1500, `after ~unhealthyThreshold x interval (${took}ms)`);
   t.equal(e.checkFailures, 2);
   t.match(e.lastCheckError, /ECONNREFUSED/);
-  t.match(lines.find((l) => l.msg === 'endpoint failed health checks'), {
-    level: 40,
-    endpoint: e.id,
-    service: 'shop/api:80',
-    from: 'healthy',
-    to: 'unhealthy',
-    reason: /2 consecutive failed checks: .*ECONNREFUSED/,
-  });
+  t.match(
+    lines.find((l) => l.msg === 'endpoint failed health checks'),
+    {
+      level: 40,
+      endpoint: e.id,
+      service: 'shop/api:80',
+      from: 'healthy',
+      to: 'unhealthy',
+      reason: /2 consecutive failed checks: .*ECONNREFUSED/,
+    },
+  );
 
   server = mk();
   await listen(server, port);

@@ -36,7 +36,9 @@ t.test('active HTTP checks: a killed backend leaves rotation, a restarted one re
   for (const p of pods) backends.set(p.name, await startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} }));
   t.teardown(() => Promise.all([...backends.values()].map((b) => b.close())));
   const la = await startLoopbackAgent(
-    loopbackMesh(pods, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ healthCheck: { type: http, path: /healthz, interval: 500ms, timeout: 400ms, unhealthyThreshold: 2, healthyThreshold: 2 } }' }]),
+    loopbackMesh(pods, [
+      { name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ healthCheck: { type: http, path: /healthz, interval: 500ms, timeout: 400ms, unhealthyThreshold: 2, healthyThreshold: 2 } }' },
+    ]),
   );
   t.teardown(() => la.stop());
   la.route('127.0.2.1', '10.96.0.20:80', 'shop/client-0');
@@ -97,7 +99,9 @@ t.test('panic threshold: with too few healthy endpoints, spread over all', async
   const backends = await Promise.all(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(
-    loopbackMesh(pods, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ outlierDetection: { consecutive5xx: 1, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 100, panicThreshold: 50 } }' }]),
+    loopbackMesh(pods, [
+      { name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ outlierDetection: { consecutive5xx: 1, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 100, panicThreshold: 50 } }' },
+    ]),
   );
   t.teardown(() => la.stop());
   la.route('127.0.2.1', '10.96.0.20:80', 'shop/client-0');
@@ -116,7 +120,9 @@ t.test('maxEjectionPercent caps ejections', async (t) => {
   const backends = await Promise.all(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(
-    loopbackMesh(pods, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ outlierDetection: { consecutive5xx: 1, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 34, panicThreshold: 0 } }' }]),
+    loopbackMesh(pods, [
+      { name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ outlierDetection: { consecutive5xx: 1, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 34, panicThreshold: 0 } }' },
+    ]),
   );
   t.teardown(() => la.stop());
   la.route('127.0.2.1', '10.96.0.20:80', 'shop/client-0');
@@ -134,8 +140,24 @@ t.test('L4 services: connect failures eject, TCP checks take a dead endpoint out
   // echo-2 (127.0.1.3) has no server: connections to it are refused.
   const la = await startLoopbackAgent(
     loopbackMesh(pods3, [
-      { name: 'echo', vip: '10.96.0.40', app: 'echo', port: 9000, targetPort: 9000, protocol: 'tcp', policy: '{ loadBalancer: { type: round-robin }, outlierDetection: { consecutiveGatewayErrors: 2, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 50 } }' },
-      { name: 'echo-checked', vip: '10.96.0.41', app: 'echo', port: 9000, targetPort: 9000, protocol: 'tcp', policy: '{ healthCheck: { type: tcp, interval: 100ms, timeout: 80ms, unhealthyThreshold: 2, healthyThreshold: 1 } }' },
+      {
+        name: 'echo',
+        vip: '10.96.0.40',
+        app: 'echo',
+        port: 9000,
+        targetPort: 9000,
+        protocol: 'tcp',
+        policy: '{ loadBalancer: { type: round-robin }, outlierDetection: { consecutiveGatewayErrors: 2, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 50 } }',
+      },
+      {
+        name: 'echo-checked',
+        vip: '10.96.0.41',
+        app: 'echo',
+        port: 9000,
+        targetPort: 9000,
+        protocol: 'tcp',
+        policy: '{ healthCheck: { type: tcp, interval: 100ms, timeout: 80ms, unhealthyThreshold: 2, healthyThreshold: 1 } }',
+      },
     ]),
   );
   t.teardown(() => la.stop());
@@ -154,17 +176,27 @@ t.test('L4 services: connect failures eject, TCP checks take a dead endpoint out
   la.route('127.0.2.7', '10.96.0.40:9000', 'shop/client-0');
   const got: string[] = [];
   for (let i = 0; i < 12; i++) got.push(await dial('127.0.2.7'));
-  t.ok(got.every((g) => g === 'echo-0' || g === 'echo-1'), 'every connection is served: a refused connect is retried on another endpoint');
+  t.ok(
+    got.every((g) => g === 'echo-0' || g === 'echo-1'),
+    'every connection is served: a refused connect is retried on another endpoint',
+  );
   const dump = await la.configDump();
   const dead = dump.clusters.find((c: any) => c.key === 'shop/echo:9000').endpoints.find((e: any) => e.workload === 'shop/echo-2');
   t.ok(dead.ejected, 'the refusing endpoint is ejected after consecutive connect failures');
 
   la.route('127.0.2.8', '10.96.0.41:9000', 'shop/client-0');
-  await until('the TCP check marks echo-2 unhealthy', async () => {
-    const d = await la.configDump();
-    return d.clusters.find((c: any) => c.key === 'shop/echo-checked:9000').endpoints.find((e: any) => e.workload === 'shop/echo-2').health === 'unhealthy';
-  }, 3000);
+  await until(
+    'the TCP check marks echo-2 unhealthy',
+    async () => {
+      const d = await la.configDump();
+      return d.clusters.find((c: any) => c.key === 'shop/echo-checked:9000').endpoints.find((e: any) => e.workload === 'shop/echo-2').health === 'unhealthy';
+    },
+    3000,
+  );
   const got2: string[] = [];
   for (let i = 0; i < 6; i++) got2.push(await dial('127.0.2.8'));
-  t.ok(got2.every((g) => g === 'echo-0' || g === 'echo-1'), 'the TCP check keeps connections away from the dead endpoint');
+  t.ok(
+    got2.every((g) => g === 'echo-0' || g === 'echo-1'),
+    'the TCP check keeps connections away from the dead endpoint',
+  );
 });

@@ -5,7 +5,7 @@
  */
 import t, { type Test } from 'tap';
 import http from 'node:http';
-import net from 'node:net';
+import type net from 'node:net';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
@@ -62,7 +62,14 @@ const echo: http.RequestListener = (req, res) => {
   req.on('data', (d: Buffer) => parts.push(d));
   req.on('end', () => {
     const body = Buffer.concat(parts);
-    res.writeHead(200, { 'content-type': 'text/plain', 'x-method': req.method!, 'x-path': req.url!, 'x-te': req.headers['transfer-encoding'] ?? '', 'x-cl': req.headers['content-length'] ?? '', 'content-length': body.length });
+    res.writeHead(200, {
+      'content-type': 'text/plain',
+      'x-method': req.method!,
+      'x-path': req.url!,
+      'x-te': req.headers['transfer-encoding'] ?? '',
+      'x-cl': req.headers['content-length'] ?? '',
+      'content-length': body.length,
+    });
     res.end(body);
   });
 };
@@ -506,7 +513,15 @@ t.test('connection limits: maxConnections with a pending queue, then overflow', 
     return { status: r.status, error: r.headers['x-weft-error'] };
   });
   const got = await Promise.all(answers);
-  t.same(got, [{ status: 200, error: undefined }, { status: 200, error: undefined }, { status: 503, error: 'overflow' }], 'one on the connection, one waiting for it, one refused');
+  t.same(
+    got,
+    [
+      { status: 200, error: undefined },
+      { status: 200, error: undefined },
+      { status: 503, error: 'overflow' },
+    ],
+    'one on the connection, one waiting for it, one refused',
+  );
   t.equal(backend.connections(), 1, 'the waiting request reused the one connection');
   for (const c of clients) c.close();
 });

@@ -101,7 +101,9 @@ t.test('an upgrade type the service does not allow is stripped and served as HTT
   const backend = await plainBackend(t);
   const la = await agentFor(t);
   const c = await RawClient.connect(la.outboundPort, clientIp(la));
-  c.write('GET /public HTTP/1.1\r\nHost: api.shop\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\nGET /admin HTTP/1.1\r\nHost: api.shop\r\n\r\n');
+  c.write(
+    'GET /public HTTP/1.1\r\nHost: api.shop\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\nGET /admin HTTP/1.1\r\nHost: api.shop\r\n\r\n',
+  );
   t.equal((await c.readResponse()).status, 200);
   t.equal((await c.readResponse()).status, 403, 'the pipelined request is denied');
   const head = backend.heads()[0]!;

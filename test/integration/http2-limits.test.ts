@@ -40,7 +40,12 @@ function literal(name: string, value: string, indexing = false): Buffer {
 }
 /** A GET for `path`: :method GET (2), :scheme http (6), :path literal, :authority literal. */
 function getBlock(path: string, extra: Buffer[] = []): Buffer {
-  return Buffer.concat([Buffer.from([0x82, 0x86]), Buffer.concat([Buffer.from([0x04]), hpackInt(path.length, 7, 0), Buffer.from(path)]), Buffer.concat([Buffer.from([0x01]), hpackInt(3, 7, 0), Buffer.from('api')]), ...extra]);
+  return Buffer.concat([
+    Buffer.from([0x82, 0x86]),
+    Buffer.concat([Buffer.from([0x04]), hpackInt(path.length, 7, 0), Buffer.from(path)]),
+    Buffer.concat([Buffer.from([0x01]), hpackInt(3, 7, 0), Buffer.from('api')]),
+    ...extra,
+  ]);
 }
 const END_STREAM = 0x1;
 const END_HEADERS = 0x4;
@@ -156,7 +161,10 @@ t.test('hostile HTTP/2 clients lose their own session only', async (t) => {
     for (let i = 0; i < 600; i++) out.push(frame(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * i, getBlock('/?delay=1000')));
     s.sock.write(Buffer.concat(out));
     const code = await s.goaway;
-    t.ok([...s.rsts.values()].some((c) => c === NGHTTP2_REFUSED_STREAM), 'streams past the limit were refused (RST_STREAM REFUSED_STREAM)');
+    t.ok(
+      [...s.rsts.values()].some((c) => c === NGHTTP2_REFUSED_STREAM),
+      'streams past the limit were refused (RST_STREAM REFUSED_STREAM)',
+    );
     // node ends a session that keeps opening refused streams (maxSessionRejectedStreams) with GOAWAY INTERNAL_ERROR.
     t.ok(code > 0, `then GOAWAY (code ${code})`);
     s.sock.destroy();

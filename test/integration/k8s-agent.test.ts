@@ -26,10 +26,16 @@ t.test('an EndpointSlice change reaches the balancer', async (t) => {
   for (const i of [0, 1]) server.apply(podObject(`api-${i}`, 'shop', { node: 'node-a', ip: `127.0.1.${i + 1}`, serviceAccount: 'api', labels: { app: 'api' } }));
   server.apply(serviceObject('api', 'shop', { clusterIP: '10.96.0.20', selector: { app: 'api' }, ports: [{ name: 'http', port: 80, targetPort: 8080, appProtocol: 'http' }] }));
   const slice = (ready1: boolean) =>
-    endpointSliceObject('api-abc', 'shop', 'api', [
-      { ip: '127.0.1.1', pod: 'api-0', node: 'node-a' },
-      { ip: '127.0.1.2', pod: 'api-1', node: 'node-a', ready: ready1 },
-    ], [{ name: 'http', port: 8080, appProtocol: 'http' }]);
+    endpointSliceObject(
+      'api-abc',
+      'shop',
+      'api',
+      [
+        { ip: '127.0.1.1', pod: 'api-0', node: 'node-a' },
+        { ip: '127.0.1.2', pod: 'api-1', node: 'node-a', ready: ready1 },
+      ],
+      [{ name: 'http', port: 8080, appProtocol: 'http' }],
+    );
   server.apply(slice(true));
 
   const discovery = new KubernetesDiscovery({

@@ -10,15 +10,7 @@ import type { MeshConfig, Workload } from '../../src/config/types.js';
 import { KubernetesDiscovery } from '../../src/discovery/kubernetes.js';
 import { ConfigError } from '../../src/errors.js';
 import { silentLogger } from '../../src/telemetry/log.js';
-import {
-  FakeApiServer,
-  endpointSliceObject,
-  namespaceObject,
-  nodeObject,
-  podObject,
-  serviceObject,
-  weftObject,
-} from '../lib/fake-apiserver.js';
+import { FakeApiServer, endpointSliceObject, namespaceObject, nodeObject, podObject, serviceObject, weftObject } from '../lib/fake-apiserver.js';
 
 const NODE = 'node-a';
 const NODE_IP = '10.77.0.1';
@@ -92,8 +84,7 @@ async function setup(t: Test, opts: { startTimeoutMs?: number; listTimeoutMs?: n
   };
 }
 
-const wl = (c: MeshConfig, ns: string, name: string): Workload | undefined =>
-  c.workloads.find((w) => w.namespace === ns && w.name === name);
+const wl = (c: MeshConfig, ns: string, name: string): Workload | undefined => c.workloads.find((w) => w.namespace === ns && w.name === name);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -116,7 +107,10 @@ t.test('a namespace labelled live meshes its local pods, with their cgroups', as
   t.equal(first.node.address, NODE_IP);
   t.equal(first.mesh.trustDomain, 'example.org', 'static settings apply');
   t.equal(first.stateDir, '/tmp/weft-state');
-  t.ok(first.namespaces.find((n) => n.name === 'shop'), 'the namespace is known');
+  t.ok(
+    first.namespaces.find((n) => n.name === 'shop'),
+    'the namespace is known',
+  );
   t.equal(wl(first, 'shop', 'api-0'), undefined, 'not meshed yet: no workload');
 
   server.apply(namespaceObject('shop', MESHED));
@@ -168,10 +162,19 @@ t.test('Services and EndpointSlices: ports, readiness, new endpoints', async (t)
     { ip: '10.1.0.10', pod: 'api-0', node: NODE },
     { ip: '10.1.1.10', pod: 'api-1', node: 'node-b' },
   ];
-  server.apply(endpointSliceObject('api-abc', 'shop', 'api', endpoints, [{ name: 'http', port: 8080 }, { name: 'grpc-x', port: 9090 }]));
+  server.apply(
+    endpointSliceObject('api-abc', 'shop', 'api', endpoints, [
+      { name: 'http', port: 8080 },
+      { name: 'grpc-x', port: 9090 },
+    ]),
+  );
 
   const first = await env.start();
-  t.same(first.services.map((s) => `${s.namespace}/${s.name}`), ['shop/api'], 'selector-less and headless services are left alone');
+  t.same(
+    first.services.map((s) => `${s.namespace}/${s.name}`),
+    ['shop/api'],
+    'selector-less and headless services are left alone',
+  );
   const api = first.services[0]!;
   t.equal(api.vip, '10.96.0.20');
   t.same(api.selector, { app: 'api' });
@@ -212,7 +215,10 @@ t.test('Services and EndpointSlices: ports, readiness, new endpoints', async (t)
   server.apply(endpointSliceObject('hn-1', 'legacy', 'hn', [{ ip: NODE_IP, pod: 'agent-x', node: NODE }], [{ port: 9100 }]));
   await sleep(150);
   const last = env.discovery.config!;
-  t.notOk(last.services.some((s) => s.name === 'hn'), 'host-network-backed service left alone');
+  t.notOk(
+    last.services.some((s) => s.name === 'hn'),
+    'host-network-backed service left alone',
+  );
   t.notOk(wl(last, 'legacy', 'agent-x'), 'host-network pod is no workload');
 });
 
@@ -221,21 +227,41 @@ t.test('Nodes fill nodes: added, readdressed, deleted; the cache holds them trim
   const { server } = env;
   server.apply(nodeObject(NODE, NODE_IP));
   server.apply(nodeObject('node-c', '10.77.0.3'));
-  server.apply(nodeObject('node-b', '10.77.0.2', { addresses: [{ type: 'Hostname', address: 'node-b' }, { type: 'ExternalIP', address: '203.0.113.2' }, { type: 'InternalIP', address: '10.77.0.2' }] }));
+  server.apply(
+    nodeObject('node-b', '10.77.0.2', {
+      addresses: [
+        { type: 'Hostname', address: 'node-b' },
+        { type: 'ExternalIP', address: '203.0.113.2' },
+        { type: 'InternalIP', address: '10.77.0.2' },
+      ],
+    }),
+  );
   const nodes = (c: MeshConfig) => (c.nodes ?? []).map((n) => `${n.name}=${n.address}`);
 
   const first = await env.start();
   t.same(nodes(first), ['node-b=10.77.0.2', 'node-c=10.77.0.3'], 'the other nodes by InternalIP, sorted (this node is node.address)');
   t.equal(env.rejected.length, 0, 'this node agrees with NODE_IP');
   t.equal(env.discovery.cacheStatus().Node?.objects, 3);
-  t.ok(server.requests.some((r) => r.path === '/api/v1/nodes' && r.watch), 'nodes are watched cluster-wide');
+  t.ok(
+    server.requests.some((r) => r.path === '/api/v1/nodes' && r.watch),
+    'nodes are watched cluster-wide',
+  );
   const cached = (env.discovery as unknown as { informers: { nodes: { get(n: string): unknown } } }).informers.nodes.get('node-b');
   // As JSON: the list's items carry no apiVersion/kind, and the client parses dates.
   t.same(
     JSON.parse(JSON.stringify(cached)),
     {
-      metadata: { name: 'node-b', resourceVersion: server.get('Node', undefined, 'node-b')!.metadata.resourceVersion, creationTimestamp: server.get('Node', undefined, 'node-b')!.metadata.creationTimestamp },
-      status: { addresses: [{ type: 'ExternalIP', address: '203.0.113.2' }, { type: 'InternalIP', address: '10.77.0.2' }] },
+      metadata: {
+        name: 'node-b',
+        resourceVersion: server.get('Node', undefined, 'node-b')!.metadata.resourceVersion,
+        creationTimestamp: server.get('Node', undefined, 'node-b')!.metadata.creationTimestamp,
+      },
+      status: {
+        addresses: [
+          { type: 'ExternalIP', address: '203.0.113.2' },
+          { type: 'InternalIP', address: '10.77.0.2' },
+        ],
+      },
     },
     'the cache keeps the name, addresses and creation time only',
   );
@@ -252,7 +278,15 @@ t.test('Nodes fill nodes: added, readdressed, deleted; the cache holds them trim
   let rebuilds = 0;
   const flush = env.discovery.flush.bind(env.discovery);
   env.discovery.flush = () => (rebuilds++, flush());
-  server.apply(nodeObject('node-b', '10.77.0.2', { ready: false, addresses: [{ type: 'ExternalIP', address: '203.0.113.2' }, { type: 'InternalIP', address: '10.77.0.2' }] }));
+  server.apply(
+    nodeObject('node-b', '10.77.0.2', {
+      ready: false,
+      addresses: [
+        { type: 'ExternalIP', address: '203.0.113.2' },
+        { type: 'InternalIP', address: '10.77.0.2' },
+      ],
+    }),
+  );
   await sleep(150);
   t.equal(env.discovery.cacheStatus().Node?.resourceVersion, String(server.resourceVersion), 'the update reached the cache');
   t.equal(rebuilds, 0, 'no rebuild for a NotReady status');
@@ -293,7 +327,10 @@ t.test('a watch cut mid-stream resumes from its resourceVersion without losing e
   t.equal(podLists(server), lists, 'resumed the watch: no relist');
   const resumed = server.requests.filter((r) => r.path === '/api/v1/pods' && r.watch);
   t.ok(resumed.length >= 3, 'the pod watch reconnected');
-  t.ok(resumed.slice(1).every((r) => Number(r.query.resourceVersion) > 1), 'with a resourceVersion');
+  t.ok(
+    resumed.slice(1).every((r) => Number(r.query.resourceVersion) > 1),
+    'with a resourceVersion',
+  );
 });
 
 t.test('410 Gone after compaction: relist and converge', async (t) => {
@@ -311,10 +348,7 @@ t.test('410 Gone after compaction: relist and converge', async (t) => {
   server.compact();
   server.apply(podObject('b', 'shop', { node: 'node-b', ip: '10.1.1.2', ready: false }));
 
-  const c = await env.until(
-    (c) => !wl(c, 'shop', 'a') && !!wl(c, 'shop', 'c') && wl(c, 'shop', 'b')?.ready === false,
-    'converged after relist',
-  );
+  const c = await env.until((c) => !wl(c, 'shop', 'a') && !!wl(c, 'shop', 'c') && wl(c, 'shop', 'b')?.ready === false, 'converged after relist');
   t.ok(c);
   t.ok(podLists(server) > lists, 'relisted pods');
   // Watching again after the relist works: a later change arrives.
@@ -352,7 +386,11 @@ t.test('a bad custom resource is rejected with a clear error; the rest applies',
   const { server } = env;
   server.apply(namespaceObject('shop', MESHED));
   server.apply(podObject('api-0', 'shop', { node: 'node-b', ip: '10.1.1.1', labels: { app: 'api' } }));
-  for (const [name, ip] of [['api', '10.96.0.20'], ['web', '10.96.0.21'], ['api-degraded', '10.96.0.22']] as const) {
+  for (const [name, ip] of [
+    ['api', '10.96.0.20'],
+    ['web', '10.96.0.21'],
+    ['api-degraded', '10.96.0.22'],
+  ] as const) {
     server.apply(serviceObject(name, 'shop', { clusterIP: ip, selector: { app: name }, ports: [{ name: 'http', port: 80 }] }));
   }
   server.apply(
@@ -411,10 +449,19 @@ t.test('a bad custom resource is rejected with a clear error; the rest applies',
   server.apply(weftObject('AuthorizationPolicy', 'bad-authz', 'shop', { action: 'MAYBE' }));
   await sleep(200);
   const messages = env.rejected.map((e) => e.message);
-  t.ok(messages.some((m) => /TrafficPolicy shop\/api-degraded: spec\.fallback\.service: no service nope/.test(m)), 'fallback problem named');
-  t.ok(messages.some((m) => /AuthorizationPolicy shop\/bad-authz: spec\.action: must be one of ALLOW, DENY/.test(m)), 'authz problem named');
+  t.ok(
+    messages.some((m) => /TrafficPolicy shop\/api-degraded: spec\.fallback\.service: no service nope/.test(m)),
+    'fallback problem named',
+  );
+  t.ok(
+    messages.some((m) => /AuthorizationPolicy shop\/bad-authz: spec\.action: must be one of ALLOW, DENY/.test(m)),
+    'authz problem named',
+  );
   const now = env.discovery.config!;
-  t.same(now.policies.map((p) => p.name), ['api-readers', 'bad-authz']);
+  t.same(
+    now.policies.map((p) => p.name),
+    ['api-readers', 'bad-authz'],
+  );
   t.match(
     now.policies.find((p) => p.name === 'bad-authz'),
     { action: 'ALLOW', rules: [], selector: {} },

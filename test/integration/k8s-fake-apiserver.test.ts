@@ -84,7 +84,11 @@ t.test('watch: history, live events, selector transitions, bookmarks, 410', asyn
 
   const w = watch(server, `/api/v1/pods?watch=1&resourceVersion=${rv}&allowWatchBookmarks=true&fieldSelector=spec.nodeName%3Dnode-a`);
   await w.until(1);
-  t.same(w.events.map((e) => `${e.type} ${e.object.metadata.name}`), ['ADDED p2'], 'history after the version');
+  t.same(
+    w.events.map((e) => `${e.type} ${e.object.metadata.name}`),
+    ['ADDED p2'],
+    'history after the version',
+  );
   server.apply(podObject('p2', 'shop', { node: 'node-a', ip: '10.1.0.2', ready: false }));
   server.apply(podObject('p1', 'shop', { node: 'node-b', ip: '10.1.0.1' }));
   server.apply(podObject('p1', 'shop', { node: 'node-a', ip: '10.1.0.1' }));
@@ -98,7 +102,11 @@ t.test('watch: history, live events, selector transitions, bookmarks, 410', asyn
   );
   t.equal(w.events.at(-1)!.object.metadata.resourceVersion, String(server.resourceVersion));
   const rvs = w.events.slice(0, -1).map((e) => Number(e.object.metadata.resourceVersion));
-  t.same(rvs, [...rvs].sort((a, b) => a - b), 'resourceVersions increase');
+  t.same(
+    rvs,
+    [...rvs].sort((a, b) => a - b),
+    'resourceVersions increase',
+  );
 
   server.dropWatches();
   await new Promise((r) => setTimeout(r, 50));
@@ -113,7 +121,11 @@ t.test('watch: history, live events, selector transitions, bookmarks, 410', asyn
   const fresh = watch(server, `/api/v1/pods?watch=true&resourceVersion=${server.resourceVersion}`);
   server.apply(podObject('p4', 'shop', { node: 'node-a', ip: '10.1.0.4' }));
   await fresh.until(1);
-  t.same(fresh.events.map((e) => e.type), ['ADDED'], 'watching from the head still works after compaction');
+  t.same(
+    fresh.events.map((e) => e.type),
+    ['ADDED'],
+    'watching from the head still works after compaction',
+  );
   fresh.close();
 });
 
@@ -146,7 +158,7 @@ t.test('TokenReview: the test-supplied table, audiences honoured', async (t) => 
       },
     },
   });
-  t.match((await review('agent')).body.status, { authenticated: false, error: /audiences is invalid/ }, 'no audiences: the API server\'s own');
+  t.match((await review('agent')).body.status, { authenticated: false, error: /audiences is invalid/ }, "no audiences: the API server's own");
   t.match((await review('default-aud')).body.status, { authenticated: true, audiences: [API_SERVER_AUDIENCE] });
   t.match((await review('default-aud', ['weft-ca'])).body.status, { authenticated: false });
   t.match((await review('nope', ['weft-ca'])).body.status, { authenticated: false, error: /invalid bearer token/ });

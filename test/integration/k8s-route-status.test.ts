@@ -33,7 +33,10 @@ t.test('Accepted and ResolvedRefs, with reasons, for each route on a meshed Serv
   const server = await FakeApiServer.start();
   t.teardown(() => server.close());
   server.apply(namespaceObject('bookinfo', { 'weft.io/mesh': 'enabled' }));
-  for (const [name, ip] of [['reviews', '10.96.0.10'], ['reviews-v1', '10.96.0.11']] as const) {
+  for (const [name, ip] of [
+    ['reviews', '10.96.0.10'],
+    ['reviews-v1', '10.96.0.11'],
+  ] as const) {
     server.apply(serviceObject(name, 'bookinfo', { clusterIP: ip, selector: { app: name }, ports: [{ name: 'http', port: 9080 }] }));
   }
   server.apply(
@@ -61,14 +64,17 @@ t.test('Accepted and ResolvedRefs, with reasons, for each route on a meshed Serv
   const bad = server.get('HTTPRoute', 'bookinfo', 'bad') as any;
   t.match(bad.status.parents[0].conditions[0].message, /^spec\.rules\[0\]\.matches\[0\]\.path\.value: is not a valid regular expression/);
   const parents = (server.get('HTTPRoute', 'bookinfo', 'good') as any).status.parents;
-  t.same(parents.map((p: any) => p.controllerName).sort(), ['example.com/gateway', CONTROLLER_NAME], 'the other controller\'s entry is kept');
+  t.same(parents.map((p: any) => p.controllerName).sort(), ['example.com/gateway', CONTROLLER_NAME], "the other controller's entry is kept");
 
   // Nothing changed: nothing is written again. A fix flips the condition.
   // Each of the four routes written once (a write counts when its PATCH has been answered).
   await until('four writes', () => (writer.writes === 4 ? true : undefined));
   const writes = writer.writes;
   server.apply(serviceObject('reviews-v9', 'bookinfo', { clusterIP: '10.96.0.19', selector: { app: 'v9' }, ports: [{ name: 'http', port: 9080 }] }));
-  t.same(await until('dangling resolved', () => (conditions(server, 'HTTPRoute', 'dangling')?.ResolvedRefs === 'True:ResolvedRefs' ? conditions(server, 'HTTPRoute', 'dangling') : undefined)), { Accepted: 'True:Accepted', ResolvedRefs: 'True:ResolvedRefs' });
+  t.same(await until('dangling resolved', () => (conditions(server, 'HTTPRoute', 'dangling')?.ResolvedRefs === 'True:ResolvedRefs' ? conditions(server, 'HTTPRoute', 'dangling') : undefined)), {
+    Accepted: 'True:Accepted',
+    ResolvedRefs: 'True:ResolvedRefs',
+  });
   t.equal(writer.writes, writes + 1, 'only the route whose status changed was written');
 });
 

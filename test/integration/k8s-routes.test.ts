@@ -61,7 +61,11 @@ async function setup(t: Test, prepare: (s: FakeApiServer) => void) {
 function bookinfo(s: FakeApiServer): void {
   s.apply(namespaceObject('bookinfo', MESHED));
   s.apply(namespaceObject('plain'));
-  for (const [name, ip] of [['reviews', '10.96.0.10'], ['reviews-v1', '10.96.0.11'], ['reviews-v2', '10.96.0.12']] as const) {
+  for (const [name, ip] of [
+    ['reviews', '10.96.0.10'],
+    ['reviews-v1', '10.96.0.11'],
+    ['reviews-v2', '10.96.0.12'],
+  ] as const) {
     s.apply(serviceObject(name, 'bookinfo', { clusterIP: ip, selector: { app: name }, ports: [{ name: 'http', port: 9080 }] }));
   }
   s.apply(serviceObject('db', 'bookinfo', { clusterIP: '10.96.0.13', selector: { app: 'db' }, ports: [{ name: 'tcp', port: 5432 }] }));
@@ -86,7 +90,10 @@ t.test('HTTPRoute, GRPCRoute and TCPRoute on meshed Services become routes; Faul
           {
             matches: [{ path: { type: 'PathPrefix', value: '/' } }],
             filters: [{ type: 'RequestMirror', requestMirror: { backendRef: { name: 'reviews-v2', port: 9080 }, fraction: { numerator: 1, denominator: 4 } } }],
-            backendRefs: [{ name: 'reviews-v1', port: 9080, weight: 80 }, { name: 'reviews-v3', port: 9080, weight: 20 }],
+            backendRefs: [
+              { name: 'reviews-v1', port: 9080, weight: 80 },
+              { name: 'reviews-v3', port: 9080, weight: 20 },
+            ],
             timeouts: { request: '2s' },
           },
         ],
@@ -101,10 +108,17 @@ t.test('HTTPRoute, GRPCRoute and TCPRoute on meshed Services become routes; Faul
   const cfg = await env.discovery.start();
   t.same(cfg.routes!.map((r) => `${r.kind} ${r.namespace}/${r.name}`).sort(), ['GRPCRoute bookinfo/grpc', 'HTTPRoute bookinfo/reviews', 'TCPRoute bookinfo/db']);
   const reviews = cfg.routes!.find((r) => r.name === 'reviews')!;
-  t.same(reviews.parentRefs, [{ name: 'reviews', port: 9080 }], 'the Gateway parentRef is another controller\'s');
+  t.same(reviews.parentRefs, [{ name: 'reviews', port: 9080 }], "the Gateway parentRef is another controller's");
   t.same(reviews.rules[0]!.fault, { delay: { fixedDelay: 7000, percent: 100 } });
   t.same(reviews.rules[0]!.matches[0]!.headers, [{ type: 'Exact', name: 'end-user', value: 'jason' }]);
-  t.same(reviews.rules[1]!.backendRefs, [{ name: 'reviews-v1', port: 9080, weight: 80 }, { name: 'reviews-v3', port: 9080, weight: 20 }], 'a missing backend is kept: no_backend at run time');
+  t.same(
+    reviews.rules[1]!.backendRefs,
+    [
+      { name: 'reviews-v1', port: 9080, weight: 80 },
+      { name: 'reviews-v3', port: 9080, weight: 20 },
+    ],
+    'a missing backend is kept: no_backend at run time',
+  );
   t.same(reviews.rules[1]!.filters, [{ type: 'RequestMirror', requestMirror: { backendRef: { name: 'reviews-v2', port: 9080 }, percent: 25 } }]);
   t.same(reviews.rules[1]!.timeouts, { request: 2000 });
   t.same(env.rejected, []);
@@ -125,7 +139,10 @@ t.test('an invalid or unsupported route is rejected alone; the rest applies', as
     s.apply(gatewayRouteObject('HTTPRoute', 'good', 'bookinfo', { parentRefs: [svcRef('reviews-v2')], rules: [{ backendRefs: [{ name: 'reviews-v1', port: 9080 }] }] }));
   });
   const cfg = await env.discovery.start();
-  t.same(cfg.routes!.map((r) => r.name), ['good']);
+  t.same(
+    cfg.routes!.map((r) => r.name),
+    ['good'],
+  );
   const problems = Object.fromEntries(env.rejected.map((e) => [e.message.split(':')[0], e.problems]));
   t.match(problems['invalid config HTTPRoute bookinfo/bad-regex'], [/^spec\.rules\[0\]\.matches\[0\]\.path\.value: is not a valid regular expression/]);
   t.match(problems['invalid config HTTPRoute bookinfo/cors'], [/^spec\.rules\[0\]\.filters\[0\]\.type: CORS is not supported/]);
@@ -145,5 +162,8 @@ t.test('without the Gateway API CRDs the agent starts (a warning) and picks rout
   env.server.install('HTTPRoute');
   env.server.apply(gatewayRouteObject('HTTPRoute', 'late', 'bookinfo', { parentRefs: [svcRef('reviews')], rules: [{}] }));
   const later = await env.until((c) => c.routes!.some((r) => r.name === 'late'), 'the route after the CRD was installed');
-  t.same(later.routes!.map((r) => r.name), ['late']);
+  t.same(
+    later.routes!.map((r) => r.name),
+    ['late'],
+  );
 });

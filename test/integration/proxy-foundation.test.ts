@@ -5,9 +5,7 @@ import { startLoopbackAgent } from '../lib/loopback-agent.js';
 
 /** Config for backends on loopback: each "pod" is a backend on 127.0.0.1 with its own port. */
 function meshYaml(backends: Backend[], opts: { echo?: Backend; extra?: string } = {}): string {
-  const wl = backends
-    .map((b, i) => `  - { name: api-${i}, namespace: shop, node: node-a, ip: 127.0.1.${i + 1}, serviceAccount: api, labels: { app: api } }`)
-    .join('\n');
+  const wl = backends.map((b, i) => `  - { name: api-${i}, namespace: shop, node: node-a, ip: 127.0.1.${i + 1}, serviceAccount: api, labels: { app: api } }`).join('\n');
   return `
 node: { name: node-a, address: 127.0.0.1 }
 ports: { outbound: 0, inbound: 0, tunnel: 0, admin: 0, metrics: 0 }

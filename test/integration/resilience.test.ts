@@ -28,7 +28,9 @@ function retriesOf(metrics: string): number {
 t.test('retries: one of two endpoints failing, >= 99% succeed', async (t) => {
   const backends = await Promise.all(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
-  const la = await startLoopbackAgent(loopbackMesh(two, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ retries: { attempts: 2, retryOn: [5xx, connect-failure, reset], budget: { percent: 50, minPerSecond: 1000 } } }' }]));
+  const la = await startLoopbackAgent(
+    loopbackMesh(two, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ retries: { attempts: 2, retryOn: [5xx, connect-failure, reset], budget: { percent: 50, minPerSecond: 1000 } } }' }]),
+  );
   t.teardown(() => la.stop());
   la.route('127.0.2.1', '10.96.0.20:80', 'shop/client-0');
   backends[1]!.state.failStatus = 503;
@@ -36,7 +38,9 @@ t.test('retries: one of two endpoints failing, >= 99% succeed', async (t) => {
   t.ok((r.statuses[200] ?? 0) >= 198, `${r.statuses[200]} of 200 succeeded`);
   t.ok(retriesOf(await la.metrics()) >= 50, 'failed tries were retried');
   // A request body small enough to buffer is replayed on the retry.
-  const res = await la.client('127.0.2.1').request({ origin: `http://127.0.0.1:${la.outboundPort}`, path: '/post', method: 'POST', body: 'hello', headers: { host: 'api', 'content-type': 'text/plain' } });
+  const res = await la
+    .client('127.0.2.1')
+    .request({ origin: `http://127.0.0.1:${la.outboundPort}`, path: '/post', method: 'POST', body: 'hello', headers: { host: 'api', 'content-type': 'text/plain' } });
   t.equal(res.statusCode, 200);
   await res.body.text();
 });
@@ -44,7 +48,11 @@ t.test('retries: one of two endpoints failing, >= 99% succeed', async (t) => {
 t.test('the retry budget stops a retry storm', async (t) => {
   const backends = await Promise.all(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
-  const la = await startLoopbackAgent(loopbackMesh(two, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ retries: { attempts: 3, retryOn: [5xx], budget: { percent: 20, minPerSecond: 5 }, backoff: { base: 1ms, max: 2ms } } }' }]));
+  const la = await startLoopbackAgent(
+    loopbackMesh(two, [
+      { name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ retries: { attempts: 3, retryOn: [5xx], budget: { percent: 20, minPerSecond: 5 }, backoff: { base: 1ms, max: 2ms } } }' },
+    ]),
+  );
   t.teardown(() => la.stop());
   la.route('127.0.2.1', '10.96.0.20:80', 'shop/client-0');
   for (const b of backends) b.state.failStatus = 503;
@@ -64,7 +72,12 @@ t.test('timeouts answer 504 upstream_timeout; per-try timeouts retry elsewhere',
   const la = await startLoopbackAgent(
     loopbackMesh(two, [
       { name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ timeout: 300ms }' },
-      { name: 'api-retry', vip: '10.96.0.21', app: 'api', policy: '{ timeout: 5s, retries: { attempts: 2, perTryTimeout: 200ms, retryOn: [reset, 5xx], budget: { percent: 100, minPerSecond: 100 } } }' },
+      {
+        name: 'api-retry',
+        vip: '10.96.0.21',
+        app: 'api',
+        policy: '{ timeout: 5s, retries: { attempts: 2, perTryTimeout: 200ms, retryOn: [reset, 5xx], budget: { percent: 100, minPerSecond: 100 } } }',
+      },
     ]),
   );
   t.teardown(() => la.stop());
@@ -82,7 +95,9 @@ t.test('timeouts answer 504 upstream_timeout; per-try timeouts retry elsewhere',
 t.test('overflow: maxRequests answered 503 overflow', async (t) => {
   const backends = await Promise.all(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
-  const la = await startLoopbackAgent(loopbackMesh(two, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ connectionPool: { maxConnections: 10, maxPendingRequests: 10, maxRequests: 2 } }' }]));
+  const la = await startLoopbackAgent(
+    loopbackMesh(two, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ connectionPool: { maxConnections: 10, maxPendingRequests: 10, maxRequests: 2 } }' }]),
+  );
   t.teardown(() => la.stop());
   const results = await Promise.all(
     Array.from({ length: 6 }, async (_, i) => {
@@ -100,7 +115,9 @@ t.test('overflow: maxRequests answered 503 overflow', async (t) => {
 t.test('circuit breaker opens, answers circuit_open, closes after a good half-open probe', async (t) => {
   const backends = await Promise.all(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
-  const la = await startLoopbackAgent(loopbackMesh(two, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ circuitBreaker: { consecutiveFailures: 4, openDuration: 500ms, halfOpenRequests: 1 } }' }]));
+  const la = await startLoopbackAgent(
+    loopbackMesh(two, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ circuitBreaker: { consecutiveFailures: 4, openDuration: 500ms, halfOpenRequests: 1 } }' }]),
+  );
   t.teardown(() => la.stop());
   la.route('127.0.2.1', '10.96.0.20:80', 'shop/client-0');
   for (const b of backends) b.state.failStatus = 500;
@@ -124,7 +141,13 @@ t.test('fallback serves while the primary is down and hands back when it recover
   const pods = [...two, { name: 'api-degraded-0', ip: '127.0.1.9', app: 'api-degraded' }];
   const la = await startLoopbackAgent(
     loopbackMesh(pods, [
-      { name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ healthCheck: { type: http, path: /healthz, interval: 100ms, timeout: 80ms, unhealthyThreshold: 1, healthyThreshold: 1 }, circuitBreaker: { consecutiveFailures: 3, openDuration: 300ms, halfOpenRequests: 1 }, fallback: { service: api-degraded } }' },
+      {
+        name: 'api',
+        vip: '10.96.0.20',
+        app: 'api',
+        policy:
+          '{ healthCheck: { type: http, path: /healthz, interval: 100ms, timeout: 80ms, unhealthyThreshold: 1, healthyThreshold: 1 }, circuitBreaker: { consecutiveFailures: 3, openDuration: 300ms, halfOpenRequests: 1 }, fallback: { service: api-degraded } }',
+      },
       { name: 'api-degraded', vip: '10.96.0.29', app: 'api-degraded' },
     ]),
   );

@@ -199,8 +199,14 @@ t.test('mTLS tunnel between two agents', async (t) => {
     const da = await a.configDump();
     const client = da.identity.certificates.find((c: any) => c.identity === 'cluster.local/ns/shop/sa/client');
     t.equal(client?.state, 'valid', 'node-a holds a certificate for its client workload');
-    t.notOk(da.identity.certificates.some((c: any) => c.identity.endsWith('/sa/api')), 'and none for workloads of node-b');
-    t.ok(da.tunnel.sessions.some((s: any) => s.source === 'shop/client' && s.destination === 'shop/api'), 'a pooled session per (peer, source, destination)');
+    t.notOk(
+      da.identity.certificates.some((c: any) => c.identity.endsWith('/sa/api')),
+      'and none for workloads of node-b',
+    );
+    t.ok(
+      da.tunnel.sessions.some((s: any) => s.source === 'shop/client' && s.destination === 'shop/api'),
+      'a pooled session per (peer, source, destination)',
+    );
     t.match(ma, /weft_cert_expiry_seconds\{identity="cluster.local\/ns\/shop\/sa\/client"\} \d/, 'cert expiry gauge per identity');
   });
 
@@ -266,7 +272,7 @@ t.test('mTLS tunnel between two agents', async (t) => {
     const ok = await c.connect(api0, { 'x-weft-source': 'cluster.local/ns/shop/sa/admin' });
     t.equal(ok.status, 200, 'CONNECT to the pod of the identity the session asked for');
     const peerCert = (c.session.socket as tls.TLSSocket).getPeerCertificate();
-    t.match(peerCert.subjectaltname, 'URI:spiffe://cluster.local/ns/shop/sa/api', 'the server presents the destination workload\'s certificate');
+    t.match(peerCert.subjectaltname, 'URI:spiffe://cluster.local/ns/shop/sa/api', "the server presents the destination workload's certificate");
     // Not half-closed: the server closes after the answer (connection: close), which ends the stream.
     ok.stream.write('GET /raw HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n');
     let text = '';

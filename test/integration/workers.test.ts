@@ -106,7 +106,10 @@ t.test('a worker that dies is started again; the control thread keeps its connec
   // And it takes its share of new connections again.
   const fresh = await openTagged(la, 1);
   t.teardown(() => fresh.forEach((x) => x.c.close()));
-  t.ok(fresh.some((x) => x.thread === 'worker'), 'the restarted worker accepts new connections');
+  t.ok(
+    fresh.some((x) => x.thread === 'worker'),
+    'the restarted worker accepts new connections',
+  );
   for (const x of mine) t.equal((await get(x.c)).status, 200);
   t.match(await la.metrics(), /weft_agent_errors_total\{kind="worker"\} 1/, 'the death is counted');
 });

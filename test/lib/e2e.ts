@@ -12,7 +12,12 @@ export function canRunE2e(t: Test): boolean {
 }
 
 /** `n` sequential GETs from inside `pod` (one curl, keep-alive); tallies x-pod and status. */
-export async function curlBurst(pod: TopoPod, url: string, n: number, extra: string[] = []): Promise<{ pods: Record<string, number>; statuses: Record<string, number>; errors: Record<string, number>; code: number | null }> {
+export async function curlBurst(
+  pod: TopoPod,
+  url: string,
+  n: number,
+  extra: string[] = [],
+): Promise<{ pods: Record<string, number>; statuses: Record<string, number>; errors: Record<string, number>; code: number | null }> {
   const args = ['-s', '--max-time', '20', '-o', '/dev/null', '-D', '-', ...extra];
   const argv: string[] = [];
   for (let i = 0; i < n; i++) argv.push(...(i === 0 ? [...args, url] : ['--next', ...args, url]));
@@ -32,7 +37,14 @@ export async function curlBurst(pod: TopoPod, url: string, n: number, extra: str
 
 /** What the application sees as its peer after connecting to ip:port from inside `pod`. */
 export async function peerNameFrom(pod: TopoPod, ip: string, port: number): Promise<string> {
-  const r = await pod.exec(process.execPath, ['-e', `const s=require('net').connect(${port},'${ip}',()=>{console.log(s.remoteAddress+':'+s.remotePort);s.destroy()});s.on('error',e=>{console.log('error '+e.code)});setTimeout(()=>{console.log('timeout');process.exit(0)},3000).unref()`], { timeoutMs: 6000 });
+  const r = await pod.exec(
+    process.execPath,
+    [
+      '-e',
+      `const s=require('net').connect(${port},'${ip}',()=>{console.log(s.remoteAddress+':'+s.remotePort);s.destroy()});s.on('error',e=>{console.log('error '+e.code)});setTimeout(()=>{console.log('timeout');process.exit(0)},3000).unref()`,
+    ],
+    { timeoutMs: 6000 },
+  );
   return r.stdout.trim();
 }
 

@@ -127,11 +127,7 @@ export interface TokenReviewEntry {
  * username and groups of `namespace/serviceAccount`, and the bound pod (and its node, unless
  * `node` is omitted, as before the node-binding feature) in `status.user.extra`.
  */
-export function serviceAccountToken(
-  namespace: string,
-  serviceAccount: string,
-  bound: { pod?: string; podUid?: string; node?: string; nodeUid?: string; audiences?: string[] } = {},
-): TokenReviewEntry {
+export function serviceAccountToken(namespace: string, serviceAccount: string, bound: { pod?: string; podUid?: string; node?: string; nodeUid?: string; audiences?: string[] } = {}): TokenReviewEntry {
   const extra: Record<string, string[]> = {};
   if (bound.pod) {
     extra['authentication.kubernetes.io/pod-name'] = [bound.pod];
@@ -292,8 +288,7 @@ export class FakeApiServer {
     const key = this.key(info.kind, stored.metadata.namespace, stored.metadata.name);
     const previous = this.objects.get(key);
     stored.metadata.uid = previous?.metadata.uid ?? stored.metadata.uid ?? randomUUID();
-    stored.metadata.creationTimestamp =
-      previous?.metadata.creationTimestamp ?? stored.metadata.creationTimestamp ?? new Date().toISOString();
+    stored.metadata.creationTimestamp = previous?.metadata.creationTimestamp ?? stored.metadata.creationTimestamp ?? new Date().toISOString();
     stored.metadata.generation = (previous?.metadata.generation ?? 0) + 1;
     stored.metadata.resourceVersion = String(++this.rv);
     this.objects.set(key, stored);
@@ -305,7 +300,7 @@ export class FakeApiServer {
   delete(kind: string, ns: string | undefined, name: string): boolean {
     const info = byKind.get(kind);
     if (!info) throw new Error(`fake apiserver: unknown kind ${kind}`);
-    const key = this.key(kind, info.namespaced ? ns ?? 'default' : undefined, name);
+    const key = this.key(kind, info.namespaced ? (ns ?? 'default') : undefined, name);
     const previous = this.objects.get(key);
     if (!previous) return false;
     this.objects.delete(key);
@@ -318,7 +313,7 @@ export class FakeApiServer {
   get(kind: string, ns: string | undefined, name: string): KubeObject | undefined {
     const info = byKind.get(kind);
     if (!info) return undefined;
-    const obj = this.objects.get(this.key(kind, info.namespaced ? ns ?? 'default' : undefined, name));
+    const obj = this.objects.get(this.key(kind, info.namespaced ? (ns ?? 'default') : undefined, name));
     return obj && clone(obj);
   }
 
@@ -427,7 +422,12 @@ export class FakeApiServer {
       return;
     }
     if (!/merge-patch\+json/.test(req.headers['content-type'] ?? '')) {
-      this.status(res, 415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/merge-patch+json (got ${req.headers['content-type']})`);
+      this.status(
+        res,
+        415,
+        'UnsupportedMediaType',
+        `the body of the request was in an unknown format - accepted media types include: application/merge-patch+json (got ${req.headers['content-type']})`,
+      );
       return;
     }
     const key = this.key(route.info.kind, route.namespace, route.name);
@@ -439,7 +439,12 @@ export class FakeApiServer {
     const patch = (body ?? {}) as { metadata?: { resourceVersion?: string }; status?: unknown };
     const precondition = patch.metadata?.resourceVersion;
     if (precondition !== undefined && precondition !== previous.metadata.resourceVersion) {
-      this.status(res, 409, 'Conflict', `Operation cannot be fulfilled on ${route.info.plural} "${route.name}": the object has been modified; please apply your changes to the latest version and try again`);
+      this.status(
+        res,
+        409,
+        'Conflict',
+        `Operation cannot be fulfilled on ${route.info.plural} "${route.name}": the object has been modified; please apply your changes to the latest version and try again`,
+      );
       return;
     }
     const stored = clone(previous);
@@ -531,9 +536,7 @@ export class FakeApiServer {
       return;
     }
 
-    const current = [...this.objects.values()].filter(
-      (o) => o.kind === info.kind && (namespace === undefined || o.metadata.namespace === namespace) && matches(o),
-    );
+    const current = [...this.objects.values()].filter((o) => o.kind === info.kind && (namespace === undefined || o.metadata.namespace === namespace) && matches(o));
 
     if (!watch) {
       const items = current.map((o) => {
@@ -636,8 +639,7 @@ export class FakeApiServer {
       version = seg[2] ?? '';
       rest = seg.slice(3);
     } else return undefined;
-    const find = (plural: string | undefined) =>
-      KINDS.find((k) => k.group === group && k.version === version && k.plural === plural);
+    const find = (plural: string | undefined) => KINDS.find((k) => k.group === group && k.version === version && k.plural === plural);
 
     let namespace: string | undefined;
     if (rest[0] === 'namespaces' && rest.length >= 3) {
@@ -784,11 +786,7 @@ export interface ServicePortLite {
   protocol?: 'TCP' | 'UDP';
 }
 
-export function serviceObject(
-  name: string,
-  namespace: string,
-  s: { clusterIP: string; selector?: Record<string, string>; ports: ServicePortLite[]; type?: string },
-): KubeObject {
+export function serviceObject(name: string, namespace: string, s: { clusterIP: string; selector?: Record<string, string>; ports: ServicePortLite[]; type?: string }): KubeObject {
   return {
     apiVersion: 'v1',
     kind: 'Service',
@@ -815,13 +813,7 @@ export interface EndpointLite {
   terminating?: boolean;
 }
 
-export function endpointSliceObject(
-  name: string,
-  namespace: string,
-  service: string,
-  endpoints: EndpointLite[],
-  ports: { name?: string; port: number; appProtocol?: string }[],
-): KubeObject {
+export function endpointSliceObject(name: string, namespace: string, service: string, endpoints: EndpointLite[], ports: { name?: string; port: number; appProtocol?: string }[]): KubeObject {
   return {
     apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',

@@ -11,7 +11,10 @@ export interface SvcSpec {
 
 export function loopbackMesh(pods: { name: string; ip: string; app: string; weight?: number; ready?: boolean }[], services: SvcSpec[], extra = ''): string {
   const wl = pods
-    .map((p) => `  - { name: ${p.name}, namespace: shop, node: node-a, ip: ${p.ip}, serviceAccount: ${p.app}, labels: { app: ${p.app} }${p.weight ? `, weight: ${p.weight}` : ''}${p.ready === false ? ', ready: false' : ''} }`)
+    .map(
+      (p) =>
+        `  - { name: ${p.name}, namespace: shop, node: node-a, ip: ${p.ip}, serviceAccount: ${p.app}, labels: { app: ${p.app} }${p.weight ? `, weight: ${p.weight}` : ''}${p.ready === false ? ', ready: false' : ''} }`,
+    )
     .join('\n');
   const svcs = services
     .map(

@@ -122,10 +122,7 @@ t.test('not* forms', async (t) => {
 });
 
 t.test('DENY overrides ALLOW', async (t) => {
-  const p = [
-    policy('allow-all-shop', 'ALLOW', [{ from: [{ namespaces: ['shop'] }] }]),
-    policy('no-delete', 'DENY', [{ to: [{ methods: ['DELETE'] }] }]),
-  ];
+  const p = [policy('allow-all-shop', 'ALLOW', [{ from: [{ namespaces: ['shop'] }] }]), policy('no-delete', 'DENY', [{ to: [{ methods: ['DELETE'] }] }])];
   t.same(decide(p, http()), { allowed: true, policy: 'shop/allow-all-shop', action: 'ALLOW' });
   t.same(decide(p, http({ method: 'DELETE' })), { allowed: false, policy: 'shop/no-delete', action: 'DENY' });
 });
@@ -227,11 +224,7 @@ t.test('path normalization defeats bypasses', async (t) => {
 });
 
 t.test('several policies: first deciding one is reported', async (t) => {
-  const p = [
-    policy('a1', 'ALLOW', [{ to: [{ methods: ['GET'] }] }]),
-    policy('a2', 'ALLOW', [{ to: [{ methods: ['POST'] }] }]),
-    policy('ns-wide', 'ALLOW', [{ to: [{ methods: ['PUT'] }] }], {}),
-  ];
+  const p = [policy('a1', 'ALLOW', [{ to: [{ methods: ['GET'] }] }]), policy('a2', 'ALLOW', [{ to: [{ methods: ['POST'] }] }]), policy('ns-wide', 'ALLOW', [{ to: [{ methods: ['PUT'] }] }], {})];
   t.equal(decide(p, http()).policy, 'shop/a1');
   t.equal(decide(p, http({ method: 'POST' })).policy, 'shop/a2');
   t.equal(decide(p, http({ method: 'PUT' })).policy, 'shop/ns-wide');
@@ -249,12 +242,14 @@ t.test('invalid policies are refused at compile', async (t) => {
 });
 
 t.test('describe', async (t) => {
-  const compiled = compilePolicies(
-    [policy('readers', 'ALLOW', [{}]), policy('no-delete', 'DENY', [{ to: [{ methods: ['DELETE'] }] }], {}), policy('web', 'ALLOW', [], {}, 'web')],
-    { trustDomain: 'cluster.local' },
-  );
+  const compiled = compilePolicies([policy('readers', 'ALLOW', [{}]), policy('no-delete', 'DENY', [{ to: [{ methods: ['DELETE'] }] }], {}), policy('web', 'ALLOW', [], {}, 'web')], {
+    trustDomain: 'cluster.local',
+  });
   t.equal(compiled.size, 3);
-  const d = compiled.describe([{ name: 'api-0', ...API }, { name: 'db-0', namespace: 'shop', labels: { app: 'db' } }]);
+  const d = compiled.describe([
+    { name: 'api-0', ...API },
+    { name: 'db-0', namespace: 'shop', labels: { app: 'db' } },
+  ]);
   t.equal(d.trustDomain, 'cluster.local');
   t.same(d.policies[0], { policy: 'shop/readers', action: 'ALLOW', selector: { app: 'api' }, rules: 1 });
   t.same(d.workloads, [

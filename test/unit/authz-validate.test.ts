@@ -57,21 +57,24 @@ t.test('messages name the exact place', async (t) => {
 
 t.test('shape problems, unknown fields, duplicates', async (t) => {
   t.same(validatePolicies({}), ['policies: must be a list']);
-  t.same(validatePolicies([
-    { ...ok, rules: [{ from: [{ principal: ['x'] }], when: [{ key: 'k' }] }] },
-    { ...ok, namespace: '', name: undefined },
-    ok,
-    { ...ok, selector: { app: 1 }, rules: [{ to: {} }, 'x'] },
-  ]), [
-    "policies[0].rules[0]: unknown field 'when'",
-    "policies[0].rules[0].from[0]: unknown field 'principal'",
-    'policies[1].name: required',
-    'policies[1].namespace: required',
-    'policies[2]: duplicate policy shop/p (also policies[0])',
-    'policies[3]: duplicate policy shop/p (also policies[0])',
-    'policies[3].selector.app: must be a string',
-    'policies[3].rules[0].to: must be a list',
-    'policies[3].rules[1]: must be a mapping',
-  ]);
+  t.same(
+    validatePolicies([
+      { ...ok, rules: [{ from: [{ principal: ['x'] }], when: [{ key: 'k' }] }] },
+      { ...ok, namespace: '', name: undefined },
+      ok,
+      { ...ok, selector: { app: 1 }, rules: [{ to: {} }, 'x'] },
+    ]),
+    [
+      "policies[0].rules[0]: unknown field 'when'",
+      "policies[0].rules[0].from[0]: unknown field 'principal'",
+      'policies[1].name: required',
+      'policies[1].namespace: required',
+      'policies[2]: duplicate policy shop/p (also policies[0])',
+      'policies[3]: duplicate policy shop/p (also policies[0])',
+      'policies[3].selector.app: must be a string',
+      'policies[3].rules[0].to: must be a list',
+      'policies[3].rules[1]: must be a mapping',
+    ],
+  );
   t.same(validatePolicies([{ ...ok, rules: [{ to: [{ paths: 'x' }] }] }], 'spec.policies'), ['spec.policies[0].rules[0].to[0].paths: must be a list']);
 });

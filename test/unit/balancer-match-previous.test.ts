@@ -4,10 +4,22 @@ import { matchPrevious } from '../../src/balancer/match-previous.js';
 import { seededRandom } from '../../src/balancer/options.js';
 
 function endpoints(n: number): Endpoint[] {
-  return Array.from({ length: n }, (_, i) => new Endpoint({
-    ip: `10.0.${i >> 8}.${i & 255}`, port: 8080, weight: 1, workload: `w-${i}`,
-    namespace: 'ns', node: 'node-a', serviceAccount: 'sa', ready: true, local: false, meshed: true,
-  }));
+  return Array.from(
+    { length: n },
+    (_, i) =>
+      new Endpoint({
+        ip: `10.0.${i >> 8}.${i & 255}`,
+        port: 8080,
+        weight: 1,
+        workload: `w-${i}`,
+        namespace: 'ns',
+        node: 'node-a',
+        serviceAccount: 'sa',
+        ready: true,
+        local: false,
+        meshed: true,
+      }),
+  );
 }
 
 /** What matchPrevious says, and the truth by indexOf. */
@@ -21,8 +33,20 @@ t.test('matches exactly in every shape of change', async (t) => {
   const all = endpoints(300);
   const base = all.slice(0, 200);
   t.same(...match(base, base), 'same list');
-  t.same(...match(base, base.filter((_, i) => i !== 17)), 'one removed');
-  t.same(...match(base, base.filter((_, i) => i % 3 !== 0)), 'a third removed');
+  t.same(
+    ...match(
+      base,
+      base.filter((_, i) => i !== 17),
+    ),
+    'one removed',
+  );
+  t.same(
+    ...match(
+      base,
+      base.filter((_, i) => i % 3 !== 0),
+    ),
+    'a third removed',
+  );
   t.same(...match(base, [...base.slice(0, 50), all[250]!, ...base.slice(50)]), 'one added in the middle');
   t.same(...match(base, [...base, ...all.slice(200)]), 'many added at the end');
   t.same(...match(base, [...all.slice(200), ...base]), 'many added at the front');

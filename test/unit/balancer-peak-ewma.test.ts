@@ -4,10 +4,22 @@ import { DEFAULT_RTT_MS, PeakEwmaBalancer } from '../../src/balancer/peak-ewma.j
 import { seededRandom } from '../../src/balancer/options.js';
 
 function endpoints(n: number, weight: (i: number) => number = () => 1): Endpoint[] {
-  return Array.from({ length: n }, (_, i) => new Endpoint({
-    ip: `10.0.${i >> 8}.${i & 255}`, port: 8080, weight: weight(i), workload: `w-${i}`,
-    namespace: 'ns', node: 'node-a', serviceAccount: 'sa', ready: true, local: false, meshed: true,
-  }));
+  return Array.from(
+    { length: n },
+    (_, i) =>
+      new Endpoint({
+        ip: `10.0.${i >> 8}.${i & 255}`,
+        port: 8080,
+        weight: weight(i),
+        workload: `w-${i}`,
+        namespace: 'ns',
+        node: 'node-a',
+        serviceAccount: 'sa',
+        ready: true,
+        local: false,
+        meshed: true,
+      }),
+  );
 }
 
 const T0 = 1_700_000_000_000;
@@ -21,7 +33,10 @@ class Sim {
   readonly latency = new Map<Endpoint, number>();
   private readonly inflight: Array<{ ep: Endpoint; start: number; done: number }> = [];
 
-  constructor(readonly b: PeakEwmaBalancer, readonly rate: number) {}
+  constructor(
+    readonly b: PeakEwmaBalancer,
+    readonly rate: number,
+  ) {}
 
   run(ms: number): Map<Endpoint, number> {
     const counts = new Map<Endpoint, number>();

@@ -53,9 +53,7 @@ t.test('parseWrk reads rates, percentiles in every unit, and errors', async (t) 
 });
 
 t.test('wrkArgs', async (t) => {
-  t.same(wrkArgs('http://x/', { cpu: 0, connections: 50, durationS: 3, headers: ['Connection: close'] }), [
-    '-t', '1', '-c', '50', '-d', '3s', '--latency', '-H', 'Connection: close', 'http://x/',
-  ]);
+  t.same(wrkArgs('http://x/', { cpu: 0, connections: 50, durationS: 3, headers: ['Connection: close'] }), ['-t', '1', '-c', '50', '-d', '3s', '--latency', '-H', 'Connection: close', 'http://x/']);
 });
 
 function scenario(key: ScenarioResult['key'], name: string, rps: number, p99: number, cpuPer1000?: number, errors = 0): ScenarioResult {
@@ -63,7 +61,19 @@ function scenario(key: ScenarioResult['key'], name: string, rps: number, p99: nu
     key,
     name,
     url: 'http://x/',
-    wrk: { requests: rps * 10, durationS: 10, reqPerSec: rps, p50Ms: 1, p75Ms: 2, p90Ms: 3, p99Ms: p99, socketErrors: { connect: 0, read: 0, write: 0, timeout: 0 }, non2xx: errors, errors, bytesRead: '1MB' },
+    wrk: {
+      requests: rps * 10,
+      durationS: 10,
+      reqPerSec: rps,
+      p50Ms: 1,
+      p75Ms: 2,
+      p90Ms: 3,
+      p99Ms: p99,
+      socketErrors: { connect: 0, read: 0, write: 0, timeout: 0 },
+      non2xx: errors,
+      errors,
+      bytesRead: '1MB',
+    },
     cpuPer1000,
     rssMb: 50,
   };
@@ -82,12 +92,7 @@ function report(scenarios: ScenarioResult[]): BenchReport {
 }
 
 t.test('doneWhen judges the issue figures', async (t) => {
-  const r = report([
-    scenario('direct', 'direct', 30000, 5),
-    scenario('l7', 'weft L7', 19000, 12, 0.05),
-    scenario('l4', 'weft L4', 27500, 6, 0.01),
-    scenario('nginx', 'nginx', 27000, 6, 0.02),
-  ]);
+  const r = report([scenario('direct', 'direct', 30000, 5), scenario('l7', 'weft L7', 19000, 12, 0.05), scenario('l4', 'weft L4', 27500, 6, 0.01), scenario('nginx', 'nginx', 27000, 6, 0.02)]);
   const verdicts = Object.fromEntries(doneWhen(r).map((c) => [c.criterion, c.pass]));
   t.equal(verdicts['weft L7 req/s vs nginx'], true); // 0.704
   t.equal(verdicts['weft L7 p99 vs nginx'], true); // exactly 2x
@@ -136,10 +141,10 @@ t.test('ratios to the Node pipe, and the issue-17 floor check', async (t) => {
   const r = report([scenario('l7', 'weft L7', 19000, 12, 0.05), scenario('nginx', 'nginx', 27000, 6, 0.02), scenario('pipe', 'Node.js pipe (no parsing)', 25000, 8, 0.04)]);
   t.match(toMarkdown(r), /\| weft L7 \| 19000 \| 1\.00 \| 12\.00 \| 0 \| 50\.0 \| – \| 0\.70 \| 2\.50 \| 0\.76 \| 1\.25 \|/);
   const floor = doneWhen(r).find((c) => c.criterion.startsWith('weft L7 CPU per request vs the raw Node pipe'))!;
-  t.equal(floor.pass, false, '50 µs against the pipe\'s 40 is above the floor');
+  t.equal(floor.pass, false, "50 µs against the pipe's 40 is above the floor");
   t.match(floor.measured, /1\.25x \(50\.0 vs 40\.0 µs\)/);
   r.throughput!.scenarios[0]!.cpuPer1000 = 0.04;
-  t.equal(doneWhen(r).find((c) => c.criterion.startsWith('weft L7 CPU per request vs the raw Node pipe'))!.pass, true, 'at the pipe\'s cost passes');
+  t.equal(doneWhen(r).find((c) => c.criterion.startsWith('weft L7 CPU per request vs the raw Node pipe'))!.pass, true, "at the pipe's cost passes");
 });
 
 t.test('markdown and SVG', async (t) => {

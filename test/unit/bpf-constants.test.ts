@@ -30,8 +30,7 @@ t.test('values and struct layouts match what a C compiler makes of weft.h', asyn
   for (const name of Object.keys(DEFINES)) lines.push(`  printf("\\"${name}\\": %llu,\\n", (unsigned long long)(${name}));`);
   for (const [struct, layout] of Object.entries(STRUCTS)) {
     lines.push(`  printf("\\"sizeof ${struct}\\": %zu,\\n", sizeof(struct ${struct}));`);
-    for (const field of Object.keys(layout.fields))
-      lines.push(`  printf("\\"${struct}.${field}\\": %zu,\\n", offsetof(struct ${struct}, ${field}));`);
+    for (const field of Object.keys(layout.fields)) lines.push(`  printf("\\"${struct}.${field}\\": %zu,\\n", offsetof(struct ${struct}, ${field}));`);
   }
   const src = `#include <stddef.h>\n#include <stdio.h>\n#include "weft.h"\nint main(void) {\n  printf("{\\n");\n${lines.join('\n')}\n  printf("\\"end\\": 0}\\n");\n  return 0;\n}\n`;
   writeFileSync(join(dir, 'check.c'), src);

@@ -5,16 +5,10 @@ import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import { stringify } from 'yaml';
 import { defaultConfigPath } from '../../src/config/default-config.js';
-import {
-  DEFAULT_CIRCUIT_BREAKER,
-  DEFAULT_CONNECTION_POOL,
-  DEFAULT_HEALTH_CHECK,
-  DEFAULT_OUTLIER_DETECTION,
-  DEFAULT_RETRIES,
-} from '../../src/config/defaults.js';
+import { DEFAULT_CIRCUIT_BREAKER, DEFAULT_CONNECTION_POOL, DEFAULT_HEALTH_CHECK, DEFAULT_OUTLIER_DETECTION, DEFAULT_RETRIES } from '../../src/config/defaults.js';
 import { loadConfigFile, parseConfig } from '../../src/config/load.js';
 import { DEFAULT_PORTS, MESH_LABEL, MESH_LABEL_ENABLED } from '../../src/config/types.js';
-import { ConfigError } from '../../src/errors.js';
+import type { ConfigError } from '../../src/errors.js';
 
 const MINIMAL = `
 node: { name: node-a, address: 10.77.0.1 }
@@ -48,9 +42,7 @@ t.test('top-level defaults', async (t) => {
 
 t.test('workload, service and namespace defaults', async (t) => {
   const c = parseConfig(MINIMAL, 't', { env: {} });
-  t.same(c.workloads, [
-    { name: 'api-0', namespace: 'shop', node: 'node-a', ip: '10.77.0.11', serviceAccount: 'default', labels: {}, weight: 1, ready: true, probePorts: [] },
-  ]);
+  t.same(c.workloads, [{ name: 'api-0', namespace: 'shop', node: 'node-a', ip: '10.77.0.11', serviceAccount: 'default', labels: {}, weight: 1, ready: true, probePorts: [] }]);
   t.same(c.namespaces, [{ name: 'shop', labels: {}, peerAuthentication: 'strict' }], 'an undeclared namespace exists, unlabelled');
   t.same(c.services[0], {
     name: 'api',
@@ -71,7 +63,11 @@ services:
     't',
     { env: {} },
   );
-  t.same(named.services[0]!.ports.map((p) => p.protocol), ['http', 'http', 'grpc', 'tcp', 'tcp'], 'protocol from the port name (Istio convention; grpc-* is gRPC, DESIGN.md)');
+  t.same(
+    named.services[0]!.ports.map((p) => p.protocol),
+    ['http', 'http', 'grpc', 'tcp', 'tcp'],
+    'protocol from the port name (Istio convention; grpc-* is gRPC, DESIGN.md)',
+  );
 });
 
 t.test('peer authentication: key, then label, then strict', async (t) => {
@@ -86,7 +82,15 @@ namespaces:
     't',
     { env: {} },
   );
-  t.same(c.namespaces.map((n) => [n.name, n.peerAuthentication]), [['a', 'strict'], ['b', 'permissive'], ['c', 'strict'], ['d', 'permissive']]);
+  t.same(
+    c.namespaces.map((n) => [n.name, n.peerAuthentication]),
+    [
+      ['a', 'strict'],
+      ['b', 'permissive'],
+      ['c', 'strict'],
+      ['d', 'permissive'],
+    ],
+  );
   t.equal(c.namespaces[0]!.labels[MESH_LABEL], MESH_LABEL_ENABLED);
 });
 
@@ -233,9 +237,7 @@ workloads:
   t.equal(parseConfig(text, 't', { env: { CGROUP_ROOT: '/x', ADMIN_PORT: '1', STATE: '/s' } }).stateDir, '/s');
 
   const err = t.throws(() => parseConfig(text, 'f.yaml', { env: { ADMIN_PORT: '9000' } })) as ConfigError;
-  t.same(err.problems, [
-    'workloads[0].cgroup (line 7): environment variable CGROUP_ROOT is not set (write ${CGROUP_ROOT:-default} to give a default)',
-  ]);
+  t.same(err.problems, ['workloads[0].cgroup (line 7): environment variable CGROUP_ROOT is not set (write ${CGROUP_ROOT:-default} to give a default)']);
   const bad = t.throws(() => parseConfig('node: { name: n, address: "${ADDR" }\n', 't', { env: {} })) as ConfigError;
   t.same(bad.problems, ['node.address (line 1): malformed reference in "${ADDR": write ${NAME} or ${NAME:-default} (or $${ for a literal ${)']);
   t.equal(parseConfig('node: { name: n, address: "${A}" }\n', 't', { env: { A: '10.1.2.3' } }).node.address, '10.1.2.3');
@@ -251,10 +253,28 @@ workloads:
 t.test('the embedded default.yaml parses', async (t) => {
   const c = parseConfig(readFileSync(defaultConfigPath(), 'utf8'), 'default.yaml', { env: { CGROUP_ROOT: '/sys/fs/cgroup/unified/weft' } });
   t.same(c.node, { name: 'node-a', address: '10.77.0.1' });
-  t.same(c.namespaces.map((n) => [n.name, n.labels[MESH_LABEL] ?? null]), [['shop', 'enabled'], ['legacy', null], ['bookinfo', 'enabled']]);
+  t.same(
+    c.namespaces.map((n) => [n.name, n.labels[MESH_LABEL] ?? null]),
+    [
+      ['shop', 'enabled'],
+      ['legacy', null],
+      ['bookinfo', 'enabled'],
+    ],
+  );
   const api = c.workloads.filter((w) => w.labels.app === 'api');
-  t.same(api.map((w) => [w.name, w.weight, w.node]), [['api-0', 1, 'node-a'], ['api-1', 1, 'node-a'], ['api-2', 2, 'node-a'], ['api-3', 1, 'node-b']]);
-  t.same(c.workloads.filter((w) => w.labels.app === 'web').map((w) => w.name), ['web-0', 'web-1']);
+  t.same(
+    api.map((w) => [w.name, w.weight, w.node]),
+    [
+      ['api-0', 1, 'node-a'],
+      ['api-1', 1, 'node-a'],
+      ['api-2', 2, 'node-a'],
+      ['api-3', 1, 'node-b'],
+    ],
+  );
+  t.same(
+    c.workloads.filter((w) => w.labels.app === 'web').map((w) => w.name),
+    ['web-0', 'web-1'],
+  );
   t.equal(c.workloads[0]!.cgroup, '/sys/fs/cgroup/unified/weft/api-0');
   const svc = Object.fromEntries(c.services.map((s) => [s.name, s]));
   t.equal(svc.api!.trafficPolicy.loadBalancer.type, 'round-robin');
@@ -294,6 +314,12 @@ services:
     't',
     { env: {} },
   );
-  t.same(c.services.map((s) => [s.trafficPolicy.loadBalancer.type, s.trafficPolicy.timeout]), [['least-request', 3000], ['least-request', 4000]]);
+  t.same(
+    c.services.map((s) => [s.trafficPolicy.loadBalancer.type, s.trafficPolicy.timeout]),
+    [
+      ['least-request', 3000],
+      ['least-request', 4000],
+    ],
+  );
   t.notOk('x-policy' in c);
 });

@@ -192,9 +192,57 @@ policies:
 });
 
 t.test('scalars resolve as the yaml library resolves them (YAML 1.2 core)', async (t) => {
-  const forms = ['1', '-1', '+1', '012', '0o17', '0O17', '0x1F', '0X1F', '-0x1F', '0b11', '1_000', '1.5', '1.', '.5', '-.5', '+.5', '1e3', '1E+3', '-1.5e-3',
-    '.inf', '-.inf', '+.Inf', '.NaN', '.nan', 'nan', 'true', 'True', 'TRUE', 'tRue', 'false', 'yes', 'no', 'on', 'off', 'y', 'n', 'null', 'Null',
-    'NULL', 'nUll', '~', '2024-01-01', '2001-12-14t21:59:43.10-05:00', '12:30:00', '190:20:30', '123456789012345678901', '"1"', "'true'", '<<'];
+  const forms = [
+    '1',
+    '-1',
+    '+1',
+    '012',
+    '0o17',
+    '0O17',
+    '0x1F',
+    '0X1F',
+    '-0x1F',
+    '0b11',
+    '1_000',
+    '1.5',
+    '1.',
+    '.5',
+    '-.5',
+    '+.5',
+    '1e3',
+    '1E+3',
+    '-1.5e-3',
+    '.inf',
+    '-.inf',
+    '+.Inf',
+    '.NaN',
+    '.nan',
+    'nan',
+    'true',
+    'True',
+    'TRUE',
+    'tRue',
+    'false',
+    'yes',
+    'no',
+    'on',
+    'off',
+    'y',
+    'n',
+    'null',
+    'Null',
+    'NULL',
+    'nUll',
+    '~',
+    '2024-01-01',
+    '2001-12-14t21:59:43.10-05:00',
+    '12:30:00',
+    '190:20:30',
+    '123456789012345678901',
+    '"1"',
+    "'true'",
+    '<<',
+  ];
   // As list entries and as map values (an empty value too; an empty list entry is the slow path's).
   const text = `v:\n${forms.map((f) => `  - ${f}\n`).join('')}m:\n${[...forms, ''].map((f, i) => `  k${i}: ${f}\n`).join('')}`;
   t.ok(fastLoad(text), 'js-yaml reads them');
@@ -247,7 +295,11 @@ services:
 `;
   const merged = same(t, anchored, false, 'anchors, aliases and merges');
   t.ok(merged.config, JSON.stringify(merged.problems));
-  const config = merged.config as { namespaces: { labels: object }[]; workloads: { name: string; ip: string; serviceAccount: string }[]; services: { trafficPolicy: { timeout: number; retries: { attempts: number } } }[] };
+  const config = merged.config as {
+    namespaces: { labels: object }[];
+    workloads: { name: string; ip: string; serviceAccount: string }[];
+    services: { trafficPolicy: { timeout: number; retries: { attempts: number } } }[];
+  };
   t.same(config.namespaces[1]!.labels, { 'weft.io/mesh': 'enabled' });
   t.match(config.workloads[1], { name: 'api-1', ip: '10.77.0.12', serviceAccount: 'api' });
   t.match(config.services[1]!.trafficPolicy, { timeout: 3000, retries: { attempts: 2 } });
@@ -259,7 +311,11 @@ t.test('YAML errors: the same problems, with line and column, whichever path', a
   const cases: [string, string, string[]][] = [
     ['duplicate key', `${NODE}mesh:\n  trustDomain: a\n  trustDomain: b\n`, ['line 4, column 3: Map keys must be unique']],
     ['duplicate key in a flow map', `node: { name: a, address: 10.77.0.1, name: b }\n`, ['line 1, column 38: Map keys must be unique']],
-    ['bad indentation', `node:\n  name: a\n    address: 10.77.0.1\n`, ['line 2, column 9: Nested mappings are not allowed in compact mappings', 'line 2, column 9: Implicit keys need to be on a single line']],
+    [
+      'bad indentation',
+      `node:\n  name: a\n    address: 10.77.0.1\n`,
+      ['line 2, column 9: Nested mappings are not allowed in compact mappings', 'line 2, column 9: Implicit keys need to be on a single line'],
+    ],
     ['a tab as indentation', `${NODE}mesh:\n\ttrustDomain: a\n`, ['line 3, column 1: Tabs are not allowed as indentation']],
     ['an unclosed flow map', `${NODE}mesh: { trustDomain: a\nnamespaces: []\n`, ['line 3, column 1: Flow map in block collection must be sufficiently indented and end with a }']],
     [
@@ -280,7 +336,7 @@ t.test('YAML errors: the same problems, with line and column, whichever path', a
     t.equal(fastLoad(text), undefined, `${what}: not read by js-yaml`);
   }
   // These reach js-yaml, which rejects them: the yaml library then says where.
-  t.ok(fastPathApplies(cases[0]![1]), 'a duplicate key is js-yaml\'s to find');
+  t.ok(fastPathApplies(cases[0]![1]), "a duplicate key is js-yaml's to find");
   t.ok(fastPathApplies(cases[4]![1]), 'so is an unclosed flow map');
   t.ok(fastPathApplies(cases[5]![1]), 'and an under-indented flow list (js-yaml only warns: a refusal here)');
 
@@ -293,10 +349,15 @@ t.test('YAML errors: the same problems, with line and column, whichever path', a
 t.test('a billion-laughs document: refused at once, as before', async (t) => {
   // 10 levels of 9 aliases each: 9^10 (3.5 billion) strings if expanded.
   const lines = ['x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]'];
-  for (let i = 1; i <= 10; i++) lines.push(`x${i}: &a${i} [${Array(9).fill(`*a${i - 1}`).join(', ')}]`);
+  for (let i = 1; i <= 10; i++)
+    lines.push(
+      `x${i}: &a${i} [${Array(9)
+        .fill(`*a${i - 1}`)
+        .join(', ')}]`,
+    );
   const bomb = `${NODE}${lines.join('\n')}\n`;
   t.same(problemsOf(bomb), ['Excessive alias count indicates a resource exhaustion attack']);
-  t.same(outcome(bomb, false).problems, ['Excessive alias count indicates a resource exhaustion attack'], 'the yaml library\'s own message');
+  t.same(outcome(bomb, false).problems, ['Excessive alias count indicates a resource exhaustion attack'], "the yaml library's own message");
   t.equal(fastLoad(bomb), undefined, 'js-yaml never sees it');
   // The yaml library's limit, which js-yaml has no equivalent for, also refuses a plain
   // anchor used more than 1000 times: that stays so.

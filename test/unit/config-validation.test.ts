@@ -42,10 +42,7 @@ t.test('ConfigError names the source and every problem', async (t) => {
   t.type(err, ConfigError);
   t.equal(err.code, 'WEFT_ERR_CONFIG');
   t.match(err.message, /^invalid config mesh\.yaml: node\.address: must be an IPv4 address/);
-  t.same(err.problems, [
-    'node.address: must be an IPv4 address like 10.77.0.1 (got "nope")',
-    'workloads[0].weight: must be an integer from 1 to 1000000 (got 0)',
-  ]);
+  t.same(err.problems, ['node.address: must be an IPv4 address like 10.77.0.1 (got "nope")', 'workloads[0].weight: must be an integer from 1 to 1000000 (got 0)']);
 });
 
 t.test('YAML syntax errors carry line and column', async (t) => {
@@ -95,9 +92,7 @@ t.test('durations are checked where they appear', async (t) => {
     `${TP}.healthCheck.interval: "1x" is not a duration: use <number><unit> with units ms, s, m, h (e.g. "250ms", "1m30s")`,
     `${TP}.timeout: 10 has no unit: write e.g. "10ms" or "10s" (only 0 may be written bare)`,
   ]);
-  t.same(problemsOf(withPolicy({ timeout: 0, connectionPool: { connectTimeout: '0s' } })), [
-    `${TP}.connectionPool.connectTimeout: must be greater than 0`,
-  ]);
+  t.same(problemsOf(withPolicy({ timeout: 0, connectionPool: { connectTimeout: '0s' } })), [`${TP}.connectionPool.connectTimeout: must be greater than 0`]);
 });
 
 t.test('IPv4 addresses', async (t) => {
@@ -167,39 +162,21 @@ t.test('duplicates', async (t) => {
   const n = base();
   n.workloads[0].cgroup = '/sys/fs/cgroup/kubepods/pod-a';
   n.workloads[1].cgroup = '/sys/fs/cgroup/kubepods/pod-a/inner';
-  t.same(problemsOf(n), [
-    'workloads[1].cgroup: /sys/fs/cgroup/kubepods/pod-a/inner and the cgroup of workloads[0] (/sys/fs/cgroup/kubepods/pod-a) are nested: a pod\'s cgroup cannot hold another\'s',
-  ]);
+  t.same(problemsOf(n), ["workloads[1].cgroup: /sys/fs/cgroup/kubepods/pod-a/inner and the cgroup of workloads[0] (/sys/fs/cgroup/kubepods/pod-a) are nested: a pod's cgroup cannot hold another's"]);
   const p = base();
   p.workloads[0].probePorts = [8080, 0, 'x'];
   t.match(problemsOf(p), [/^workloads\[0\]\.probePorts\[1\]: /, /^workloads\[0\]\.probePorts\[2\]: /]);
 });
 
 t.test('load balancer and hashOn', async (t) => {
-  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'ring-hash' } })), [
-    `${TP}.loadBalancer.hashOn: is required for ring-hash: { header: <name> } or { sourceIp: true }`,
-  ]);
-  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'maglev' } })), [
-    `${TP}.loadBalancer.hashOn: is required for maglev: { header: <name> } or { sourceIp: true }`,
-  ]);
-  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'least-request', hashOn: { header: 'x-user' } } })), [
-    `${TP}.loadBalancer.hashOn: only ring-hash and maglev use hashOn, not least-request`,
-  ]);
-  t.same(problemsOf(withPolicy({ loadBalancer: { hashOn: { sourceIp: true } } })), [
-    `${TP}.loadBalancer.hashOn: only ring-hash and maglev use hashOn, not round-robin`,
-  ]);
-  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'ring-hash', hashOn: { header: 'x-user', sourceIp: true } } })), [
-    `${TP}.loadBalancer.hashOn: set either header or sourceIp, not both`,
-  ]);
-  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'ring-hash', hashOn: {} } })), [
-    `${TP}.loadBalancer.hashOn: must set at least one of: header, sourceIp`,
-  ]);
-  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'ring-hash', hashOn: { sourceIp: false } } })), [
-    `${TP}.loadBalancer.hashOn.sourceIp: must be true (to hash on a header, use header: <name>)`,
-  ]);
-  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'maglev', hashOn: { header: 'x user' } } })), [
-    `${TP}.loadBalancer.hashOn.header: must be an HTTP header name (got "x user")`,
-  ]);
+  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'ring-hash' } })), [`${TP}.loadBalancer.hashOn: is required for ring-hash: { header: <name> } or { sourceIp: true }`]);
+  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'maglev' } })), [`${TP}.loadBalancer.hashOn: is required for maglev: { header: <name> } or { sourceIp: true }`]);
+  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'least-request', hashOn: { header: 'x-user' } } })), [`${TP}.loadBalancer.hashOn: only ring-hash and maglev use hashOn, not least-request`]);
+  t.same(problemsOf(withPolicy({ loadBalancer: { hashOn: { sourceIp: true } } })), [`${TP}.loadBalancer.hashOn: only ring-hash and maglev use hashOn, not round-robin`]);
+  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'ring-hash', hashOn: { header: 'x-user', sourceIp: true } } })), [`${TP}.loadBalancer.hashOn: set either header or sourceIp, not both`]);
+  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'ring-hash', hashOn: {} } })), [`${TP}.loadBalancer.hashOn: must set at least one of: header, sourceIp`]);
+  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'ring-hash', hashOn: { sourceIp: false } } })), [`${TP}.loadBalancer.hashOn.sourceIp: must be true (to hash on a header, use header: <name>)`]);
+  t.same(problemsOf(withPolicy({ loadBalancer: { type: 'maglev', hashOn: { header: 'x user' } } })), [`${TP}.loadBalancer.hashOn.header: must be an HTTP header name (got "x user")`]);
   t.same(problemsOf(withPolicy({ loadBalancer: { type: 'maglev', hashOn: { sourceIp: true }, tableSize: 65536, minRingSize: 10 } })), [
     `${TP}.loadBalancer.minRingSize: only applies to ring-hash, not maglev`,
     `${TP}.loadBalancer.tableSize: must be a prime number (got 65536; e.g. 65537)`,
@@ -210,23 +187,15 @@ t.test('load balancer and hashOn', async (t) => {
 });
 
 t.test('health checks', async (t) => {
-  t.same(problemsOf(withPolicy({ healthCheck: { type: 'http', interval: '1s', timeout: '1s' } })), [
-    `${TP}.healthCheck.timeout: must be shorter than interval (1s >= 1s)`,
-  ]);
-  t.same(problemsOf(withPolicy({ healthCheck: { interval: '500ms' } })), [
-    `${TP}.healthCheck.timeout: must be shorter than interval (1s >= 500ms)`,
-  ], 'the default timeout counts too');
+  t.same(problemsOf(withPolicy({ healthCheck: { type: 'http', interval: '1s', timeout: '1s' } })), [`${TP}.healthCheck.timeout: must be shorter than interval (1s >= 1s)`]);
+  t.same(problemsOf(withPolicy({ healthCheck: { interval: '500ms' } })), [`${TP}.healthCheck.timeout: must be shorter than interval (1s >= 500ms)`], 'the default timeout counts too');
   t.same(problemsOf(withPolicy({ healthCheck: { unhealthyThreshold: 0, healthyThreshold: 1.5, jitter: 2 } })), [
     `${TP}.healthCheck.unhealthyThreshold: must be an integer >= 1 (got 0)`,
     `${TP}.healthCheck.healthyThreshold: must be an integer (got 1.5)`,
     `${TP}.healthCheck.jitter: must be a number from 0 to 1 (got 2)`,
   ]);
-  t.same(problemsOf(withPolicy({ healthCheck: { path: '/ready' } })), [
-    `${TP}.healthCheck.path: is only used by http health checks; add type: http`,
-  ]);
-  t.same(problemsOf(withPolicy({ healthCheck: { type: 'http', path: 'ready' } })), [
-    `${TP}.healthCheck.path: must be an absolute request path, like /healthz (got "ready")`,
-  ]);
+  t.same(problemsOf(withPolicy({ healthCheck: { path: '/ready' } })), [`${TP}.healthCheck.path: is only used by http health checks; add type: http`]);
+  t.same(problemsOf(withPolicy({ healthCheck: { type: 'http', path: 'ready' } })), [`${TP}.healthCheck.path: must be an absolute request path, like /healthz (got "ready")`]);
   t.same(problemsOf(withPolicy({ healthCheck: { interval: 0 } })), [`${TP}.healthCheck.interval: must be greater than 0`]);
 });
 
@@ -235,23 +204,15 @@ t.test('outlier detection, retries, breaker, percentages', async (t) => {
     `${TP}.outlierDetection.maxEjectionPercent: must be a number from 0 to 100 (got 101)`,
     `${TP}.outlierDetection.panicThreshold: must be a number from 0 to 100 (got -1)`,
   ]);
-  t.same(problemsOf(withPolicy({ outlierDetection: { baseEjectionTime: '1m', maxEjectionTime: '30s' } })), [
-    `${TP}.outlierDetection.maxEjectionTime: must not be shorter than baseEjectionTime`,
-  ]);
+  t.same(problemsOf(withPolicy({ outlierDetection: { baseEjectionTime: '1m', maxEjectionTime: '30s' } })), [`${TP}.outlierDetection.maxEjectionTime: must not be shorter than baseEjectionTime`]);
   t.same(problemsOf(withPolicy({ retries: { attempts: 11, budget: { percent: 150 }, retryOn: ['5xx', 'timeout'] } })), [
     `${TP}.retries.attempts: must be an integer from 0 to 10 (got 11)`,
     `${TP}.retries.retryOn[1]: must be one of connect-failure, reset, 5xx, gateway-error, retriable-status-codes, unavailable, resource-exhausted, cancelled, deadline-exceeded, internal (got "timeout")`,
     `${TP}.retries.budget.percent: must be a number from 0 to 100 (got 150)`,
   ]);
-  t.same(problemsOf(withPolicy({ retries: { retryOn: ['retriable-status-codes'] } })), [
-    `${TP}.retries.retriableStatusCodes: is required when retryOn includes retriable-status-codes`,
-  ]);
-  t.same(problemsOf(withPolicy({ retries: { retriableStatusCodes: [503] } })), [
-    `${TP}.retries.retriableStatusCodes: is only used when retryOn includes retriable-status-codes`,
-  ]);
-  t.same(problemsOf(withPolicy({ retries: { retryOn: ['5xx', '5xx'] } })), [
-    `${TP}.retries.retryOn: must not repeat an item (items 0 and 1 are equal)`,
-  ]);
+  t.same(problemsOf(withPolicy({ retries: { retryOn: ['retriable-status-codes'] } })), [`${TP}.retries.retriableStatusCodes: is required when retryOn includes retriable-status-codes`]);
+  t.same(problemsOf(withPolicy({ retries: { retriableStatusCodes: [503] } })), [`${TP}.retries.retriableStatusCodes: is only used when retryOn includes retriable-status-codes`]);
+  t.same(problemsOf(withPolicy({ retries: { retryOn: ['5xx', '5xx'] } })), [`${TP}.retries.retryOn: must not repeat an item (items 0 and 1 are equal)`]);
   t.same(problemsOf(withPolicy({ timeout: '1s', retries: { perTryTimeout: '2s', backoff: { base: '1s', max: '100ms' } } })), [
     `${TP}.retries.perTryTimeout: is longer than the service timeout (1s), so it never fires`,
     `${TP}.retries.backoff.max: must not be shorter than backoff.base`,
@@ -260,32 +221,21 @@ t.test('outlier detection, retries, breaker, percentages', async (t) => {
     `${TP}.circuitBreaker.consecutiveFailures: must be an integer >= 1 (got 0)`,
     `${TP}.circuitBreaker.halfOpenRequests: must be an integer >= 1 (got 0)`,
   ]);
-  t.same(problemsOf(withPolicy({ circuitBreaker: { openDuration: '10s', maxOpenDuration: '5s' } })), [
-    `${TP}.circuitBreaker.maxOpenDuration: must not be shorter than openDuration`,
-  ]);
-  t.same(problemsOf(withPolicy({ connectionPool: { maxConnections: 0 } })), [
-    `${TP}.connectionPool.maxConnections: must be an integer >= 1 (got 0)`,
-  ]);
+  t.same(problemsOf(withPolicy({ circuitBreaker: { openDuration: '10s', maxOpenDuration: '5s' } })), [`${TP}.circuitBreaker.maxOpenDuration: must not be shorter than openDuration`]);
+  t.same(problemsOf(withPolicy({ connectionPool: { maxConnections: 0 } })), [`${TP}.connectionPool.maxConnections: must be an integer >= 1 (got 0)`]);
 });
 
 t.test('fallback', async (t) => {
   t.same(problemsOf(withPolicy({ fallback: { service: 'api-degraded' } })), []);
   t.same(problemsOf(withPolicy({ fallback: { service: 'api' } })), [`${TP}.fallback.service: a service cannot be its own fallback`]);
-  t.same(problemsOf(withPolicy({ fallback: { service: 'nope' } })), [
-    `${TP}.fallback.service: no service nope in namespace shop (a fallback must be in the same namespace)`,
-  ]);
+  t.same(problemsOf(withPolicy({ fallback: { service: 'nope' } })), [`${TP}.fallback.service: no service nope in namespace shop (a fallback must be in the same namespace)`]);
   const other = withPolicy({ fallback: { service: 'elsewhere' } });
   other.services.push({ name: 'elsewhere', namespace: 'other', vip: '10.96.0.99', ports: [{ port: 80, protocol: 'http' }] });
-  t.same(problemsOf(other), [
-    `${TP}.fallback.service: no service elsewhere in namespace shop (a fallback must be in the same namespace)`,
-  ]);
+  t.same(problemsOf(other), [`${TP}.fallback.service: no service elsewhere in namespace shop (a fallback must be in the same namespace)`]);
   const ports = withPolicy({ fallback: { service: 'api-degraded' } });
   ports.services[0].ports.push({ port: 90, protocol: 'tcp' });
   ports.services[1].ports[0].protocol = 'tcp';
-  t.same(problemsOf(ports), [
-    `${TP}.fallback.service: api-degraded port 80 is tcp, but api port 80 is http`,
-    `${TP}.fallback.service: api-degraded has no port 90, which api serves`,
-  ]);
+  t.same(problemsOf(ports), [`${TP}.fallback.service: api-degraded port 80 is tcp, but api port 80 is http`, `${TP}.fallback.service: api-degraded has no port 90, which api serves`]);
   const cycle = withPolicy({ fallback: { service: 'api-degraded' } });
   cycle.services[1].trafficPolicy = { fallback: { service: 'api' } };
   t.same(problemsOf(cycle), [
@@ -301,10 +251,7 @@ t.test('request authentications', async (t) => {
     { name: 'b', namespace: 'shop', jwtRules: [{ issuer: 'https://i' }, { issuer: 'https://i', jwksUri: 'ftp://x' }] },
     { name: 'a', namespace: 'shop', jwtRules: [] },
   ];
-  t.same(problemsOf(c), [
-    'requestAuthentications[1].jwtRules[1].jwksUri: must be an http:// or https:// URL (got "ftp://x")',
-    'requestAuthentications[2].jwtRules: must not be empty',
-  ]);
+  t.same(problemsOf(c), ['requestAuthentications[1].jwtRules[1].jwksUri: must be an http:// or https:// URL (got "ftp://x")', 'requestAuthentications[2].jwtRules: must not be empty']);
   c.requestAuthentications[1].jwtRules[1].jwksUri = 'https://i/jwks';
   c.requestAuthentications[2].jwtRules = [{ issuer: 'x', jwksUri: 'https://x' }];
   t.same(problemsOf(c), [
@@ -323,15 +270,8 @@ t.test('authorization policies', async (t) => {
       action: 'ALLOW',
       rules: [
         {
-          from: [
-            { principals: ['cluster.local/ns/shop/sa/*', 'spiffe://cluster.local/ns/a/sa/b', 'cluster.*/ns'] },
-            { namespaces: ['*'], notIpBlocks: ['10.0.0.0/8', '10.0.0.0/33', 'host'] },
-            {},
-          ],
-          to: [
-            { ports: [8080, 0], methods: ['GET', 'get'], paths: ['/items', '/items/*', '*.json', '/a/*/b', 'items', '**'] },
-            { hosts: ['*.example.com', 'a*b'] },
-          ],
+          from: [{ principals: ['cluster.local/ns/shop/sa/*', 'spiffe://cluster.local/ns/a/sa/b', 'cluster.*/ns'] }, { namespaces: ['*'], notIpBlocks: ['10.0.0.0/8', '10.0.0.0/33', 'host'] }, {}],
+          to: [{ ports: [8080, 0], methods: ['GET', 'get'], paths: ['/items', '/items/*', '*.json', '/a/*/b', 'items', '**'] }, { hosts: ['*.example.com', 'a*b'] }],
         },
       ],
     },
@@ -392,10 +332,7 @@ t.test('namespaces, peer authentication label, CA and agent', async (t) => {
   d.ca = { url: 'http://ca:1234' };
   t.same(problemsOf(d), ['ca.url: must be an https:// URL (got "http://ca:1234")']);
   d.ca = { url: 'https://ca:1234' };
-  t.same(problemsOf(d), [
-    "ca.rootCert: is required with ca.url (the remote CA's root certificate)",
-    'ca.tokenFile: is required with ca.url (from `weft ca token`)',
-  ]);
+  t.same(problemsOf(d), ["ca.rootCert: is required with ca.url (the remote CA's root certificate)", 'ca.tokenFile: is required with ca.url (from `weft ca token`)']);
 });
 
 t.test('nodes: peer agents by name', async (t) => {
@@ -414,9 +351,7 @@ t.test('nodes: peer agents by name', async (t) => {
     { name: 'node-d', address: '10.77.0.1' },
     { name: 'node-e' },
   ];
-  t.same(problemsOf(c), [
-    'nodes[5].address: is required',
-  ]);
+  t.same(problemsOf(c), ['nodes[5].address: is required']);
   c.nodes.pop();
   t.same(problemsOf(c), [
     'nodes[0].address: node-a is this node, whose address is 10.77.0.1 (node.address)',

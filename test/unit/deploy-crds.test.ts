@@ -57,14 +57,7 @@ function without(s: Schema, keys: string[]): Schema {
   return { ...s, properties: props, required: (s.required ?? []).filter((r: string) => !keys.includes(r)) };
 }
 
-function crd(
-  kind: string,
-  plural: string,
-  shortName: string,
-  description: string,
-  spec: Schema,
-  columns: { name: string; type: string; jsonPath: string; description?: string }[],
-): Schema {
+function crd(kind: string, plural: string, shortName: string, description: string, spec: Schema, columns: { name: string; type: string; jsonPath: string; description?: string }[]): Schema {
   return {
     apiVersion: 'apiextensions.k8s.io/v1',
     kind: 'CustomResourceDefinition',
@@ -128,7 +121,7 @@ function withIstioShape(ap: Schema): Schema {
     'x-kubernetes-preserve-unknown-fields': true,
     'x-kubernetes-validations': [
       {
-        rule: "has(self.matchLabels) ? (self.size() == 1 && self.matchLabels.all(k, type(self.matchLabels[k]) == string)) : self.all(k, type(self[k]) == string)",
+        rule: 'has(self.matchLabels) ? (self.size() == 1 && self.matchLabels.all(k, type(self.matchLabels[k]) == string)) : self.all(k, type(self[k]) == string)',
         message: 'selector: a map of label values, or { matchLabels: {...} } alone',
       },
     ],
@@ -192,7 +185,7 @@ export function generateCrds(): Schema[] {
       'FaultInjection',
       'faultinjections',
       'wfi',
-      'Fault injection for the Gateway API route rules that name it in an ExtensionRef filter (group weft.io, kind FaultInjection): a fixed delay and/or an abort with an HTTP status, each for a percentage of the rule\'s requests. The `fault:` of a route rule in the weft config file.',
+      "Fault injection for the Gateway API route rules that name it in an ExtensionRef filter (group weft.io, kind FaultInjection): a fixed delay and/or an abort with an HTTP status, each for a percentage of the rule's requests. The `fault:` of a route rule in the weft config file.",
       fiSpec,
       [
         { name: 'Delay', type: 'string', jsonPath: '.spec.delay.fixedDelay' },
@@ -203,10 +196,7 @@ export function generateCrds(): Schema[] {
 }
 
 export function renderCrds(): string {
-  const header = [
-    '# Generated from src/config/schema.ts by test/unit/deploy-crds.test.ts: do not edit.',
-    '# Regenerate: WEFT_UPDATE_CRDS=1 npx tap test/unit/deploy-crds.test.ts',
-  ].join('\n');
+  const header = ['# Generated from src/config/schema.ts by test/unit/deploy-crds.test.ts: do not edit.', '# Regenerate: WEFT_UPDATE_CRDS=1 npx tap test/unit/deploy-crds.test.ts'].join('\n');
   return `${header}\n${generateCrds()
     .map((c) => stringify(c, { lineWidth: 0 }))
     .join('---\n')}`;
@@ -224,10 +214,7 @@ export function renderHelmCrds(): string {
     if (text.includes('{{')) throw new Error(`${c.metadata.name}: a description contains "{{", which Helm would read as a template`);
     return text.replace(/^ {4}app\.kubernetes\.io\/part-of: weft\n/m, '    {{- include "weft.labels" $ | nindent 4 }}\n');
   });
-  const header = [
-    '# Generated from src/config/schema.ts by test/unit/deploy-crds.test.ts: do not edit.',
-    '# Regenerate: WEFT_UPDATE_CRDS=1 npx tap test/unit/deploy-crds.test.ts',
-  ].join('\n');
+  const header = ['# Generated from src/config/schema.ts by test/unit/deploy-crds.test.ts: do not edit.', '# Regenerate: WEFT_UPDATE_CRDS=1 npx tap test/unit/deploy-crds.test.ts'].join('\n');
   return `${header}\n{{- if .Values.crds.install }}\n${docs.map((d) => `---\n${d}`).join('')}{{- end }}\n`;
 }
 

@@ -51,8 +51,7 @@ async function validateObject(obj: Obj): Promise<void> {
   new Model(obj).validate();
 }
 
-const byKind = (objs: Obj[], kind: string, name?: string) =>
-  objs.find((o) => o.kind === kind && (name === undefined || o.metadata?.name === name));
+const byKind = (objs: Obj[], kind: string, name?: string) => objs.find((o) => o.kind === kind && (name === undefined || o.metadata?.name === name));
 
 const CHART_ONLY_LABELS = ['app.kubernetes.io/instance', 'app.kubernetes.io/version', 'app.kubernetes.io/managed-by', 'helm.sh/chart'];
 
@@ -86,25 +85,22 @@ t.test('every manifest validates against the Kubernetes schemas', async (t) => {
       t.equal(obj.metadata.namespace, 'weft-system', `${key(obj)} in weft-system`);
     }
   }
-  t.same(
-    base.map((o) => `${o.kind}/${o.metadata.name}`).sort(),
-    [
-      'ClusterRole/weft-agent',
-      'ClusterRole/weft-ca',
-      'ClusterRoleBinding/weft-agent',
-      'ClusterRoleBinding/weft-ca',
-      'CustomResourceDefinition/authorizationpolicies.weft.io',
-      'CustomResourceDefinition/faultinjections.weft.io',
-      'CustomResourceDefinition/requestauthentications.weft.io',
-      'CustomResourceDefinition/trafficpolicies.weft.io',
-      'DaemonSet/weft-agent',
-      'Deployment/weft-ca',
-      'Namespace/weft-system',
-      'Service/weft-ca',
-      'ServiceAccount/weft-agent',
-      'ServiceAccount/weft-ca',
-    ],
-  );
+  t.same(base.map((o) => `${o.kind}/${o.metadata.name}`).sort(), [
+    'ClusterRole/weft-agent',
+    'ClusterRole/weft-ca',
+    'ClusterRoleBinding/weft-agent',
+    'ClusterRoleBinding/weft-ca',
+    'CustomResourceDefinition/authorizationpolicies.weft.io',
+    'CustomResourceDefinition/faultinjections.weft.io',
+    'CustomResourceDefinition/requestauthentications.weft.io',
+    'CustomResourceDefinition/trafficpolicies.weft.io',
+    'DaemonSet/weft-agent',
+    'Deployment/weft-ca',
+    'Namespace/weft-system',
+    'Service/weft-ca',
+    'ServiceAccount/weft-agent',
+    'ServiceAccount/weft-ca',
+  ]);
 });
 
 t.test('the agent DaemonSet', async (t) => {
@@ -210,15 +206,22 @@ t.test('the CA and RBAC', async (t) => {
   ]);
   const caRole = byKind(base, 'ClusterRole', 'weft-ca')!;
   t.match(caRole.rules, [{ apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] }, { resources: ['pods'] }]);
-  t.ok(caRole.rules.some((r: Obj) => r.resources.includes('pods') && r.verbs.includes('get') && r.verbs.includes('list')), 'the CA gets and lists pods');
+  t.ok(
+    caRole.rules.some((r: Obj) => r.resources.includes('pods') && r.verbs.includes('get') && r.verbs.includes('list')),
+    'the CA gets and lists pods',
+  );
   // The CA is the one writer of route status: it patches only the status subresource of routes.
   t.ok(ca.args.includes('--route-status'), 'the CA writes route status');
   const writes = caRole.rules.filter((r: Obj) => r.verbs.some((v: string) => v !== 'get' && v !== 'list' && v !== 'watch'));
-  t.same(writes.map((r: Obj) => `${r.apiGroups.join(',')}:${r.resources.join(',')}:${r.verbs.join(',')}`), [
-    'authentication.k8s.io:tokenreviews:create',
-    'gateway.networking.k8s.io:httproutes/status,grpcroutes/status,tcproutes/status:patch',
-  ]);
-  t.same(ca.env.filter((e: Obj) => e.valueFrom).map((e: Obj) => `${e.name}=${e.valueFrom.fieldRef.fieldPath}`), ['POD_NAME=metadata.name', 'POD_NAMESPACE=metadata.namespace'], 'the writer knows its pod, to tell which replica writes');
+  t.same(
+    writes.map((r: Obj) => `${r.apiGroups.join(',')}:${r.resources.join(',')}:${r.verbs.join(',')}`),
+    ['authentication.k8s.io:tokenreviews:create', 'gateway.networking.k8s.io:httproutes/status,grpcroutes/status,tcproutes/status:patch'],
+  );
+  t.same(
+    ca.env.filter((e: Obj) => e.valueFrom).map((e: Obj) => `${e.name}=${e.valueFrom.fieldRef.fieldPath}`),
+    ['POD_NAME=metadata.name', 'POD_NAMESPACE=metadata.namespace'],
+    'the writer knows its pod, to tell which replica writes',
+  );
 
   // weft ca --kubernetes admits exactly the agents' ServiceAccount, with the audience their token is projected for.
   t.ok(ca.args.includes('--kubernetes'));
@@ -336,14 +339,24 @@ t.test('the chart renders the kustomize base', async (t) => {
     t.same(withoutReleaseLabels(got ?? {}), want, `${key(want)} equals the kustomize base`);
   }
   for (const o of rendered) {
-    t.match(o.metadata.labels, { 'app.kubernetes.io/part-of': 'weft', 'app.kubernetes.io/instance': 'weft', 'app.kubernetes.io/managed-by': 'Helm', 'helm.sh/chart': 'weft-0.1.0', 'app.kubernetes.io/version': '0.1.0' }, `${key(o)}: standard labels`);
+    t.match(
+      o.metadata.labels,
+      { 'app.kubernetes.io/part-of': 'weft', 'app.kubernetes.io/instance': 'weft', 'app.kubernetes.io/managed-by': 'Helm', 'helm.sh/chart': 'weft-0.1.0', 'app.kubernetes.io/version': '0.1.0' },
+      `${key(o)}: standard labels`,
+    );
   }
   for (const crd of rendered.filter((o) => o.kind === 'CustomResourceDefinition')) {
     t.equal(crd.metadata.annotations['helm.sh/resource-policy'], 'keep', `${crd.metadata.name}: a template (helm upgrade updates it), kept on uninstall`);
   }
   t.notOk(readdirSync(CHART).includes('crds'), 'no crds/ directory, which helm upgrade would skip');
-  t.notOk(renderChart({ crds: { install: false } }).some((o) => o.kind === 'CustomResourceDefinition'), 'crds.install: false leaves them out');
-  t.notOk(renderChart().some((o) => o.kind === 'Namespace'), 'no Namespace unless namespace.create');
+  t.notOk(
+    renderChart({ crds: { install: false } }).some((o) => o.kind === 'CustomResourceDefinition'),
+    'crds.install: false leaves them out',
+  );
+  t.notOk(
+    renderChart().some((o) => o.kind === 'Namespace'),
+    'no Namespace unless namespace.create',
+  );
   t.same(byKind(rendered, 'Namespace')!.metadata.labels['pod-security.kubernetes.io/enforce'], 'privileged');
   t.same(byKind(base, 'Namespace')!.metadata.labels['pod-security.kubernetes.io/enforce'], 'privileged');
 });
@@ -376,10 +389,19 @@ t.test('chart values take effect', async (t) => {
 
   const noCa = renderChart({ ca: { enabled: false } });
   for (const obj of noCa) await t.resolves(validateObject(obj), `${key(obj)} validates (ca disabled)`);
-  t.notOk(noCa.some((o) => o.metadata.name === 'weft-ca'), 'no CA objects');
+  t.notOk(
+    noCa.some((o) => o.metadata.name === 'weft-ca'),
+    'no CA objects',
+  );
   const a2 = byKind(noCa, 'DaemonSet')!.spec.template.spec;
-  t.notOk(a2.containers[0].env.some((e: Obj) => e.name.startsWith('WEFT_CA_')), 'agents use the embedded CA');
-  t.notOk(a2.volumes.some((v: Obj) => v.name.startsWith('ca-')), 'no CA volumes');
+  t.notOk(
+    a2.containers[0].env.some((e: Obj) => e.name.startsWith('WEFT_CA_')),
+    'agents use the embedded CA',
+  );
+  t.notOk(
+    a2.volumes.some((v: Obj) => v.name.startsWith('ca-')),
+    'no CA volumes',
+  );
 });
 
 /** Runs the agent container's command as its shell would, with `node` a stub that prints its arguments. */
@@ -397,7 +419,10 @@ function runAgentCommand(container: Obj, env: Record<string, string>): string[] 
 }
 
 t.test('the agent runs with a V8 heap sized from its memory limit', async (t) => {
-  for (const [what, objs] of [['kustomize', base], ['chart', renderChart()]] as const) {
+  for (const [what, objs] of [
+    ['kustomize', base],
+    ['chart', renderChart()],
+  ] as const) {
     const agent = byKind(objs as Obj[], 'DaemonSet')!.spec.template.spec.containers[0];
     const env = agent.env.find((e: Obj) => e.name === 'WEFT_MEMORY_LIMIT_MIB');
     t.same(env.valueFrom.resourceFieldRef, { containerName: 'agent', resource: 'limits.memory', divisor: '1Mi' }, `${what}: the limit in MiB`);
@@ -461,7 +486,10 @@ t.test('NOTES.txt, the PodMonitor and the dashboard ConfigMap', async (t) => {
   t.match(notes, /rollout status daemonset\/weft-agent/);
   t.notMatch(helmRender(CHART, { namespace: { create: true } }).notes, /pod-security/, 'no label advice when the chart makes the namespace');
 
-  t.notOk(renderChart().some((o) => o.kind === 'PodMonitor'), 'no PodMonitor by default');
+  t.notOk(
+    renderChart().some((o) => o.kind === 'PodMonitor'),
+    'no PodMonitor by default',
+  );
   const objs = renderChart({ metrics: { podMonitor: { enabled: true, labels: { release: 'prometheus' } } } });
   const pm = byKind(objs, 'PodMonitor')!;
   t.equal(pm.apiVersion, 'monitoring.coreos.com/v1');
@@ -497,7 +525,14 @@ const DESIGN_METRICS = [
   'weft_tcp_connections_open',
 ];
 /** prom-client's collectDefaultMetrics on the agent's registry (src/telemetry/metrics.ts). */
-const PROCESS_METRICS = ['nodejs_eventloop_lag_p99_seconds', 'nodejs_eventloop_lag_p50_seconds', 'process_resident_memory_bytes', 'nodejs_heap_size_used_bytes', 'nodejs_heap_size_total_bytes', 'nodejs_gc_duration_seconds'];
+const PROCESS_METRICS = [
+  'nodejs_eventloop_lag_p99_seconds',
+  'nodejs_eventloop_lag_p50_seconds',
+  'process_resident_memory_bytes',
+  'nodejs_heap_size_used_bytes',
+  'nodejs_heap_size_total_bytes',
+  'nodejs_gc_duration_seconds',
+];
 
 t.test('the Grafana dashboard uses only metrics weft exports', async (t) => {
   const dash = JSON.parse(readFileSync(path.join(ROOT, 'deploy/grafana/weft-node.json'), 'utf8')) as Obj;
@@ -519,7 +554,10 @@ t.test('the Grafana dashboard uses only metrics weft exports', async (t) => {
   for (const m of used) t.ok(DESIGN_METRICS.includes(m) || PROCESS_METRICS.includes(m), `${m} is a metric the agent exports`);
   for (const m of [...DESIGN_METRICS, ...PROCESS_METRICS]) t.ok(used.has(m), `${m} has a panel`);
   // Open connections come from the gauge, never from opened - closed counters (wrong across restarts).
-  t.notOk(exprs.some((e) => /connections_opened_total[^)]*\)\s*-/.test(e)), 'no difference of raw counters');
+  t.notOk(
+    exprs.some((e) => /connections_opened_total[^)]*\)\s*-/.test(e)),
+    'no difference of raw counters',
+  );
   // Every metric the dashboard names is one the agent really exports.
   const { Metrics } = await import('../../src/telemetry/metrics.js');
   // (weft_cert_expiry_seconds is registered on the same registry by the certificate manager.)

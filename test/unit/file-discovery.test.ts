@@ -113,14 +113,21 @@ t.test('identical content emits nothing', async (t) => {
   await rejected;
   await writeFile(file, config('10.0.0.1'));
   await sleep(200);
-  t.same(events.map((e) => e[0]), ['rejected']);
+  t.same(
+    events.map((e) => e[0]),
+    ['rejected'],
+  );
 });
 
 t.test('reload() re-reads now (SIGHUP)', async (t) => {
   const { file, d, events } = await setup(t);
   await writeFile(file, config('10.0.0.9'));
   await d.reload();
-  t.same(events.map((e) => e[0]), ['update'], 'applied before reload() resolved');
+  t.same(
+    events.map((e) => e[0]),
+    ['update'],
+    'applied before reload() resolved',
+  );
   await sleep(150);
   t.equal(events.length, 1, 'the watch event that follows finds nothing new');
 });

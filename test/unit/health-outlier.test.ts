@@ -110,7 +110,10 @@ t.test('gateway errors: 502/503/504, connect failures, resets and timeouts', asy
   t.ok(b.ejectedUntil > 0);
   fail(c, 50, 'http5xx');
   t.equal(c.ejectedUntil, 0, 'consecutive5xx: 0 disables that detector');
-  t.same(ejections.map((e) => e[1]), ['consecutive-gateway-errors', 'consecutive-gateway-errors']);
+  t.same(
+    ejections.map((e) => e[1]),
+    ['consecutive-gateway-errors', 'consecutive-gateway-errors'],
+  );
 });
 
 t.test('gateway errors also count towards consecutive 5xx', async (t) => {
@@ -154,7 +157,10 @@ t.test('re-admission resets the streaks; the multiplier decays while in service'
   clock.now += 1;
   det.tick();
   t.equal(a.ejectedUntil, 0);
-  t.match(lines.find((l) => l.msg === 'endpoint returned to service'), { endpoint: a.id, service: 'shop/api:80' });
+  t.match(
+    lines.find((l) => l.msg === 'endpoint returned to service'),
+    { endpoint: a.id, service: 'shop/api:80' },
+  );
   fail(a, 4);
   t.equal(a.ejectedUntil, 0, '4 new failures after re-admission do not eject');
   fail(a, 1);

@@ -103,7 +103,10 @@ t.test('jitter: each wait is within [interval, interval * (1 + jitter))', async 
   for (let k = 0; k < 200; k++) await ft.fire();
   const waits = ft.delays.slice(1);
   t.equal(waits.length, 200);
-  t.ok(waits.every((w) => w >= 1000 && w < 1100), 'bounded');
+  t.ok(
+    waits.every((w) => w >= 1000 && w < 1100),
+    'bounded',
+  );
   t.ok(new Set(waits).size > 150, 'and actually random');
 });
 

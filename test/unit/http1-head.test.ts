@@ -1,5 +1,15 @@
 import t from 'tap';
-import { endsChunked, headerObject, rawResponseHead, scanRequestHead, scanResponseHead, simpleResponse, withoutHeaders, type RequestHeadFields, type ResponseHeadFields } from '../../src/proxy/http1/head.js';
+import {
+  endsChunked,
+  headerObject,
+  rawResponseHead,
+  scanRequestHead,
+  scanResponseHead,
+  simpleResponse,
+  withoutHeaders,
+  type RequestHeadFields,
+  type ResponseHeadFields,
+} from '../../src/proxy/http1/head.js';
 
 function req(h: string[]): RequestHeadFields {
   const out: RequestHeadFields = { contentLength: -1, transferEncoding: undefined, lines: '', connClose: false, host: undefined, expect: undefined };
@@ -15,19 +25,32 @@ function res(h: string[]): ResponseHeadFields {
 
 t.test('request heads: hop-by-hop and framing headers are not passed on', async (t) => {
   const r = req([
-    'Host', 'api.shop',
-    'Connection', 'keep-alive, X-Private',
-    'Keep-Alive', 'timeout=5',
-    'Proxy-Connection', 'keep-alive',
-    'TE', 'trailers',
-    'Trailer', 'x-sum',
-    'Upgrade', 'h2c',
-    'HTTP2-Settings', 'AAMAAABkAARAAAAAAAIAAAAA',
-    'X-Private', 'secret',
-    'Content-Length', '12',
-    'Expect', '100-continue',
-    'Accept', '*/*',
-    'x-private-not', 'kept',
+    'Host',
+    'api.shop',
+    'Connection',
+    'keep-alive, X-Private',
+    'Keep-Alive',
+    'timeout=5',
+    'Proxy-Connection',
+    'keep-alive',
+    'TE',
+    'trailers',
+    'Trailer',
+    'x-sum',
+    'Upgrade',
+    'h2c',
+    'HTTP2-Settings',
+    'AAMAAABkAARAAAAAAAIAAAAA',
+    'X-Private',
+    'secret',
+    'Content-Length',
+    '12',
+    'Expect',
+    '100-continue',
+    'Accept',
+    '*/*',
+    'x-private-not',
+    'kept',
   ]);
   t.equal(r.lines, 'Host: api.shop\r\nAccept: */*\r\nx-private-not: kept\r\n');
   t.equal(r.contentLength, 12);

@@ -23,11 +23,7 @@ async function signer(alg: 'RS256' | 'ES256', kid: string): Promise<Signer> {
   return { kid, alg, privateKey, jwk };
 }
 
-async function token(
-  s: Signer,
-  claims: { iss?: string; sub?: string; aud?: string | string[]; exp?: number; nbf?: number; iat?: number } = {},
-  header: { kid?: string | null } = {},
-): Promise<string> {
+async function token(s: Signer, claims: { iss?: string; sub?: string; aud?: string | string[]; exp?: number; nbf?: number; iat?: number } = {}, header: { kid?: string | null } = {}): Promise<string> {
   const now = Math.floor(Date.now() / 1000);
   const body = { iss: ISSUER, sub: 'alice', aud: 'api', exp: now + 300, ...claims };
   const kid = header.kid === null ? undefined : (header.kid ?? s.kid);
@@ -93,9 +89,7 @@ t.test('JWKS file: validation outcomes', async (t) => {
   const payload = base64url.encode(JSON.stringify({ iss: ISSUER, sub: 'mallory', aud: 'api', exp: now + 300 }));
   const none = `${base64url.encode(JSON.stringify({ alg: 'none', kid: 'rs-1' }))}.${payload}.`;
   t.same(await check(bearer(none)), { ok: false, reason: 'algorithm not allowed' });
-  const hs = await new SignJWT({ iss: ISSUER, sub: 'mallory', aud: 'api' })
-    .setProtectedHeader({ alg: 'HS256', kid: 'rs-1' })
-    .sign(new TextEncoder().encode(JSON.stringify(rs.jwk)));
+  const hs = await new SignJWT({ iss: ISSUER, sub: 'mallory', aud: 'api' }).setProtectedHeader({ alg: 'HS256', kid: 'rs-1' }).sign(new TextEncoder().encode(JSON.stringify(rs.jwk)));
   t.same(await check(bearer(hs)), { ok: false, reason: 'algorithm not allowed' });
 
   t.same(await check(bearer('not.a.jwt')), { ok: false, reason: 'malformed token' });
@@ -166,10 +160,10 @@ t.test('unknown kid forces a reload (outside the cooldown)', async (t) => {
   const file = join(dir, 'jwks.json');
   writeJwks(file, [k1.jwk]);
   // A slow poll, so only the kid-miss path can pick the new key up.
-  const authn = new JwtAuthenticator(
-    [{ name: 'a', namespace: 'shop', selector: {}, jwtRules: [{ issuer: ISSUER, audiences: [], jwksFile: file, forwardOriginalToken: true }] }],
-    { fileCheckInterval: 60_000, cooldown: 0 },
-  );
+  const authn = new JwtAuthenticator([{ name: 'a', namespace: 'shop', selector: {}, jwtRules: [{ issuer: ISSUER, audiences: [], jwksFile: file, forwardOriginalToken: true }] }], {
+    fileCheckInterval: 60_000,
+    cooldown: 0,
+  });
   t.teardown(() => authn.close());
   await authn.ready();
   writeJwks(file, [k1.jwk, k2.jwk]);
@@ -179,10 +173,9 @@ t.test('unknown kid forces a reload (outside the cooldown)', async (t) => {
 t.test('a missing JWKS file: tokens fail closed, no-token requests pass', async (t) => {
   const dir = t.testdir({});
   const s = await signer('RS256', 'k1');
-  const authn = new JwtAuthenticator(
-    [{ name: 'a', namespace: 'shop', selector: {}, jwtRules: [{ issuer: ISSUER, audiences: [], jwksFile: join(dir, 'absent.json'), forwardOriginalToken: true }] }],
-    { fileCheckInterval: 60_000 },
-  );
+  const authn = new JwtAuthenticator([{ name: 'a', namespace: 'shop', selector: {}, jwtRules: [{ issuer: ISSUER, audiences: [], jwksFile: join(dir, 'absent.json'), forwardOriginalToken: true }] }], {
+    fileCheckInterval: 60_000,
+  });
   t.teardown(() => authn.close());
   await authn.ready();
   t.same(await authn.authenticate(API, bearer(await token(s))), { ok: false, reason: 'no verification keys available' });
@@ -209,10 +202,7 @@ t.test('configuration problems', async (t) => {
   );
   t.throws(() => new JwtAuthenticator([], { algorithms: ['RS256', 'HS256'] }), ConfigError);
   t.throws(() => new JwtAuthenticator([], { algorithms: ['none'] }), ConfigError);
-  t.throws(
-    () => new JwtAuthenticator([{ name: 'a', namespace: 'shop', selector: {}, jwtRules: [{ issuer: 'i', audiences: [], forwardOriginalToken: true }] }]),
-    ConfigError,
-  );
+  t.throws(() => new JwtAuthenticator([{ name: 'a', namespace: 'shop', selector: {}, jwtRules: [{ issuer: 'i', audiences: [], forwardOriginalToken: true }] }]), ConfigError);
 });
 
 t.test('describe', async (t) => {

@@ -97,9 +97,19 @@ t.test('a bad source fails its rule closed; other rules keep working', async (t)
   writeFileSync(good, JSON.stringify({ keys: [jwk] }));
   const fifo = join(dir, 'fifo');
   execFileSync('mkfifo', [fifo]);
-  const rule = (name: string, app: string, src: { jwksFile?: string; jwksUri?: string }) => ({ name, namespace: 'shop', selector: { app }, jwtRules: [{ issuer: ISSUER, audiences: ['api'], forwardOriginalToken: true, ...src }] });
+  const rule = (name: string, app: string, src: { jwksFile?: string; jwksUri?: string }) => ({
+    name,
+    namespace: 'shop',
+    selector: { app },
+    jwtRules: [{ issuer: ISSUER, audiences: ['api'], forwardOriginalToken: true, ...src }],
+  });
   const authn = new JwtAuthenticator(
-    [rule('zero', 'zero', { jwksFile: '/dev/zero' }), rule('fifo', 'fifo', { jwksFile: fifo }), rule('local', 'local', { jwksUri: 'http://127.0.0.1:1/jwks' }), rule('good', 'good', { jwksFile: good })],
+    [
+      rule('zero', 'zero', { jwksFile: '/dev/zero' }),
+      rule('fifo', 'fifo', { jwksFile: fifo }),
+      rule('local', 'local', { jwksUri: 'http://127.0.0.1:1/jwks' }),
+      rule('good', 'good', { jwksFile: good }),
+    ],
     { fetchTimeout: 1000, retryDelay: 60_000 },
   );
   t.teardown(() => authn.close());

@@ -13,10 +13,7 @@ async function signer(kid: string): Promise<{ kid: string; privateKey: CryptoKey
 }
 
 function sign(s: { kid: string; privateKey: CryptoKey }, sub = 'alice'): Promise<string> {
-  return new SignJWT({ iss: ISSUER, sub, aud: 'api' })
-    .setProtectedHeader({ alg: 'RS256', kid: s.kid })
-    .setExpirationTime('5m')
-    .sign(s.privateKey);
+  return new SignJWT({ iss: ISSUER, sub, aud: 'api' }).setProtectedHeader({ alg: 'RS256', kid: s.kid }).setExpirationTime('5m').sign(s.privateKey);
 }
 
 /** A JWKS endpoint on 127.0.0.1 whose key set and status the test changes. */
@@ -130,9 +127,7 @@ t.test('update keeps key sets still named, closes the others', async (t) => {
   t.teardown(() => authn.close());
   await authn.ready();
   const hits = state.hits;
-  authn.update([
-    { name: 'renamed', namespace: 'shop', selector: {}, jwtRules: [{ issuer: ISSUER, audiences: [], jwksUri: url, forwardOriginalToken: true }] },
-  ]);
+  authn.update([{ name: 'renamed', namespace: 'shop', selector: {}, jwtRules: [{ issuer: ISSUER, audiences: [], jwksUri: url, forwardOriginalToken: true }] }]);
   await authn.ready();
   t.equal(state.hits, hits, 'no refetch for the same URI');
   t.match(await authn.authenticate({ namespace: 'shop', labels: {} }, { authorization: `Bearer ${await sign(k1)}` }), { ok: true });

@@ -2,12 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import {
-  CgroupResolver,
-  findCgroup2Mount,
-  podCgroupCandidates,
-  resolvePodCgroup,
-} from '../../src/capture/cgroup-resolver.js';
+import { CgroupResolver, findCgroup2Mount, podCgroupCandidates, resolvePodCgroup } from '../../src/capture/cgroup-resolver.js';
 
 const UID = '3f6c2a1e-8b4d-4c3a-9e2f-1a2b3c4d5e6f';
 const UID_ = UID.replace(/-/g, '_');
@@ -101,18 +96,23 @@ t.test('CgroupResolver resolves an existing pod on the first attempt; forget sto
 });
 
 t.test('findCgroup2Mount', async (t) => {
-  const hybrid = [
-    'tmpfs /sys/fs/cgroup tmpfs ro,nosuid 0 0',
-    'cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid 0 0',
-    'cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0',
-  ].join('\n');
-  t.equal(findCgroup2Mount(hybrid, () => false), '/sys/fs/cgroup/unified');
-  const container = [
-    'cgroup2 /sys/fs/cgroup cgroup2 ro,nosuid 0 0',
-    'cgroup2 /host/sys/fs/cgroup cgroup2 rw 0 0',
-    'cgroup2 /other cgroup2 rw 0 0',
-  ].join('\n');
-  t.equal(findCgroup2Mount(container, (p) => p === '/host/sys/fs/cgroup/kubepods.slice'), '/host/sys/fs/cgroup');
-  t.equal(findCgroup2Mount(container, () => false), '/other', 'else the last one');
-  t.equal(findCgroup2Mount('proc /proc proc rw 0 0', () => false), undefined);
+  const hybrid = ['tmpfs /sys/fs/cgroup tmpfs ro,nosuid 0 0', 'cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid 0 0', 'cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0'].join('\n');
+  t.equal(
+    findCgroup2Mount(hybrid, () => false),
+    '/sys/fs/cgroup/unified',
+  );
+  const container = ['cgroup2 /sys/fs/cgroup cgroup2 ro,nosuid 0 0', 'cgroup2 /host/sys/fs/cgroup cgroup2 rw 0 0', 'cgroup2 /other cgroup2 rw 0 0'].join('\n');
+  t.equal(
+    findCgroup2Mount(container, (p) => p === '/host/sys/fs/cgroup/kubepods.slice'),
+    '/host/sys/fs/cgroup',
+  );
+  t.equal(
+    findCgroup2Mount(container, () => false),
+    '/other',
+    'else the last one',
+  );
+  t.equal(
+    findCgroup2Mount('proc /proc proc rw 0 0', () => false),
+    undefined,
+  );
 });

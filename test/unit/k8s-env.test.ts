@@ -1,7 +1,7 @@
 import t from 'tap';
 import { kubernetesDiscoveryFromEnv, staticConfigFromEnv } from '../../src/discovery/kubernetes-env.js';
 import { KubernetesDiscovery } from '../../src/discovery/kubernetes.js';
-import { ConfigError } from '../../src/errors.js';
+import type { ConfigError } from '../../src/errors.js';
 import { silentLogger } from '../../src/telemetry/log.js';
 
 t.test('the DaemonSet environment', async (t) => {
@@ -40,7 +40,10 @@ t.test("the drain time follows the pod's grace period, less a second, unless WEF
   t.equal(staticConfigFromEnv({ env: { ...base, WEFT_TERMINATION_GRACE_PERIOD_SECONDS: '30' } }).static.agent?.drainTimeout, 29_000);
   t.equal(staticConfigFromEnv({ env: { ...base, WEFT_TERMINATION_GRACE_PERIOD_SECONDS: '0' } }).static.agent?.drainTimeout, 0);
   t.equal(staticConfigFromEnv({ env: { ...base, WEFT_TERMINATION_GRACE_PERIOD_SECONDS: '30', WEFT_DRAIN_TIMEOUT: '5s' } }).static.agent?.drainTimeout, 5_000);
-  t.throws(() => staticConfigFromEnv({ env: { ...base, WEFT_TERMINATION_GRACE_PERIOD_SECONDS: '30s' } }), { name: 'ConfigError', problems: [/^WEFT_TERMINATION_GRACE_PERIOD_SECONDS: "30s" is not a whole number of seconds/] });
+  t.throws(() => staticConfigFromEnv({ env: { ...base, WEFT_TERMINATION_GRACE_PERIOD_SECONDS: '30s' } }), {
+    name: 'ConfigError',
+    problems: [/^WEFT_TERMINATION_GRACE_PERIOD_SECONDS: "30s" is not a whole number of seconds/],
+  });
 });
 
 t.test('flags win over the environment; defaults', async (t) => {

@@ -1,18 +1,8 @@
 import t from 'tap';
 import type { V1EndpointSlice, V1Namespace, V1Node, V1Pod, V1Service } from '@kubernetes/client-node';
 import { normalizeConfig } from '../../src/config/normalize.js';
-import {
-  blame,
-  nodeAddressOf,
-  nodeFingerprint,
-  probePorts,
-  translate,
-  trimNode,
-  trimPod,
-  type ClusterState,
-  type CustomObject,
-} from '../../src/discovery/k8s/translate.js';
-import { ConfigError } from '../../src/errors.js';
+import { blame, nodeAddressOf, nodeFingerprint, probePorts, translate, trimNode, trimPod, type ClusterState, type CustomObject } from '../../src/discovery/k8s/translate.js';
+import type { ConfigError } from '../../src/errors.js';
 import { endpointSliceObject, namespaceObject, nodeObject, podObject, serviceObject, weftObject } from '../lib/fake-apiserver.js';
 
 const NODE = 'node-a';
@@ -47,16 +37,22 @@ const node = (created: string, ...a: Parameters<typeof nodeObject>) => {
 };
 const MESHED = { 'weft.io/mesh': 'enabled' };
 
-const validate = (s: ClusterState) =>
-  normalizeConfig({ node: { name: NODE, address: '10.77.0.1' }, ...translate(s, ctx()).raw }, 'test', { baseDir: '/' });
+const validate = (s: ClusterState) => normalizeConfig({ node: { name: NODE, address: '10.77.0.1' }, ...translate(s, ctx()).raw }, 'test', { baseDir: '/' });
 
 t.test('trimPod keeps what translation reads and drops the rest', async (t) => {
   const full = pod('api-0', 'shop', { node: NODE, ip: '10.1.0.1', labels: { app: 'api' }, annotations: { 'weft.io/weight': '2' }, ports: { web: 8080 } });
   const trimmed = trimPod(full);
   t.same(trimmed.metadata?.annotations, { 'weft.io/weight': '2' }, 'only weft.io annotations');
-  t.same(trimmed.metadata?.ownerReferences, (full.metadata?.ownerReferences ?? []).filter((o) => o.controller), 'only the controller reference (it names the workload)');
+  t.same(
+    trimmed.metadata?.ownerReferences,
+    (full.metadata?.ownerReferences ?? []).filter((o) => o.controller),
+    'only the controller reference (it names the workload)',
+  );
   t.same(trimmed.spec?.containers, [{ name: 'app', ports: [{ name: 'web', containerPort: 8080, protocol: 'TCP' }] }]);
-  t.same(trimmed.status?.conditions?.map((c) => c.type), ['Ready']);
+  t.same(
+    trimmed.status?.conditions?.map((c) => c.type),
+    ['Ready'],
+  );
   t.same(translate(state({ namespaces: [ns('shop', MESHED)], pods: [trimmed] }), ctx()).raw, translate(state({ namespaces: [ns('shop', MESHED)], pods: [full] }), ctx()).raw, 'same translation');
 });
 
@@ -102,7 +98,10 @@ t.test('pod IP reuse: the live pod keeps the address', async (t) => {
   const old = pod('old', 'shop', { node: NODE, ip: '10.1.0.5' });
   old.metadata!.deletionTimestamp = new Date() as never;
   const s = state({ namespaces: [ns('shop', MESHED)], pods: [old, pod('new', 'shop', { node: NODE, ip: '10.1.0.5' })] });
-  t.same(translate(s, ctx()).raw.workloads.map((w) => w.name), ['new']);
+  t.same(
+    translate(s, ctx()).raw.workloads.map((w) => w.name),
+    ['new'],
+  );
   t.doesNotThrow(() => validate(s));
 });
 
@@ -141,7 +140,11 @@ t.test('services: VIPs, ports, protocols, named targetPorts', async (t) => {
   ]);
   t.match(tr.warnings, [/targetPort "missing"/]);
   const cfg = validate(s);
-  t.same(cfg.services[0]!.ports.map((p) => p.protocol), ['http', 'http'], 'the loader applies the name convention');
+  t.same(
+    cfg.services[0]!.ports.map((p) => p.protocol),
+    ['http', 'http'],
+    'the loader applies the name convention',
+  );
 });
 
 t.test('HTTP/2 and gRPC ports: appProtocol and port names as DESIGN.md "Protocols" maps them', async (t) => {
@@ -240,8 +243,7 @@ t.test('blame maps loader problems to objects', async (t) => {
 });
 
 t.test('nodes: the address is the first IPv4 InternalIP, else ExternalIP', async (t) => {
-  const at = (...addresses: [string, string][]) =>
-    nodeAddressOf(node('2026-01-01T00:00:00Z', 'n', '', { addresses: addresses.map(([type, address]) => ({ type, address })) }));
+  const at = (...addresses: [string, string][]) => nodeAddressOf(node('2026-01-01T00:00:00Z', 'n', '', { addresses: addresses.map(([type, address]) => ({ type, address })) }));
   t.equal(at(['Hostname', 'n'], ['ExternalIP', '203.0.113.1'], ['InternalIP', '10.0.0.1']), '10.0.0.1', 'InternalIP first, whatever the order');
   t.equal(at(['InternalIP', 'fd00::1'], ['InternalIP', '10.0.0.2']), '10.0.0.2', 'IPv4 only');
   t.equal(at(['InternalIP', 'fd00::1'], ['ExternalIP', '203.0.113.1']), '203.0.113.1', 'ExternalIP when no IPv4 InternalIP');
@@ -251,7 +253,11 @@ t.test('nodes: the address is the first IPv4 InternalIP, else ExternalIP', async
 
 t.test('trimNode keeps the name, addresses and creation time', async (t) => {
   const full = node('2026-01-01T00:00:00Z', 'node-b', '10.77.0.2', {
-    addresses: [{ type: 'InternalIP', address: '10.77.0.2' }, { type: 'Hostname', address: 'node-b' }, { type: 'ExternalIP', address: '203.0.113.2' }],
+    addresses: [
+      { type: 'InternalIP', address: '10.77.0.2' },
+      { type: 'Hostname', address: 'node-b' },
+      { type: 'ExternalIP', address: '203.0.113.2' },
+    ],
   });
   full.metadata!.resourceVersion = '42';
   const trimmed = trimNode(full);
@@ -259,7 +265,12 @@ t.test('trimNode keeps the name, addresses and creation time', async (t) => {
     apiVersion: 'v1',
     kind: 'Node',
     metadata: { name: 'node-b', resourceVersion: '42', creationTimestamp: '2026-01-01T00:00:00Z' },
-    status: { addresses: [{ type: 'InternalIP', address: '10.77.0.2' }, { type: 'ExternalIP', address: '203.0.113.2' }] },
+    status: {
+      addresses: [
+        { type: 'InternalIP', address: '10.77.0.2' },
+        { type: 'ExternalIP', address: '203.0.113.2' },
+      ],
+    },
   });
   t.ok(JSON.stringify(trimmed).length * 5 < JSON.stringify(full).length, 'a fraction of the object');
   t.same(translate(state({ nodes: [trimmed] }), ctx()).raw.nodes, translate(state({ nodes: [full] }), ctx()).raw.nodes, 'same translation');
@@ -285,12 +296,19 @@ t.test('nodes: every node with an address, sorted; one owner per address', async
     ],
   });
   const tr = translate(s, { ...ctx(), nodeAddress: '10.77.0.1' });
-  t.same(tr.raw.nodes, [
-    { name: NODE, address: '10.77.0.1' },
-    { name: 'node-b', address: '10.77.0.2' },
-    { name: 'node-c', address: '10.77.0.3' },
-  ], 'this node too, as in a file');
-  t.same(tr.origins.nodes.map((o) => o.name), [NODE, 'node-b', 'node-c']);
+  t.same(
+    tr.raw.nodes,
+    [
+      { name: NODE, address: '10.77.0.1' },
+      { name: 'node-b', address: '10.77.0.2' },
+      { name: 'node-c', address: '10.77.0.3' },
+    ],
+    'this node too, as in a file',
+  );
+  t.same(
+    tr.origins.nodes.map((o) => o.name),
+    [NODE, 'node-b', 'node-c'],
+  );
   t.match(tr.warnings, [
     /^Node node-new: no IPv4 InternalIP or ExternalIP/,
     /^Node node-v6: no IPv4 InternalIP or ExternalIP/,
@@ -298,7 +316,14 @@ t.test('nodes: every node with an address, sorted; one owner per address', async
     /^Node node-x: address 10\.77\.0\.1 is this node's \(node-a\)/,
   ]);
   const cfg = validate(s);
-  t.same(cfg.nodes, [{ name: 'node-b', address: '10.77.0.2' }, { name: 'node-c', address: '10.77.0.3' }], 'the loader drops this node');
+  t.same(
+    cfg.nodes,
+    [
+      { name: 'node-b', address: '10.77.0.2' },
+      { name: 'node-c', address: '10.77.0.3' },
+    ],
+    'the loader drops this node',
+  );
 
   // This node keeps its address even against a newer node, whatever NODE_IP says.
   const mine = translate(state({ nodes: [node('2026-01-01T00:00:00Z', NODE, '10.77.0.8'), node('2026-03-01T00:00:00Z', 'node-y', '10.77.0.8')] }), ctx());
@@ -323,7 +348,13 @@ t.test('a RequestAuthentication naming a jwksFile is refused: a tenant cannot ma
   const s = state({
     namespaces: [ns('shop', MESHED)],
     requestAuthentications: [
-      cr('RequestAuthentication', 'file', 'shop', { selector: { app: 'api' }, jwtRules: [{ issuer: 'https://i', jwksUri: 'https://i/jwks' }, { issuer: 'https://j', jwksFile: '/dev/zero' }] }),
+      cr('RequestAuthentication', 'file', 'shop', {
+        selector: { app: 'api' },
+        jwtRules: [
+          { issuer: 'https://i', jwksUri: 'https://i/jwks' },
+          { issuer: 'https://j', jwksFile: '/dev/zero' },
+        ],
+      }),
       cr('RequestAuthentication', 'uri', 'shop', { selector: { app: 'api' }, jwtRules: [{ issuer: 'https://i', jwksUri: 'https://i/jwks' }] }),
     ],
   });
@@ -332,5 +363,9 @@ t.test('a RequestAuthentication naming a jwksFile is refused: a tenant cannot ma
     tr.rejected.map((r) => `${r.origin.name}: ${r.problems.join('; ')}`),
     ['file: spec.jwtRules[1].jwksFile: not allowed in Kubernetes (it would read a file on the node); use jwksUri'],
   );
-  t.same(tr.raw.requestAuthentications.map((r) => r.name), ['uri'], 'the other RequestAuthentication applies');
+  t.same(
+    tr.raw.requestAuthentications.map((r) => r.name),
+    ['uri'],
+    'the other RequestAuthentication applies',
+  );
 });

@@ -20,7 +20,10 @@ t.test('lines arrive whole and in order, across many buffers, within the flush i
   await sleep(400);
   const lines = readFileSync(file, 'utf8').trimEnd().split('\n');
   t.equal(lines.length, n, 'every line written (periodic flush)');
-  t.ok(lines.every((l, i) => JSON.parse(l).i === i && JSON.parse(l).u === 'é€😀'), 'in order, multi-byte characters intact');
+  t.ok(
+    lines.every((l, i) => JSON.parse(l).i === i && JSON.parse(l).u === 'é€😀'),
+    'in order, multi-byte characters intact',
+  );
 });
 
 t.test('a line larger than a buffer', async (t) => {

@@ -71,12 +71,32 @@ t.test('retry budget: a clock stepping back does not corrupt the window', async 
 });
 
 t.test('backoff: full jitter within [0, min(max, base*2^(attempt-1)))', async (t) => {
-  t.equal(backoffDelay(1, 25, 1000, () => 0), 0);
-  t.equal(backoffDelay(1, 25, 1000, () => 0.999999), 24);
-  t.equal(backoffDelay(2, 25, 1000, () => 0.5), 25);
-  t.equal(backoffDelay(3, 25, 1000, () => 0.5), 50);
-  t.equal(backoffDelay(10, 25, 1000, () => 0.5), 500, 'capped at max');
-  t.equal(backoffDelay(10_000, 25, 1000, () => 0.5), 500, 'no overflow for absurd attempts');
+  t.equal(
+    backoffDelay(1, 25, 1000, () => 0),
+    0,
+  );
+  t.equal(
+    backoffDelay(1, 25, 1000, () => 0.999999),
+    24,
+  );
+  t.equal(
+    backoffDelay(2, 25, 1000, () => 0.5),
+    25,
+  );
+  t.equal(
+    backoffDelay(3, 25, 1000, () => 0.5),
+    50,
+  );
+  t.equal(
+    backoffDelay(10, 25, 1000, () => 0.5),
+    500,
+    'capped at max',
+  );
+  t.equal(
+    backoffDelay(10_000, 25, 1000, () => 0.5),
+    500,
+    'no overflow for absurd attempts',
+  );
   t.equal(backoffDelay(1, 0, 1000), 0);
   for (let attempt = 1; attempt <= 12; attempt++) {
     const ceiling = Math.min(1000, 25 * 2 ** (attempt - 1));

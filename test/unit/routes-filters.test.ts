@@ -53,7 +53,14 @@ t.test('replacePath edge cases', async (t) => {
 });
 
 t.test('header modifiers: set replaces every value, add appends, remove drops; names case-insensitive', async (t) => {
-  const mod = { set: [{ name: 'X-Header-Set', value: 'set-overwrites-values' }], add: [{ name: 'X-Header-Add', value: 'header-val-1' }, { name: 'X-Header-Add-Append', value: 'header-val-2' }], remove: ['X-Header-Remove'] };
+  const mod = {
+    set: [{ name: 'X-Header-Set', value: 'set-overwrites-values' }],
+    add: [
+      { name: 'X-Header-Add', value: 'header-val-1' },
+      { name: 'X-Header-Add-Append', value: 'header-val-2' },
+    ],
+    remove: ['X-Header-Remove'],
+  };
   const out = modifyHeaders(['x-header-remove', 'remove-val', 'X-HEADER-ADD-APPEND', 'append-val-1', 'x-header-set', 'set-val', 'x-header-set', 'other', 'Keep', 'k'], mod);
   t.same(out, ['X-HEADER-ADD-APPEND', 'append-val-1', 'Keep', 'k', 'X-Header-Set', 'set-overwrites-values', 'X-Header-Add', 'header-val-1', 'X-Header-Add-Append', 'header-val-2']);
   const read = headerReader(out);
@@ -116,21 +123,49 @@ t.test('weighted choice follows the weights; weight 0 never; all zero: none', as
   const counts = [0, 0, 0];
   for (const x of seq(1000)) counts[pickWeighted([80, 0, 20], () => x)!]!++;
   t.same(counts, [800, 0, 200], 'evenly spread draws split exactly by weight');
-  t.equal(pickWeighted([0, 0], () => 0.3), undefined);
-  t.equal(pickWeighted([0, 5], () => 0.999999), 1);
-  t.equal(pickWeighted([3], () => 0.99), 0);
+  t.equal(
+    pickWeighted([0, 0], () => 0.3),
+    undefined,
+  );
+  t.equal(
+    pickWeighted([0, 5], () => 0.999999),
+    1,
+  );
+  t.equal(
+    pickWeighted([3], () => 0.99),
+    0,
+  );
 });
 
 t.test('chance: percent of draws', async (t) => {
-  t.equal(chance(0, () => 0), false);
-  t.equal(chance(100, () => 0.9999), true);
-  t.equal(chance(10, () => 0.099), true);
-  t.equal(chance(10, () => 0.1), false);
+  t.equal(
+    chance(0, () => 0),
+    false,
+  );
+  t.equal(
+    chance(100, () => 0.9999),
+    true,
+  );
+  t.equal(
+    chance(10, () => 0.099),
+    true,
+  );
+  t.equal(
+    chance(10, () => 0.1),
+    false,
+  );
 });
 
 t.test('plan: backends by weight, no backendRefs means the parent, all-zero means none', async (t) => {
   const tb = table([
-    { matches: pfx('/split'), filters: [], backendRefs: [{ name: 'v1', weight: 80 }, { name: 'v3', port: 9080, weight: 20 }] },
+    {
+      matches: pfx('/split'),
+      filters: [],
+      backendRefs: [
+        { name: 'v1', weight: 80 },
+        { name: 'v3', port: 9080, weight: 20 },
+      ],
+    },
     { matches: pfx('/parent'), filters: [], backendRefs: [] },
     { matches: pfx('/zero'), filters: [], backendRefs: [{ name: 'v1', weight: 0 }] },
   ]);
@@ -166,7 +201,22 @@ t.test('plan: faults and mirrors roll their percent per request', async (t) => {
 });
 
 t.test('TCPRoute: connections split by weight', async (t) => {
-  const r: Route = { name: 't', namespace: 'ns', kind: 'TCPRoute', parentRefs: [{ name: 'db' }], rules: [{ matches: [], filters: [], backendRefs: [{ name: 'a', weight: 1 }, { name: 'b', weight: 3 }] }] };
+  const r: Route = {
+    name: 't',
+    namespace: 'ns',
+    kind: 'TCPRoute',
+    parentRefs: [{ name: 'db' }],
+    rules: [
+      {
+        matches: [],
+        filters: [],
+        backendRefs: [
+          { name: 'a', weight: 1 },
+          { name: 'b', weight: 3 },
+        ],
+      },
+    ],
+  };
   const tb = new PortRoutes([r]);
   const pick = (x: number) => {
     const b = tb.pickTcp(() => x);

@@ -50,9 +50,7 @@ t.test('path match order: exact first, then the longest prefix (httproute-path-m
 });
 
 t.test('prefixes match whole path segments (httproute-matching)', async (t) => {
-  const table = new PortRoutes([
-    route([rule('v1', prefix('/'), { headers: [hdr('version', 'one')] }), rule('v2', prefix('/v2'), { headers: [hdr('version', 'two')] })]),
-  ]);
+  const table = new PortRoutes([route([rule('v1', prefix('/'), { headers: [hdr('version', 'one')] }), rule('v2', prefix('/v2'), { headers: [hdr('version', 'two')] })])]);
   t.equal(backendOf(table, '/'), 'v1');
   t.equal(backendOf(table, '/example'), 'v1');
   t.equal(backendOf(table, '/', { Version: 'one' }), 'v1');
@@ -100,10 +98,7 @@ t.test('header matching: more headers win, ties go to the first rule, names are 
 
 t.test('regular expressions match the whole value', async (t) => {
   const table = new PortRoutes([
-    route([
-      rule('user', { headers: [hdr('end-user', 'jason|json', 'RegularExpression')] }),
-      rule('regex-path', { path: { type: 'RegularExpression', value: '/items/[0-9]+' } }),
-    ]),
+    route([rule('user', { headers: [hdr('end-user', 'jason|json', 'RegularExpression')] }), rule('regex-path', { path: { type: 'RegularExpression', value: '/items/[0-9]+' } })]),
   ]);
   t.equal(backendOf(table, '/', { 'end-user': 'jason' }), 'user');
   t.equal(backendOf(table, '/', { 'end-user': 'jasonx' }), undefined, 'not a partial match');
@@ -113,9 +108,7 @@ t.test('regular expressions match the whole value', async (t) => {
 });
 
 t.test('a RegularExpression path ranks below every prefix; Exact above both', async (t) => {
-  const table = new PortRoutes([
-    route([rule('regex', { path: { type: 'RegularExpression', value: '/a/.*' } }), rule('prefix', prefix('/a')), rule('exact', exact('/a/b'))]),
-  ]);
+  const table = new PortRoutes([route([rule('regex', { path: { type: 'RegularExpression', value: '/a/.*' } }), rule('prefix', prefix('/a')), rule('exact', exact('/a/b'))])]);
   t.equal(backendOf(table, '/a/c'), 'prefix');
   t.equal(backendOf(table, '/a/b'), 'exact');
 });
@@ -142,9 +135,7 @@ t.test('query parameters (httproute-query-param-matching): exact, regex, the fir
 });
 
 t.test('method matching (httproute-method-matching): a method outranks headers', async (t) => {
-  const table = new PortRoutes([
-    route([rule('post', { method: 'POST' }), rule('get', { method: 'GET' }), rule('hdr', { headers: [hdr('x', '1')] })]),
-  ]);
+  const table = new PortRoutes([route([rule('post', { method: 'POST' }), rule('get', { method: 'GET' }), rule('hdr', { headers: [hdr('x', '1')] })])]);
   t.equal(backendOf(table, '/', {}, 'POST'), 'post');
   t.equal(backendOf(table, '/', {}, 'GET'), 'get');
   t.equal(backendOf(table, '/', { x: '1' }, 'GET'), 'get', 'method before header count');

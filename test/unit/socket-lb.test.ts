@@ -49,19 +49,31 @@ t.test('ineligibility: only when the agent has nothing to add', async (t) => {
   t.equal(ineligibility(cluster({ policy: policy({ circuitBreaker: {} as TrafficPolicy['circuitBreaker'] }) }), nobody), 'circuit breaker');
   t.equal(ineligibility(cluster({ eps: [info('10.0.0.1'), info('10.1.0.1', { local: false })] }), nobody), 'endpoint on another node (tunnel)');
   t.equal(ineligibility(cluster({ eps: [info('10.1.0.1', { local: false, meshed: false })] }), nobody), undefined, 'an unmeshed pod elsewhere is plain TCP anyway');
-  t.equal(ineligibility(cluster(), (ep) => ep.info.ip === '10.0.0.2'), 'authorization policy', 'a policy on any endpoint');
+  t.equal(
+    ineligibility(cluster(), (ep) => ep.info.ip === '10.0.0.2'),
+    'authorization policy',
+    'a policy on any endpoint',
+  );
   const many = Array.from({ length: LB_SLOTS_MAX + 1 }, (_, i) => info(`10.0.${i >> 8}.${i & 255}`));
   t.match(ineligibility(cluster({ eps: many }), nobody), /more than/);
 });
 
 t.test('slotsFor: weights become slot counts, in a stable order', async (t) => {
   const eps = [new Endpoint(info('10.0.0.2')), new Endpoint(info('10.0.0.1'))];
-  t.same(slotsFor(eps), [
-    { ip: '10.0.0.1', port: 8080 },
-    { ip: '10.0.0.2', port: 8080 },
-  ], 'equal weights: one slot each, sorted');
+  t.same(
+    slotsFor(eps),
+    [
+      { ip: '10.0.0.1', port: 8080 },
+      { ip: '10.0.0.2', port: 8080 },
+    ],
+    'equal weights: one slot each, sorted',
+  );
   const weighted = slotsFor([new Endpoint(info('10.0.0.1', { weight: 2 })), new Endpoint(info('10.0.0.2', { weight: 4 }))]);
-  t.same(weighted.map((s) => s.ip), ['10.0.0.1', '10.0.0.2', '10.0.0.2'], 'weights 2 and 4: 1 and 2 slots');
+  t.same(
+    weighted.map((s) => s.ip),
+    ['10.0.0.1', '10.0.0.2', '10.0.0.2'],
+    'weights 2 and 4: 1 and 2 slots',
+  );
   const big = slotsFor([new Endpoint(info('10.0.0.1', { weight: 1000 })), new Endpoint(info('10.0.0.2', { weight: 1 }))]);
   t.ok(big.length <= LB_SLOTS_MAX, `at most ${LB_SLOTS_MAX} slots (${big.length})`);
   t.equal(big.filter((s) => s.ip === '10.0.0.2').length, 1, 'every endpoint keeps at least one slot');

@@ -8,7 +8,10 @@ type W = { name: string; namespace: string; ip: string; labels: Record<string, s
 function store(workloads: W[], services: Array<{ name: string; namespace: string; vip: string; selector?: Record<string, string> }>): StateStore {
   const text = stringify({
     node: { name: 'node-a', address: '10.77.0.1' },
-    namespaces: [{ name: 'shop', labels: { 'weft.io/mesh': 'enabled' } }, { name: 'other', labels: {} }],
+    namespaces: [
+      { name: 'shop', labels: { 'weft.io/mesh': 'enabled' } },
+      { name: 'other', labels: {} },
+    ],
     workloads: workloads.map((w) => ({ ...w, node: 'node-a' })),
     services: services.map((s) => ({ ...s, ports: [{ port: 80, targetPort: 8080 }] })),
   });
@@ -56,8 +59,14 @@ t.test('a workload selected by two services is an endpoint of both, and services
     { name: 'stable', namespace: 'shop', vip: '10.96.0.2', selector: { track: 'stable' } },
   ]);
   const api0 = st.workload('shop', 'api-0')!;
-  t.same(st.servicesOf(api0).map((s) => s.name), ['api', 'stable']);
-  t.same(st.servicesOf(st.workload('shop', 'web-0')!).map((s) => s.name), []);
+  t.same(
+    st.servicesOf(api0).map((s) => s.name),
+    ['api', 'stable'],
+  );
+  t.same(
+    st.servicesOf(st.workload('shop', 'web-0')!).map((s) => s.name),
+    [],
+  );
 });
 
 t.test('a label pair that only looks like another once joined is not a match', async (t) => {

@@ -17,20 +17,11 @@
  *   object small for cluster-wide caches (pods).
  */
 import { EventEmitter } from 'node:events';
-import {
-  ListWatch,
-  Watch,
-  type KubeConfig,
-  type KubernetesListObject,
-  type KubernetesObject,
-} from '@kubernetes/client-node';
+import { ListWatch, Watch, type KubeConfig, type KubernetesListObject, type KubernetesObject } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 
 /** One page of a list call. */
-export type ListPage<T extends KubernetesObject> = (opts: {
-  limit: number;
-  _continue?: string;
-}) => Promise<KubernetesListObject<T>>;
+export type ListPage<T extends KubernetesObject> = (opts: { limit: number; _continue?: string }) => Promise<KubernetesListObject<T>>;
 
 export interface ResourceInformerOptions<T extends KubernetesObject> {
   kubeConfig: KubeConfig;
@@ -78,10 +69,7 @@ class BookmarkWatch extends Watch {
     done: (err: any) => void,
   ): Promise<AbortController> {
     const trim = this.trim;
-    const cb = trim
-      ? (phase: string, obj: any, raw?: any) =>
-          callback(phase, phase === 'ADDED' || phase === 'MODIFIED' || phase === 'DELETED' ? trim(obj) : obj, raw)
-      : callback;
+    const cb = trim ? (phase: string, obj: any, raw?: any) => callback(phase, phase === 'ADDED' || phase === 'MODIFIED' || phase === 'DELETED' ? trim(obj) : obj, raw) : callback;
     const timeoutSeconds = 300 + Math.floor(Math.random() * 300);
     return super.watch(path, { ...queryParams, allowWatchBookmarks: true, timeoutSeconds }, cb, done);
   }
@@ -181,14 +169,7 @@ export class ResourceInformer<T extends KubernetesObject> extends EventEmitter {
       } while (cont);
       return { ...first, metadata: { ...first.metadata, _continue: undefined }, items };
     };
-    this.lw = new ListWatch<T>(
-      opts.path,
-      new BookmarkWatch(opts.kubeConfig, trim),
-      listAll,
-      false,
-      opts.labelSelector,
-      opts.fieldSelector,
-    );
+    this.lw = new ListWatch<T>(opts.path, new BookmarkWatch(opts.kubeConfig, trim), listAll, false, opts.labelSelector, opts.fieldSelector);
     this.lw.on('add', (o) => this.onChange('add', o));
     this.lw.on('update', (o) => this.onChange('update', o));
     this.lw.on('delete', (o) => this.onChange('delete', o));

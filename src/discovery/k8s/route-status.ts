@@ -64,7 +64,17 @@ export function routeStatus(kind: GatewayRouteKind, o: RouteObject, inputs: Stat
   if (refs.length === 0) return undefined;
   // The cluster as an agent would translate it, without pods (status does not depend on them).
   const t = translate(
-    { namespaces: inputs.namespaces, pods: [], services: inputs.services, endpointSlices: [], nodes: [], trafficPolicies: [], authorizationPolicies: [], requestAuthentications: [], faultInjections: inputs.faultInjections },
+    {
+      namespaces: inputs.namespaces,
+      pods: [],
+      services: inputs.services,
+      endpointSlices: [],
+      nodes: [],
+      trafficPolicies: [],
+      authorizationPolicies: [],
+      requestAuthentications: [],
+      faultInjections: inputs.faultInjections,
+    },
     { nodeName: 'route-status', cgroupOf: () => undefined },
   );
   if (!t.raw.namespaces.some((n) => n.name === ns && n.labels['weft.io/mesh'] === 'enabled')) return undefined;
@@ -90,7 +100,8 @@ export function routeStatus(kind: GatewayRouteKind, o: RouteObject, inputs: Stat
     : { type: 'ResolvedRefs', status: 'True', reason: 'ResolvedRefs', message: 'every reference resolved' };
   return refs.map((ref) => {
     const missing = !services.has(`${ns}/${String(ref.name)}`);
-    const acc: Condition = missing && accepted.status === 'True' ? { type: 'Accepted', status: 'False', reason: 'NoMatchingParent', message: `no Service ${ns}/${String(ref.name)} in the mesh` } : accepted;
+    const acc: Condition =
+      missing && accepted.status === 'True' ? { type: 'Accepted', status: 'False', reason: 'NoMatchingParent', message: `no Service ${ns}/${String(ref.name)} in the mesh` } : accepted;
     return {
       parentRef: ref,
       controllerName: CONTROLLER_NAME,
@@ -162,7 +173,12 @@ export class RouteStatusWriter {
         optional: true,
       });
     this.namespaces = new ResourceInformer<V1Namespace>({ ...common, kind: 'Namespace', path: '/api/v1/namespaces', list: (p) => core.listNamespace(p) as Promise<KubernetesListObject<V1Namespace>> });
-    this.services = new ResourceInformer<V1Service>({ ...common, kind: 'Service', path: '/api/v1/services', list: (p) => core.listServiceForAllNamespaces(p) as Promise<KubernetesListObject<V1Service>> });
+    this.services = new ResourceInformer<V1Service>({
+      ...common,
+      kind: 'Service',
+      path: '/api/v1/services',
+      list: (p) => core.listServiceForAllNamespaces(p) as Promise<KubernetesListObject<V1Service>>,
+    });
     this.faults = cr<CustomObject>('FaultInjection', 'weft.io', 'v1alpha1', 'faultinjections');
     this.routes = {
       HTTPRoute: cr<RouteObject>('HTTPRoute', GATEWAY_GROUP, 'v1', 'httproutes'),
@@ -267,6 +283,9 @@ export class RouteStatusWriter {
     }
     if (status < 200 || status >= 300) throw new Error(`PATCH ${kind} ${ns}/${name} status: HTTP ${status}`);
     this.writes++;
-    this.opts.log.info({ route: `${kind} ${ns}/${name}`, conditions: parents.filter((p) => p.controllerName === CONTROLLER_NAME).flatMap((p) => p.conditions.map((c) => `${c.type}=${c.status}:${c.reason}`)) }, 'route status written');
+    this.opts.log.info(
+      { route: `${kind} ${ns}/${name}`, conditions: parents.filter((p) => p.controllerName === CONTROLLER_NAME).flatMap((p) => p.conditions.map((c) => `${c.type}=${c.status}:${c.reason}`)) },
+      'route status written',
+    );
   }
 }

@@ -184,7 +184,8 @@ export function translateRoute(kind: GatewayRouteKind, o: RouteObject, faults: R
           refs.push({ reason: 'RefNotPermitted', message: `${at}.filters[${j}].requestMirror.backendRef: another namespace` });
           return;
         }
-        if (!serviceExists(ns, String(mref.name))) refs.push({ reason: 'BackendNotFound', message: `${at}.filters[${j}].requestMirror.backendRef: no Service ${ns}/${String(mref.name)} (nothing is mirrored)` });
+        if (!serviceExists(ns, String(mref.name)))
+          refs.push({ reason: 'BackendNotFound', message: `${at}.filters[${j}].requestMirror.backendRef: no Service ${ns}/${String(mref.name)} (nothing is mirrored)` });
         value = mirror;
       }
       if (type === 'RequestRedirect' && isObj(value)) {

@@ -35,14 +35,7 @@
  *   without one is left out with a warning. Two nodes with one address (a stale Node object
  *   whose address a new node took): this node keeps its own, else the newest node keeps it.
  */
-import type {
-  KubernetesObject,
-  V1EndpointSlice,
-  V1Namespace,
-  V1Node,
-  V1Pod,
-  V1Service,
-} from '@kubernetes/client-node';
+import type { KubernetesObject, V1EndpointSlice, V1Namespace, V1Node, V1Pod, V1Service } from '@kubernetes/client-node';
 import { isIPv4 } from '../../config/patterns.js';
 import type { Protocol } from '../../config/types.js';
 import { MESH_LABEL, MESH_LABEL_ENABLED } from '../../config/types.js';
@@ -264,9 +257,7 @@ export function trimNode(node: V1Node): V1Node {
     kind: node.kind,
     metadata: { name: m.name, resourceVersion: m.resourceVersion, creationTimestamp: m.creationTimestamp },
     status: {
-      addresses: (node.status?.addresses ?? [])
-        .filter((a) => (NODE_ADDRESS_TYPES as readonly string[]).includes(a.type))
-        .map((a) => ({ type: a.type, address: a.address })),
+      addresses: (node.status?.addresses ?? []).filter((a) => (NODE_ADDRESS_TYPES as readonly string[]).includes(a.type)).map((a) => ({ type: a.type, address: a.address })),
     },
   } as V1Node;
 }
@@ -394,10 +385,7 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
     const other = nodeByAddress.get(address);
     if (other) {
       const [keep, drop] =
-        nodeRank(other.name, other.node) > nodeRank(name, node) ||
-        (nodeRank(other.name, other.node) === nodeRank(name, node) && other.name < name)
-          ? [other.name, name]
-          : [name, other.name];
+        nodeRank(other.name, other.node) > nodeRank(name, node) || (nodeRank(other.name, other.node) === nodeRank(name, node) && other.name < name) ? [other.name, name] : [name, other.name];
       const why = keep === ctx.nodeName ? 'this node' : 'the newer one';
       warnings.push(`Node ${drop}: address ${address} is also Node ${keep}'s, which keeps it (${why}); left out of nodes`);
       if (keep === other.name) continue;
@@ -482,9 +470,7 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
       if (w.trim() !== '' && Number.isInteger(n) && n >= 1 && n <= 1_000_000) weight = n;
       else warnings.push(`Pod ${key}: annotation ${WEIGHT_ANNOTATION}="${w}" is not an integer from 1 to 1000000; using 1`);
     }
-    const condReady =
-      pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true &&
-      !pod.metadata?.deletionTimestamp;
+    const condReady = pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true && !pod.metadata?.deletionTimestamp;
     const workload: RawWorkload = {
       name,
       namespace: ns,
@@ -626,12 +612,7 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
 
   // AuthorizationPolicies and RequestAuthentications: spec is the file entry.
   const failClosed = ctx.failClosed ?? new Set<string>();
-  const crList = (
-    kind: string,
-    objs: readonly CustomObject[],
-    out: Record<string, unknown>[],
-    outOrigins: Origin[],
-  ) => {
+  const crList = (kind: string, objs: readonly CustomObject[], out: Record<string, unknown>[], outOrigins: Origin[]) => {
     for (const o of objs) {
       if (skip(kind, o)) continue;
       const origin = originOf(kind, o);

@@ -203,7 +203,12 @@ function keepAliveTimeoutMs(value: string): number {
 export function endsChunked(te: string): boolean {
   if (te.length === 7) return is(te, 'chunked');
   const i = te.lastIndexOf(',');
-  return te.slice(i + 1).trim().toLowerCase() === 'chunked';
+  return (
+    te
+      .slice(i + 1)
+      .trim()
+      .toLowerCase() === 'chunked'
+  );
 }
 
 /** A 101 answer's head, passed on as received (Connection and Upgrade must reach the client). */

@@ -110,10 +110,7 @@ export function routeRequest(clusters: ClusterManager, target: Target, req: HasR
   if (table === undefined || table.kind === 'TCPRoute') return routeTarget(clusters, target);
   const v = req.view();
   const headers = v.headers;
-  const plan = table.plan(
-    { method: v.method, target: v.path, header: (n) => headerOf(headers, n), host: v.authority ?? `${target.service.name}:${target.port.port}` },
-    rand,
-  );
+  const plan = table.plan({ method: v.method, target: v.path, header: (n) => headerOf(headers, n), host: v.authority ?? `${target.service.name}:${target.port.port}` }, rand);
   if (plan === undefined) {
     throw new WeftError('WEFT_ERR_NO_ROUTE', `no rule of the routes on ${target.key} matches ${v.method} ${v.path}`);
   }

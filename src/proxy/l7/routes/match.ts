@@ -60,7 +60,7 @@ export function normalizePrefix(value: string): string {
 
 export function prefixMatches(prefix: string, path: string): boolean {
   if (prefix === '/') return true;
-  return path === prefix || (path.startsWith(prefix) && path.charCodeAt(prefix.length) === 0x2f /* / */);
+  return path === prefix || (path.startsWith(prefix) && path.charCodeAt(prefix.length) === 0x2f) /* / */;
 }
 
 export interface CompiledMatch {
