@@ -30,7 +30,7 @@ t.test('the DaemonSet environment', async (t) => {
       ports: { outbound: 15001, inbound: 15006, tunnel: 15008, admin: 15000, metrics: 9020 },
       ca: { url: 'https://weft-ca.weft-system.svc:15012', rootCert: '/etc/weft/ca/root.pem', tokenFile: '/var/run/secrets/weft-ca/token', certTtl: 43_200_000 },
       stateDir: '/var/lib/weft',
-      agent: { drainTimeout: 10_000, logLevel: 'debug' },
+      agent: { drainTimeout: 10_000, logLevel: 'debug', jwksAllowLocalUris: false, maxDownstreamConnections: { outbound: 16_384, inbound: 4_096, tunnel: 16_384 } },
     },
   });
 });
