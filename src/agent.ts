@@ -29,7 +29,6 @@ import { inboundTransport } from './proxy/inbound.js';
 import { DEFAULT_PIN_ROOT, preparePinRoot } from './capture/datapath.js';
 import { NodeSlot } from './lifecycle/handover.js';
 import { Listeners } from './lifecycle/listeners.js';
-import { availableParallelism } from 'node:os';
 import pino from 'pino';
 import { outboundPlane } from './workers/plane.js';
 import { WorkerPool } from './workers/pool.js';
@@ -189,7 +188,9 @@ export class Agent {
     const { tcp } = plane;
     this.http = plane.http;
     this.outbound = plane.outbound;
-    const workers = this.opts.workers ?? cfg.agent.workers ?? (capture ? availableParallelism() : 1);
+    // One thread unless agent.workers says more: the kernel L4 splice and the per-listener
+    // connection caps are the control thread's alone so far (README "Every core").
+    const workers = this.opts.workers ?? cfg.agent.workers ?? 1;
     if (workers > 1) this.pool = this.createPool(workers - 1, capture);
     this.plaintextInbound = new PlaintextInbound({
       state: this.state,
