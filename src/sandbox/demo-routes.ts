@@ -10,7 +10,8 @@ import { bad, dim, fmt, ok, spread, step, waitFor } from './ui.js';
 /** Requests a pod's backend answered (its /_ctl/state), read from the node like the kubelet would. */
 async function served(sb: MeshSandbox, workload: string): Promise<number> {
   const pod = sb.pod(workload);
-  const r = await pod.node.exec('curl', ['-s', '--max-time', '3', '--interface', pod.node.address, `http://${pod.ip}:8080/_ctl/state`]);
+  // Over the pod's own loopback, as ui.ts's ctl(): strict ingress drops the node address but for probes.
+  const r = await pod.exec('curl', ['-s', '--max-time', '3', 'http://127.0.0.1:8080/_ctl/state']);
   try {
     return (JSON.parse(r.stdout) as { state: { requests: number } }).state.requests;
   } catch {
