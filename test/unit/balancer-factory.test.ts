@@ -2,25 +2,7 @@ import t from 'tap';
 import { Endpoint } from '../../src/cluster/endpoint.js';
 import { BALANCER_TYPES, createBalancer, hashKey, seededRandom } from '../../src/balancer/index.js';
 import type { LoadBalancerType } from '../../src/config/types.js';
-
-function endpoints(n: number, weight: (i: number) => number = () => 1): Endpoint[] {
-  return Array.from(
-    { length: n },
-    (_, i) =>
-      new Endpoint({
-        ip: `10.0.${i >> 8}.${i & 255}`,
-        port: 8080,
-        weight: weight(i),
-        workload: `w-${i}`,
-        namespace: 'ns',
-        node: 'node-a',
-        serviceAccount: 'sa',
-        ready: true,
-        local: false,
-        meshed: true,
-      }),
-  );
-}
+import { endpoints } from '../lib/endpoints.js';
 
 const ALL: LoadBalancerType[] = ['random', 'round-robin', 'weighted-round-robin', 'least-request', 'peak-ewma', 'ring-hash', 'maglev'];
 

@@ -1,26 +1,8 @@
 import t from 'tap';
-import { Endpoint } from '../../src/cluster/endpoint.js';
+import type { Endpoint } from '../../src/cluster/endpoint.js';
 import { LeastRequestBalancer } from '../../src/balancer/least-request.js';
 import { seededRandom } from '../../src/balancer/options.js';
-
-function endpoints(n: number, weight: (i: number) => number = () => 1): Endpoint[] {
-  return Array.from(
-    { length: n },
-    (_, i) =>
-      new Endpoint({
-        ip: `10.0.${i >> 8}.${i & 255}`,
-        port: 8080,
-        weight: weight(i),
-        workload: `w-${i}`,
-        namespace: 'ns',
-        node: 'node-a',
-        serviceAccount: 'sa',
-        ready: true,
-        local: false,
-        meshed: true,
-      }),
-  );
-}
+import { endpoints } from '../lib/endpoints.js';
 
 function tally(picks: Endpoint[]): Map<Endpoint, number> {
   const m = new Map<Endpoint, number>();

@@ -1,28 +1,10 @@
 import t from 'tap';
-import { Endpoint } from '../../src/cluster/endpoint.js';
+import type { Endpoint } from '../../src/cluster/endpoint.js';
 import { MaglevBalancer, nextPrime } from '../../src/balancer/maglev.js';
 import { createBalancer } from '../../src/balancer/index.js';
 import { hashKey } from '../../src/balancer/hash.js';
 import { seededRandom } from '../../src/balancer/options.js';
-
-function endpoints(n: number, weight: (i: number) => number = () => 1): Endpoint[] {
-  return Array.from(
-    { length: n },
-    (_, i) =>
-      new Endpoint({
-        ip: `10.0.${i >> 8}.${i & 255}`,
-        port: 8080,
-        weight: weight(i),
-        workload: `w-${i}`,
-        namespace: 'ns',
-        node: 'node-a',
-        serviceAccount: 'sa',
-        ready: true,
-        local: false,
-        meshed: true,
-      }),
-  );
-}
+import { endpoints } from '../lib/endpoints.js';
 
 const KEYS = Array.from({ length: 10_000 }, (_, i) => hashKey(`user-${i}`));
 

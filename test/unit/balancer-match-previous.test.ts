@@ -1,26 +1,8 @@
 import t from 'tap';
-import { Endpoint } from '../../src/cluster/endpoint.js';
+import type { Endpoint } from '../../src/cluster/endpoint.js';
 import { matchPrevious } from '../../src/balancer/match-previous.js';
 import { seededRandom } from '../../src/balancer/options.js';
-
-function endpoints(n: number): Endpoint[] {
-  return Array.from(
-    { length: n },
-    (_, i) =>
-      new Endpoint({
-        ip: `10.0.${i >> 8}.${i & 255}`,
-        port: 8080,
-        weight: 1,
-        workload: `w-${i}`,
-        namespace: 'ns',
-        node: 'node-a',
-        serviceAccount: 'sa',
-        ready: true,
-        local: false,
-        meshed: true,
-      }),
-  );
-}
+import { endpoints } from '../lib/endpoints.js';
 
 /** What matchPrevious says, and the truth by indexOf. */
 function match(prev: Endpoint[], next: Endpoint[]): [number[], number[]] {
