@@ -593,7 +593,8 @@ export class Agent {
     this.log.info({ reason, connections: this.connections, inflight: this.http.active + this.tunnelHttp.active, drainMs: deadline - started }, 'draining');
     while (this.connections > 0 && Date.now() < deadline && !this.stopping) await new Promise((r) => setTimeout(r, 50));
     this.log.info({ left: this.connections, ms: Date.now() - started }, this.connections ? 'drain time is up: closing what is left' : 'drained: every connection finished');
-    await this.stop({ drainMs: 0 });
+    // The worker threads drain theirs the same way, in what is left of the time.
+    await this.stop({ drainMs: Math.max(0, deadline - Date.now()), workersUntilClosed: true });
   }
 
   /**
@@ -601,12 +602,12 @@ export class Agent {
    * to finish, then every connection is closed. BPF links stay pinned: pods stay captured and
    * the next agent adopts them.
    */
-  stop(opts: { drainMs?: number } = {}): Promise<void> {
+  stop(opts: { drainMs?: number; workersUntilClosed?: boolean } = {}): Promise<void> {
     this.stopping ??= this.doStop(opts);
     return this.stopping;
   }
 
-  private async doStop(opts: { drainMs?: number }): Promise<void> {
+  private async doStop(opts: { drainMs?: number; workersUntilClosed?: boolean }): Promise<void> {
     const drainMs = opts.drainMs ?? this.state.config?.agent.drainTimeout ?? 20_000;
     this.draining = true;
     await this.slot?.stopServing();
@@ -616,7 +617,7 @@ export class Agent {
     }
     clearInterval(this.sourcesTimer);
     // The workers drain beside this thread, each its own connections.
-    const workersStopped = this.pool?.stop(drainMs);
+    const workersStopped = this.pool?.stop(drainMs, { untilClosed: opts.workersUntilClosed });
     if (this.outbound) {
       this.listeners?.stopAccepting();
       const closing = this.outbound.stopAccepting();

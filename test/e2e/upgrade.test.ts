@@ -19,7 +19,7 @@ node: { name: node-a, address: 10.77.0.1 }
 stateDir: \${WEFT_STATE_DIR}
 namespaces:
   - { name: shop, labels: { weft.io/mesh: enabled } }
-agent: { drainTimeout: 6s }
+agent: { drainTimeout: 6s, workers: 2 }
 workloads:
   - { name: api-0, namespace: shop, ip: 10.77.0.11, serviceAccount: api, labels: { app: api }, cgroup: "\${CGROUP_ROOT}/api-0" }
   - { name: api-1, namespace: shop, ip: 10.77.0.12, serviceAccount: api, labels: { app: api }, cgroup: "\${CGROUP_ROOT}/api-1" }
