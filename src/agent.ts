@@ -34,6 +34,9 @@ import { outboundPlane } from './workers/plane.js';
 import { WorkerPool } from './workers/pool.js';
 import type { SourceRoutes } from './workers/protocol.js';
 
+/** How long a restarted agent answers queued connections before it sets up identities (answerQueuedFirst). */
+const QUEUED_FIRST_MS = 250;
+
 export interface AgentOptions {
   discovery: Discovery;
   log?: Logger;
@@ -253,6 +256,7 @@ export class Agent {
         // How long a restart leaves the node's pods without an agent, from the process's own clock.
         const cpu = process.cpuUsage();
         log.info({ sinceProcessStartMs: Math.round(performance.now()), cpuMs: Math.round((cpu.user + cpu.system) / 1000) }, 'serving the node');
+        await this.answerQueuedFirst(QUEUED_FIRST_MS);
       }
 
       await this.startIdentity(cfg);
@@ -392,6 +396,23 @@ export class Agent {
     this.capture?.resume();
     this.socketLb?.resume();
     this.datapath?.readRefusedConnects(true);
+  }
+
+  /**
+   * After a crash the node's pods have connections waiting in the listen queue (connect4 went
+   * on redirecting to the node's ports while no agent ran). The proxy takes them and answers
+   * before the agent loads X.509 and asks for certificates: that module loading holds the
+   * event loop for ~300 ms of CPU (seconds on a busy node), and a request queued behind it
+   * waits as long (docs/benchmarks/startup.md). Bounded by `maxMs`, because traffic to other
+   * nodes waits for the certificates; without queued connections (a first start, an idle
+   * node) it returns after a few turns of the event loop.
+   */
+  private async answerQueuedFirst(maxMs: number): Promise<void> {
+    const until = Date.now() + maxMs;
+    const turn = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    // Queued connections are accepted and their first requests read in the next turns.
+    await turn(20);
+    while (Date.now() < until && this.http.active > 0) await turn(5);
   }
 
   /**
