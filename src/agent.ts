@@ -35,7 +35,7 @@ import { WorkerPool } from './workers/pool.js';
 import type { SourceRoutes } from './workers/protocol.js';
 
 /** How long a restarted agent answers queued connections before it sets up identities (answerQueuedFirst). */
-const QUEUED_FIRST_MS = 250;
+const QUEUED_FIRST_MS = 500;
 
 export interface AgentOptions {
   discovery: Discovery;
@@ -231,6 +231,8 @@ export class Agent {
       await this.listeners.bind({ name: 'metrics', server: this.admin.metrics, host: node.address, port: ports.metrics });
     };
 
+    // Pods an earlier agent captured (their links are pinned): after a crash, they are waiting.
+    let capturedBefore = false;
     try {
       if (capture) {
         // Maps are reused from their pins with their content, links adopted where they are:
@@ -245,6 +247,7 @@ export class Agent {
           splice: this.opts.l4Splice ?? process.env.WEFT_L4_SPLICE !== '0',
           log: log.child({ component: 'datapath' }),
         });
+        capturedBefore = this.datapath.attached().size > 0;
         // The agent being replaced stops syncing maps and links before this one starts.
         await predecessor?.releaseCapture();
         this.startCapture(enforcer);
@@ -256,7 +259,7 @@ export class Agent {
         // How long a restart leaves the node's pods without an agent, from the process's own clock.
         const cpu = process.cpuUsage();
         log.info({ sinceProcessStartMs: Math.round(performance.now()), cpuMs: Math.round((cpu.user + cpu.system) / 1000) }, 'serving the node');
-        await this.answerQueuedFirst(QUEUED_FIRST_MS);
+        if (capturedBefore) await this.answerQueuedFirst(QUEUED_FIRST_MS);
       }
 
       await this.startIdentity(cfg);
@@ -404,15 +407,18 @@ export class Agent {
    * before the agent loads X.509 and asks for certificates: that module loading holds the
    * event loop for ~300 ms of CPU (seconds on a busy node), and a request queued behind it
    * waits as long (docs/benchmarks/startup.md). Bounded by `maxMs`, because traffic to other
-   * nodes waits for the certificates; without queued connections (a first start, an idle
-   * node) it returns after a few turns of the event loop.
+   * nodes waits for the certificates (an idle node waits it out). Called only when pods were
+   * captured before this agent started: on a first start nothing waits for it.
    */
   private async answerQueuedFirst(maxMs: number): Promise<void> {
     const until = Date.now() + maxMs;
-    const turn = (ms: number) => new Promise((r) => setTimeout(r, ms));
-    // Queued connections are accepted and their first requests read in the next turns.
-    await turn(20);
-    while (Date.now() < until && this.http.active > 0) await turn(5);
+    let requested = false;
+    while (Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 5));
+      // Done once the first requests read from them are answered.
+      if (this.http.active > 0) requested = true;
+      else if (requested) return;
+    }
   }
 
   /**
