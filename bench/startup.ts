@@ -1,7 +1,7 @@
 /**
  * How long the agent takes to start (issue 16, DESIGN.md "Replacing and restarting the agent"):
  *
- *   node dist/bench/startup.js [--rounds=N] [--cpu-prof=DIR] [--json]
+ *   node dist/bench/startup.js [--rounds=N] [--cpu-prof=DIR] [--nice=N] [--json]
  *
  * One sandbox node (real network namespaces, cgroups, eBPF capture), a client pod sending
  * through the L7 path all the time (one new connection per request, 250 ms timeout, and 4
@@ -18,11 +18,13 @@
  * - `ready`: the 'agent ready' line (readiness answers 200 from then on);
  * and, for a crash, how many of the clients' requests failed from the kill until the agent
  * was ready again. `--cpu-prof=DIR` runs the agents with `--cpu-prof` into DIR (open the
- * .cpuprofile files in Chrome DevTools). Needs root. Numbers from a shared machine are noisy:
+ * .cpuprofile files in Chrome DevTools). `--nice=-20` starts the agents at that scheduling
+ * priority: on a machine other work keeps busy, it approximates a node where the agent gets
+ * the CPU it asks for (a DaemonSet pod with CPU requests). Needs root. Numbers from a shared machine are noisy:
  * give the load average with them (it is printed).
  */
 import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { loadavg } from 'node:os';
+import { getPriority, loadavg, setPriority } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -63,6 +65,8 @@ export interface StartupSample {
 export interface StartupOptions {
   rounds?: number;
   cpuProfDir?: string;
+  /** Scheduling priority (nice value) of the agents; default: the bench's own. */
+  nice?: number;
   log?: (msg: string) => void;
 }
 
@@ -95,8 +99,13 @@ export async function benchStartup(opts: StartupOptions = {}): Promise<StartupSa
       const pair = clients();
       await sleep(500);
       await before();
+      // The agent inherits the priority it is forked with; the bench goes back to its own.
+      const own = getPriority();
+      if (opts.nice !== undefined) setPriority(opts.nice);
       const spawnedAt = Date.now();
-      const agent = await sb.startAgent();
+      const started = sb.startAgent();
+      if (opts.nice !== undefined) setPriority(own);
+      const agent = await started;
       // A few answered requests after ready, so that the first one is surely in the log.
       await sleep(1000);
       const [fresh, kept] = await stopClients(pair);
@@ -169,12 +178,14 @@ export function describeStartup(samples: StartupSample[]): string {
 async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { rounds: { type: 'string', default: '3' }, 'cpu-prof': { type: 'string' }, json: { type: 'boolean', default: false } },
+    options: { rounds: { type: 'string', default: '3' }, 'cpu-prof': { type: 'string' }, nice: { type: 'string' }, json: { type: 'boolean', default: false } },
     strict: true,
   });
   const rounds = Number(values.rounds);
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be a whole number >= 1, not ${values.rounds}`);
-  const samples = await benchStartup({ rounds, cpuProfDir: values['cpu-prof'], log: (m) => process.stderr.write(`${m}\n`) });
+  const nice = values.nice === undefined ? undefined : Number(values.nice);
+  if (nice !== undefined && !(Number.isInteger(nice) && nice >= -20 && nice <= 19)) throw new Error(`--nice must be a whole number from -20 to 19, not ${values.nice}`);
+  const samples = await benchStartup({ rounds, cpuProfDir: values['cpu-prof'], nice, log: (m) => process.stderr.write(`${m}\n`) });
   process.stdout.write(values.json ? `${JSON.stringify(samples, null, 2)}\n` : `${describeStartup(samples)}\n`);
 }
 
