@@ -46,3 +46,5 @@ done
 
 # --- TypeScript ---
 npx tsc -p tsconfig.json
+# The config schema, compiled once here rather than at every agent start (src/config/schema.ts).
+node dist/src/config/schema-build.js

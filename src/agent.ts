@@ -34,6 +34,9 @@ import { outboundPlane } from './workers/plane.js';
 import { WorkerPool } from './workers/pool.js';
 import type { SourceRoutes } from './workers/protocol.js';
 
+/** How long a restarted agent answers queued connections before it sets up identities (answerQueuedFirst). */
+const QUEUED_FIRST_MS = 500;
+
 export interface AgentOptions {
   discovery: Discovery;
   log?: Logger;
@@ -228,6 +231,8 @@ export class Agent {
       await this.listeners.bind({ name: 'metrics', server: this.admin.metrics, host: node.address, port: ports.metrics });
     };
 
+    // Pods an earlier agent captured (their links are pinned): after a crash, they are waiting.
+    let capturedBefore = false;
     try {
       if (capture) {
         // Maps are reused from their pins with their content, links adopted where they are:
@@ -242,6 +247,7 @@ export class Agent {
           splice: this.opts.l4Splice ?? process.env.WEFT_L4_SPLICE !== '0',
           log: log.child({ component: 'datapath' }),
         });
+        capturedBefore = this.datapath.attached().size > 0;
         // The agent being replaced stops syncing maps and links before this one starts.
         await predecessor?.releaseCapture();
         this.startCapture(enforcer);
@@ -253,6 +259,7 @@ export class Agent {
         // How long a restart leaves the node's pods without an agent, from the process's own clock.
         const cpu = process.cpuUsage();
         log.info({ sinceProcessStartMs: Math.round(performance.now()), cpuMs: Math.round((cpu.user + cpu.system) / 1000) }, 'serving the node');
+        if (capturedBefore) await this.answerQueuedFirst(QUEUED_FIRST_MS);
       }
 
       await this.startIdentity(cfg);
@@ -392,6 +399,26 @@ export class Agent {
     this.capture?.resume();
     this.socketLb?.resume();
     this.datapath?.readRefusedConnects(true);
+  }
+
+  /**
+   * After a crash the node's pods have connections waiting in the listen queue (connect4 went
+   * on redirecting to the node's ports while no agent ran). The proxy takes them and answers
+   * before the agent loads X.509 and asks for certificates: that module loading holds the
+   * event loop for ~300 ms of CPU (seconds on a busy node), and a request queued behind it
+   * waits as long (docs/benchmarks/startup.md). Bounded by `maxMs`, because traffic to other
+   * nodes waits for the certificates (an idle node waits it out). Called only when pods were
+   * captured before this agent started: on a first start nothing waits for it.
+   */
+  private async answerQueuedFirst(maxMs: number): Promise<void> {
+    const until = Date.now() + maxMs;
+    let requested = false;
+    while (Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 5));
+      // Done once the first requests read from them are answered.
+      if (this.http.active > 0) requested = true;
+      else if (requested) return;
+    }
   }
 
   /**
@@ -593,7 +620,8 @@ export class Agent {
     this.log.info({ reason, connections: this.connections, inflight: this.http.active + this.tunnelHttp.active, drainMs: deadline - started }, 'draining');
     while (this.connections > 0 && Date.now() < deadline && !this.stopping) await new Promise((r) => setTimeout(r, 50));
     this.log.info({ left: this.connections, ms: Date.now() - started }, this.connections ? 'drain time is up: closing what is left' : 'drained: every connection finished');
-    await this.stop({ drainMs: 0 });
+    // The worker threads drain theirs the same way, in what is left of the time.
+    await this.stop({ drainMs: Math.max(0, deadline - Date.now()), workersUntilClosed: true });
   }
 
   /**
@@ -601,12 +629,12 @@ export class Agent {
    * to finish, then every connection is closed. BPF links stay pinned: pods stay captured and
    * the next agent adopts them.
    */
-  stop(opts: { drainMs?: number } = {}): Promise<void> {
+  stop(opts: { drainMs?: number; workersUntilClosed?: boolean } = {}): Promise<void> {
     this.stopping ??= this.doStop(opts);
     return this.stopping;
   }
 
-  private async doStop(opts: { drainMs?: number }): Promise<void> {
+  private async doStop(opts: { drainMs?: number; workersUntilClosed?: boolean }): Promise<void> {
     const drainMs = opts.drainMs ?? this.state.config?.agent.drainTimeout ?? 20_000;
     this.draining = true;
     await this.slot?.stopServing();
@@ -616,7 +644,7 @@ export class Agent {
     }
     clearInterval(this.sourcesTimer);
     // The workers drain beside this thread, each its own connections.
-    const workersStopped = this.pool?.stop(drainMs);
+    const workersStopped = this.pool?.stop(drainMs, { untilClosed: opts.workersUntilClosed });
     if (this.outbound) {
       this.listeners?.stopAccepting();
       const closing = this.outbound.stopAccepting();

@@ -22,7 +22,19 @@ import http from 'node:http';
 import https from 'node:https';
 import { isIP, type LookupFunction } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { createLocalJWKSet, type JSONWebKeySet, type JWK, type LocalJWKSet } from 'jose';
+import type * as Jose from 'jose';
+import type { JSONWebKeySet, JWK, LocalJWKSet } from 'jose';
+
+let jose: Promise<typeof Jose> | undefined;
+
+/**
+ * jose, loaded on first use (a key set loaded, a token checked) rather than at agent start:
+ * its ~46 modules cost ~100 ms of CPU that a restarted agent would spend before it serves,
+ * and most nodes have no RequestAuthentication (docs/benchmarks/startup.md).
+ */
+export function loadJose(): Promise<typeof Jose> {
+  return (jose ??= import('jose'));
+}
 
 /** Minimal logger (pino-compatible). */
 export interface AuthnLogger {
@@ -168,7 +180,7 @@ export abstract class KeySet {
       this.onSuccess();
       const fingerprint = JSON.stringify(jwks.keys);
       if (fingerprint === this.fingerprint && this.resolver !== undefined) return;
-      this.resolver = createLocalJWKSet(jwks);
+      this.resolver = (await loadJose()).createLocalJWKSet(jwks);
       this.fingerprint = fingerprint;
       this.kids = jwks.keys.map((k) => k.kid).filter((k): k is string => typeof k === 'string');
       this.count = jwks.keys.length;

@@ -14,11 +14,12 @@
  * valid; the principal comes from the first (in rule order).
  */
 
-import { decodeJwt, decodeProtectedHeader, errors, jwtVerify, type JWTPayload, type JWTVerifyOptions } from 'jose';
+import type * as Jose from 'jose';
+import type { errors, JWTPayload, JWTVerifyOptions } from 'jose';
 import { ConfigError } from '../errors.js';
 import type { JwtRule, RequestAuthentication } from '../config/types.js';
 import { workloadKey, type WorkloadRef } from './engine.js';
-import { DEFAULT_KEY_SET_OPTIONS, FileKeySet, UriKeySet, type AuthnLogger, type KeySet, type KeySetOptions, type KeySetStatus } from './jwks.js';
+import { DEFAULT_KEY_SET_OPTIONS, FileKeySet, loadJose, UriKeySet, type AuthnLogger, type KeySet, type KeySetOptions, type KeySetStatus } from './jwks.js';
 
 export type { AuthnLogger, KeySetStatus } from './jwks.js';
 
@@ -168,7 +169,7 @@ function extractToken(headers: HeaderMap, header: string): string | undefined | 
 }
 
 /** Turns a jose failure into a short reason for the 401 answer and the access log. */
-function reasonOf(err: unknown): string {
+function reasonOf(err: unknown, { errors }: typeof Jose): string {
   if (err instanceof errors.JWTExpired) return 'token expired';
   if (err instanceof errors.JWTClaimValidationFailed) {
     if (err.claim === 'nbf') return 'token not yet valid';
@@ -318,6 +319,7 @@ export class JwtAuthenticator {
   private async verify(token: string, candidates: CompiledRule[]): Promise<AuthnResult> {
     let iss: string | undefined;
     let alg: unknown;
+    const { decodeJwt, decodeProtectedHeader } = await loadJose();
     try {
       alg = decodeProtectedHeader(token).alg;
       const claimedIss = decodeJwt(token).iss;
@@ -357,6 +359,8 @@ export class JwtAuthenticator {
   private async verifyWithRule(token: string, rule: CompiledRule, now: number): Promise<{ payload: JWTPayload; generation: number } | string> {
     const ks = rule.keys;
     if (ks.resolver === undefined) await ks.initial;
+    const jose = await loadJose();
+    const { errors, jwtVerify } = jose;
     for (let attempt = 0; ; attempt++) {
       const resolver = ks.resolver;
       const generation = ks.generation;
@@ -378,8 +382,8 @@ export class JwtAuthenticator {
         // The issuer may have rotated its keys: re-load once (rate-limited) and retry.
         if (attempt === 0 && err instanceof errors.JWKSNoMatchingKey && (await ks.refreshForUnknownKey())) continue;
         // A token without `kid` that several keys could verify: try each (jose leaves this to us).
-        if (err instanceof errors.JWKSMultipleMatchingKeys) return this.verifyWithEach(token, err, options, generation);
-        return reasonOf(err);
+        if (err instanceof errors.JWKSMultipleMatchingKeys) return this.verifyWithEach(token, err, options, generation, jose);
+        return reasonOf(err, jose);
       }
     }
   }
@@ -389,7 +393,9 @@ export class JwtAuthenticator {
     candidates: errors.JWKSMultipleMatchingKeys,
     options: JWTVerifyOptions,
     generation: number,
+    jose: typeof Jose,
   ): Promise<{ payload: JWTPayload; generation: number } | string> {
+    const { errors, jwtVerify } = jose;
     let reason = 'signature verification failed';
     for await (const key of candidates) {
       try {
@@ -397,8 +403,8 @@ export class JwtAuthenticator {
         return { payload, generation };
       } catch (err) {
         // A claim failure is the same whichever key verified the signature: report it.
-        if (!(err instanceof errors.JWSSignatureVerificationFailed)) return reasonOf(err);
-        reason = reasonOf(err);
+        if (!(err instanceof errors.JWSSignatureVerificationFailed)) return reasonOf(err, jose);
+        reason = reasonOf(err, jose);
       }
     }
     return reason;

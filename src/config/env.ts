@@ -10,7 +10,8 @@
  * document's structure. An unquoted value that becomes a number or a boolean after
  * substitution (`port: ${PORT}`) is typed as YAML would type it; a quoted one stays a string.
  */
-import { isMap, isPair, isScalar, isSeq, parse, visit, type Document, type LineCounter, type Scalar } from 'yaml';
+import type { Document, LineCounter, Scalar } from 'yaml';
+import { yamlLib } from './yaml-lib.js';
 import { formatPath, type PathSegment } from './path.js';
 
 const REFERENCE = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{/g;
@@ -40,6 +41,7 @@ export function substituteString(text: string, env: Readonly<Record<string, stri
 }
 
 function pathOf(ancestors: readonly unknown[], node: unknown): PathSegment[] {
+  const { isMap, isPair, isScalar, isSeq } = yamlLib();
   const out: PathSegment[] = [];
   for (let i = 0; i < ancestors.length; i++) {
     const a = ancestors[i];
@@ -53,6 +55,7 @@ function pathOf(ancestors: readonly unknown[], node: unknown): PathSegment[] {
 
 /** Substitute in every scalar value of `doc`, in place. @returns problems, `path (line N): ...`. */
 export function substituteEnv(doc: Document, env: Readonly<Record<string, string | undefined>>, lines?: LineCounter): string[] {
+  const { parse, visit } = yamlLib();
   const problems: string[] = [];
   visit(doc, {
     Scalar(key, node: Scalar, ancestors) {

@@ -12,9 +12,10 @@
  */
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
-import { LineCounter, parseDocument, type YAMLError } from 'yaml';
+import type { YAMLError } from 'yaml';
 import { ConfigError } from '../errors.js';
 import { substituteEnv } from './env.js';
+import { yamlLib } from './yaml-lib.js';
 import { fastLoad } from './fast-yaml.js';
 import { normalizeConfig } from './normalize.js';
 import type { MeshConfig } from './types.js';
@@ -72,6 +73,7 @@ export function parseConfigText(text: string, source: string, opts: ParseOptions
 
 /** YAML text -> `${VAR}` substitution -> plain value, with the `yaml` library. */
 function parseYaml(text: string, source: string, opts: ParseOptions): unknown {
+  const { LineCounter, parseDocument } = yamlLib();
   const lines = new LineCounter();
   // merge: YAML `<<: *anchor` keys, handy for sharing a trafficPolicy between services.
   const doc = parseDocument(text, { lineCounter: lines, merge: true, uniqueKeys: true, prettyErrors: true });

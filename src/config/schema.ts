@@ -5,8 +5,16 @@
  * The schema checks shape: keys, types, ranges, enums, address and duration syntax. Every
  * mapping is closed (`additionalProperties: false`) so that a misspelt key is an error, not a
  * silently ignored setting. Rules that span fields or objects live in normalize.ts.
+ *
+ * Compiling the schema with ajv costs ~350 ms of CPU (and loading ajv ~75 ms more): time an
+ * agent restarted after a crash must not spend before it serves its node's pods. So the build
+ * compiles it once into JavaScript (config/schema-build.ts writes schema-validator.cjs beside
+ * this module, with a hash of the schema and options), and the agent loads that. Without the
+ * file, or with one compiled from another schema, the schema is compiled here as before.
  */
-import { Ajv, type ErrorObject, type SchemaObject } from 'ajv';
+import { createHash } from 'node:crypto';
+import { createRequire } from 'node:module';
+import type { Ajv, ErrorObject, Options, SchemaObject, ValidateFunction } from 'ajv';
 import { LOG_LEVELS } from './defaults.js';
 import { parseDuration } from './duration.js';
 import { formatPath, pointerSegments, type PathSegment } from './path.js';
@@ -353,16 +361,57 @@ function validateRouteMethod(_schema: boolean, data: unknown): boolean {
 }
 validateRouteMethod.errors = undefined as Partial<ErrorObject>[] | undefined;
 
-function buildValidator() {
-  const ajv = new Ajv({ allErrors: true, strict: true, verbose: true });
+/** The formats and keywords of CONFIG_SCHEMA (the precompiled validator requires them from here). */
+export const SCHEMA_FORMATS = { ipv4: { type: 'string' as const, validate: isIPv4 } };
+export const SCHEMA_KEYWORDS = { weftDuration: validateDuration, weftRouteMethod: validateRouteMethod };
+
+const AJV_OPTIONS = { allErrors: true, strict: true, verbose: true } as const;
+
+const require = createRequire(import.meta.url);
+
+/** The ajv instance CONFIG_SCHEMA is compiled with, here or at build time (`extra`: its code options). */
+export function configAjv(extra: Options = {}): Ajv {
+  const { Ajv } = require('ajv') as typeof import('ajv');
+  const ajv = new Ajv({ ...AJV_OPTIONS, ...extra });
   ajv.addVocabulary(['message']);
-  ajv.addFormat('ipv4', { type: 'string', validate: isIPv4 });
-  ajv.addKeyword({ keyword: 'weftDuration', schemaType: 'boolean', errors: true, validate: validateDuration });
-  ajv.addKeyword({ keyword: 'weftRouteMethod', schemaType: 'boolean', errors: true, validate: validateRouteMethod });
-  return ajv.compile(CONFIG_SCHEMA);
+  ajv.addFormat('ipv4', SCHEMA_FORMATS.ipv4);
+  for (const [keyword, validate] of Object.entries(SCHEMA_KEYWORDS)) ajv.addKeyword({ keyword, schemaType: 'boolean', errors: true, validate });
+  return ajv;
 }
 
-let validator: ReturnType<typeof buildValidator> | undefined;
+/** What a precompiled validator must have been compiled from: the schema and the options. */
+export function schemaHash(): string {
+  return createHash('sha256')
+    .update(JSON.stringify({ schema: CONFIG_SCHEMA, options: AJV_OPTIONS, formats: Object.keys(SCHEMA_FORMATS), keywords: Object.keys(SCHEMA_KEYWORDS) }))
+    .digest('hex');
+}
+
+/** The file config/schema-build.ts writes, beside this module. */
+export const PRECOMPILED_VALIDATOR = 'schema-validator.cjs';
+
+/** How the validator in use was made (`schemaValidatorSource()`, for tests and the start-up bench). */
+let validatorSource: 'precompiled' | 'compiled' | undefined;
+
+function buildValidator(): ValidateFunction {
+  try {
+    const precompiled = require(`./${PRECOMPILED_VALIDATOR}`) as ValidateFunction & { schemaHash?: string };
+    if (precompiled.schemaHash === schemaHash()) {
+      validatorSource = 'precompiled';
+      return precompiled;
+    }
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
+  }
+  validatorSource = 'compiled';
+  return configAjv().compile(CONFIG_SCHEMA);
+}
+
+let validator: ValidateFunction | undefined;
+
+/** 'precompiled' when the build's validator is in use, 'compiled' when the schema was compiled here; undefined before the first check. */
+export function schemaValidatorSource(): 'precompiled' | 'compiled' | undefined {
+  return validatorSource;
+}
 
 /**
  * Check the raw (parsed YAML) config against CONFIG_SCHEMA.

@@ -24,6 +24,8 @@ export interface SandboxOptions {
   prefix?: string;
   /** Extra `weft agent` arguments. */
   agentArgs?: string[];
+  /** Extra Node.js flags for the agent, after AGENT_NODE_FLAGS (the start-up bench passes `--cpu-prof`). */
+  agentNodeFlags?: string[];
   /** Print progress. */
   log?: (msg: string) => void;
   /** Start the agent (default true). */
@@ -135,6 +137,7 @@ export class MeshSandbox {
   private spawnAgent(node: TopoNode, extraArgs: string[]): ManagedProcess {
     const args = [
       ...AGENT_NODE_FLAGS,
+      ...(this.opts.agentNodeFlags ?? []),
       join(repoRoot(), 'bin', 'weft.js'),
       'agent',
       '--config',

@@ -5,6 +5,9 @@
  *   node steady-client.js --url http://10.96.0.20/ --mode new        one new connection per request
  *   node steady-client.js --url http://10.96.0.20/ --mode keepalive  4 keep-alive connections, a request loop on each
  *
+ * `--timeout-ms` (default 10000) bounds each request; the start-up bench uses a short one, so
+ * that a request sent before capture is in place does not hide when the agent starts serving.
+ *
  * It sends until SIGINT or SIGTERM (or --max-seconds, a safety bound), then prints one JSON
  * line and exits: `{"mode","ok","failed","errors":{...},"statuses":{...},"firstFailureAt","lastFailureAt"}`.
  * A request fails on any error (refused, reset, timeout) or a status other than 2xx.
@@ -36,6 +39,7 @@ async function main(argv: string[]): Promise<void> {
   const connections = mode === 'keepalive' ? Number(arg('connections', '4')) : 1;
   const maxMs = Number(arg('max-seconds', '120')) * 1000;
   const pauseMs = Number(arg('pause-ms', mode === 'new' ? '5' : '0'));
+  const timeoutMs = Number(arg('timeout-ms', '10000'));
   const started = Date.now();
   const res: SteadyResult = { mode, ok: 0, failed: 0, errors: {}, statuses: {} };
   const agent = mode === 'keepalive' ? new http.Agent({ keepAlive: true, maxSockets: connections }) : undefined;
@@ -53,7 +57,7 @@ async function main(argv: string[]): Promise<void> {
   };
   const once = () =>
     new Promise<void>((resolve) => {
-      const req = http.get(url, { agent: agent ?? false, headers: mode === 'new' ? { connection: 'close' } : {}, timeout: 10_000 }, (r) => {
+      const req = http.get(url, { agent: agent ?? false, headers: mode === 'new' ? { connection: 'close' } : {}, timeout: timeoutMs }, (r) => {
         const s = String(r.statusCode);
         res.statuses[s] = (res.statuses[s] ?? 0) + 1;
         r.on('data', () => undefined);
@@ -91,8 +95,9 @@ export const steadyClientScript = fileURLToPath(import.meta.url);
  * Runs the client in `pod` until the returned `stop()`, which resolves with its counts. The
  * client is bounded by `maxSeconds` whatever happens.
  */
-export function runSteadyClient(pod: TopoPod, url: string, mode: 'new' | 'keepalive', maxSeconds = 120): { proc: ManagedProcess; stop(): Promise<SteadyResult> } {
-  const proc = pod.spawn(process.execPath, [steadyClientScript, '--url', url, '--mode', mode, '--max-seconds', String(maxSeconds)], { label: `${pod.name}:steady-${mode}` });
+export function runSteadyClient(pod: TopoPod, url: string, mode: 'new' | 'keepalive', maxSeconds = 120, opts: { timeoutMs?: number } = {}): { proc: ManagedProcess; stop(): Promise<SteadyResult> } {
+  const extra = opts.timeoutMs !== undefined ? ['--timeout-ms', String(opts.timeoutMs)] : [];
+  const proc = pod.spawn(process.execPath, [steadyClientScript, '--url', url, '--mode', mode, '--max-seconds', String(maxSeconds), ...extra], { label: `${pod.name}:steady-${mode}` });
   return {
     proc,
     async stop() {

@@ -274,7 +274,7 @@ export class WorkerPool {
   }
 
   /** Every worker stops accepting, drains for up to `drainMs`, and ends. */
-  async stop(drainMs: number): Promise<void> {
+  async stop(drainMs: number, opts: { untilClosed?: boolean } = {}): Promise<void> {
     this.stopping = true;
     await Promise.all(
       this.slots.map(async (s) => {
@@ -284,7 +284,7 @@ export class WorkerPool {
           w.on('message', (m: FromWorker) => m.t === 'drained' && resolve());
           w.once('exit', () => resolve());
         });
-        w.postMessage({ t: 'drain', ms: drainMs } satisfies ToWorker);
+        w.postMessage({ t: 'drain', ms: drainMs, untilClosed: opts.untilClosed } satisfies ToWorker);
         await Promise.race([drained, new Promise((r) => setTimeout(r, drainMs + 2_000).unref())]);
         await w.terminate();
         s.state = 'stopped';

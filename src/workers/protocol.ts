@@ -50,7 +50,8 @@ export type ToWorker =
   | { t: 'metrics'; id: number }
   | { t: 'dump'; id: number }
   | { t: 'stop-accepting'; id: number }
-  | { t: 'drain'; ms: number };
+  /** `untilClosed`: after a handover, every connection is waited for (answers carry connection: close), not only requests in flight. */
+  | { t: 'drain'; ms: number; untilClosed?: boolean };
 
 /** [cluster key, endpoint id, result, latency ms] */
 export type Outcome = [string, string, OutlierResult, number];

@@ -144,9 +144,15 @@ async function main(): Promise<void> {
   const plane = outboundPlane({ state, clusters, transport, metrics, log, enforcer, origDst, source, mirror });
   await listen(plane.outbound.server, { fd: init.outboundFd } as ListenOptions);
 
-  const drain = async (ms: number): Promise<void> => {
+  const drain = async (ms: number, untilClosed = false): Promise<void> => {
     const closing = plane.outbound.server.listening ? plane.outbound.stopAccepting() : Promise.resolve();
-    if (ms > 0 && plane.http.active > 0) await Promise.race([plane.http.idle(), new Promise((r) => setTimeout(r, ms).unref())]);
+    if (untilClosed) {
+      // Replaced by a new agent: keep-alive connections close between requests (connection:
+      // close on their next answer), never under a request the client is sending.
+      plane.http.drain();
+      const deadline = Date.now() + ms;
+      while (plane.outbound.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    } else if (ms > 0 && plane.http.active > 0) await Promise.race([plane.http.idle(), new Promise((r) => setTimeout(r, ms).unref())]);
     plane.http.server.closeIdleConnections();
     plane.outbound.destroyAll();
     tunnel.close();
@@ -194,7 +200,7 @@ async function main(): Promise<void> {
         void plane.outbound.stopAccepting().then(() => send({ t: 'stopped-accepting', id: m.id }));
         return;
       case 'drain':
-        void drain(m.ms);
+        void drain(m.ms, m.untilClosed);
         return;
     }
   });
