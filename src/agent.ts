@@ -448,9 +448,11 @@ export class Agent {
     // Worker threads get each certificate as it is issued or rotated (their tunnel clients use them).
     const pool = this.pool;
     if (pool) {
-      certs.on('issued', (c: WorkloadCertificate) =>
-        pool.cert({ namespace: c.namespace, serviceAccount: c.serviceAccount, keyPem: c.keyPem, chainPem: c.chainPem, rootPem: c.rootPem, notAfter: c.notAfter.getTime() }),
-      );
+      const send = (c: WorkloadCertificate) =>
+        pool.cert({ namespace: c.namespace, serviceAccount: c.serviceAccount, keyPem: c.keyPem, chainPem: c.chainPem, rootPem: c.rootPem, notAfter: c.notAfter.getTime() });
+      certs.on('issued', send);
+      // A new trust bundle: the workers rebuild their TLS contexts with it.
+      certs.on('trustChanged', (_pem: string, current: WorkloadCertificate[]) => current.forEach(send));
     }
     this.identities = new LocalIdentities(certs, log);
     this.identities.sync(this.state);

@@ -22,7 +22,7 @@ export class LocalIdentities {
     return this.certs.trustDomain;
   }
 
-  /** The mesh root (PEM) peers are verified against. */
+  /** The trust bundle (PEM, one or more roots) peers are verified against. */
   get rootPem(): string {
     return this.certs.rootPem;
   }
@@ -98,6 +98,7 @@ export class LocalIdentities {
 
   stop(): void {
     this.certs.stop();
+    this.certs.client.close?.();
     this.wanted.clear();
     this.log.debug('workload identities released');
   }

@@ -38,6 +38,16 @@ export interface TunnelServerDeps {
  */
 export const TLS_HANDSHAKE_TIMEOUT_MS = 8_000;
 
+/** OpenSSL's verify codes for a client certificate that does not chain to a trusted root. */
+const UNTRUSTED_PEER_CODES = new Set([
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_SIGNATURE_FAILURE',
+]);
+
 /** The verified caller of one TLS session, worked out once per session. */
 interface SessionPeer {
   spiffeId: string;
@@ -92,7 +102,17 @@ export class TunnelServer {
     this.server.on('stream', (stream, headers) => this.onStream(stream as ServerHttp2Stream, headers));
     this.server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
       this.refused++;
-      this.log.warn({ peer_ip: stripV4Mapped(socket.remoteAddress), err: err.message, code: err.code }, 'tunnel handshake refused');
+      const untrusted = UNTRUSTED_PEER_CODES.has(err.code ?? '');
+      this.log.warn(
+        {
+          peer_ip: stripV4Mapped(socket.remoteAddress),
+          err: err.message,
+          code: err.code,
+          // After a root rotation: a peer still holding a certificate under a root removed from the bundle.
+          ...(untrusted ? { reason: "the peer's certificate does not lead to a root in the trust bundle (ca.rootCert)" } : {}),
+        },
+        'tunnel handshake refused',
+      );
     });
   }
 
