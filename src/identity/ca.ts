@@ -570,7 +570,10 @@ async function loadCaCerts(dir: string, log: Logger | undefined): Promise<Signin
     throw identityError(`${prefix}cannot parse ${CACERTS_FILES.cert}: ${(err as Error).message}`, err);
   }
   const key = await importSigningKey(keyPem!, nodeCert, { cert: CACERTS_FILES.cert, key: CACERTS_FILES.key }, prefix);
-  if (!nodeCert.ca) throw identityError(`${prefix}${CACERTS_FILES.cert} is not a CA certificate (basicConstraints CA:TRUE is missing): it cannot sign workload certificates`);
+  // Not nodeCert.ca: OpenSSL's answer is also false for a CA without keyCertSign, checked next.
+  if (!cert.getExtension(x509.BasicConstraintsExtension)?.ca) {
+    throw identityError(`${prefix}${CACERTS_FILES.cert} is not a CA certificate (basicConstraints CA:TRUE is missing): it cannot sign workload certificates`);
+  }
   const usage = cert.getExtension(x509.KeyUsagesExtension);
   if (usage && !(usage.usages & x509.KeyUsageFlags.keyCertSign)) {
     throw identityError(`${prefix}${CACERTS_FILES.cert} lacks keyCertSign in its keyUsage: it may not sign certificates`);
