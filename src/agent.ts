@@ -561,7 +561,7 @@ export class Agent {
       authorization: this.enforcer?.describe(),
       nodes: cfg.nodes ?? [],
       identity: this.identities
-        ? { ca: cfg.ca.url ? { url: cfg.ca.url, rootCert: cfg.ca.rootCert } : 'embedded', trustDomain: cfg.mesh.trustDomain, certificates: this.identities.status() }
+        ? { ca: cfg.ca.url ? { url: cfg.ca.url, rootCert: cfg.ca.rootCert } : 'embedded', trustDomain: cfg.mesh.trustDomain, certificates: this.identities.status(), roots: this.identities.roots() }
         : undefined,
       tunnel: this.tunnelServer ? { server: this.tunnelServer.describe(), sessions: this.tunnel?.describe() } : undefined,
     };

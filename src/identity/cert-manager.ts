@@ -73,6 +73,8 @@ export interface CertStatus {
   serviceAccount: string;
   state: 'pending' | 'valid' | 'expired';
   notAfter?: string;
+  /** The issuer's subject (the CA's signing certificate: a root, or an intermediate). */
+  issuer?: string;
   nextRefresh?: string;
   failures: number;
 }
@@ -275,7 +277,7 @@ export class CertManager extends EventEmitter {
       namespace: e.namespace,
       serviceAccount: e.serviceAccount,
       state: !e.current ? 'pending' : e.current.notAfter.getTime() <= now ? 'expired' : 'valid',
-      ...(e.current ? { notAfter: e.current.notAfter.toISOString() } : {}),
+      ...(e.current ? { notAfter: e.current.notAfter.toISOString(), issuer: new X509Certificate(e.current.certPem).issuer.replace(/\n/g, ', ') } : {}),
       ...(e.nextRefreshAt !== undefined ? { nextRefresh: new Date(e.nextRefreshAt).toISOString() } : {}),
       failures: e.failures,
     }));

@@ -8,6 +8,7 @@ import type * as tls from 'node:tls';
 import type { StateStore } from '../state/store.js';
 import type { Logger } from '../telemetry/log.js';
 import type { CertManager, CertStatus } from './cert-manager.js';
+import { rootName } from './pem.js';
 import { identityKey } from './spiffe.js';
 
 export class LocalIdentities {
@@ -94,6 +95,11 @@ export class LocalIdentities {
 
   status(): CertStatus[] {
     return this.certs.status();
+  }
+
+  /** The roots peers are verified against now, for config_dump. */
+  roots(): Array<{ root: string; notAfter: string }> {
+    return this.certs.trustedRoots().map((r) => ({ root: rootName(r), notAfter: r.validToDate.toISOString() }));
   }
 
   stop(): void {
