@@ -91,6 +91,11 @@ t.test('two intermediates, cert-chain.pem without ca-cert.pem, no cert-chain.pem
   const noChain = writeCacerts(join(base, 'nochain'), { signer: inter, roots: [root], chain: null });
   t.ok(await CertificateAuthority.open(join(base, 's3'), { cacerts: noChain }), 'cert-chain.pem is optional when the root issued ca-cert.pem');
 
+  const rootSigns = writeCacerts(join(base, 'rootsigns'), { signer: root, roots: [root], chain: null });
+  const direct = await CertificateAuthority.open(join(base, 's5'), { cacerts: rootSigns });
+  t.equal(direct.intermediatesPem.length, 0, 'ca-cert.pem may be the root itself (the first step of rotating a root the CA made)');
+  t.ok((await handshake(direct, root.certPem)).authorized);
+
   const oldRoot = await makeRootCa('old root');
   const both = writeCacerts(join(base, 'both'), { signer: inter, roots: [oldRoot, root], chain: [inter, root] });
   const rotating = await CertificateAuthority.open(join(base, 's4'), { cacerts: both });
