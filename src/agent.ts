@@ -448,9 +448,11 @@ export class Agent {
     // Worker threads get each certificate as it is issued or rotated (their tunnel clients use them).
     const pool = this.pool;
     if (pool) {
-      certs.on('issued', (c: WorkloadCertificate) =>
-        pool.cert({ namespace: c.namespace, serviceAccount: c.serviceAccount, keyPem: c.keyPem, chainPem: c.chainPem, rootPem: c.rootPem, notAfter: c.notAfter.getTime() }),
-      );
+      const send = (c: WorkloadCertificate) =>
+        pool.cert({ namespace: c.namespace, serviceAccount: c.serviceAccount, keyPem: c.keyPem, chainPem: c.chainPem, rootPem: c.rootPem, notAfter: c.notAfter.getTime() });
+      certs.on('issued', send);
+      // A new trust bundle: the workers rebuild their TLS contexts with it.
+      certs.on('trustChanged', (_pem: string, current: WorkloadCertificate[]) => current.forEach(send));
     }
     this.identities = new LocalIdentities(certs, log);
     this.identities.sync(this.state);
@@ -559,7 +561,7 @@ export class Agent {
       authorization: this.enforcer?.describe(),
       nodes: cfg.nodes ?? [],
       identity: this.identities
-        ? { ca: cfg.ca.url ? { url: cfg.ca.url, rootCert: cfg.ca.rootCert } : 'embedded', trustDomain: cfg.mesh.trustDomain, certificates: this.identities.status() }
+        ? { ca: cfg.ca.url ? { url: cfg.ca.url, rootCert: cfg.ca.rootCert } : 'embedded', trustDomain: cfg.mesh.trustDomain, certificates: this.identities.status(), roots: this.identities.roots() }
         : undefined,
       tunnel: this.tunnelServer ? { server: this.tunnelServer.describe(), sessions: this.tunnel?.describe() } : undefined,
     };

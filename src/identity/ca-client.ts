@@ -5,7 +5,6 @@
  * interface the cert manager uses.
  */
 import { X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import * as https from 'node:https';
 import { join } from 'node:path';
@@ -15,6 +14,7 @@ import type { CaConfig } from '../config/types.js';
 import { WeftError } from '../errors.js';
 import { CA_SERVER_NAME, CertificateAuthority } from './ca.js';
 import { spiffeId } from './spiffe.js';
+import { TrustBundle, TrustBundleError } from './trust-bundle.js';
 
 /** A signed certificate: `certChain` is leaf first, root last. */
 export interface SignedCertificate {
@@ -24,10 +24,14 @@ export interface SignedCertificate {
 
 /** Anything that can get a CSR signed for a workload identity. */
 export interface CertificateSigner {
-  /** The root certificate (PEM) that the issued certificates chain to, and that peers are checked against. */
+  /** The trust bundle (PEM, one or more roots) that issued certificates chain to, and that peers are checked against. */
   readonly rootPem: string;
+  /** When the roots can change while the agent runs (a `ca.rootCert` file): its watcher. */
+  readonly trust?: TrustBundle;
   /** The SPIFFE trust domain of issued identities, when the signer knows it. */
   readonly trustDomain?: string;
+  /** Releases what the signer holds (the root file's watcher). */
+  close?(): void;
   /** Gets `csrPem` signed for `namespace/serviceAccount`; `ttlMs` is the lifetime asked for (the CA may cut it). */
   sign(csrPem: string, namespace: string, serviceAccount: string, ttlMs?: number): Promise<SignedCertificate>;
 }
@@ -49,8 +53,10 @@ export class CaRequestError extends WeftError {
 export interface CaClientOptions {
   /** `https://host:port` of the `weft ca` server. */
   url: string;
-  /** The CA's root certificate: PEM text, or the path of a PEM file. */
+  /** The roots to trust (one or more PEM certificates): PEM text, or the path of a PEM file, re-read when it changes. */
   rootCert: string;
+  /** How often the root file is re-read besides fs.watch events, ms (default 10 s). */
+  trustPollMs?: number;
   /** File holding this node's bootstrap token (`weft ca token`); read at each request, so it can be replaced. */
   tokenFile: string;
   /** Per-request timeout, ms (default 10s). */
@@ -76,22 +82,6 @@ const TLS_ERROR_CODES = new Set([
   'ERR_SSL_WRONG_VERSION_NUMBER',
 ]);
 
-function loadRootPem(rootCert: string): { pem: string; source: string } {
-  if (rootCert.includes('-----BEGIN CERTIFICATE-----')) return { pem: rootCert, source: 'the configured root certificate' };
-  let pem: string;
-  try {
-    pem = readFileSync(rootCert, 'utf8');
-  } catch (err) {
-    throw new CaRequestError('config', `cannot read the CA root certificate ${rootCert}: ${(err as Error).message}`, { cause: err });
-  }
-  try {
-    new X509Certificate(pem);
-  } catch (err) {
-    throw new CaRequestError('config', `${rootCert} is not a PEM certificate: ${(err as Error).message}`, { cause: err });
-  }
-  return { pem, source: rootCert };
-}
-
 /**
  * Accepts the CA server's certificate under the name `weft-ca` whatever address was dialed.
  * Only the CA's serving certificate has DNS `weft-ca` and no URI SAN; every workload
@@ -109,14 +99,16 @@ export function checkCaServerIdentity(host: string, cert: tls.PeerCertificate): 
 /** Talks to a `weft ca` server over HTTPS, verifying it against the configured root. */
 export class CaClient implements CertificateSigner {
   readonly url: URL;
-  readonly rootPem: string;
+  readonly trust: TrustBundle;
   readonly trustDomain = undefined;
-  private readonly rootSource: string;
   private readonly tokenFile: string;
   private readonly timeoutMs: number;
   private readonly log: Logger | undefined;
 
-  /** Reads the root certificate now (throws a CaRequestError with reason `config` if it cannot). */
+  /**
+   * Reads the roots now (throws a CaRequestError with reason `config` if it cannot) and
+   * watches the file: each request verifies the CA against the roots in force then.
+   */
   constructor(opts: CaClientOptions) {
     let url: URL;
     try {
@@ -126,12 +118,26 @@ export class CaClient implements CertificateSigner {
     }
     if (url.protocol !== 'https:') throw new CaRequestError('config', `the CA url must be https: ${opts.url}`);
     this.url = url;
-    const root = loadRootPem(opts.rootCert);
-    this.rootPem = root.pem;
-    this.rootSource = root.source;
+    try {
+      this.trust = new TrustBundle(opts.rootCert, { pollMs: opts.trustPollMs, log: opts.log });
+    } catch (err) {
+      if (err instanceof TrustBundleError) throw new CaRequestError('config', err.message, { cause: err });
+      throw err;
+    }
+    this.trust.start();
     this.tokenFile = opts.tokenFile;
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.log = opts.log?.child({ component: 'ca-client' });
+  }
+
+  /** The roots in force (PEM). */
+  get rootPem(): string {
+    return this.trust.pem;
+  }
+
+  /** Stops watching the root file. */
+  close(): void {
+    this.trust.stop();
   }
 
   async sign(csrPem: string, namespace: string, serviceAccount: string, ttlMs?: number): Promise<SignedCertificate> {
@@ -196,7 +202,8 @@ export class CaClient implements CertificateSigner {
           path,
           method,
           agent: false,
-          ca: this.rootPem,
+          // The roots in force now: a rotated bundle applies from the next request.
+          ca: this.trust.pem,
           minVersion: 'TLSv1.2',
           checkServerIdentity: checkCaServerIdentity,
           timeout: this.timeoutMs,
@@ -231,7 +238,7 @@ export class CaClient implements CertificateSigner {
     if (err instanceof CaRequestError) return err;
     const code = (err as NodeJS.ErrnoException).code ?? '';
     if (TLS_ERROR_CODES.has(code) || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_')) {
-      return new CaRequestError('tls', `cannot verify the CA at ${this.url.origin} against ${this.rootSource}: ${err.message} (${code})`, { cause: err });
+      return new CaRequestError('tls', `cannot verify the CA at ${this.url.origin} against the roots in ${this.trust.source}: ${err.message} (${code})`, { cause: err });
     }
     return new CaRequestError('unreachable', `cannot reach the CA at ${this.url.origin}: ${err.message}`, { cause: err });
   }
@@ -286,7 +293,7 @@ export class EmbeddedCaClient implements CertificateSigner {
       throw new CaRequestError('denied', `no workload on this node runs as ${namespace}/${serviceAccount}`);
     }
     const leaf = await this.ca.sign(csrPem, { spiffeId: spiffeId(this.ca.trustDomain, namespace, serviceAccount), ttlMs });
-    return { certChain: [leaf, this.ca.rootPem], notAfter: new Date(new X509Certificate(leaf).validTo) };
+    return { certChain: this.ca.certChainOf(leaf), notAfter: new Date(new X509Certificate(leaf).validTo) };
   }
 }
 
@@ -296,13 +303,13 @@ export class EmbeddedCaClient implements CertificateSigner {
  */
 export async function createCertificateSigner(
   ca: CaConfig,
-  opts: { stateDir: string; trustDomain: string; isLocal?: (namespace: string, serviceAccount: string) => boolean; log?: Logger },
+  opts: { stateDir: string; trustDomain: string; isLocal?: (namespace: string, serviceAccount: string) => boolean; log?: Logger; trustPollMs?: number },
 ): Promise<CertificateSigner> {
   if (ca.url) {
     if (!ca.rootCert || !ca.tokenFile) {
       throw new CaRequestError('config', "ca.url needs ca.rootCert (the CA root certificate file) and ca.tokenFile (this node's token)");
     }
-    return new CaClient({ url: ca.url, rootCert: ca.rootCert, tokenFile: ca.tokenFile, log: opts.log });
+    return new CaClient({ url: ca.url, rootCert: ca.rootCert, tokenFile: ca.tokenFile, log: opts.log, trustPollMs: opts.trustPollMs });
   }
   return EmbeddedCaClient.open(opts.stateDir, { trustDomain: opts.trustDomain, isLocal: opts.isLocal, log: opts.log });
 }

@@ -1,9 +1,11 @@
 /**
  * `weft ca`: the certificate authority as a command.
  *
- *   weft ca --listen ADDR:PORT --state-dir DIR [--config FILE] [--trust-domain TD]
+ *   weft ca --listen ADDR:PORT --state-dir DIR [--cacerts DIR] [--config FILE] [--trust-domain TD]
  *           [--server-name NAME]... [--allow-any-identity] [--log-level LEVEL]
- *       Serve the CA. Writes DIR/root.pem (give it to agents as `ca.rootCert`). With
+ *       Serve the CA. Writes DIR/root.pem (give it to agents as `ca.rootCert`); with
+ *       --cacerts, signs with the intermediate of that directory (Istio's layout: ca-cert.pem,
+ *       ca-key.pem, root-cert.pem, cert-chain.pem) and agents trust its root-cert.pem. With
  *       --config (the mesh YAML), a node may obtain only the identities of its own workloads
  *       (the file is re-read when it changes). Without it every request is refused, unless
  *       --allow-any-identity says to trust every node with every identity (a lab setting).
@@ -14,6 +16,9 @@
  *       weft-ca; user one of --agent-service-account, default weft-system/weft-agent), and get
  *       only the identities of pods that the API lists on their node. `weft1.` node tokens are
  *       refused in this mode. API credentials: in-cluster, or --kubeconfig / KUBECONFIG.
+ *       --root-secret NAME: without --cacerts, keep a self-signed root in that Secret of the
+ *       CA's namespace (POD_NAMESPACE), created on first start and shared by every replica.
+ *       --root-configmap NAME: publish the trust bundle there (key root.pem) for the agents.
  *   weft ca token --state-dir DIR --node NAME
  *       Print a bootstrap token for one node (the agent's `ca.tokenFile`).
  *   weft ca rotate-token-secret --state-dir DIR
@@ -26,7 +31,8 @@ import type { Logger } from 'pino';
 import { KubeConfig } from '@kubernetes/client-node';
 import { createLogger } from '../telemetry/log.js';
 import { ConfigError } from '../errors.js';
-import { CertificateAuthority, ROOT_CERT_FILE } from './ca.js';
+import { CertificateAuthority, ROOT_CERT_FILE, type RootStore } from './ca.js';
+import { KubernetesRootStore, publishTrustBundle } from './ca-root-store.js';
 import { authorizerFromIdentities, readCaConfigFile, startCaServer, watchConfigIdentities, type Authenticator, type Authorizer, type CaServer } from './ca-server.js';
 import { RouteStatusWriter } from '../discovery/k8s/route-status.js';
 import { agentUsername, DEFAULT_AGENT_SERVICE_ACCOUNT, DEFAULT_TOKEN_AUDIENCE, defaultKubeConfig, KubernetesCaAuth } from './ca-kubernetes.js';
@@ -34,9 +40,9 @@ import { agentUsername, DEFAULT_AGENT_SERVICE_ACCOUNT, DEFAULT_TOKEN_AUDIENCE, d
 export const DEFAULT_CA_PORT = 15012;
 
 const USAGE = `usage:
-  weft ca --listen ADDR:PORT --state-dir DIR [--config FILE] [--trust-domain TD] [--server-name NAME]... [--allow-any-identity]
-  weft ca --kubernetes --listen ADDR:PORT --state-dir DIR [--agent-service-account NS/NAME]... [--token-audience AUD] [--kubeconfig FILE]
-          [--trust-domain TD] [--server-name NAME]... [--route-status]
+  weft ca --listen ADDR:PORT --state-dir DIR [--cacerts DIR] [--config FILE] [--trust-domain TD] [--server-name NAME]... [--allow-any-identity]
+  weft ca --kubernetes --listen ADDR:PORT --state-dir DIR [--cacerts DIR | --root-secret NAME] [--root-configmap NAME]
+          [--agent-service-account NS/NAME]... [--token-audience AUD] [--kubeconfig FILE] [--trust-domain TD] [--server-name NAME]... [--route-status]
   weft ca token --state-dir DIR --node NAME
   weft ca rotate-token-secret --state-dir DIR
 Run 'weft ca token --help' or 'weft ca rotate-token-secret --help' for those.`;
@@ -131,13 +137,18 @@ async function serve(args: string[], io: CaCommandIo): Promise<number> {
     'token-audience': { type: 'string' },
     kubeconfig: { type: 'string' },
     'route-status': { type: 'boolean', default: false },
+    cacerts: { type: 'string' },
+    'root-secret': { type: 'string' },
+    'root-configmap': { type: 'string' },
     'log-level': { type: 'string' },
   });
   if (!values['state-dir']) throw new UsageError('weft ca', '--state-dir DIR is required');
   const listen = parseListen(values.listen ?? `0.0.0.0:${DEFAULT_CA_PORT}`);
   const log = io.log ?? createLogger(values['log-level'] ?? process.env.WEFT_LOG_LEVEL ?? 'info');
   const stateDir = values['state-dir'];
-  const k8sOnly = (['agent-service-account', 'token-audience', 'kubeconfig'] as const).filter((k) => values[k] !== undefined);
+  const k8sOnly = (['agent-service-account', 'token-audience', 'kubeconfig', 'root-secret', 'root-configmap'] as const).filter((k) => values[k] !== undefined);
+  if (values.cacerts && values['root-secret'])
+    throw new UsageError('weft ca', '--cacerts and --root-secret are alternatives: the CA signs with the given intermediate, or with a root it keeps in the Secret');
   if (values['route-status'] && !values.kubernetes) throw new UsageError('weft ca', '--route-status only applies with --kubernetes');
   if (values.kubernetes && (values.config || values['allow-any-identity'])) {
     throw new UsageError('weft ca', `--kubernetes takes the workloads from the API: drop ${values.config ? '--config' : '--allow-any-identity'}`);
@@ -149,6 +160,8 @@ async function serve(args: string[], io: CaCommandIo): Promise<number> {
   let authorize: Authorizer;
   let authenticate: Authenticator | undefined;
   let routeStatus: RouteStatusWriter | undefined;
+  let rootStore: RootStore | undefined;
+  let publish: (() => Promise<unknown>) | undefined;
   let trustDomain = values['trust-domain'];
   if (values.kubernetes) {
     const agents = (values['agent-service-account'] ?? [DEFAULT_AGENT_SERVICE_ACCOUNT]).map(agentUsername);
@@ -167,6 +180,13 @@ async function serve(args: string[], io: CaCommandIo): Promise<number> {
     });
     authenticate = k8s.authenticator;
     authorize = k8s.authorizer;
+    const namespace = process.env.POD_NAMESPACE || 'weft-system';
+    if (values['root-secret']) rootStore = new KubernetesRootStore({ kubeConfig, namespace, name: values['root-secret'], log });
+    const configMap = values['root-configmap'];
+    if (configMap) {
+      const kc = kubeConfig;
+      publish = () => publishTrustBundle({ kubeConfig: kc, namespace, name: configMap, pem: ca.rootPem, log });
+    }
     if (values['route-status']) {
       // The cluster's one writer of Gateway API route status (src/discovery/k8s/route-status.ts).
       routeStatus = new RouteStatusWriter({ kubeConfig, log: log.child({ component: 'route-status' }), podName: process.env.POD_NAME, podNamespace: process.env.POD_NAMESPACE });
@@ -187,10 +207,12 @@ async function serve(args: string[], io: CaCommandIo): Promise<number> {
     authorize = () => false;
   }
 
-  const ca = await CertificateAuthority.open(stateDir, { trustDomain, log });
+  const ca: CertificateAuthority = await CertificateAuthority.open(stateDir, { trustDomain, log, ...(values.cacerts ? { cacerts: values.cacerts } : {}), ...(rootStore ? { rootStore } : {}) });
+  // Before serving: an agent that mounts the ConfigMap must find the roots the leaves lead to.
+  await publish?.();
   routeStatus?.start();
   const server = await startCaServer({ ca, listen, authorize, ...(authenticate ? { authenticate } : {}), log, serverNames: values['server-name'] ?? [] });
-  log.info({ url: server.url, root: join(stateDir, ROOT_CERT_FILE), trustDomain: ca.trustDomain }, 'weft ca serving');
+  log.info({ url: server.url, root: values.cacerts || rootStore ? ca.source : join(stateDir, ROOT_CERT_FILE), trustDomain: ca.trustDomain }, 'weft ca serving');
   io.onListening?.(server);
 
   let onSignal: () => void = () => undefined;

@@ -3,11 +3,11 @@
  *
  *   POST /v1/sign   Authorization: Bearer <token>
  *                   { csr: PEM, namespace, serviceAccount, ttlSeconds?, workload? }
- *                   -> 200 { certChain: [leaf, root], expiresAt, spiffeId }
+ *                   -> 200 { certChain: [leaf, intermediates..., root], expiresAt, spiffeId }
  *                   401 bad or missing token; 403 the node runs no such workload (or the
  *                   caller is not an agent); 400 malformed request; 413 body over 64 KiB;
  *                   503 the CA cannot decide now (the Kubernetes API is unreachable)
- *   GET  /v1/root   -> the root certificate (PEM)
+ *   GET  /v1/root   -> the trust bundle: the root certificate(s), PEM
  *   GET  /healthz   -> ok
  *
  * Errors are JSON `{ error: { code, message } }`. The server's own certificate is issued by
@@ -252,7 +252,7 @@ export async function startCaServer(opts: CaServerOptions): Promise<CaServer> {
     }
     const expiresAt = new Date(new X509Certificate(leaf).validTo).toISOString();
     log?.info({ node, identity: principalOf(id), expiresAt }, 'signed a workload certificate');
-    send(res, 200, { certChain: [leaf, ca.rootPem], expiresAt, spiffeId: id });
+    send(res, 200, { certChain: ca.certChainOf(leaf), expiresAt, spiffeId: id });
   };
 
   // A client that connects and stalls is dropped: within a few seconds during the TLS

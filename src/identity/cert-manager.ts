@@ -9,6 +9,9 @@
  *   'rotated'       (cert: WorkloadCertificate) a new certificate replaced an earlier one
  *   'refreshFailed' ({ namespace, serviceAccount, spiffeId, error, attempt, retryInMs })
  *   'expired'       ({ namespace, serviceAccount, spiffeId }) the certificate expired before a new one came
+ *   'trustChanged'  (pem: string, certs: WorkloadCertificate[]) the trust bundle (`ca.rootCert`) changed;
+ *                   every TLS context is rebuilt with it, and certificates that no longer lead to
+ *                   a trusted root are requested anew at once
  */
 import { EventEmitter } from 'node:events';
 import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
@@ -18,6 +21,7 @@ import type { Logger } from 'pino';
 import { WeftError } from '../errors.js';
 import type { CertificateSigner } from './ca-client.js';
 import { identityKey, principalOf, spiffeId as makeSpiffeId } from './spiffe.js';
+import { anchorOf, chainWithoutRoot, parseTrustBundle, rootName, splitPem } from './pem.js';
 import { uriSans } from './verify.js';
 import { ECDSA_SHA256, generateP256, privateKeyToPem, x509 } from './x509.js';
 
@@ -33,7 +37,7 @@ export interface WorkloadCertificate {
   certPem: string;
   /** The chain as the CA returned it: leaf first, root last. */
   chainPem: string;
-  /** The trust anchor peers are verified against. */
+  /** The trust bundle peers are verified against (one or more roots; replaced when it changes). */
   rootPem: string;
   notBefore: Date;
   notAfter: Date;
@@ -69,6 +73,8 @@ export interface CertStatus {
   serviceAccount: string;
   state: 'pending' | 'valid' | 'expired';
   notAfter?: string;
+  /** The issuer's subject (the CA's signing certificate: a root, or an intermediate). */
+  issuer?: string;
   nextRefresh?: string;
   failures: number;
 }
@@ -90,7 +96,7 @@ interface Entry {
 }
 
 export class CertManager extends EventEmitter {
-  private readonly client: CertificateSigner;
+  readonly client: CertificateSigner;
   readonly trustDomain: string;
   private readonly log: Logger | undefined;
   private readonly refreshFraction: number;
@@ -101,6 +107,8 @@ export class CertManager extends EventEmitter {
   private readonly entries = new Map<string, Entry>();
   private readonly refreshErrors: Counter | undefined;
   private stopped = false;
+  private rootsOf: { pem: string; roots: X509Certificate[] } | undefined;
+  private readonly trustListener = (pem: string, roots: X509Certificate[]) => this.onTrustChanged(pem, roots);
 
   constructor(opts: CertManagerOptions) {
     super();
@@ -115,11 +123,13 @@ export class CertManager extends EventEmitter {
     this.backoffInitial = opts.backoff?.initialMs ?? 1000;
     this.backoffMax = opts.backoff?.maxMs ?? 60_000;
     this.ttlMs = opts.ttlMs;
+    this.client.trust?.on('changed', this.trustListener);
     if (opts.registry) {
       const entries = this.entries;
+      const self = this;
       new Gauge({
         name: 'weft_cert_expiry_seconds',
-        help: 'Seconds until the current certificate of each local workload identity expires',
+        help: 'Seconds until the current certificate of each local workload identity expires, and each trusted root (identity="root:<CN> <sha256 prefix>")',
         labelNames: ['identity'],
         registers: [opts.registry],
         collect() {
@@ -128,6 +138,7 @@ export class CertManager extends EventEmitter {
           for (const e of entries.values()) {
             if (e.current) this.set({ identity: principalOf(e.spiffeId) }, (e.current.notAfter.getTime() - now) / 1000);
           }
+          for (const r of self.trustedRoots()) this.set({ identity: `root:${rootName(r)}` }, (r.validToDate.getTime() - now) / 1000);
         },
       });
       this.refreshErrors = new Counter({
@@ -138,9 +149,35 @@ export class CertManager extends EventEmitter {
     }
   }
 
-  /** The trust anchor for peer verification. */
+  /** The trust bundle for peer verification (PEM, one or more roots). */
   get rootPem(): string {
     return this.client.rootPem;
+  }
+
+  /** The roots in force. */
+  trustedRoots(): readonly X509Certificate[] {
+    if (this.client.trust) return this.client.trust.roots;
+    if (this.rootsOf?.pem !== this.client.rootPem) this.rootsOf = { pem: this.client.rootPem, roots: parseTrustBundle(this.client.rootPem, 'the CA root') };
+    return this.rootsOf.roots;
+  }
+
+  /**
+   * The trust bundle changed (a root added or removed): every TLS context is rebuilt with it
+   * on its next use (connections already up keep going), and a certificate that no longer
+   * leads to a trusted root is replaced now.
+   */
+  private onTrustChanged(pem: string, roots: X509Certificate[]): void {
+    for (const entry of this.entries.values()) {
+      entry.context = undefined;
+      if (!entry.current) continue;
+      entry.current = { ...entry.current, rootPem: pem };
+      const chain = splitPem(entry.current.chainPem).map((p) => new X509Certificate(p));
+      if (!anchorOf(chain, roots) && !entry.inflight) {
+        this.log?.warn({ identity: principalOf(entry.spiffeId) }, 'the certificate no longer leads to a trusted root; requesting a new one now');
+        this.schedule(entry, 0);
+      }
+    }
+    this.emit('trustChanged', pem, this.current());
   }
 
   /**
@@ -207,7 +244,7 @@ export class CertManager extends EventEmitter {
   }
 
   /**
-   * A TLS context with the identity's key, certificate and the root as the only CA, for both
+   * A TLS context with the identity's key, certificate chain and the trust bundle as the only CAs, for both
    * ends of a tunnel (`tls.connect({ secureContext })`, or a server's SNICallback). Cached; a
    * new one is built after each rotation. Undefined while there is no valid certificate.
    */
@@ -218,13 +255,18 @@ export class CertManager extends EventEmitter {
     if (!entry.context) {
       entry.context = tls.createSecureContext({
         key: cert.keyPem,
-        // The leaf (and any intermediates); peers already hold the root.
+        // The leaf and any intermediates; peers already hold the root.
         cert: chainWithoutRoot(cert.chainPem),
-        ca: cert.rootPem,
+        ca: this.client.rootPem,
         minVersion: 'TLSv1.3',
       });
     }
     return entry.context;
+  }
+
+  /** The current certificates (expired ones included). */
+  private current(): WorkloadCertificate[] {
+    return [...this.entries.values()].flatMap((e) => (e.current ? [e.current] : []));
   }
 
   /** Every identity kept, for config_dump. */
@@ -235,7 +277,7 @@ export class CertManager extends EventEmitter {
       namespace: e.namespace,
       serviceAccount: e.serviceAccount,
       state: !e.current ? 'pending' : e.current.notAfter.getTime() <= now ? 'expired' : 'valid',
-      ...(e.current ? { notAfter: e.current.notAfter.toISOString() } : {}),
+      ...(e.current ? { notAfter: e.current.notAfter.toISOString(), issuer: new X509Certificate(e.current.certPem).issuer.replace(/\n/g, ', ') } : {}),
       ...(e.nextRefreshAt !== undefined ? { nextRefresh: new Date(e.nextRefreshAt).toISOString() } : {}),
       failures: e.failures,
     }));
@@ -244,6 +286,7 @@ export class CertManager extends EventEmitter {
   /** Clears every timer and forgets every identity; pending `ensure` promises reject. */
   stop(): void {
     this.stopped = true;
+    this.client.trust?.off('changed', this.trustListener);
     for (const entry of this.entries.values()) this.drop(entry, 'stopped');
     this.entries.clear();
   }
@@ -337,16 +380,15 @@ export class CertManager extends EventEmitter {
     const rootPem = this.client.rootPem;
     const leafPem = signed.certChain[0]!;
     const leaf = new X509Certificate(leafPem);
-    const root = new X509Certificate(rootPem);
     const fail = (why: string): never => {
       throw new WeftError('WEFT_ERR_IDENTITY', `the CA returned an unusable certificate for ${principalOf(entry.spiffeId)}: ${why}`);
     };
     if (!leaf.checkPrivateKey(key)) fail('it is not for the key in the CSR');
-    const chainOk = verifiesUpTo(
+    const anchor = anchorOf(
       signed.certChain.map((p) => new X509Certificate(p)),
-      root,
+      [...this.trustedRoots()],
     );
-    if (!chainOk) fail('it does not chain to the trusted root');
+    if (!anchor) fail(`it does not chain to a trusted root (${this.trustedRoots().map(rootName).join(', ')})`);
     const uris = uriSans(leaf.subjectAltName);
     if (uris.length !== 1 || uris[0] !== entry.spiffeId) fail(`its URI SAN is ${uris.join(', ') || 'missing'}`);
     const chainPem = signed.certChain.map((p) => (p.endsWith('\n') ? p : p + '\n')).join('');
@@ -363,27 +405,4 @@ export class CertManager extends EventEmitter {
       notAfter: new Date(leaf.validTo),
     };
   }
-}
-
-/** True when chain[0] is signed by chain[1]... and the last one by (or is) `root`. */
-function verifiesUpTo(chain: X509Certificate[], root: X509Certificate): boolean {
-  const rootDer = root.raw;
-  const certs = chain.filter((c) => !c.raw.equals(rootDer));
-  if (certs.length === 0) return false;
-  for (let i = 0; i < certs.length; i++) {
-    const issuer = certs[i + 1] ?? root;
-    if (!certs[i]!.checkIssued(issuer) || !certs[i]!.verify(issuer.publicKey)) return false;
-  }
-  return true;
-}
-
-/** The PEM chain without a trailing self-signed root. */
-function chainWithoutRoot(chainPem: string): string {
-  const blocks = chainPem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\s*/g) ?? [];
-  const kept = blocks.filter((b, i) => {
-    if (i === 0) return true;
-    const c = new X509Certificate(b);
-    return !(c.ca && c.checkIssued(c));
-  });
-  return kept.join('');
 }

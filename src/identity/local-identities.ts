@@ -8,6 +8,7 @@ import type * as tls from 'node:tls';
 import type { StateStore } from '../state/store.js';
 import type { Logger } from '../telemetry/log.js';
 import type { CertManager, CertStatus } from './cert-manager.js';
+import { rootName } from './pem.js';
 import { identityKey } from './spiffe.js';
 
 export class LocalIdentities {
@@ -22,7 +23,7 @@ export class LocalIdentities {
     return this.certs.trustDomain;
   }
 
-  /** The mesh root (PEM) peers are verified against. */
+  /** The trust bundle (PEM, one or more roots) peers are verified against. */
   get rootPem(): string {
     return this.certs.rootPem;
   }
@@ -96,8 +97,14 @@ export class LocalIdentities {
     return this.certs.status();
   }
 
+  /** The roots peers are verified against now, for config_dump. */
+  roots(): Array<{ root: string; notAfter: string }> {
+    return this.certs.trustedRoots().map((r) => ({ root: rootName(r), notAfter: r.validToDate.toISOString() }));
+  }
+
   stop(): void {
     this.certs.stop();
+    this.certs.client.close?.();
     this.wanted.clear();
     this.log.debug('workload identities released');
   }

@@ -282,7 +282,11 @@ export class HboneTunnel implements Tunnel {
         this.all.delete(entry);
         if (this.pool.get(key) === entry) this.pool.delete(key);
       });
-      session.once('goaway', () => this.drop(entry, 'GOAWAY from the peer'));
+      session.once('goaway', (_code: number, _last: number, data?: Buffer) => {
+        // A peer that refuses our certificate (e.g. its trust bundle no longer holds our root) says why here.
+        if (data?.length) this.log.warn({ peer: entry.peer, source, destination, reason: data.toString('utf8').slice(0, 300) }, 'the peer agent refused the tunnel session');
+        this.drop(entry, 'GOAWAY from the peer');
+      });
       session.setTimeout(this.idleTimeoutMs, () => this.retire(undefined, 'idle', entry));
     });
   }

@@ -38,6 +38,16 @@ export interface TunnelServerDeps {
  */
 export const TLS_HANDSHAKE_TIMEOUT_MS = 8_000;
 
+/** OpenSSL's verify codes for a client certificate that does not chain to a trusted root. */
+const UNTRUSTED_PEER_CODES = new Set([
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_SIGNATURE_FAILURE',
+]);
+
 /** The verified caller of one TLS session, worked out once per session. */
 interface SessionPeer {
   spiffeId: string;
@@ -77,7 +87,11 @@ export class TunnelServer {
       SNICallback: (name, cb) => this.selectContext(name, cb),
       ca: deps.identities.rootPem,
       requestCert: true,
-      rejectUnauthorized: true,
+      // Checked in onSession instead (and again per stream): Node's own rejection destroys the
+      // socket after the handshake without a word to either side, so an agent left on a leaf
+      // under a root just removed from the bundle would only see resets. A session is refused
+      // synchronously when it is created, before any frame is read.
+      rejectUnauthorized: false,
       minVersion: 'TLSv1.3',
       // A client that opens a connection and never finishes the handshake is dropped (Node's
       // default waits 120 s, holding a socket and a slot under the connection cap).
@@ -147,6 +161,22 @@ export class TunnelServer {
   }
 
   private onSession(session: ServerHttp2Session): void {
+    const socket = session.socket as tls.TLSSocket;
+    if (!socket.authorized) {
+      this.refused++;
+      const code = String(socket.authorizationError ?? 'UNKNOWN');
+      const hasCert = Boolean(socket.getPeerCertificate()?.raw);
+      const reason = !hasCert
+        ? 'the peer presented no certificate'
+        : UNTRUSTED_PEER_CODES.has(code)
+          ? "the peer's certificate does not lead to a root in the trust bundle (ca.rootCert)"
+          : `the peer's certificate did not verify (${code})`;
+      this.log.warn({ peer_ip: stripV4Mapped(socket.remoteAddress), code, reason }, 'tunnel handshake refused');
+      // The GOAWAY's debug data tells the peer why; then the connection goes.
+      session.goaway(http2.constants.NGHTTP2_REFUSED_STREAM, 0, Buffer.from(`weft: ${reason} [${code}]`));
+      setImmediate(() => session.destroy());
+      return;
+    }
     this.sessions.add(session);
     session.once('close', () => this.sessions.delete(session));
     session.on('error', (err) => this.log.debug({ err: err.message }, 'tunnel session error'));

@@ -6,6 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import * as tls from 'node:tls';
+import { chainWithoutRoot } from '../identity/pem.js';
 import { identityKey } from '../identity/spiffe.js';
 import type { StateStore } from '../state/store.js';
 import type { CertSnapshot } from './protocol.js';
@@ -13,13 +14,6 @@ import type { CertSnapshot } from './protocol.js';
 interface Held {
   cert: CertSnapshot;
   context?: tls.SecureContext;
-}
-
-/** The chain without its last certificate when that is the root: peers already hold the root. */
-function withoutRoot(chainPem: string, rootPem: string): string {
-  const blocks = chainPem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\s*/g) ?? [];
-  const root = rootPem.trim();
-  return blocks.filter((b) => b.trim() !== root).join('');
 }
 
 export class WorkerIdentities {
@@ -52,7 +46,7 @@ export class WorkerIdentities {
   private contextNow(key: string): tls.SecureContext | undefined {
     const h = this.held.get(key);
     if (!h || h.cert.notAfter <= Date.now()) return undefined;
-    h.context ??= tls.createSecureContext({ key: h.cert.keyPem, cert: withoutRoot(h.cert.chainPem, h.cert.rootPem), ca: h.cert.rootPem, minVersion: 'TLSv1.3' });
+    h.context ??= tls.createSecureContext({ key: h.cert.keyPem, cert: chainWithoutRoot(h.cert.chainPem), ca: h.cert.rootPem, minVersion: 'TLSv1.3' });
     return h.context;
   }
 

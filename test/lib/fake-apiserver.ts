@@ -14,6 +14,9 @@
  *   `fieldSelector` (`path=v`, `path!=v`, e.g. `spec.nodeName=node-a`). An object that stops
  *   (starts) matching a watch's selectors is sent as DELETED (ADDED), like the real watch cache.
  * - `GET <collection>/<name>` for one object.
+ * - `POST <namespaced collection>` creates an object (409 AlreadyExists when the name is taken:
+ *   what makes create-if-absent safe between racing writers); `PUT <collection>/<name>`
+ *   replaces one, with `metadata.resourceVersion` as a precondition (409 Conflict).
  * - `POST /apis/authentication.k8s.io/v1/tokenreviews`: a TokenReview answered from a table the
  *   test supplies (`setToken`, `serviceAccountToken`), honouring `spec.audiences` as the real
  *   server does: the token must carry one of them, and `status.audiences` is the intersection
@@ -64,6 +67,8 @@ export const KINDS: readonly KindInfo[] = [
   { kind: 'Pod', group: '', version: 'v1', plural: 'pods', namespaced: true, custom: false },
   { kind: 'Service', group: '', version: 'v1', plural: 'services', namespaced: true, custom: false },
   { kind: 'Node', group: '', version: 'v1', plural: 'nodes', namespaced: false, custom: false },
+  { kind: 'Secret', group: '', version: 'v1', plural: 'secrets', namespaced: true, custom: false },
+  { kind: 'ConfigMap', group: '', version: 'v1', plural: 'configmaps', namespaced: true, custom: false },
   { kind: 'EndpointSlice', group: 'discovery.k8s.io', version: 'v1', plural: 'endpointslices', namespaced: true, custom: false },
   { kind: 'TrafficPolicy', group: 'weft.io', version: 'v1alpha1', plural: 'trafficpolicies', namespaced: true, custom: true },
   { kind: 'AuthorizationPolicy', group: 'weft.io', version: 'v1alpha1', plural: 'authorizationpolicies', namespaced: true, custom: true },
@@ -456,6 +461,46 @@ export class FakeApiServer {
     res.end(JSON.stringify(stored));
   }
 
+  /** POST (create) on a collection, PUT (replace) on an object, as the real server answers them. */
+  private write(method: 'POST' | 'PUT', res: http.ServerResponse, pathname: string, body: unknown): void {
+    const route = this.route(pathname);
+    if (!route || this.uninstalled.has(route.info.kind) || (method === 'POST') !== (route.name === undefined)) {
+      this.status(res, 405, 'MethodNotAllowed', `${method} is not supported on ${pathname}`);
+      return;
+    }
+    const obj = (body ?? {}) as KubeObject;
+    const name = obj.metadata?.name;
+    if (typeof name !== 'string' || name === '' || (route.name !== undefined && name !== route.name)) {
+      this.status(res, 400, 'BadRequest', `metadata.name: Required value (or it does not match the URL)`);
+      return;
+    }
+    const namespace = route.info.namespaced ? route.namespace : undefined;
+    const previous = this.objects.get(this.key(route.info.kind, namespace, name));
+    if (method === 'POST' && previous) {
+      this.status(res, 409, 'AlreadyExists', `${route.info.plural} "${name}" already exists`);
+      return;
+    }
+    if (method === 'PUT') {
+      if (!previous) {
+        this.status(res, 404, 'NotFound', `${route.info.plural} "${name}" not found`);
+        return;
+      }
+      const rv = obj.metadata.resourceVersion;
+      if (rv !== undefined && rv !== previous.metadata.resourceVersion) {
+        this.status(
+          res,
+          409,
+          'Conflict',
+          `Operation cannot be fulfilled on ${route.info.plural} "${name}": the object has been modified; please apply your changes to the latest version and try again`,
+        );
+        return;
+      }
+    }
+    const stored = this.apply({ ...obj, kind: route.info.kind, metadata: { ...obj.metadata, ...(namespace ? { namespace } : {}) } });
+    res.writeHead(method === 'POST' ? 201 : 200, { 'Content-Type': 'application/json' });
+    res.end(JSON.stringify(stored));
+  }
+
   private send(w: WatchStream, type: string, object: unknown): void {
     if (!w.res.writableEnded && !w.res.destroyed) w.res.write(`${JSON.stringify({ type, object })}\n`);
   }
@@ -466,7 +511,7 @@ export class FakeApiServer {
   }
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
-    if (req.method === 'POST' || req.method === 'PATCH') {
+    if (req.method === 'POST' || req.method === 'PATCH' || req.method === 'PUT') {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => this.handleRequest(req, res, Buffer.concat(chunks).toString('utf8')));
@@ -503,6 +548,10 @@ export class FakeApiServer {
     }
     if (req.method === 'PATCH' && url.pathname.endsWith('/status')) {
       this.patchStatus(req, res, url.pathname.slice(0, -'/status'.length), body);
+      return;
+    }
+    if (req.method === 'POST' || req.method === 'PUT') {
+      this.write(req.method, res, url.pathname, body);
       return;
     }
     if (req.method !== 'GET') {

@@ -97,6 +97,8 @@ t.test('every manifest validates against the Kubernetes schemas', async (t) => {
     'DaemonSet/weft-agent',
     'Deployment/weft-ca',
     'Namespace/weft-system',
+    'Role/weft-ca-root',
+    'RoleBinding/weft-ca-root',
     'Service/weft-ca',
     'ServiceAccount/weft-agent',
     'ServiceAccount/weft-ca',
@@ -184,8 +186,44 @@ t.test('the CA and RBAC', async (t) => {
   t.ok(ca.args.includes('--listen=0.0.0.0:15012'));
   t.ok(ca.args.includes('--server-name=weft-ca.weft-system.svc'));
   t.equal(dep.spec.template.spec.serviceAccountName, 'weft-ca');
-  const secretVol = dep.spec.template.spec.volumes.find((v: Obj) => v.secret);
-  t.equal(secretVol.secret.secretName, 'weft-ca-state');
+  // The root: made in the cluster and kept in a Secret; the bundle published for the agents.
+  t.notOk(
+    dep.spec.template.spec.volumes.some((v: Obj) => v.secret),
+    'no Secret to create before the install',
+  );
+  t.ok(ca.args.includes('--root-secret=weft-ca-root-key'));
+  t.ok(ca.args.includes('--root-configmap=weft-ca-root'));
+  const agentDs = byKind(base, 'DaemonSet', 'weft-agent')!;
+  t.equal(agentDs.spec.template.spec.volumes.find((v: Obj) => v.name === 'ca-root').configMap.name, 'weft-ca-root', 'the agents mount the ConfigMap the CA writes');
+  const rootRole = byKind(base, 'Role', 'weft-ca-root')!;
+  t.same(
+    rootRole.rules,
+    [
+      { apiGroups: [''], resources: ['secrets'], resourceNames: ['weft-ca-root-key'], verbs: ['get'] },
+      { apiGroups: [''], resources: ['configmaps'], resourceNames: ['weft-ca-root'], verbs: ['get', 'update'] },
+      { apiGroups: [''], resources: ['secrets', 'configmaps'], verbs: ['create'] },
+    ],
+    'the CA reads only its own Secret and ConfigMap (create cannot be limited by name)',
+  );
+  const rootBinding = byKind(base, 'RoleBinding', 'weft-ca-root')!;
+  t.same(rootBinding.subjects, [{ kind: 'ServiceAccount', name: 'weft-ca', namespace: 'weft-system' }]);
+
+  // With a cacerts Secret: mounted, --cacerts, and no root Secret or its permission.
+  const withCacerts = renderChart({ ca: { cacertsSecret: 'cacerts' } });
+  const depC = byKind(withCacerts, 'Deployment', 'weft-ca')!;
+  const caC = depC.spec.template.spec.containers[0];
+  t.ok(caC.args.includes('--cacerts=/etc/weft/cacerts'));
+  t.notOk(caC.args.some((a: string) => a.startsWith('--root-secret')));
+  t.equal(depC.spec.template.spec.volumes.find((v: Obj) => v.name === 'cacerts').secret.secretName, 'cacerts');
+  t.same(
+    caC.volumeMounts.find((m: Obj) => m.name === 'cacerts'),
+    { name: 'cacerts', mountPath: '/etc/weft/cacerts', readOnly: true },
+  );
+  t.notOk(
+    byKind(withCacerts, 'Role', 'weft-ca-root')!.rules.some((r: Obj) => r.resources.includes('secrets')),
+    'no access to Secrets with cacerts',
+  );
+  for (const obj of withCacerts.filter((o) => o.kind === 'Deployment' || o.kind === 'Role')) await t.resolves(validateObject(obj), `${obj.kind} with cacerts validates`);
 
   const agentRole = byKind(base, 'ClusterRole', 'weft-agent')!;
   for (const rule of agentRole.rules) t.same(rule.verbs, ['get', 'list', 'watch'], 'the agent only reads');
