@@ -13,7 +13,7 @@ import { Agent } from '../../src/agent.js';
 import { StaticDiscovery } from '../../src/discovery/static.js';
 import { parseConfig } from '../../src/config/load.js';
 import type { MeshConfig } from '../../src/config/types.js';
-import { silentLogger, createLogger } from '../../src/telemetry/log.js';
+import { silentLogger, createLogger, type Logger } from '../../src/telemetry/log.js';
 
 export interface LoopbackPod {
   /** The 127.0.0.x address this pod dials from. */
@@ -41,14 +41,14 @@ export interface LoopbackAgent {
   stop(): Promise<void>;
 }
 
-export async function startLoopbackAgent(yaml: string, opts: { workers?: number } = {}): Promise<LoopbackAgent> {
+export async function startLoopbackAgent(yaml: string, opts: { workers?: number; log?: Logger } = {}): Promise<LoopbackAgent> {
   const config = parseConfig(yaml, 'test');
   // The embedded CA keeps its key in stateDir: a test without one must not use /var/lib/weft.
   let tmpState: string | undefined;
   if (!/^stateDir:/m.test(yaml)) config.stateDir = tmpState = mkdtempSync(join(tmpdir(), 'weft-loopback-'));
   const discovery = new StaticDiscovery(config);
   const routes = new Map<string, { ip: string; port: number; workload?: string }>();
-  const log = process.env.WEFT_TEST_LOG ? createLogger('debug') : silentLogger;
+  const log = opts.log ?? (process.env.WEFT_TEST_LOG ? createLogger('debug') : silentLogger);
   const agent = await Agent.start({
     discovery,
     log,
