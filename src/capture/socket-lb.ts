@@ -224,6 +224,7 @@ export class SocketLb {
     const ep = ctx.endpoint;
     this.access.info(
       {
+        direction: 'outbound',
         src_workload: src ? `${src.namespace}/${src.name}` : undefined,
         src_ip: e.client.ip,
         dst: `${e.orig.ip}:${e.orig.port}`,
@@ -237,6 +238,7 @@ export class SocketLb {
         close: 'closed',
         security: 'none',
         socket_lb: true,
+        response_flags: '-',
       },
       'access',
     );

@@ -52,7 +52,8 @@ import type { MeshConfig } from '../config/types.js';
 import { ConfigError, WeftError } from '../errors.js';
 import { silentLogger } from '../telemetry/log.js';
 import { ResourceInformer, type ChangeType, type ListPage } from './k8s/informer.js';
-import { blame, nodeFingerprint, objectKey, translate, trimNode, trimPod, type ClusterState, type CustomObject, type Origin, type RawMeshState } from './k8s/translate.js';
+import { nodeFingerprint, objectKey, trimNode, trimPod, type ClusterState, type CustomObject, type Origin, type RawMeshState } from './k8s/translate.js';
+import { meshVerdict, refusalProblems } from './k8s/verdict.js';
 import { GATEWAY_GROUP, type RouteObject } from './k8s/routes.js';
 import type { Discovery } from './types.js';
 
@@ -89,8 +90,6 @@ export interface KubernetesDiscoveryOptions {
 
 /** Source name in ConfigErrors about the snapshot as a whole. */
 const SOURCE = 'kubernetes';
-/** Rebuild attempts per snapshot, each excluding the objects the previous one blamed. */
-const MAX_ATTEMPTS = 8;
 
 function defaultKubeConfig(): KubeConfig {
   const kc = new KubeConfig();
@@ -408,97 +407,21 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
   }
 
   /**
-   * Translate and validate, dropping objects that fail until the rest is valid.
+   * Translate and validate, dropping objects that fail until the rest is valid (verdict.ts,
+   * the same call the cluster's status writer reports from).
    * @returns undefined when the snapshot cannot be made valid (reported as `rejected`).
    */
   private build(): MeshConfig | undefined {
-    const state = this.state();
-    const exclude = new Set<string>();
-    const failClosed = new Set<string>();
-    const rejections = new Map<string, { origin: Origin; problems: string[] }>();
-    const ctx = { nodeName: this.nodeName, nodeAddress: this.nodeAddress, cgroupOf: (uid: string) => this.resolver.get(uid), exclude, failClosed };
-    let cfg: MeshConfig | undefined;
-    let warnings: string[] = [];
-
-    for (let attempt = 0; attempt < MAX_ATTEMPTS && !cfg; attempt++) {
-      const t = translate(state, ctx);
-      warnings = t.warnings;
-      for (const r of t.rejected) rejections.set(objectKey(r.origin), r);
-      try {
-        cfg = this.normalize(t.raw);
-        break;
-      } catch (err) {
-        if (!(err instanceof ConfigError)) throw err;
-        let { blamed, unattributed } = blame(err.problems, t.origins);
-        if (unattributed.length) {
-          blamed = this.isolate(state, exclude, failClosed);
-          if (!blamed.length) {
-            this.rejectSnapshot(err.problems);
-            return undefined;
-          }
-        }
-        for (const b of blamed) {
-          const key = objectKey(b.origin);
-          // An AuthorizationPolicy first fails closed; only if even that is refused is it dropped.
-          if (b.origin.kind === 'AuthorizationPolicy' && !failClosed.has(key)) failClosed.add(key);
-          else exclude.add(key);
-          if (!rejections.has(key)) rejections.set(key, b);
-        }
-      }
-    }
-    if (!cfg) {
-      this.rejectSnapshot([`still invalid after excluding ${exclude.size} objects: ${[...exclude].join(', ')}`]);
+    const v = meshVerdict(this.state(), { nodeName: this.nodeName, nodeAddress: this.nodeAddress, cgroupOf: (uid: string) => this.resolver.get(uid) }, (raw) => this.normalize(raw));
+    if (!v.cfg) {
+      this.rejectSnapshot(v.snapshotProblems);
       return undefined;
     }
     this.snapshotProblems = [];
-    this.report(rejections);
-    for (const w of warnings) if (!this.warned.has(w)) this.log.warn(w);
-    this.warned = new Set(warnings);
-    return this.overlay(cfg);
-  }
-
-  /**
-   * When problems cannot be attributed by path: validate each weft custom resource on its own
-   * against the built-in objects, and return the ones that fail.
-   */
-  private isolate(state: ClusterState, exclude: ReadonlySet<string>, failClosed: ReadonlySet<string>): { origin: Origin; problems: string[] }[] {
-    const crs: Origin[] = [];
-    for (const [kind, list] of [
-      ['TrafficPolicy', state.trafficPolicies],
-      ['AuthorizationPolicy', state.authorizationPolicies],
-      ['RequestAuthentication', state.requestAuthentications],
-    ] as const) {
-      for (const o of list) {
-        const origin = { kind, namespace: o.metadata?.namespace, name: o.metadata?.name ?? '', uid: o.metadata?.uid, resourceVersion: o.metadata?.resourceVersion };
-        if (!exclude.has(objectKey(origin))) crs.push(origin);
-      }
-    }
-    const allCrKeys = crs.map(objectKey);
-    const attempt = (only: string | undefined) => {
-      const ex = new Set([...exclude, ...allCrKeys.filter((k) => k !== only)]);
-      const t = translate(state, {
-        nodeName: this.nodeName,
-        nodeAddress: this.nodeAddress,
-        cgroupOf: (uid) => this.resolver.get(uid),
-        exclude: ex,
-        failClosed,
-      });
-      try {
-        this.normalize(t.raw);
-        return undefined;
-      } catch (err) {
-        if (err instanceof ConfigError) return err.problems;
-        throw err;
-      }
-    };
-    // Without any custom resource it must validate, or the fault is not theirs.
-    if (attempt(undefined)) return [];
-    const out: { origin: Origin; problems: string[] }[] = [];
-    for (const origin of crs) {
-      const problems = attempt(objectKey(origin));
-      if (problems) out.push({ origin, problems });
-    }
-    return out;
+    this.report(v.rejections);
+    for (const w of v.warnings) if (!this.warned.has(w)) this.log.warn(w);
+    this.warned = new Set(v.warnings);
+    return this.overlay(v.cfg);
   }
 
   private overlay(cfg: MeshConfig): MeshConfig {
@@ -520,7 +443,7 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
       next.set(key, signature);
       if (this.reported.get(key) === signature) continue;
       const closed = origin.kind === 'AuthorizationPolicy';
-      const err = new ConfigError(key, closed ? [...problems, 'until it is fixed, the policy allows nothing to the workloads it selects (fail closed)'] : problems);
+      const err = new ConfigError(key, refusalProblems({ origin, problems }));
       this.log.warn(
         { object: key, problems },
         closed ? `${key} rejected; it allows nothing until fixed (fail closed); the rest of the mesh config applies` : `${key} rejected; the rest of the mesh config applies`,

@@ -43,6 +43,8 @@ const USAGE = `usage:
   weft ca --listen ADDR:PORT --state-dir DIR [--cacerts DIR] [--config FILE] [--trust-domain TD] [--server-name NAME]... [--allow-any-identity]
   weft ca --kubernetes --listen ADDR:PORT --state-dir DIR [--cacerts DIR | --root-secret NAME] [--root-configmap NAME]
           [--agent-service-account NS/NAME]... [--token-audience AUD] [--kubeconfig FILE] [--trust-domain TD] [--server-name NAME]... [--route-status]
+       --route-status makes this replica (the first running one) the cluster's one status
+       writer: route status, and weft custom resources' Accepted condition and refusal Events.
   weft ca token --state-dir DIR --node NAME
   weft ca rotate-token-secret --state-dir DIR
 Run 'weft ca token --help' or 'weft ca rotate-token-secret --help' for those.`;
@@ -188,8 +190,15 @@ async function serve(args: string[], io: CaCommandIo): Promise<number> {
       publish = () => publishTrustBundle({ kubeConfig: kc, namespace, name: configMap, pem: ca.rootPem, log });
     }
     if (values['route-status']) {
-      // The cluster's one writer of Gateway API route status (src/discovery/k8s/route-status.ts).
-      routeStatus = new RouteStatusWriter({ kubeConfig, log: log.child({ component: 'route-status' }), podName: process.env.POD_NAME, podNamespace: process.env.POD_NAMESPACE });
+      // The cluster's one status writer: Gateway API routes (src/discovery/k8s/route-status.ts)
+      // and weft's custom resources, with refusal Events (src/discovery/k8s/cr-status.ts).
+      routeStatus = new RouteStatusWriter({
+        kubeConfig,
+        log: log.child({ component: 'route-status' }),
+        podName: process.env.POD_NAME,
+        podNamespace: process.env.POD_NAMESPACE,
+        ...(values['trust-domain'] ? { trustDomain: values['trust-domain'] } : {}),
+      });
     }
     log.info(
       { apiServer: kubeConfig.getCurrentCluster()?.server, audience: k8s.audience, agents },

@@ -91,6 +91,10 @@ export class HboneTunnel implements Tunnel {
     opts.identities.certs.on('rotated', this.onRotated);
   }
 
+  get trustDomain(): string {
+    return this.opts.identities.trustDomain;
+  }
+
   async connect(ep: Endpoint, opts: ConnectOptions): Promise<Duplex> {
     if (this.closed) throw connectFailure('the tunnel is closed');
     const deadline = Date.now() + (opts.timeoutMs > 0 ? opts.timeoutMs : 10_000);

@@ -51,7 +51,12 @@ export class HttpProxy implements ExchangeHost, H2Host {
     this.deps = deps;
     this.log = deps.log;
     this.server = { closeIdleConnections: () => this.closeIdleConnections() };
-    this.telemetry = new L7Telemetry(deps.metrics, deps.log, (ep) => deps.transport.securityOf(ep));
+    this.telemetry = new L7Telemetry(
+      deps.metrics,
+      deps.log,
+      (ep) => deps.transport.securityOf(ep),
+      (ctx, ep) => deps.transport.callerPrincipal?.(ctx, ep),
+    );
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
     this.sweeper.unref();
   }

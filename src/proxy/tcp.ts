@@ -10,6 +10,8 @@ import { admit, release, settle, type Admission } from './l7/admission.js';
 import { EndpointLease, endLease, takeLease } from './l7/attempt.js';
 import { routeConnection, pickBackend } from './l7/route.js';
 import { peerFields, sourceLabels } from './l7/telemetry.js';
+import { errorHeader } from './l7/respond.js';
+import { EXTRA_FLAGS, responseFlags } from '../telemetry/access-log.js';
 import type { Transport } from './transport.js';
 import { hashKey } from '../balancer/hash.js';
 import type { SpliceHandle, SpliceOptions } from '../capture/splice.js';
@@ -76,7 +78,17 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
     if (verdict && !verdict.allowed) {
       release(adm);
       cluster.limits.closeConnection();
-      log.info({ ...peerFields(ctx, cluster.serviceName, ep, transport.securityOf(ep)), protocol: 'tcp', policy: verdict.policy, error: 'denied' }, 'access');
+      const sec = transport.securityOf(ep);
+      log.info(
+        {
+          ...peerFields(ctx, cluster.serviceName, ep, sec, cluster.key, sec === 'mutual_tls' ? transport.callerPrincipal?.(ctx, ep) : undefined),
+          protocol: 'tcp',
+          policy: verdict.policy,
+          response_flags: responseFlags('WEFT_ERR_DENIED'),
+          error: 'denied',
+        },
+        'access',
+      );
       down.resetAndDestroy();
       return;
     }
@@ -101,6 +113,7 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
   const endpoint = ep;
   const upstream = up;
   const security = transport.securityOf(endpoint);
+  const principal = security === 'mutual_tls' ? transport.callerPrincipal?.(ctx, endpoint) : undefined;
   const labels = { ...sourceLabels(ctx), destination_service: cluster.serviceName, connection_security_policy: security };
   metrics.tcpOpened.inc(labels);
   let sent = 0;
@@ -117,7 +130,17 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
     metrics.tcpSent.inc(labels, sent);
     metrics.tcpReceived.inc(labels, received);
     log.info(
-      { ...peerFields(ctx, cluster.serviceName, endpoint, security), protocol: 'tcp', sent_bytes: sent, received_bytes: received, duration_ms: Date.now() - started, close: reason, error, spliced },
+      {
+        ...peerFields(ctx, cluster.serviceName, endpoint, security, cluster.key, principal),
+        protocol: 'tcp',
+        sent_bytes: sent,
+        received_bytes: received,
+        close: reason,
+        spliced,
+        duration_ms: Date.now() - started,
+        response_flags: tcpFlags(reason, error),
+        error,
+      },
       'access',
     );
   };
@@ -172,14 +195,28 @@ export async function proxyTcp(down: net.Socket, ctx: ConnContext, deps: TcpProx
   down.resume();
 }
 
+/**
+ * %RESPONSE_FLAGS% of a TCP connection that reached an upstream: none for a close by either
+ * side; an error on the way (a reset) is the upstream's (UR) unless the client's side closed
+ * first (DC); an idle timeout is Envoy's stream idle timeout (SI).
+ */
+function tcpFlags(close: string, error: string | undefined): string {
+  if (close === 'idle_timeout') return EXTRA_FLAGS.idleTimeout;
+  if (error === undefined) return '-';
+  return close === 'downstream_close' ? EXTRA_FLAGS.downstreamClosed : EXTRA_FLAGS.upstreamReset;
+}
+
 function logRefused(log: Logger, ctx: ConnContext, err: WeftError): void {
   log.warn(
     {
+      direction: ctx.peer !== undefined ? 'inbound' : 'outbound',
       src_workload: ctx.source ? `${ctx.source.namespace}/${ctx.source.name}` : undefined,
       src_ip: ctx.sourceIp,
+      principal: ctx.peer?.principal,
       dst: `${ctx.origIp}:${ctx.origPort}`,
       protocol: 'tcp',
-      error: err.code,
+      response_flags: responseFlags(err.code),
+      error: errorHeader(err.code),
       reason: err.message,
     },
     'access: connection refused',

@@ -2,6 +2,8 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Endpoint } from '../cluster/endpoint.js';
 import { WeftError } from '../errors.js';
+import { principalOf, spiffeId } from '../identity/spiffe.js';
+import type { ConnContext } from './context.js';
 
 export interface ConnectOptions {
   timeoutMs: number;
@@ -21,6 +23,8 @@ export interface Transport {
   connect(ep: Endpoint, opts: ConnectOptions): Promise<Duplex>;
   /** `mutual_tls` when the connection to `ep` is tunnelled, else `none`. */
   securityOf(ep: Endpoint): 'mutual_tls' | 'none';
+  /** The identity the tunnel presents for the caller of `ctx` to `ep` (a principal, no spiffe://), when tunnelled. */
+  callerPrincipal?(ctx: ConnContext, ep: Endpoint): string | undefined;
 }
 
 export function connectTcp(ip: string, port: number, timeoutMs: number): Promise<net.Socket> {
@@ -48,6 +52,8 @@ export function connectTcp(ip: string, port: number, timeoutMs: number): Promise
 /** A tunnel implementation plugs in here (HBONE to the peer agent: proxy/hbone-tunnel.ts). */
 export interface Tunnel {
   connect(ep: Endpoint, opts: ConnectOptions): Promise<Duplex>;
+  /** The trust domain of the identities it presents. */
+  readonly trustDomain?: string;
 }
 
 export class MeshTransport implements Transport {
@@ -63,6 +69,13 @@ export class MeshTransport implements Transport {
 
   securityOf(ep: Endpoint): 'mutual_tls' | 'none' {
     return this.tunnelled(ep) ? 'mutual_tls' : 'none';
+  }
+
+  callerPrincipal(ctx: ConnContext, ep: Endpoint): string | undefined {
+    const td = this.tunnel?.trustDomain;
+    const src = ctx.source;
+    if (td === undefined || src === undefined || !this.tunnelled(ep)) return undefined;
+    return principalOf(spiffeId(td, src.namespace, src.serviceAccount));
   }
 
   connect(ep: Endpoint, opts: ConnectOptions): Promise<Duplex> {

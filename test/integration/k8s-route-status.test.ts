@@ -75,6 +75,8 @@ t.test('Accepted and ResolvedRefs, with reasons, for each route on a meshed Serv
     Accepted: 'True:Accepted',
     ResolvedRefs: 'True:ResolvedRefs',
   });
+  // The stored status can be seen a moment before the writer has read the PATCH's answer (same process).
+  await until('the write answered', () => (writer.writes > writes ? true : undefined));
   t.equal(writer.writes, writes + 1, 'only the route whose status changed was written');
 });
 

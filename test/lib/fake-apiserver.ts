@@ -14,9 +14,15 @@
  *   `fieldSelector` (`path=v`, `path!=v`, e.g. `spec.nodeName=node-a`). An object that stops
  *   (starts) matching a watch's selectors is sent as DELETED (ADDED), like the real watch cache.
  * - `GET <collection>/<name>` for one object.
- * - `POST <namespaced collection>` creates an object (409 AlreadyExists when the name is taken:
- *   what makes create-if-absent safe between racing writers); `PUT <collection>/<name>`
- *   replaces one, with `metadata.resourceVersion` as a precondition (409 Conflict).
+ * - `POST <namespaced collection>`: create (201; 409 AlreadyExists; `metadata.generateName`
+ *   honoured), as controllers create Events (`events.k8s.io/v1`).
+ * - `PATCH <collection>/<name>` with a JSON merge patch (`application/merge-patch+json`): the
+ *   object changes, `status` excepted for kinds with a status subresource (custom kinds).
+ * - `PATCH <collection>/<name>/status`: the status subresource (only `status` changes).
+ * - Custom kinds have the status subresource: `apply` without `status` keeps the stored one,
+ *   as an update of the main resource does.
+ * - `PUT <collection>/<name>` replaces one object, with `metadata.resourceVersion` as a
+ *   precondition (409 Conflict): what the CA's trust-bundle publisher relies on.
  * - `POST /apis/authentication.k8s.io/v1/tokenreviews`: a TokenReview answered from a table the
  *   test supplies (`setToken`, `serviceAccountToken`), honouring `spec.audiences` as the real
  *   server does: the token must carry one of them, and `status.audiences` is the intersection
@@ -77,6 +83,7 @@ export const KINDS: readonly KindInfo[] = [
   { kind: 'HTTPRoute', group: 'gateway.networking.k8s.io', version: 'v1', plural: 'httproutes', namespaced: true, custom: true },
   { kind: 'GRPCRoute', group: 'gateway.networking.k8s.io', version: 'v1', plural: 'grpcroutes', namespaced: true, custom: true },
   { kind: 'TCPRoute', group: 'gateway.networking.k8s.io', version: 'v1alpha2', plural: 'tcproutes', namespaced: true, custom: true },
+  { kind: 'Event', group: 'events.k8s.io', version: 'v1', plural: 'events', namespaced: true, custom: false },
 ];
 
 const byKind = new Map(KINDS.map((k) => [k.kind, k]));
@@ -292,6 +299,7 @@ export class FakeApiServer {
     else stored.metadata.namespace ??= 'default';
     const key = this.key(info.kind, stored.metadata.namespace, stored.metadata.name);
     const previous = this.objects.get(key);
+    if (info.custom && previous?.status !== undefined && stored.status === undefined) stored.status = clone(previous.status);
     stored.metadata.uid = previous?.metadata.uid ?? stored.metadata.uid ?? randomUUID();
     stored.metadata.creationTimestamp = previous?.metadata.creationTimestamp ?? stored.metadata.creationTimestamp ?? new Date().toISOString();
     stored.metadata.generation = (previous?.metadata.generation ?? 0) + 1;
@@ -461,43 +469,94 @@ export class FakeApiServer {
     res.end(JSON.stringify(stored));
   }
 
-  /** POST (create) on a collection, PUT (replace) on an object, as the real server answers them. */
-  private write(method: 'POST' | 'PUT', res: http.ServerResponse, pathname: string, body: unknown): void {
+  /** POST (create) on a namespaced collection, PUT (replace) or PATCH (JSON merge patch) on one object. */
+  private write(req: http.IncomingMessage, res: http.ServerResponse, pathname: string, body: unknown): void {
     const route = this.route(pathname);
-    if (!route || this.uninstalled.has(route.info.kind) || (method === 'POST') !== (route.name === undefined)) {
-      this.status(res, 405, 'MethodNotAllowed', `${method} is not supported on ${pathname}`);
+    if (!route || this.uninstalled.has(route.info.kind)) {
+      this.status(res, 404, 'NotFound', `the server could not find the requested resource (${pathname})`);
       return;
     }
-    const obj = (body ?? {}) as KubeObject;
-    const name = obj.metadata?.name;
-    if (typeof name !== 'string' || name === '' || (route.name !== undefined && name !== route.name)) {
-      this.status(res, 400, 'BadRequest', `metadata.name: Required value (or it does not match the URL)`);
+    const { info, namespace, name } = route;
+    if (typeof body !== 'object' || body === null) {
+      this.status(res, 400, 'BadRequest', 'the request body is not a JSON object');
       return;
     }
-    const namespace = route.info.namespaced ? route.namespace : undefined;
-    const previous = this.objects.get(this.key(route.info.kind, namespace, name));
-    if (method === 'POST' && previous) {
-      this.status(res, 409, 'AlreadyExists', `${route.info.plural} "${name}" already exists`);
+    if (req.method === 'POST') {
+      if (name !== undefined || (info.namespaced && namespace === undefined)) {
+        this.status(res, 405, 'MethodNotAllowed', `POST is not supported on ${pathname}`);
+        return;
+      }
+      const obj = clone(body) as KubeObject;
+      obj.metadata ??= { name: '' };
+      if (!obj.metadata.name && typeof obj.metadata.generateName === 'string') obj.metadata.name = `${obj.metadata.generateName}${randomUUID().slice(0, 5)}`;
+      if (!obj.metadata.name) {
+        this.status(res, 422, 'Invalid', `${info.kind} is invalid: metadata.name: Required value: name or generateName is required`);
+        return;
+      }
+      if (obj.metadata.namespace !== undefined && obj.metadata.namespace !== namespace) {
+        this.status(res, 400, 'BadRequest', 'the namespace of the provided object does not match the namespace sent on the request');
+        return;
+      }
+      obj.metadata.namespace = namespace;
+      if (this.objects.has(this.key(info.kind, namespace, obj.metadata.name))) {
+        this.status(res, 409, 'AlreadyExists', `${info.plural} "${obj.metadata.name}" already exists`);
+        return;
+      }
+      obj.kind = info.kind;
+      const stored = this.apply(obj);
+      res.writeHead(201, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify(stored));
       return;
     }
-    if (method === 'PUT') {
+    if (req.method === 'PUT') {
+      const obj = clone(body) as KubeObject;
+      if (name === undefined || obj.metadata?.name !== name) {
+        this.status(res, 400, 'BadRequest', `metadata.name: Required value (or it does not match the URL)`);
+        return;
+      }
+      const previous = this.objects.get(this.key(info.kind, namespace, name));
       if (!previous) {
-        this.status(res, 404, 'NotFound', `${route.info.plural} "${name}" not found`);
+        this.status(res, 404, 'NotFound', `${info.plural} "${name}" not found`);
         return;
       }
       const rv = obj.metadata.resourceVersion;
       if (rv !== undefined && rv !== previous.metadata.resourceVersion) {
-        this.status(
-          res,
-          409,
-          'Conflict',
-          `Operation cannot be fulfilled on ${route.info.plural} "${name}": the object has been modified; please apply your changes to the latest version and try again`,
-        );
+        this.status(res, 409, 'Conflict', `Operation cannot be fulfilled on ${info.plural} "${name}": the object has been modified; please apply your changes to the latest version and try again`);
         return;
       }
+      const stored = this.apply({ ...obj, kind: info.kind, metadata: { ...obj.metadata, ...(namespace ? { namespace } : {}) } });
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify(stored));
+      return;
     }
-    const stored = this.apply({ ...obj, kind: route.info.kind, metadata: { ...obj.metadata, ...(namespace ? { namespace } : {}) } });
-    res.writeHead(method === 'POST' ? 201 : 200, { 'Content-Type': 'application/json' });
+    if (name === undefined) {
+      this.status(res, 405, 'MethodNotAllowed', `PATCH is not supported on ${pathname}`);
+      return;
+    }
+    if (!/merge-patch\+json/.test(req.headers['content-type'] ?? '')) {
+      this.status(
+        res,
+        415,
+        'UnsupportedMediaType',
+        `the body of the request was in an unknown format - accepted media types include: application/merge-patch+json (got ${req.headers['content-type']})`,
+      );
+      return;
+    }
+    const previous = this.objects.get(this.key(info.kind, namespace, name));
+    if (!previous) {
+      this.status(res, 404, 'NotFound', `${info.plural} "${name}" not found`);
+      return;
+    }
+    const patch = clone(body) as { metadata?: { resourceVersion?: string }; status?: unknown };
+    if (patch.metadata?.resourceVersion !== undefined && patch.metadata.resourceVersion !== previous.metadata.resourceVersion) {
+      this.status(res, 409, 'Conflict', `Operation cannot be fulfilled on ${info.plural} "${name}": the object has been modified; please apply your changes to the latest version and try again`);
+      return;
+    }
+    if (info.custom) delete patch.status;
+    const merged = mergePatch(clone(previous), patch) as KubeObject;
+    merged.metadata.name = name;
+    const stored = this.apply(merged);
+    res.writeHead(200, { 'Content-Type': 'application/json' });
     res.end(JSON.stringify(stored));
   }
 
@@ -550,8 +609,8 @@ export class FakeApiServer {
       this.patchStatus(req, res, url.pathname.slice(0, -'/status'.length), body);
       return;
     }
-    if (req.method === 'POST' || req.method === 'PUT') {
-      this.write(req.method, res, url.pathname, body);
+    if (req.method === 'POST' || req.method === 'PUT' || req.method === 'PATCH') {
+      this.write(req, res, url.pathname, body);
       return;
     }
     if (req.method !== 'GET') {

@@ -57,6 +57,32 @@ function without(s: Schema, keys: string[]): Schema {
   return { ...s, properties: props, required: (s.required ?? []).filter((r: string) => !keys.includes(r)) };
 }
 
+/** `status.conditions` as metav1.Condition (what `kubectl describe` and `kubectl wait --for=condition=Accepted` read). */
+const STATUS_SCHEMA: Schema = {
+  description: "What the mesh made of this object, written by the cluster's one status writer (weft ca --route-status), never by the agents.",
+  type: 'object',
+  properties: {
+    conditions: {
+      type: 'array',
+      maxItems: 8,
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['type'],
+      items: {
+        type: 'object',
+        required: ['type', 'status', 'reason', 'message', 'lastTransitionTime'],
+        properties: {
+          type: { type: 'string', maxLength: 316 },
+          status: { type: 'string', enum: ['True', 'False', 'Unknown'] },
+          reason: { type: 'string', maxLength: 1024 },
+          message: { type: 'string', maxLength: 32768 },
+          observedGeneration: { type: 'integer', format: 'int64', minimum: 0 },
+          lastTransitionTime: { type: 'string', format: 'date-time' },
+        },
+      },
+    },
+  },
+};
+
 function crd(kind: string, plural: string, shortName: string, description: string, spec: Schema, columns: { name: string; type: string; jsonPath: string; description?: string }[]): Schema {
   return {
     apiVersion: 'apiextensions.k8s.io/v1',
@@ -71,7 +97,13 @@ function crd(kind: string, plural: string, shortName: string, description: strin
           name: 'v1alpha1',
           served: true,
           storage: true,
-          additionalPrinterColumns: [...columns, { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' }],
+          additionalPrinterColumns: [
+            ...columns,
+            { name: 'Accepted', type: 'string', jsonPath: '.status.conditions[?(@.type=="Accepted")].status', description: 'Whether the mesh accepted it (weft ca --route-status writes it)' },
+            { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+          ],
+          // The cluster's one status writer (src/discovery/k8s/cr-status.ts) reports the mesh's verdict here.
+          subresources: { status: {} },
           schema: {
             openAPIV3Schema: {
               description,
@@ -82,6 +114,7 @@ function crd(kind: string, plural: string, shortName: string, description: strin
                 kind: { type: 'string' },
                 metadata: { type: 'object' },
                 spec,
+                status: STATUS_SCHEMA,
               },
             },
           },

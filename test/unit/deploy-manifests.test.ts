@@ -253,8 +253,28 @@ t.test('the CA and RBAC', async (t) => {
   const writes = caRole.rules.filter((r: Obj) => r.verbs.some((v: string) => v !== 'get' && v !== 'list' && v !== 'watch'));
   t.same(
     writes.map((r: Obj) => `${r.apiGroups.join(',')}:${r.resources.join(',')}:${r.verbs.join(',')}`),
-    ['authentication.k8s.io:tokenreviews:create', 'gateway.networking.k8s.io:httproutes/status,grpcroutes/status,tcproutes/status:patch'],
+    [
+      'authentication.k8s.io:tokenreviews:create',
+      'gateway.networking.k8s.io:httproutes/status,grpcroutes/status,tcproutes/status:patch',
+      'weft.io:trafficpolicies/status,authorizationpolicies/status,requestauthentications/status,faultinjections/status:patch',
+      'events.k8s.io:events:create,patch',
+    ],
   );
+  // ...and of weft's own resources' status: the agents write nothing at all.
+  t.same(
+    byKind(base, 'ClusterRole', 'weft-agent')!
+      .rules.flatMap((r: Obj) => r.verbs)
+      .filter((v: string) => v !== 'get' && v !== 'list' && v !== 'watch'),
+    [],
+    'the agents only read',
+  );
+  for (const crd of base.filter((o) => o.kind === 'CustomResourceDefinition')) {
+    t.same(crd.spec.versions[0].subresources, { status: {} }, `${crd.metadata.name} has the status subresource`);
+    t.ok(
+      writes.some((r: Obj) => r.apiGroups.includes(crd.spec.group) && r.resources.includes(`${crd.spec.names.plural}/status`)),
+      `the CA may patch ${crd.spec.names.plural}/status`,
+    );
+  }
   t.same(
     ca.env.filter((e: Obj) => e.valueFrom).map((e: Obj) => `${e.name}=${e.valueFrom.fieldRef.fieldPath}`),
     ['POD_NAME=metadata.name', 'POD_NAMESPACE=metadata.namespace'],

@@ -12,7 +12,7 @@ import {
 } from '../../src/proxy/http1/head.js';
 
 function req(h: string[]): RequestHeadFields {
-  const out: RequestHeadFields = { contentLength: -1, transferEncoding: undefined, lines: '', connClose: false, host: undefined, expect: undefined };
+  const out: RequestHeadFields = { contentLength: -1, transferEncoding: undefined, lines: '', connClose: false, host: undefined, expect: undefined, requestId: undefined };
   scanRequestHead(h, out);
   return out;
 }

@@ -1,4 +1,7 @@
 /**
+ * The cluster's one status writer. Route status (this file), and the status and refusal
+ * Events of weft's own custom resources (cr-status.ts), from the same informers and rounds.
+ *
  * Route status for the cluster: `status.parents[]` of each Gateway API route whose parentRefs
  * are Services in a meshed namespace, with the conditions users read (`kubectl describe
  * httproute`): Accepted (True; or False with NoMatchingParent, UnsupportedValue) and
@@ -18,11 +21,11 @@
  * its own against the cluster's Services.
  */
 import { CoreV1Api, CustomObjectsApi, type KubeConfig, type KubernetesListObject, type KubernetesObject, type V1Namespace, type V1Pod, type V1Service } from '@kubernetes/client-node';
-import { request as httpRequest } from 'node:http';
-import { request as httpsRequest, type RequestOptions } from 'node:https';
 import type { Logger } from 'pino';
 import { normalizeConfig } from '../../config/normalize.js';
 import { ConfigError } from '../../errors.js';
+import { apiWrite } from './api-write.js';
+import { CrStatus, type CrStatusInputs } from './cr-status.js';
 import { ResourceInformer, type ListPage } from './informer.js';
 import { GATEWAY_GROUP, isServiceRef, translateRoute, type GatewayRouteKind, type RouteObject } from './routes.js';
 import { translate, type CustomObject } from './translate.js';
@@ -141,6 +144,23 @@ export interface RouteStatusWriterOptions {
   /** Full recheck period, ms (default 30000): catches a lost write or a leadership change. */
   resyncMs?: number;
   absentRetryMs?: number;
+  /** The mesh's trust domain (as the agents'), for validating policies' principals. */
+  trustDomain?: string;
+}
+
+/**
+ * Is this CA replica the cluster's one status writer: the first running weft-ca pod by name?
+ * Without a pod identity (tests, a single CA), yes. Shared by the route and CR status writers.
+ */
+export async function isStatusWriter(core: CoreV1Api, opts: { podName?: string; podNamespace?: string; podSelector?: string }): Promise<boolean> {
+  const { podName, podNamespace } = opts;
+  if (!podName || !podNamespace) return true;
+  const list = await core.listNamespacedPod({ namespace: podNamespace, labelSelector: opts.podSelector ?? 'app.kubernetes.io/name=weft-ca' });
+  const live = (list.items as V1Pod[])
+    .filter((p) => p.status?.phase === 'Running' && !p.metadata?.deletionTimestamp)
+    .map((p) => p.metadata?.name ?? '')
+    .sort();
+  return live.length === 0 || live[0] === podName;
 }
 
 /** Writes route status for the cluster (see the file comment). */
@@ -149,6 +169,11 @@ export class RouteStatusWriter {
   private readonly namespaces: ResourceInformer<V1Namespace>;
   private readonly services: ResourceInformer<V1Service>;
   private readonly faults: ResourceInformer<CustomObject>;
+  private readonly trafficPolicies: ResourceInformer<CustomObject>;
+  private readonly authorizationPolicies: ResourceInformer<CustomObject>;
+  private readonly requestAuthentications: ResourceInformer<CustomObject>;
+  /** weft's own custom resources: their status and refusal Events (cr-status.ts). */
+  readonly crStatus: CrStatus;
   private readonly routes: Record<GatewayRouteKind, ResourceInformer<RouteObject>>;
   private readonly core: CoreV1Api;
   private timer: NodeJS.Timeout | undefined;
@@ -180,12 +205,24 @@ export class RouteStatusWriter {
       list: (p) => core.listServiceForAllNamespaces(p) as Promise<KubernetesListObject<V1Service>>,
     });
     this.faults = cr<CustomObject>('FaultInjection', 'weft.io', 'v1alpha1', 'faultinjections');
+    this.trafficPolicies = cr<CustomObject>('TrafficPolicy', 'weft.io', 'v1alpha1', 'trafficpolicies');
+    this.authorizationPolicies = cr<CustomObject>('AuthorizationPolicy', 'weft.io', 'v1alpha1', 'authorizationpolicies');
+    this.requestAuthentications = cr<CustomObject>('RequestAuthentication', 'weft.io', 'v1alpha1', 'requestauthentications');
+    this.crStatus = new CrStatus({ kubeConfig: kc, log: opts.log, podName: opts.podName });
     this.routes = {
       HTTPRoute: cr<RouteObject>('HTTPRoute', GATEWAY_GROUP, 'v1', 'httproutes'),
       GRPCRoute: cr<RouteObject>('GRPCRoute', GATEWAY_GROUP, 'v1', 'grpcroutes'),
       TCPRoute: cr<RouteObject>('TCPRoute', GATEWAY_GROUP, 'v1alpha2', 'tcproutes'),
     };
-    for (const inf of [this.namespaces, this.services, this.faults, ...Object.values(this.routes)] as ResourceInformer<KubernetesObject>[]) {
+    for (const inf of [
+      this.namespaces,
+      this.services,
+      this.faults,
+      this.trafficPolicies,
+      this.authorizationPolicies,
+      this.requestAuthentications,
+      ...Object.values(this.routes),
+    ] as ResourceInformer<KubernetesObject>[]) {
       this.informers.push({ kind: inf.kind, inf });
       inf.on('change', () => this.schedule());
       inf.on('synced', () => this.schedule());
@@ -213,16 +250,9 @@ export class RouteStatusWriter {
     }, this.opts.debounceMs ?? 200);
   }
 
-  /** Am I the one writer? Without a pod identity (tests, a single CA), yes. */
-  private async leader(): Promise<boolean> {
-    const { podName, podNamespace } = this.opts;
-    if (!podName || !podNamespace) return true;
-    const list = await this.core.listNamespacedPod({ namespace: podNamespace, labelSelector: this.opts.podSelector ?? 'app.kubernetes.io/name=weft-ca' });
-    const live = (list.items as V1Pod[])
-      .filter((p) => p.status?.phase === 'Running' && !p.metadata?.deletionTimestamp)
-      .map((p) => p.metadata?.name ?? '')
-      .sort();
-    return live.length === 0 || live[0] === podName;
+  /** Am I the one writer? */
+  private leader(): Promise<boolean> {
+    return isStatusWriter(this.core, this.opts);
   }
 
   private async round(): Promise<void> {
@@ -246,6 +276,19 @@ export class RouteStatusWriter {
           await this.patch(kind, o, next);
         }
       }
+      const crInputs: CrStatusInputs = {
+        namespaces: inputs.namespaces,
+        services: inputs.services,
+        trafficPolicies: this.trafficPolicies.list(),
+        authorizationPolicies: this.authorizationPolicies.list(),
+        requestAuthentications: this.requestAuthentications.list(),
+        faultInjections: inputs.faultInjections,
+        httpRoutes: this.routes.HTTPRoute.list(),
+        grpcRoutes: this.routes.GRPCRoute.list(),
+        tcpRoutes: this.routes.TCPRoute.list(),
+        ...(this.opts.trustDomain ? { trustDomain: this.opts.trustDomain } : {}),
+      };
+      if (await this.crStatus.round(crInputs, now)) this.again = true;
     } catch (err) {
       this.opts.log.warn({ err: (err as Error).message }, 'route status round failed; retrying on the next change or resync');
     } finally {
@@ -261,20 +304,9 @@ export class RouteStatusWriter {
   private async patch(kind: GatewayRouteKind, o: RouteObject, parents: ParentStatus[]): Promise<void> {
     const ns = o.metadata?.namespace ?? 'default';
     const name = o.metadata?.name ?? '';
-    const cluster = this.opts.kubeConfig.getCurrentCluster();
-    if (!cluster) throw new Error('no current cluster in the kubeconfig');
-    const url = new URL(`${cluster.server.replace(/\/$/, '')}/apis/${GATEWAY_GROUP}/${VERSIONS[kind]}/namespaces/${ns}/${PLURALS[kind]}/${name}/status`);
-    const body = JSON.stringify({ metadata: { resourceVersion: o.metadata?.resourceVersion }, status: { parents } });
-    const opts: RequestOptions = { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json', 'content-length': Buffer.byteLength(body) } };
-    await this.opts.kubeConfig.applyToHTTPSOptions(opts);
-    const status = await new Promise<number>((resolve, reject) => {
-      const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, opts, (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      });
-      req.setTimeout(10_000, () => req.destroy(new Error('status PATCH timed out')));
-      req.on('error', reject);
-      req.end(body);
+    const { status } = await apiWrite(this.opts.kubeConfig, 'PATCH', `/apis/${GATEWAY_GROUP}/${VERSIONS[kind]}/namespaces/${ns}/${PLURALS[kind]}/${name}/status`, {
+      metadata: { resourceVersion: o.metadata?.resourceVersion },
+      status: { parents },
     });
     if (status === 409) {
       // Moved on since we read it: the watch brings the new version, and another round.

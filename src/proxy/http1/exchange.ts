@@ -5,6 +5,7 @@
  * request source and response sink for HTTP/1.1. The common path (one try, a pooled
  * connection, a Content-Length answer) allocates this object, its head strings and little else.
  */
+import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import type { Cluster } from '../../cluster/cluster.js';
 import type { Endpoint } from '../../cluster/endpoint.js';
@@ -75,6 +76,7 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   connClose = false;
   host: string | undefined = undefined;
   expect: string | undefined = undefined;
+  requestId: string | undefined = undefined;
   /** 0 none, 1 Content-Length, 2 chunked. */
   readonly bodyKind: number;
 
@@ -117,6 +119,14 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
     this.keepAlive = keepAlive;
     this.headRequest = method === 'HEAD';
     scanRequestHead(headers, this);
+    if (this.requestId === undefined) {
+      // Envoy's x-request-id: made here when the caller sent none, and passed upstream, so that
+      // both agents and the application log the same id (docs/access-log.md).
+      const id = randomUUID();
+      this.requestId = id;
+      headers.push('x-request-id', id);
+      this.lines += `x-request-id: ${id}\r\n`;
+    }
     // llhttp accepted the framing: a Transfer-Encoding on a request ends with chunked.
     this.bodyKind = this.transferEncoding !== undefined ? BODY_CHUNKED : this.contentLength > 0 ? BODY_LENGTH : BODY_NONE;
     this.bodyComplete = this.bodyKind === BODY_NONE;

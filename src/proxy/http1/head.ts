@@ -23,6 +23,8 @@ export interface HeadFields {
 export interface RequestHeadFields extends HeadFields {
   host: string | undefined;
   expect: string | undefined;
+  /** The first `x-request-id` (kept and passed on), or undefined when the request has none. */
+  requestId: string | undefined;
 }
 
 export interface ResponseHeadFields extends HeadFields {
@@ -38,6 +40,7 @@ const CONNECTION = 4;
 const KEEP_ALIVE = 5;
 const HOST = 6;
 const EXPECT = 7;
+const REQUEST_ID = 8;
 
 function is(name: string, lower: string): boolean {
   return name === lower || name.toLowerCase() === lower;
@@ -57,6 +60,8 @@ function classify(name: string): number {
     case 10:
       if (is(name, 'connection')) return CONNECTION;
       return is(name, 'keep-alive') ? KEEP_ALIVE : KEEP;
+    case 12:
+      return is(name, 'x-request-id') ? REQUEST_ID : KEEP;
     case 14:
       if (is(name, 'content-length')) return CONTENT_LENGTH;
       return is(name, 'http2-settings') ? DROP : KEEP;
@@ -103,7 +108,7 @@ function filterLines(h: readonly string[], drop: Set<string>): string {
   for (let i = 0; i < h.length; i += 2) {
     const name = h[i]!;
     const c = classify(name);
-    if (c !== KEEP && c !== HOST) continue;
+    if (c !== KEEP && c !== HOST && c !== REQUEST_ID) continue;
     if (drop.has(name.toLowerCase())) continue;
     lines += `${name}: ${h[i + 1]!}\r\n`;
   }
@@ -123,6 +128,10 @@ export function scanRequestHead(h: readonly string[], out: RequestHeadFields): v
         break;
       case HOST:
         if (out.host === undefined) out.host = value;
+        lines += `${name}: ${value}\r\n`;
+        break;
+      case REQUEST_ID:
+        if (out.requestId === undefined) out.requestId = value;
         lines += `${name}: ${value}\r\n`;
         break;
       case CONTENT_LENGTH:
@@ -236,7 +245,7 @@ export function withoutHeaders(h: readonly string[], keepLines: string, drop: Se
   for (let i = 0; i < h.length; i += 2) {
     const name = h[i]!;
     const c = classify(name);
-    if (c !== KEEP && c !== HOST) continue;
+    if (c !== KEEP && c !== HOST && c !== REQUEST_ID) continue;
     if (drop.has(name.toLowerCase())) continue;
     lines.push(`${name}: ${h[i + 1]!}\r\n`);
   }

@@ -13,6 +13,7 @@
  * sends it again, also for a client-streaming call whose messages are still coming.
  */
 import http2, { type ClientHttp2Stream, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import type { Cluster } from '../../cluster/cluster.js';
 import type { Endpoint } from '../../cluster/endpoint.js';
@@ -89,12 +90,21 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
   private upTrailers: IncomingHttpHeaders | undefined = undefined;
 
   readonly headRequest: boolean;
+  /** x-request-id (docs/access-log.md). */
+  readonly requestId: string;
 
   constructor(session: H2Session, down: ServerHttp2Stream, headers: IncomingHttpHeaders, host: H2Host) {
     super();
     this.conn = session;
     this.ctx = session.ctx;
     this.down = down;
+    const rid = headers['x-request-id'];
+    if (typeof rid === 'string' && rid !== '') this.requestId = rid;
+    else {
+      // Envoy's x-request-id: made here when the caller sent none, and passed upstream (docs/access-log.md).
+      this.requestId = randomUUID();
+      headers['x-request-id'] = this.requestId;
+    }
     this.reqHeaders = headers;
     this.callHost = host;
     this.method = (headers[':method'] as string | undefined) ?? 'GET';

@@ -118,6 +118,10 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
   ep: Endpoint | undefined = undefined;
   attempts = 0;
   status = 0;
+  /** For response_flags: the client left (DC), a fault rule aborted (FI) or delayed (DI) the request. */
+  clientLeft = false;
+  faultAborted = false;
+  faultDelayed = false;
   grpcStatus: number | undefined = undefined;
   protected responseStarted = false;
   /** True for gRPC: answers are trailers-only, outcomes read grpc-status. */
@@ -178,6 +182,7 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
     if (!this.routeCall()) return;
     const delay = this.decision!.plan?.delay ?? 0;
     if (delay > 0) {
+      this.faultDelayed = true;
       // Fault injection: hold the request; the client leaving meanwhile ends it (clientGone).
       this.faultTimer = setTimeout(() => {
         this.faultTimer = undefined;
@@ -241,6 +246,7 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
     const d = this.decision!;
     const abort = d.plan?.abort;
     if (abort !== undefined) {
+      this.faultAborted = true;
       this.answer({ status: abort, header: '', grpcStatus: grpcForHttp(abort), message: 'fault filter abort' });
       return true;
     }
@@ -472,6 +478,7 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
   /** The client went away (or cancelled its stream) before the answer was complete. */
   clientGone(): void {
     if (this.done) return;
+    this.clientLeft = true;
     this.dropUpstream();
     // Not the endpoint's fault: no outlier report, no breaker verdict.
     this.endTry(undefined);

@@ -14,6 +14,7 @@ import type { Logger } from '../../telemetry/log.js';
 import type { Metrics } from '../../telemetry/metrics.js';
 import type { ConnContext } from '../context.js';
 import { destinationLabelsOf, sourceLabelsOf, type SourceLabels } from '../../telemetry/labels.js';
+import { EXTRA_FLAGS, responseFlags, upstreamCluster } from '../../telemetry/access-log.js';
 import { errorHeader } from './respond.js';
 
 /** Metric labels of the caller (src/telemetry/labels.ts); on the tunnel's far end the namespace comes from the verified peer. */
@@ -25,19 +26,30 @@ export function targetName(ctx: ConnContext): string {
   return ctx.target.kind === 'service' ? `${ctx.target.service.namespace}/${ctx.target.service.name}` : 'unknown';
 }
 
-/** Who called what: the fields of every access-log line, L4 and L7. */
-export function peerFields(ctx: ConnContext, service: string, ep: Endpoint | undefined, security: 'mutual_tls' | 'none') {
+/**
+ * Who called what: the fields of every access-log line, L4 and L7, in the order of
+ * src/telemetry/access-log.ts (the schema). `clusterKey` is the weft cluster that served the
+ * call (upstream_cluster); `principal` the caller's mTLS identity, when mTLS carried the call.
+ */
+export function peerFields(ctx: ConnContext, service: string, ep: Endpoint | undefined, security: 'mutual_tls' | 'none', clusterKey?: string, principal?: string) {
   const src = ctx.source;
+  const inbound = ctx.peer !== undefined;
   return {
+    direction: inbound ? 'inbound' : 'outbound',
     src_workload: src ? `${src.namespace}/${src.name}` : undefined,
     src_ip: ctx.sourceIp,
+    principal: ctx.peer?.principal ?? principal,
     dst: `${ctx.origIp}:${ctx.origPort}`,
     dst_service: service,
     dst_workload: ep ? `${ep.info.namespace}/${ep.info.workload}` : undefined,
     endpoint: ep?.id,
+    upstream_cluster: clusterKey === undefined ? undefined : upstreamCluster(clusterKey, inbound),
     security,
   };
 }
+
+/** The caller's identity as the transport presents it over mTLS (outbound), for `principal`. */
+export type CallerPrincipal = (ctx: ConnContext, ep: Endpoint) => string | undefined;
 
 interface RequestLabels {
   requests: Record<string, string>;
@@ -76,6 +88,24 @@ export interface RequestRecord {
   /** The route (`ns/name`) and rule (name or index) that decided, on a port with routes. */
   readonly routeName?: string | undefined;
   readonly ruleName?: string | undefined;
+  /** x-request-id: the caller's, or the one the codec made and sent upstream. */
+  readonly requestId?: string | undefined;
+  /** The client went away before the answer was complete (Envoy DC). */
+  readonly clientLeft?: boolean;
+  /** A fault rule aborted (FI) or delayed (DI) the request. */
+  readonly faultAborted?: boolean;
+  readonly faultDelayed?: boolean;
+}
+
+/** %RESPONSE_FLAGS% of one request (src/telemetry/access-log.ts says what each flag means). */
+export function requestFlags(r: RequestRecord, status: number, error: WeftErrorCode | undefined): string {
+  if (error === undefined && r.attempts <= 1 && !r.clientLeft && !r.faultAborted && !r.faultDelayed) return '-';
+  const extra: string[] = [];
+  if (r.attempts > 1 && (error !== undefined || status >= 500)) extra.push(EXTRA_FLAGS.retryLimitExceeded);
+  if (r.clientLeft) extra.push(EXTRA_FLAGS.downstreamClosed);
+  if (r.faultAborted) extra.push(EXTRA_FLAGS.faultAbort);
+  if (r.faultDelayed) extra.push(EXTRA_FLAGS.faultDelay);
+  return responseFlags(error, extra);
 }
 
 export class L7Telemetry {
@@ -89,6 +119,7 @@ export class L7Telemetry {
     private readonly metrics: Metrics,
     private readonly log: Logger,
     private readonly securityOf: (ep: Endpoint) => 'mutual_tls' | 'none',
+    private readonly principalOf?: CallerPrincipal,
   ) {}
 
   retried(cluster: Cluster): void {
@@ -120,17 +151,19 @@ export class L7Telemetry {
     (byWhere.log ??= this.accessLogFor(r)).info(
       {
         protocol: r.protocol,
+        request_id: r.requestId,
         method: r.method,
         path: r.path,
         host: r.authority,
         status,
         grpc_status: g,
         attempts: r.attempts,
-        duration_ms: Math.round(secs * 100000) / 100,
-        error: error ? errorHeader(error) : undefined,
-        reason,
         route: r.routeName,
         rule: r.ruleName,
+        duration_ms: Math.round(secs * 100000) / 100,
+        response_flags: requestFlags(r, status, error),
+        error: error ? errorHeader(error) : undefined,
+        reason,
       },
       'access',
     );
@@ -177,11 +210,13 @@ export class L7Telemetry {
     const ctx = r.ctx;
     const ep = r.ep;
     const service = r.cluster?.serviceName ?? targetName(ctx);
-    const key = `${ctx.source?.namespace ?? ''}/${ctx.source?.name ?? ''}\u0000${ctx.sourceIp}\u0000${ctx.origIp}:${ctx.origPort}\u0000${service}\u0000${ep?.id ?? ''}`;
+    const clusterKey = r.cluster?.key ?? ctx.target.key;
+    const key = `${ctx.source?.namespace ?? ''}/${ctx.source?.name ?? ''}\u0000${ctx.sourceIp}\u0000${ctx.origIp}:${ctx.origPort}\u0000${service}\u0000${ep?.id ?? ''}\u0000${clusterKey ?? ''}\u0000${ctx.peer?.principal ?? ''}`;
     let log = this.accessLogs.get(key);
     if (log === undefined) {
       if (this.accessLogs.size >= 4096) this.accessLogs.clear();
-      log = this.log.child(peerFields(ctx, service, ep, ep ? this.securityOf(ep) : 'none'));
+      const security = ep ? this.securityOf(ep) : 'none';
+      log = this.log.child(peerFields(ctx, service, ep, security, clusterKey, ep && security === 'mutual_tls' ? this.principalOf?.(ctx, ep) : undefined));
       this.accessLogs.set(key, log);
     }
     return log;
