@@ -168,8 +168,8 @@ function agentConfig(client: TopoPod, backend: TopoPod, stateDir: string): strin
   });
 }
 
-/** nginx over h2c: a static 1 KiB body, and a static gRPC answer to POSTs on GRPC_PATH. */
-export function h2BackendConfig(dir: string, port: number): string {
+/** nginx over h2c: a static 1 KiB body, and a static gRPC answer to POSTs on GRPC_PATH. `listen`: a port, or addr:port. */
+export function h2BackendConfig(dir: string, listen: string | number): string {
   const tmp = join(dir, 'tmp');
   return `# weft bench: the HTTP/2 backend, one worker, h2c with prior knowledge
 user root;
@@ -190,7 +190,7 @@ http {
   open_file_cache max=16;
   default_type text/plain;
   server {
-    listen ${port} http2 backlog=4096 reuseport;
+    listen ${listen} http2 backlog=4096 reuseport;
     root ${join(dir, 'www')};
     location / { try_files /body =404; }
     # The static module refuses a POST with 405: error_page turns it into a GET of the answer.
@@ -204,6 +204,22 @@ http {
   }
 }
 `;
+}
+
+/**
+ * Write the HTTP/2 backend's config, its two answers and the gRPC request body h2load sends;
+ * returns nginx's argv (run it in the backend pod) and the request body's path.
+ */
+export function prepareH2Backend(dir: string, listen: string | number): { argv: string[]; grpcRequest: string } {
+  mkdirSync(join(dir, 'www'), { recursive: true });
+  mkdirSync(join(dir, 'tmp'), { recursive: true });
+  writeFileSync(join(dir, 'www', 'body'), Buffer.alloc(BODY_BYTES, 'x'));
+  writeFileSync(join(dir, 'www', 'grpc'), grpcFrame(Buffer.alloc(GRPC_MSG_BYTES, 'y')));
+  const grpcRequest = join(dir, 'grpc-request');
+  writeFileSync(grpcRequest, grpcFrame(Buffer.alloc(GRPC_MSG_BYTES, 'z')));
+  const conf = join(dir, 'nginx.conf');
+  writeFileSync(conf, h2BackendConfig(dir, listen));
+  return { argv: ['nginx', '-p', `${dir}/`, '-c', conf, '-e', join(dir, 'error.log'), '-g', 'daemon off;'], grpcRequest };
 }
 
 export function nginxH2Config(dir: string): string {
@@ -272,32 +288,43 @@ function urlOf(p: H2Proxy, k: H2Kind): string {
 }
 
 /**
- * One answer, checked as a client would: HTTP/2, 200, the body's size; for gRPC the
- * `application/grpc` content type, the message, then `grpc-status: 0` in the trailers (nghttp
- * shows the frames; curl does not print trailers).
+ * What is wrong with one answer, as a client sees it: for `h2`, curl's `-D - -w size=...`
+ * output (HTTP/2, 200, the body's size); for `grpc`, nghttp -nv's frame log (:status 200, the
+ * `application/grpc` content type, the message, then `grpc-status: 0` in the trailers; curl
+ * does not print trailers). Empty: a good answer.
  */
-async function checkAnswer(client: TopoPod, url: string, kind: H2Kind, grpcBody: string): Promise<void> {
+export function answerProblems(kind: H2Kind, out: string): string[] {
   const problems: string[] = [];
-  let out: string;
   if (kind === 'h2') {
-    const r = await client.exec('curl', ['-sS', '--http2-prior-knowledge', '--max-time', '5', '-o', '/dev/null', '-D', '-', '-w', 'size=%{size_download}\n', url], { timeoutMs: 10_000 });
-    out = `${r.stdout} ${r.stderr}`;
-    const size = Number(/size=(\d+)/.exec(r.stdout)?.[1] ?? 0);
-    if (!/^HTTP\/2 200/m.test(r.stdout)) problems.push('not an HTTP/2 200');
+    const size = Number(/size=(\d+)/.exec(out)?.[1] ?? 0);
+    if (!/^HTTP\/2 200/m.test(out)) problems.push('not an HTTP/2 200');
     if (size !== BODY_BYTES) problems.push(`${size} body bytes, not ${BODY_BYTES}`);
-  } else {
-    const r = await client.exec('nghttp', ['-nv', '-t', '5', '-d', grpcBody, '-H', 'content-type: application/grpc', '-H', 'te: trailers', url], { timeoutMs: 10_000 });
-    out = `${r.stdout} ${r.stderr}`;
-    const data = out.indexOf(`recv DATA frame <length=${GRPC_MSG_BYTES + 5},`);
-    if (!/recv \(stream_id=\d+\) :status: 200/.test(out)) problems.push('no :status 200');
-    if (!/recv \(stream_id=\d+\) content-type: application\/grpc/.test(out)) problems.push('no application/grpc content type');
-    if (data < 0) problems.push(`no ${GRPC_MSG_BYTES + 5}-byte message`);
-    else if (!/recv \(stream_id=\d+\) grpc-status: 0/.test(out.slice(data))) problems.push('no grpc-status: 0 trailer after the message');
+    return problems;
   }
+  const data = out.indexOf(`recv DATA frame <length=${GRPC_MSG_BYTES + 5},`);
+  if (!/recv \(stream_id=\d+\) :status: 200/.test(out)) problems.push('no :status 200');
+  if (!/recv \(stream_id=\d+\) content-type: application\/grpc/.test(out)) problems.push('no application/grpc content type');
+  if (data < 0) problems.push(`no ${GRPC_MSG_BYTES + 5}-byte message`);
+  else if (!/recv \(stream_id=\d+\) grpc-status: 0/.test(out.slice(data))) problems.push('no grpc-status: 0 trailer after the message');
+  return problems;
+}
+
+/** The client command that fetches one answer of `kind` (see answerProblems). */
+export function answerCommand(kind: H2Kind, url: string, grpcBody: string): string[] {
+  return kind === 'h2'
+    ? ['curl', '-sS', '--http2-prior-knowledge', '--max-time', '5', '-o', '/dev/null', '-D', '-', '-w', 'size=%{size_download}\n', url]
+    : ['nghttp', '-nv', '-t', '5', '-d', grpcBody, '-H', 'content-type: application/grpc', '-H', 'te: trailers', url];
+}
+
+async function checkAnswer(client: TopoPod, url: string, kind: H2Kind, grpcBody: string): Promise<void> {
+  const [cmd, ...args] = answerCommand(kind, url, grpcBody);
+  const r = await client.exec(cmd!, args, { timeoutMs: 10_000 });
+  const out = `${r.stdout} ${r.stderr}`;
+  const problems = answerProblems(kind, out);
   if (problems.length) throw new Error(`${url}: ${problems.join(', ')}: ${out.replace(/\s+/g, ' ').slice(0, 400)}`);
 }
 
-function h2loadArgs(url: string, kind: H2Kind, o: { connections: number; streams: number; durationS: number }, grpcBody: string): string[] {
+export function h2loadArgs(url: string, kind: H2Kind, o: { connections: number; streams: number; durationS: number }, grpcBody: string): string[] {
   const args = ['-c', String(o.connections), '-m', String(o.streams), '-t', '1', '-D', String(o.durationS)];
   if (kind === 'grpc') args.push('-d', grpcBody, '-H', 'content-type: application/grpc', '-H', 'te: trailers');
   return [...args, url];
@@ -331,21 +358,8 @@ export async function runH2(o: H2Options): Promise<H2Report> {
     for (const ns of [node.netns, client.netns, backendPod.netns]) {
       await topo.sysctl(ns, ['net.ipv4.ip_local_port_range=1024 65535', `net.ipv4.ip_local_reserved_ports=${BACKEND_PORT},15000-15020,${NGINX_PORT}-${HAPROXY_PORT}`]);
     }
-    mkdirSync(join(o.workDir, 'backend', 'www'), { recursive: true });
-    mkdirSync(join(o.workDir, 'backend', 'tmp'), { recursive: true });
-    const bdir = join(o.workDir, 'backend');
-    writeFileSync(join(bdir, 'www', 'body'), Buffer.alloc(BODY_BYTES, 'x'));
-    writeFileSync(join(bdir, 'www', 'grpc'), grpcFrame(Buffer.alloc(GRPC_MSG_BYTES, 'y')));
-    const grpcBody = join(o.workDir, 'grpc-request');
-    writeFileSync(grpcBody, grpcFrame(Buffer.alloc(GRPC_MSG_BYTES, 'z')));
-    writeFileSync(join(bdir, 'nginx.conf'), h2BackendConfig(bdir, BACKEND_PORT));
-    const backend: ManagedProcess = backendPod.spawn(
-      'taskset',
-      ['-c', String(CLIENT_CPU), 'nginx', '-p', `${bdir}/`, '-c', join(bdir, 'nginx.conf'), '-e', join(bdir, 'error.log'), '-g', 'daemon off;'],
-      {
-        label: 'h2-backend',
-      },
-    );
+    const { argv: backendArgv, grpcRequest: grpcBody } = prepareH2Backend(join(o.workDir, 'backend'), BACKEND_PORT);
+    const backend: ManagedProcess = backendPod.spawn('taskset', ['-c', String(CLIENT_CPU), ...backendArgv], { label: 'h2-backend' });
     for (let i = 0; ; i++) {
       try {
         await checkAnswer(client, urlOf('direct', 'h2'), 'h2', grpcBody);
