@@ -133,7 +133,7 @@ async function main(): Promise<number> {
     log(`bench: not built (${missingBuild.join(', ')} missing): run \`npm run bench\`, which builds first`);
     return 1;
   }
-  const missingTools = await ensureTools(['wrk', 'nginx', 'haproxy', 'curl', 'taskset', ...(wants('h2') ? ['h2load'] : [])], log);
+  const missingTools = await ensureTools(['wrk', 'nginx', 'haproxy', 'curl', 'taskset', ...(wants('h2') ? ['h2load', 'nghttp'] : [])], log);
   if (missingTools.includes('wrk') || missingTools.includes('taskset') || missingTools.includes('curl')) {
     log(`bench: cannot run without ${missingTools.join(', ')}`);
     return 1;
