@@ -6,7 +6,8 @@
  *   node dist/bench/run.js [--quick] [--only=LIST] [--out=DIR] [--agent-log-level=LEVEL] [--duration=S] [--rounds=N]
  *
  * --only takes scenario keys (direct, l7, l7all, l4, nginx, haproxy, pipe, fastify) and section names
- * (throughput = all eight scenarios, connrate, churn, memory, balancers, tunnel). A full run
+ * (throughput = all eight scenarios, connrate, churn, memory, balancers, tunnel, h2). `h2` is the
+ * HTTP/2 and gRPC rows (bench/h2.ts): `--only=h2` runs them alone and writes h2.md beside latest.md. A full run
  * (no --quick, --only, --duration or --rounds) writes docs/benchmarks/latest.{md,svg,json};
  * other runs write to a temp dir unless --out says where. Every section runs on its own: one
  * that fails is reported and the others still run. Needs root (network namespaces, cgroups,
@@ -30,8 +31,9 @@ import { machineInfo } from './lib/machine.js';
 import { toMarkdown, toSvg, doneWhen, type BenchReport, type BenchMode } from './lib/report.js';
 import { CLIENT_CPU, PROXY_CPU, SCENARIOS, runThroughput, type ScenarioKey } from './throughput.js';
 import { runChurn, runMemory } from './scale.js';
+import { h2Markdown, runH2 } from './h2.js';
 
-const SECTIONS = ['throughput', 'connrate', 'churn', 'memory', 'balancers', 'tunnel'] as const;
+const SECTIONS = ['throughput', 'connrate', 'churn', 'memory', 'balancers', 'tunnel', 'h2'] as const;
 
 const t0 = Date.now();
 
@@ -86,7 +88,7 @@ async function main(): Promise<number> {
   }
   if (cli.help) {
     log(
-      'usage: node dist/bench/run.js [--quick] [--only=direct,l7,l7all,l4,nginx,haproxy,pipe,fastify,throughput,connrate,churn,memory,balancers,tunnel] [--out=DIR] [--agent-log-level=LEVEL] [--duration=S] [--rounds=N]',
+      'usage: node dist/bench/run.js [--quick] [--only=direct,l7,l7all,l4,nginx,haproxy,pipe,fastify,throughput,connrate,churn,memory,balancers,tunnel,h2] [--out=DIR] [--agent-log-level=LEVEL] [--duration=S] [--rounds=N]',
     );
     return 0;
   }
@@ -131,7 +133,7 @@ async function main(): Promise<number> {
     log(`bench: not built (${missingBuild.join(', ')} missing): run \`npm run bench\`, which builds first`);
     return 1;
   }
-  const missingTools = await ensureTools(['wrk', 'nginx', 'haproxy', 'curl', 'taskset'], log);
+  const missingTools = await ensureTools(['wrk', 'nginx', 'haproxy', 'curl', 'taskset', ...(wants('h2') ? ['h2load', 'nghttp'] : [])], log);
   if (missingTools.includes('wrk') || missingTools.includes('taskset') || missingTools.includes('curl')) {
     log(`bench: cannot run without ${missingTools.join(', ')}`);
     return 1;
@@ -215,6 +217,26 @@ async function main(): Promise<number> {
         }
       }
     }
+    if (wants('h2')) {
+      log(`h2: HTTP/2 and gRPC, ${rounds} round(s) of ${mode.durationS}s per row`);
+      try {
+        report.h2 = await runH2({
+          durationS: mode.durationS,
+          warmupS: mode.warmupS,
+          rounds,
+          connections: 10,
+          streams: 10,
+          workDir: join(workDir, 'h2'),
+          agentLogLevel: cli['agent-log-level'],
+          quietTimeoutMs: quick ? 10_000 : 60_000,
+          log,
+        });
+        if (report.h2.setupError) report.sectionErrors.h2 = report.h2.setupError;
+      } catch (err) {
+        report.sectionErrors.h2 = (err as Error).stack ?? String(err);
+        log(`h2: FAILED: ${(err as Error).message}`);
+      }
+    }
   } finally {
     rmSync(workDir, { recursive: true, force: true });
   }
@@ -225,6 +247,15 @@ async function main(): Promise<number> {
   writeFileSync(join(outDir, 'latest.md'), md);
   writeFileSync(join(outDir, 'latest.svg'), toSvg(report));
   writeFileSync(join(outDir, 'latest.json'), `${JSON.stringify({ ...report, doneWhen: doneWhen(report) }, null, 2)}\n`);
+  if (report.h2 && cli.only.length === 1 && cli.only[0] === 'h2') {
+    // The H2 rows alone: a page of their own, so that latest.md keeps the last full run.
+    const head = `# weft benchmarks: HTTP/2 and gRPC\n\nWritten by \`npm run bench -- --only=h2\` (bench/run.ts, bench/h2.ts), in ${report.elapsedS.toFixed(0)} s.\n\n- machine: ${report.machine.cpuModel}, ${report.machine.nproc} cores, ${report.machine.memoryGiB} GiB, Linux ${report.machine.kernel}\n- software: Node ${report.machine.node}; ${Object.entries(
+      report.machine.tools,
+    )
+      .map(([k, v]) => `${k} ${v.replace(/^(nginx version: |HAProxy version |wrk |h2load )/, '')}`)
+      .join('; ')}\n- commit: ${report.machine.commit}\n- date: ${report.machine.date}\n\n`;
+    writeFileSync(join(outDir, 'h2.md'), head + h2Markdown(report.h2));
+  }
   process.stdout.write(`${md}\n`);
   log(`bench: done in ${report.elapsedS.toFixed(0)} s; wrote ${join(outDir, 'latest.md')}, latest.svg, latest.json`);
   const failed = Object.keys(report.sectionErrors).length > 0 || report.throughput?.setupError !== undefined;

@@ -595,9 +595,6 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRep
           'wrk and the backend still run on core 0, so on this two-core machine the agent shares that core with them: "cores used" is its CPU over the run\'s wall time',
       );
     }
-    report.notes.push(
-      'HTTP/2 rows (h2load through weft vs direct vs nginx http2/grpc_pass vs haproxy h2): not measured yet: the bench has no HTTP/2 scenarios (the agent speaks HTTP/2 since the pipeline work, issue 14, merged after these rows were written)',
-    );
     report.rounds = o.rounds;
     report.scenarios = SCENARIOS.flatMap((k) => results.get(k) ?? []);
 

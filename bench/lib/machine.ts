@@ -47,6 +47,7 @@ export async function machineInfo(repo: string): Promise<MachineInfo> {
       wrk: await firstLine('wrk', ['--version']).then((l) => l.replace(/ Copyright.*$/, '')),
       nginx: await firstLine('nginx', ['-v']),
       haproxy: await firstLine('haproxy', ['-v']).then((l) => l.replace(/ - https?:.*$/, '')),
+      h2load: await firstLine('h2load', ['--version']),
       fastify: packageVersion(repo, 'fastify'),
       '@fastify/http-proxy': packageVersion(repo, '@fastify/http-proxy'),
     },

@@ -4,6 +4,7 @@
  */
 import type { Row as BalancerRow } from '../balancer.js';
 import { formatBalancerTable } from '../balancer.js';
+import { h2Markdown, type H2Report } from '../h2.js';
 import type { ChurnReport, MemoryReport } from '../scale.js';
 import type { ScenarioResult, ThroughputReport } from '../throughput.js';
 import type { MachineInfo } from './machine.js';
@@ -39,6 +40,8 @@ export interface BenchReport {
   memory?: MemoryReport;
   balancers?: BalancerRow[];
   tunnel?: TunnelSection;
+  /** HTTP/2 and gRPC rows (bench/h2.ts). */
+  h2?: H2Report;
   /** Sections that threw, by name. */
   sectionErrors: Record<string, string>;
 }
@@ -336,7 +339,7 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
   out.push(`Written by \`npm run bench\` (bench/run.ts)${mode.quick ? ' in --quick mode' : ''}${mode.only.length ? ` with --only=${mode.only.join(',')}` : ''}, in ${r.elapsedS.toFixed(0)} s.`, '');
   out.push(
     'Run it as root: `npm run bench` (about 7 minutes on an idle machine, up to about 10 when it has to wait for other work; writes this file, latest.svg and latest.json here), `npm run bench -- --quick` (about a minute and a half, writes to a temp dir), ' +
-      "`--only=direct,l7,l7all,l4,nginx,haproxy,pipe,fastify,connrate,churn,memory,balancers,tunnel` for parts, `--rounds=N` for more or fewer throughput rounds (default 5, 1 with --quick), `--out=DIR`, `--agent-log-level=warn` to take the access log out of the agent's cost.",
+      "`--only=direct,l7,l7all,l4,nginx,haproxy,pipe,fastify,connrate,churn,memory,balancers,tunnel,h2` for parts (`--only=h2`: the HTTP/2 and gRPC rows alone, also written to h2.md), `--rounds=N` for more or fewer throughput rounds (default 5, 1 with --quick), `--out=DIR`, `--agent-log-level=warn` to take the access log out of the agent's cost.",
     '',
   );
   out.push(`- machine: ${m.cpuModel}, ${m.nproc} cores, ${m.memoryGiB} GiB, Linux ${m.kernel}`);
@@ -411,6 +414,9 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
   for (const c of doneWhen(r)) out.push(`| ${c.criterion} | ${c.target} | ${c.measured} | ${c.pass === undefined ? 'not measured' : c.pass ? 'pass' : 'FAIL'} |`);
   out.push('');
 
+  if (r.h2) out.push(h2Markdown(r.h2));
+  else out.push('## HTTP/2 and gRPC through the capture path', '', r.sectionErrors.h2 ? `Failed: ${oneLine(r.sectionErrors.h2)}` : 'Not run.', '');
+
   out.push('## Connection rate', '');
   if (t?.connectionRate.length) {
     out.push(
@@ -435,7 +441,7 @@ export function toMarkdown(r: BenchReport, chartFile?: string): string {
   out.push('## Tunnel (mTLS between agents)', '');
   out.push(r.tunnel ? tunnelSection(r.tunnel) : 'Not run.', '');
 
-  const other = Object.entries(r.sectionErrors).filter(([k]) => !['throughput', 'churn', 'memory', 'balancers'].includes(k));
+  const other = Object.entries(r.sectionErrors).filter(([k]) => !['throughput', 'churn', 'memory', 'balancers', 'h2'].includes(k));
   if (other.length) out.push('## Errors', '', ...other.map(([k, v]) => `- ${k}: ${oneLine(v)}`), '');
   return out.join('\n');
 }

@@ -13,6 +13,8 @@ const PACKAGES: Record<string, string> = {
   haproxy: 'haproxy',
   curl: 'curl',
   taskset: 'util-linux',
+  h2load: 'nghttp2-client',
+  nghttp: 'nghttp2-client',
 };
 
 async function have(cmd: string): Promise<boolean> {
