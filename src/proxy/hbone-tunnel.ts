@@ -165,6 +165,7 @@ export class HboneTunnel implements Tunnel {
       peer: p.peer,
       source: p.source,
       destination: p.destination,
+      destinationPrincipal: p.dstPrincipal,
       pooled: this.pool.get(p.key) === p,
       streams: p.streams,
       ageSeconds: Math.round((Date.now() - p.created) / 1000),

@@ -256,8 +256,8 @@ t.test('mTLS tunnel between two agents', async (t) => {
     held.end();
     t.equal(da.workloads.find((w: any) => w.name === 'echo-0').serviceAccount, '', "node-a does not know echo-0's service account");
     t.ok(
-      da.tunnel.sessions.some((s: any) => s.source === 'shop/client' && s.destination === `pod:shop/${ECHO_IP}` && s.streams >= 1),
-      `so it asked node-b for the pod: a session for that pod (${JSON.stringify(da.tunnel.sessions)})`,
+      da.tunnel.sessions.some((s: any) => s.source === 'shop/client' && s.destination === `pod:shop/${ECHO_IP}` && s.destinationPrincipal === 'cluster.local/ns/shop/sa/echo' && s.streams >= 1),
+      `so it asked node-b for the pod, and learnt its identity (${JSON.stringify(da.tunnel.sessions)})`,
     );
   });
 
