@@ -133,6 +133,7 @@ interface RawConfig {
     labels?: Labels;
     weight?: number;
     ready?: boolean;
+    peerIdentity?: boolean;
     cgroup?: string;
     uid?: string;
     probePorts?: number[];
@@ -380,7 +381,8 @@ function buildWorkloads(raw: RawConfig, p: Problems, nodeName: string): Workload
       namespace: w.namespace,
       node: w.node ?? nodeName,
       ip: w.ip,
-      serviceAccount: w.serviceAccount ?? DEFAULT_SERVICE_ACCOUNT,
+      // peerIdentity: not known here; the tunnel learns it from the peer (Workload.serviceAccount).
+      serviceAccount: w.peerIdentity && w.node !== undefined && w.node !== nodeName ? '' : (w.serviceAccount ?? DEFAULT_SERVICE_ACCOUNT),
       labels: { ...w.labels },
       weight: w.weight ?? 1,
       ready: w.ready ?? true,

@@ -272,6 +272,7 @@ export const CONFIG_SCHEMA: SchemaObject = obj(
           labels,
           weight: int(1, 1_000_000),
           ready: { type: 'boolean' },
+          peerIdentity: { type: 'boolean' },
           cgroup: absolutePath,
           uid: nonEmpty,
           probePorts: list(port),

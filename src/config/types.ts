@@ -82,7 +82,12 @@ export interface Workload {
   /** The node the pod runs on (default: this agent's node.name). */
   node: string;
   ip: string;
-  /** Default `default`, as in Kubernetes. */
+  /**
+   * Default `default`, as in Kubernetes. Empty for a pod of another node whose service account
+   * is not known (`peerIdentity: true`; in Kubernetes a remote endpoint taken from an
+   * EndpointSlice): the tunnel asks the peer agent for the pod and accepts any identity of the
+   * pod's namespace (src/proxy/hbone.ts).
+   */
   serviceAccount: string;
   /** Default {}. */
   labels: Record<string, string>;

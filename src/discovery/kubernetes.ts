@@ -12,12 +12,14 @@
  * loader's validation and defaults on it (`normalizeConfig`), so a TrafficPolicy means exactly
  * what the same YAML in a file means. A snapshot equal to the last one is not emitted.
  *
- * Pods are watched cluster-wide, not only this node's: a remote endpoint's SPIFFE identity
- * needs its pod's serviceAccount (EndpointSlices do not carry it), and a meshed pod's IP is a
- * capture destination even when no Service selects it. The cost is one cache of every pod in
- * the cluster per agent, trimmed to the fields used (a few hundred bytes each: ~50 MB at
- * 100k pods), and the API server fanning every pod change out to every node (the same
- * pattern as kube-proxy's EndpointSlice watch, at pod rather than endpoint granularity).
+ * Pods are watched on this node only (`fieldSelector=spec.nodeName=<node>`, as the kubelet
+ * and Cilium's agent do): they are what capture, certificates, authorization and probes act
+ * on. Pods of other nodes reach the agent as EndpointSlice endpoints (k8s/translate.ts: the
+ * address, node, readiness and pod name; the Services' selectors stand for the labels; the
+ * service account is learnt from the peer agent at the tunnel handshake). So the API server
+ * sends each agent the changes of its own ~100 pods and of the slices, not every pod change
+ * of the cluster (docs/benchmarks/api-load.md has the numbers). A pod of another node that
+ * no Service selects is not known here: connections to its address are not captured.
  *
  * Nodes fill `nodes` (where each node's agent is reached, k8s/translate.ts), trimmed in the
  * cache to name, addresses and creationTimestamp.
@@ -177,6 +179,8 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
       maxBackoffMs: opts.maxBackoffMs,
       listTimeoutMs: opts.listTimeoutMs,
     };
+    // This node's pods only; the others' endpoints come from the EndpointSlices.
+    const podFieldSelector = `spec.nodeName=${opts.nodeName}`;
     const crd = (kind: string, plural: string, group = WEFT_GROUP, version = WEFT_VERSION, optional = false) =>
       new ResourceInformer<CustomObject>({
         ...common,
@@ -197,7 +201,8 @@ export class KubernetesDiscovery extends EventEmitter implements Discovery {
         ...common,
         kind: 'Pod',
         path: '/api/v1/pods',
-        list: (p) => core.listPodForAllNamespaces(p) as Promise<KubernetesListObject<V1Pod>>,
+        fieldSelector: podFieldSelector,
+        list: (p) => core.listPodForAllNamespaces({ ...p, fieldSelector: podFieldSelector }) as Promise<KubernetesListObject<V1Pod>>,
         trim: trimPod,
       }),
       services: new ResourceInformer<V1Service>({

@@ -4,6 +4,11 @@
  * that presents the source workload's certificate and checks that the peer answers with the
  * destination workload's. Plugged into MeshTransport with `setTunnel`.
  *
+ * A destination whose service account is unknown (`serviceAccount: ''`: in Kubernetes a remote
+ * endpoint learnt from an EndpointSlice) is asked for by pod (hbone.ts): the peer must answer
+ * with an identity of the destination's namespace, and the identity it answers with is the
+ * destination principal from then on. Such sessions are pooled per destination pod.
+ *
  * Pooling: one session per (peer agent, source identity, destination identity): the client
  * certificate is the source's and the server certificate the destination's, so a session
  * serves exactly one such pair, as in ztunnel. A session leaves the pool on GOAWAY, error,
@@ -22,7 +27,7 @@ import { identityKey, principalOf, spiffeId } from '../identity/spiffe.js';
 import { uriSans } from '../identity/verify.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ConnectOptions, Tunnel } from './transport.js';
-import { HBONE_ALPN, MAX_FRAME_SIZE, SESSION_WINDOW, STREAM_WINDOW, buffersOnly, serverNameFor } from './hbone.js';
+import { HBONE_ALPN, MAX_FRAME_SIZE, SESSION_WINDOW, STREAM_WINDOW, buffersOnly, serverNameFor, serverNameForPod } from './hbone.js';
 
 export interface PeerAgent {
   host: string;
@@ -53,6 +58,8 @@ interface Pooled {
   peer: string;
   source: string;
   destination: string;
+  /** The destination's principal, as its certificate names it. */
+  dstPrincipal: string;
   created: number;
   streams: number;
 }
@@ -66,7 +73,8 @@ const STREAM_ID_MARGIN = 1 << 20;
  */
 export function checkPeerIdentity(expected: string, cert: tls.PeerCertificate): Error | undefined {
   const uris = uriSans(cert.subjectaltname);
-  if (uris.length === 1 && uris[0] === expected) return undefined;
+  // `.../sa/` (a namespace prefix): any service account of that namespace (a pod-form SNI).
+  if (uris.length === 1 && (expected.endsWith('/sa/') ? uris[0]!.startsWith(expected) && /^[^/]+$/.test(uris[0]!.slice(expected.length)) : uris[0] === expected)) return undefined;
   const err = new Error(`tunnel peer presented ${uris.join(', ') || 'no SPIFFE ID'}, expected ${expected}`) as Error & { code?: string };
   err.code = 'ERR_WEFT_PEER_IDENTITY';
   return err;
@@ -104,7 +112,8 @@ export class HboneTunnel implements Tunnel {
     if (!peer) throw connectFailure(`no address known for node ${ep.info.node} (list it under nodes:), to reach ${ep.id}`);
     const td = this.opts.identities.trustDomain;
     const source = identityKey(src.namespace, src.serviceAccount);
-    const destination = identityKey(ep.info.namespace, ep.info.serviceAccount);
+    // Unknown service account: the pod is asked for, and the session serves that pod only.
+    const destination = ep.info.serviceAccount ? identityKey(ep.info.namespace, ep.info.serviceAccount) : `pod:${ep.info.namespace}/${ep.info.ip}`;
     const key = `${peer.host}:${peer.port}|${source}|${destination}`;
     let forwarded: string | undefined;
     if (typeof src.ip === 'string' && /^[0-9.]+$/.test(src.ip)) forwarded = `for=${src.ip}`;
@@ -133,7 +142,7 @@ export class HboneTunnel implements Tunnel {
             protocol: 'hbone',
             direction: 'outbound',
             src_principal: principalOf(spiffeId(td, src.namespace, src.serviceAccount)),
-            dst_principal: principalOf(spiffeId(td, ep.info.namespace, ep.info.serviceAccount)),
+            dst_principal: pooled.dstPrincipal,
             src_workload: src.name ? `${src.namespace}/${src.name}` : undefined,
             peer: `${peer.host}:${peer.port}`,
             dst: ep.id,
@@ -160,6 +169,7 @@ export class HboneTunnel implements Tunnel {
       peer: p.peer,
       source: p.source,
       destination: p.destination,
+      destinationPrincipal: p.dstPrincipal,
       pooled: this.pool.get(p.key) === p,
       streams: p.streams,
       ageSeconds: Math.round((Date.now() - p.created) / 1000),
@@ -229,8 +239,9 @@ export class HboneTunnel implements Tunnel {
           : `${source} does not run on this node: no certificate to tunnel to ${ep.id} with`,
       );
     }
-    const expected = spiffeId(ids.trustDomain, ep.info.namespace, ep.info.serviceAccount);
-    const servername = serverNameFor(ep.info.namespace, ep.info.serviceAccount);
+    const known = ep.info.serviceAccount !== '';
+    const expected = known ? spiffeId(ids.trustDomain, ep.info.namespace, ep.info.serviceAccount) : `spiffe://${ids.trustDomain}/ns/${ep.info.namespace}/sa/`;
+    const servername = known ? serverNameFor(ep.info.namespace, ep.info.serviceAccount) : serverNameForPod(ep.info.namespace, ep.info.ip);
     return new Promise<Pooled>((resolve, reject) => {
       let settled = false;
       const session = http2.connect(`https://${peer.host}:${peer.port}`, {
@@ -253,7 +264,7 @@ export class HboneTunnel implements Tunnel {
         maxSessionMemory: 64,
         settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME_SIZE, enablePush: false },
       });
-      const entry: Pooled = { key, session, peer: `${peer.host}:${peer.port}`, source, destination, created: Date.now(), streams: 0 };
+      const entry: Pooled = { key, session, peer: `${peer.host}:${peer.port}`, source, destination, dstPrincipal: known ? principalOf(expected) : '', created: Date.now(), streams: 0 };
       const timer = setTimeout(() => fail(new Error(`handshake not done within ${Math.max(0, deadline - Date.now())}ms`)), Math.max(1, deadline - Date.now()));
       const fail = (err: Error) => {
         clearTimeout(timer);
@@ -266,6 +277,11 @@ export class HboneTunnel implements Tunnel {
         clearTimeout(timer);
         if (settled) return;
         settled = true;
+        if (!known) {
+          // Checked by checkPeerIdentity: one SPIFFE ID of the destination's namespace.
+          const uris = uriSans((session.socket as tls.TLSSocket).getPeerCertificate().subjectaltname);
+          entry.dstPrincipal = uris[0] ? principalOf(uris[0]) : '';
+        }
         try {
           session.setLocalWindowSize(SESSION_WINDOW);
         } catch {

@@ -10,6 +10,12 @@
  *   rest the service account). The server presents that identity's certificate and the
  *   client checks that its URI SAN is exactly `spiffe://<td>/ns/<ns>/sa/<sa>`: a node cannot
  *   answer for a workload it does not run, since the CA signs only its own workloads.
+ * - When the client does not know the destination's service account (Kubernetes: a remote
+ *   endpoint, learnt from an EndpointSlice, which carries no service account), it asks by SNI
+ *   for the POD instead: `<ip with dashes>.<ns>.weft-pod`. The server presents the
+ *   certificate of the identity that local meshed pod runs as, and the client checks that the
+ *   URI SAN is `spiffe://<td>/ns/<ns>/sa/<any>`: the namespace is pinned, the service account
+ *   is learnt from the peer (it is what logs and the session key then use).
  * - `:authority` of the CONNECT is the target pod `ip:port`; the server accepts it only for a
  *   local meshed pod that runs as the identity the SNI named (else 421).
  * - `forwarded: for=<ip>` may carry the source pod's address. It is a hint for logs and
@@ -56,6 +62,21 @@ export function identityOfServerName(name: string | undefined | null | false): {
   const dot = rest.lastIndexOf('.');
   if (dot <= 0 || dot === rest.length - 1) return undefined;
   return { namespace: rest.slice(dot + 1), serviceAccount: rest.slice(0, dot) };
+}
+
+/** SNI suffix of tunnel server names that ask for a pod (by address) rather than an identity. */
+export const POD_SNI_SUFFIX = '.weft-pod';
+
+/** The SNI that asks for the certificate of whatever identity the pod `ip` of `namespace` runs as. */
+export function serverNameForPod(namespace: string, ip: string): string {
+  return `${ip.replace(/\./g, '-')}.${namespace}${POD_SNI_SUFFIX}`;
+}
+
+/** The pod a pod-form tunnel SNI names, or undefined when it is not one. */
+export function podOfServerName(name: string | undefined | null | false): { namespace: string; ip: string } | undefined {
+  const m = name ? /^(\d{1,3})-(\d{1,3})-(\d{1,3})-(\d{1,3})\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.weft-pod$/.exec(name) : null;
+  if (!m || [m[1], m[2], m[3], m[4]].some((o) => Number(o) > 255)) return undefined;
+  return { namespace: m[5]!, ip: `${m[1]}.${m[2]}.${m[3]}.${m[4]}` };
 }
 
 /** `ip:port` of a CONNECT authority (IPv4), or undefined. */

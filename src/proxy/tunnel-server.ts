@@ -17,7 +17,19 @@ import { peerSpiffeId } from '../identity/verify.js';
 import { parseSpiffeId, principalOf, spiffeId } from '../identity/spiffe.js';
 import type { ConnContext } from './context.js';
 import { serveInbound, type InboundDeps } from './inbound.js';
-import { CONNECT_ERROR, HBONE_ALPN, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, SESSION_WINDOW, STREAM_WINDOW, forwardedFor, identityOfServerName, parseAuthority, streamAsSocket } from './hbone.js';
+import {
+  CONNECT_ERROR,
+  HBONE_ALPN,
+  MAX_CONCURRENT_STREAMS,
+  MAX_FRAME_SIZE,
+  SESSION_WINDOW,
+  STREAM_WINDOW,
+  forwardedFor,
+  identityOfServerName,
+  parseAuthority,
+  podOfServerName,
+  streamAsSocket,
+} from './hbone.js';
 import { listen } from '../listen.js';
 
 export interface TunnelServerDeps {
@@ -149,7 +161,7 @@ export class TunnelServer {
 
   /** The certificate of the local identity the SNI names; an unknown name fails the handshake. */
   private selectContext(name: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void): void {
-    const id = identityOfServerName(name);
+    const id = this.localIdentityOf(name);
     if (!id || !this.deps.identities.has(id.namespace, id.serviceAccount)) {
       cb(new Error(`no local workload runs as ${JSON.stringify(name)}`));
       return;
@@ -158,6 +170,19 @@ export class TunnelServer {
       (ctx) => (ctx ? cb(null, ctx) : cb(new Error(`no certificate yet for ${id.namespace}/${id.serviceAccount}`))),
       (err: Error) => cb(err),
     );
+  }
+
+  /**
+   * The local identity an SNI asks for: named (`<sa>.<ns>.weft`), or that of the local meshed
+   * pod it names (`<ip>.<ns>.weft-pod`, when the client knows the pod but not its service account).
+   */
+  private localIdentityOf(name: string | undefined | null | false): { namespace: string; serviceAccount: string } | undefined {
+    const pod = podOfServerName(name);
+    if (!pod) return identityOfServerName(name);
+    const { state } = this.deps;
+    const w = state.workloadByIp(pod.ip);
+    if (!w || w.namespace !== pod.namespace || w.node !== state.nodeName || !state.isMeshed(w.namespace)) return undefined;
+    return { namespace: w.namespace, serviceAccount: w.serviceAccount };
   }
 
   private onSession(session: ServerHttp2Session): void {
@@ -193,7 +218,7 @@ export class TunnelServer {
     const socket = session.socket as tls.TLSSocket;
     let peer: SessionPeer | null = null;
     const id = peerSpiffeId(socket);
-    const local = identityOfServerName(socket.servername);
+    const local = this.localIdentityOf(socket.servername);
     if (id && local) {
       const parts = parseSpiffeId(id);
       if (parts.trustDomain === this.deps.identities.trustDomain) {

@@ -118,9 +118,21 @@ t.test('a namespace labelled live meshes its local pods, with their cgroups', as
   const api0 = wl(meshed, 'shop', 'api-0')!;
   t.match(api0, { node: NODE, ip: '10.1.0.10', serviceAccount: 'api', weight: 3, ready: true, uid, cgroup, labels: { app: 'api' } });
   t.same(meshed.namespaces.find((n) => n.name === 'shop')?.labels, MESHED);
-  const web0 = wl(meshed, 'shop', 'web-0');
-  t.ok(web0, 'a meshed pod on another node is a workload too (a capture destination)');
-  t.equal(web0?.cgroup, undefined, 'remote pods have no cgroup');
+  t.equal(wl(meshed, 'shop', 'web-0'), undefined, 'a pod of another node is not watched: it is known through the EndpointSlices of its Services');
+  t.same(server.traffic().Pod?.listed, 1, "the pod list sent this node's pod only");
+  t.ok(
+    server.requests.filter((r) => r.path === '/api/v1/pods').every((r) => r.query.fieldSelector === `spec.nodeName=${NODE}`),
+    "every pod list and watch asks for this node's pods",
+  );
+  server.apply(serviceObject('web', 'shop', { clusterIP: '10.96.0.50', selector: { app: 'web' }, ports: [{ name: 'http', port: 80 }] }));
+  server.apply(endpointSliceObject('web-1', 'shop', 'web', [{ ip: '10.1.1.10', pod: 'web-0', node: 'node-b' }], [{ name: 'http', port: 80 }]));
+  const viaSlice = await env.until((c) => !!wl(c, 'shop', 'web-0'), 'web-0 through its slice');
+  t.match(
+    wl(viaSlice, 'shop', 'web-0'),
+    { node: 'node-b', ip: '10.1.1.10', serviceAccount: '', labels: { app: 'web' }, ready: true, weight: 1 },
+    'a remote endpoint: labels from the selector, service account learnt at the tunnel',
+  );
+  t.equal(wl(viaSlice, 'shop', 'web-0')?.cgroup, undefined, 'remote pods have no cgroup');
 
   // A pod scheduled before its cgroup exists gets it when the kubelet creates it.
   const uid2 = '66666666-7777-8888-9999-000000000000';
@@ -134,6 +146,9 @@ t.test('a namespace labelled live meshes its local pods, with their cgroups', as
 
   server.apply(namespaceObject('shop'));
   await env.until((c) => !wl(c, 'shop', 'api-0') && !wl(c, 'shop', 'api-1'), 'un-meshed');
+  // Deleting a namespace deletes its objects first (the namespace controller).
+  server.delete('EndpointSlice', 'shop', 'web-1');
+  server.delete('Service', 'shop', 'web');
   server.delete('Namespace', undefined, 'shop');
   await env.until((c) => !c.namespaces.some((n) => n.name === 'shop'), 'namespace gone');
 });
@@ -187,7 +202,8 @@ t.test('Services and EndpointSlices: ports, readiness, new endpoints', async (t)
     'named targetPort resolved, appProtocol wins over the name, UDP left out',
   );
   t.equal(api.trafficPolicy.loadBalancer.type, 'round-robin', 'default traffic policy');
-  t.match(wl(first, 'shop', 'api-1'), { ready: true, serviceAccount: 'api', node: 'node-b' });
+  t.match(wl(first, 'shop', 'api-1'), { ready: true, serviceAccount: '', node: 'node-b', labels: { app: 'api' } });
+  t.match(wl(first, 'shop', 'api-0'), { serviceAccount: 'api' }, 'a local pod keeps its service account');
 
   // An endpoint goes not ready.
   server.apply(endpointSliceObject('api-abc', 'shop', 'api', [endpoints[0]!, { ...endpoints[1]!, ready: false }], [{ name: 'http', port: 8080 }]));
@@ -206,7 +222,7 @@ t.test('Services and EndpointSlices: ports, readiness, new endpoints', async (t)
   t.equal(wl(before, 'legacy', 'db-0'), undefined, 'not meshed and not an endpoint yet');
   server.apply(endpointSliceObject('db-xyz', 'legacy', 'db', [{ ip: '10.1.2.10', pod: 'db-0', node: 'node-c' }], [{ name: 'tcp-pg', port: 5432 }]));
   const added = await env.until((c) => !!wl(c, 'legacy', 'db-0'), 'db-0 endpoint');
-  t.match(wl(added, 'legacy', 'db-0'), { ready: true, serviceAccount: 'db', ip: '10.1.2.10' });
+  t.match(wl(added, 'legacy', 'db-0'), { ready: true, serviceAccount: '', ip: '10.1.2.10', node: 'node-c' });
   t.equal(added.namespaces.find((n) => n.name === 'legacy')?.labels['weft.io/mesh'], undefined);
 
   // Host-network backends cannot be represented: their Service is not captured.
@@ -311,7 +327,7 @@ t.test('a watch cut mid-stream resumes from its resourceVersion without losing e
   const env = await setup(t);
   const { server } = env;
   server.apply(namespaceObject('shop', MESHED));
-  server.apply(podObject('a', 'shop', { node: 'node-b', ip: '10.1.1.1' }));
+  server.apply(podObject('a', 'shop', { node: NODE, ip: '10.1.1.1' }));
   await env.start();
   const lists = podLists(server);
 
@@ -319,7 +335,7 @@ t.test('a watch cut mid-stream resumes from its resourceVersion without losing e
     // Cut every stream and change things before the client can reconnect.
     t.equal(server.dropWatches({ graceful }), 12, 'twelve watches were open (eight kinds, FaultInjection and three Gateway API routes)');
     const n = graceful ? 'c' : 'b';
-    server.apply(podObject(n, 'shop', { node: 'node-b', ip: graceful ? '10.1.1.3' : '10.1.1.2' }));
+    server.apply(podObject(n, 'shop', { node: NODE, ip: graceful ? '10.1.1.3' : '10.1.1.2' }));
     server.delete('Pod', 'shop', graceful ? 'b' : 'a');
     const c = await env.until((c) => !!wl(c, 'shop', n), `pod ${n} after the cut (graceful=${graceful})`);
     t.notOk(wl(c, 'shop', graceful ? 'b' : 'a'), 'the deletion made while disconnected arrived');
@@ -337,22 +353,22 @@ t.test('410 Gone after compaction: relist and converge', async (t) => {
   const env = await setup(t);
   const { server } = env;
   server.apply(namespaceObject('shop', MESHED));
-  server.apply(podObject('a', 'shop', { node: 'node-b', ip: '10.1.1.1' }));
-  server.apply(podObject('b', 'shop', { node: 'node-b', ip: '10.1.1.2' }));
+  server.apply(podObject('a', 'shop', { node: NODE, ip: '10.1.1.1' }));
+  server.apply(podObject('b', 'shop', { node: NODE, ip: '10.1.1.2' }));
   await env.start();
   const lists = podLists(server);
 
   server.dropWatches();
   server.delete('Pod', 'shop', 'a');
-  server.apply(podObject('c', 'shop', { node: 'node-b', ip: '10.1.1.3' }));
+  server.apply(podObject('c', 'shop', { node: NODE, ip: '10.1.1.3' }));
   server.compact();
-  server.apply(podObject('b', 'shop', { node: 'node-b', ip: '10.1.1.2', ready: false }));
+  server.apply(podObject('b', 'shop', { node: NODE, ip: '10.1.1.2', ready: false }));
 
   const c = await env.until((c) => !wl(c, 'shop', 'a') && !!wl(c, 'shop', 'c') && wl(c, 'shop', 'b')?.ready === false, 'converged after relist');
   t.ok(c);
   t.ok(podLists(server) > lists, 'relisted pods');
   // Watching again after the relist works: a later change arrives.
-  server.apply(podObject('d', 'shop', { node: 'node-b', ip: '10.1.1.4' }));
+  server.apply(podObject('d', 'shop', { node: NODE, ip: '10.1.1.4' }));
   await env.until((c) => !!wl(c, 'shop', 'd'), 'pod d after relist');
 });
 
@@ -360,7 +376,7 @@ t.test('bookmarks advance the resourceVersion, so a reconnect after compaction d
   const env = await setup(t);
   const { server } = env;
   server.apply(namespaceObject('shop', MESHED));
-  server.apply(podObject('a', 'shop', { node: 'node-b', ip: '10.1.1.1' }));
+  server.apply(podObject('a', 'shop', { node: NODE, ip: '10.1.1.1' }));
   await env.start();
   // Other kinds move the global resourceVersion; the pod cache does not see those events.
   for (let i = 0; i < 5; i++) server.apply(serviceObject(`s${i}`, 'shop', { clusterIP: `10.96.1.${i + 1}`, selector: { app: `s${i}` }, ports: [{ port: 80 }] }));
@@ -376,7 +392,7 @@ t.test('bookmarks advance the resourceVersion, so a reconnect after compaction d
   const lists = podLists(server);
   server.compact();
   server.dropWatches();
-  server.apply(podObject('b', 'shop', { node: 'node-b', ip: '10.1.1.2' }));
+  server.apply(podObject('b', 'shop', { node: NODE, ip: '10.1.1.2' }));
   await env.until((c) => !!wl(c, 'shop', 'b'), 'pod b');
   t.equal(podLists(server), lists, 'no relist: the watch resumed from the bookmark');
 });
@@ -385,7 +401,7 @@ t.test('a bad custom resource is rejected with a clear error; the rest applies',
   const env = await setup(t);
   const { server } = env;
   server.apply(namespaceObject('shop', MESHED));
-  server.apply(podObject('api-0', 'shop', { node: 'node-b', ip: '10.1.1.1', labels: { app: 'api' } }));
+  server.apply(podObject('api-0', 'shop', { node: NODE, ip: '10.1.1.1', labels: { app: 'api' } }));
   for (const [name, ip] of [
     ['api', '10.96.0.20'],
     ['web', '10.96.0.21'],
@@ -470,7 +486,7 @@ t.test('a bad custom resource is rejected with a clear error; the rest applies',
   t.match(env.rejected.find((e) => /bad-authz/.test(e.message))?.problems.at(-1), /allows nothing .*fail closed/);
   t.equal(now.services.find((s) => s.name === 'api')?.trafficPolicy.retries?.attempts, 3, 'the rest still applies');
   const count = env.rejected.length;
-  server.apply(podObject('api-1', 'shop', { node: 'node-b', ip: '10.1.1.2', labels: { app: 'api' } }));
+  server.apply(podObject('api-1', 'shop', { node: NODE, ip: '10.1.1.2', labels: { app: 'api' } }));
   await env.until((c) => !!wl(c, 'shop', 'api-1'), 'unrelated change');
   t.equal(env.rejected.length, count, 'a standing rejection is reported once, not on every snapshot');
 });
@@ -479,20 +495,20 @@ t.test('API errors are retried with backoff', async (t) => {
   const env = await setup(t);
   const { server } = env;
   server.apply(namespaceObject('shop', MESHED));
-  server.apply(podObject('a', 'shop', { node: 'node-b', ip: '10.1.1.1' }));
+  server.apply(podObject('a', 'shop', { node: NODE, ip: '10.1.1.1' }));
   server.failNext(10, 503);
   const cfg = await env.start();
   t.ok(wl(cfg, 'shop', 'a'), 'started after the failures');
   server.failNext(5, 500);
   server.dropWatches();
-  server.apply(podObject('b', 'shop', { node: 'node-b', ip: '10.1.1.2' }));
+  server.apply(podObject('b', 'shop', { node: NODE, ip: '10.1.1.2' }));
   await env.until((c) => !!wl(c, 'shop', 'b'), 'recovered');
 });
 
 t.test('a list that hangs is abandoned after its deadline and retried', async (t) => {
   const env = await setup(t, { listTimeoutMs: 200 });
   env.server.apply(namespaceObject('shop', MESHED));
-  env.server.apply(podObject('a', 'shop', { node: 'node-b', ip: '10.1.1.1' }));
+  env.server.apply(podObject('a', 'shop', { node: NODE, ip: '10.1.1.1' }));
   env.server.failNext(2, 0);
   const cfg = await env.start();
   t.ok(wl(cfg, 'shop', 'a'));

@@ -67,6 +67,18 @@ t.test('list, get, selectors', async (t) => {
   t.same(await names('/api/v1/pods?labelSelector=app%20in%20(api,db),!tier'), ['p2']);
   t.same(await names('/api/v1/pods?labelSelector=tier'), ['p1']);
   t.same(await names('/api/v1/pods?labelSelector=app%20notin%20(api)'), ['p2', 'p3']);
+  t.same(await names('/api/v1/pods?fieldSelector=metadata.name%3Dp2'), ['p2'], 'metadata.name, on every kind');
+  t.same(await names('/api/v1/pods?fieldSelector=metadata.namespace%3Dother'), ['p3']);
+  t.same(await names('/api/v1/pods?fieldSelector=spec.nodeName%3D%3Dnode-a,metadata.namespace!%3Dother'), ['p1'], 'terms are ANDed; == is =');
+  t.same(await names('/api/v1/pods?fieldSelector=spec.hostNetwork%3Dfalse'), ['p1', 'p2', 'p3'], 'an unset boolean field reads false');
+  t.same(await names('/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a&labelSelector=app%3Dapi'), ['p1'], 'field and label selectors together');
+  t.same(await names('/api/v1/namespaces?fieldSelector=metadata.name%3Dshop'), ['shop']);
+  const unsupported = await get(server, '/api/v1/pods?fieldSelector=spec.containers%3Dx');
+  t.equal(unsupported.status, 400, 'a field the kind does not index is refused, as the real server does');
+  t.match(unsupported.body, { kind: 'Status', reason: 'BadRequest', code: 400, message: /field label not supported: spec\.containers$/ });
+  t.equal((await get(server, '/api/v1/services?fieldSelector=spec.nodeName%3Dnode-a')).status, 400, 'spec.nodeName exists for pods only');
+  t.equal((await get(server, '/api/v1/namespaces?fieldSelector=metadata.namespace%3Dx')).status, 400, 'a cluster-scoped kind has no metadata.namespace');
+  t.equal((await get(server, '/api/v1/pods?watch=1&fieldSelector=nope%3D1')).status, 400, 'a watch is refused the same way');
   t.equal((await get(server, '/api/v1/namespaces/shop')).body.metadata.labels.team, 'a');
   t.equal((await get(server, '/api/v1/namespaces/shop/pods/p9')).status, 404);
   t.equal((await get(server, '/apis/weft.io/v1alpha1/nothings')).status, 404);
@@ -90,7 +102,7 @@ t.test('watch: history, live events, selector transitions, bookmarks, 410', asyn
     'history after the version',
   );
   server.apply(podObject('p2', 'shop', { node: 'node-a', ip: '10.1.0.2', ready: false }));
-  server.apply(podObject('p1', 'shop', { node: 'node-b', ip: '10.1.0.1' }));
+  const moved = server.apply(podObject('p1', 'shop', { node: 'node-b', ip: '10.1.0.1' }));
   server.apply(podObject('p1', 'shop', { node: 'node-a', ip: '10.1.0.1' }));
   server.delete('Pod', 'shop', 'p2');
   server.bookmark();
@@ -101,6 +113,9 @@ t.test('watch: history, live events, selector transitions, bookmarks, 410', asyn
     'leaving and entering the selector are DELETED and ADDED',
   );
   t.equal(w.events.at(-1)!.object.metadata.resourceVersion, String(server.resourceVersion));
+  const left = w.events[2]!;
+  t.equal(left.object.spec.nodeName, 'node-a', 'DELETED on leaving the selection carries the object as it was (the watch cache sends PrevObject)');
+  t.equal(left.object.metadata.resourceVersion, moved.metadata.resourceVersion, '... at the version of the change that moved it');
   const rvs = w.events.slice(0, -1).map((e) => Number(e.object.metadata.resourceVersion));
   t.same(
     rvs,
@@ -127,6 +142,29 @@ t.test('watch: history, live events, selector transitions, bookmarks, 410', asyn
     'watching from the head still works after compaction',
   );
   fresh.close();
+});
+
+t.test('traffic: objects and bytes sent per kind, in lists and watch events', async (t) => {
+  const server = await FakeApiServer.start();
+  t.teardown(() => server.close());
+  server.apply(podObject('p1', 'shop', { node: 'node-a', ip: '10.1.0.1' }));
+  server.apply(podObject('p2', 'shop', { node: 'node-b', ip: '10.1.0.2' }));
+  server.apply(namespaceObject('shop'));
+  const res = await fetch(`${server.url}/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a`);
+  const listBytes = (await res.arrayBuffer()).byteLength;
+  t.same(server.traffic(), { Pod: { listed: 1, events: 0, bytes: listBytes } }, 'a list counts its items and body');
+  const w = watch(server, `/api/v1/pods?watch=1&resourceVersion=${server.resourceVersion}&allowWatchBookmarks=true&fieldSelector=spec.nodeName%3Dnode-a`);
+  await new Promise((r) => setTimeout(r, 50));
+  server.apply(podObject('p2', 'shop', { node: 'node-b', ip: '10.1.0.2', ready: false }));
+  server.apply(podObject('p1', 'shop', { node: 'node-a', ip: '10.1.0.1', ready: false }));
+  server.bookmark();
+  await w.until(2);
+  const pods = server.traffic().Pod!;
+  t.equal(pods.events, 1, 'only the event the watch selects is counted; a bookmark is not an object');
+  t.ok(pods.bytes > listBytes, 'watch lines add their bytes');
+  w.close();
+  server.resetTraffic();
+  t.same(server.traffic(), {});
 });
 
 t.test('TokenReview: the test-supplied table, audiences honoured', async (t) => {

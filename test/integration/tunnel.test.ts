@@ -16,7 +16,7 @@ import { generateP256, privateKeyToPem } from '../../src/identity/x509.js';
 import { startBackend, type Backend } from '../../src/sandbox/backend.js';
 import { parseConfig } from '../../src/config/load.js';
 import { checkPeerIdentity } from '../../src/proxy/hbone-tunnel.js';
-import { identityOfServerName, serverNameFor } from '../../src/proxy/hbone.js';
+import { identityOfServerName, podOfServerName, serverNameFor, serverNameForPod } from '../../src/proxy/hbone.js';
 import { startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
 import { freePort } from '../../bench/lib/net.js';
 import { echoClient, grpc, unary } from '../lib/grpc-client.js';
@@ -42,7 +42,9 @@ workloads:
   - { name: client-0, namespace: shop, node: node-a, ip: ${CLIENT_IP}, serviceAccount: client, labels: { app: client } }
   - { name: sneaky-0, namespace: shop, node: node-a, ip: 127.0.2.9, serviceAccount: sneaky, labels: { app: sneaky } }
   - { name: api-0, namespace: shop, node: node-b, ip: ${API_IP}, serviceAccount: api, labels: { app: api } }
-  - { name: echo-0, namespace: shop, node: node-b, ip: ${ECHO_IP}, serviceAccount: echo, labels: { app: echo } }
+  # peerIdentity: node-a does not know echo-0's service account (in Kubernetes: a remote
+  # endpoint from an EndpointSlice); node-b, where it runs, does.
+  - { name: echo-0, namespace: shop, node: node-b, ip: ${ECHO_IP}, serviceAccount: echo, peerIdentity: true, labels: { app: echo } }
 services:
   - { name: api, namespace: shop, vip: 10.96.0.20, ports: [ { port: 80, targetPort: ${o.apiPort}, protocol: http } ], selector: { app: api }, trafficPolicy: { connectionPool: { connectTimeout: 1s } } }
   - { name: echo, namespace: shop, vip: 10.96.0.40, ports: [ { port: 7000, targetPort: ${o.echoPort}, protocol: tcp } ], selector: { app: echo } }
@@ -243,6 +245,20 @@ t.test('mTLS tunnel between two agents', async (t) => {
       metric(mb, 'weft_tcp_connections_opened_total', /source_workload="client-0",source_namespace="shop".*connection_security_policy="mutual_tls"/) >= 1,
       'the destination labels tunnelled TCP mutual_tls, and believes the forwarded source pod of the verified identity',
     );
+    // A connection held open keeps its session listed (certificates rotate every 3s, and a
+    // rotation retires idle sessions).
+    a.route(CLIENT_IP, '10.96.0.40:7000', 'shop/client-0');
+    const held = net.connect({ host: '127.0.0.1', port: a.outboundPort, localAddress: CLIENT_IP });
+    t.teardown(() => held.destroy());
+    held.write('hold');
+    await new Promise((r) => held.once('data', r));
+    const da = await a.configDump();
+    held.end();
+    t.equal(da.workloads.find((w: any) => w.name === 'echo-0').serviceAccount, '', "node-a does not know echo-0's service account");
+    t.ok(
+      da.tunnel.sessions.some((s: any) => s.source === 'shop/client' && s.destination === `pod:shop/${ECHO_IP}` && s.destinationPrincipal === 'cluster.local/ns/shop/sa/echo' && s.streams >= 1),
+      `so it asked node-b for the pod, and learnt its identity (${JSON.stringify(da.tunnel.sessions)})`,
+    );
   });
 
   const root = ca.rootPem;
@@ -301,6 +317,24 @@ t.test('mTLS tunnel between two agents', async (t) => {
     t.teardown(() => s.close());
     t.equal((await s.connect(echo0)).status, 403, 'another principal is denied by policy, before the pod sees a byte');
 
+    const byPod = rawClient(tunnelPort, { ...id, ca: root, servername: serverNameForPod('shop', ECHO_IP) });
+    t.teardown(() => byPod.close());
+    const podOk = await byPod.connect(echo0);
+    t.equal(podOk.status, 200, 'asked for by pod: the session is for the identity that pod runs as');
+    podOk.stream.destroy();
+    t.match((byPod.session.socket as tls.TLSSocket).getPeerCertificate().subjectaltname, 'URI:spiffe://cluster.local/ns/shop/sa/echo', "node-b presents the pod's identity");
+    t.equal((await byPod.connect(api0)).status, 421, 'a pod of another identity is refused on that session too');
+    for (const [name, why] of [
+      [serverNameForPod('other', ECHO_IP), 'the pod is not of that namespace'],
+      [serverNameForPod('shop', '127.0.1.99'), 'no such local pod'],
+      [serverNameForPod('shop', CLIENT_IP), 'a pod of another node'],
+    ] as const) {
+      const x = rawClient(tunnelPort, { ...id, ca: root, servername: name });
+      const r = await x.connect(echo0);
+      x.close();
+      t.equal(r.status, 0, `pod SNI ${name}: handshake fails (${why})`);
+    }
+
     const n = rawClient(tunnelPort, { ...id, ca: root, servername: serverNameFor('shop', 'client') });
     const r = await n.connect(api0);
     n.close();
@@ -314,6 +348,14 @@ t.test('mTLS tunnel between two agents', async (t) => {
     t.ok(checkPeerIdentity(expected, { subjectaltname: `URI:${expected}, URI:spiffe://cluster.local/ns/x/sa/y` } as tls.PeerCertificate), 'exactly one URI SAN');
     t.same(identityOfServerName(serverNameFor('shop', 'api.v2')), { namespace: 'shop', serviceAccount: 'api.v2' });
     t.equal(identityOfServerName('api.shop.example'), undefined);
+    const anyOfShop = 'spiffe://cluster.local/ns/shop/sa/';
+    t.equal(checkPeerIdentity(anyOfShop, { subjectaltname: 'URI:spiffe://cluster.local/ns/shop/sa/echo' } as tls.PeerCertificate), undefined, 'pod-form: any identity of the namespace');
+    t.ok(checkPeerIdentity(anyOfShop, { subjectaltname: 'URI:spiffe://cluster.local/ns/shopping/sa/echo' } as tls.PeerCertificate), 'not another namespace');
+    t.ok(checkPeerIdentity(anyOfShop, { subjectaltname: 'URI:spiffe://cluster.local/ns/shop/sa/echo/x' } as tls.PeerCertificate), 'not a longer path');
+    t.same(podOfServerName(serverNameForPod('shop', '10.1.2.3')), { namespace: 'shop', ip: '10.1.2.3' });
+    t.equal(podOfServerName('10-1-2-300.shop.weft-pod'), undefined);
+    t.equal(identityOfServerName(serverNameForPod('shop', '10.1.2.3')), undefined, 'the two SNI forms never overlap');
+    t.equal(podOfServerName(serverNameFor('shop', '10-1-2-3')), undefined);
   });
 
   await t.test('a node cannot obtain a certificate for a workload of another node', async (t) => {

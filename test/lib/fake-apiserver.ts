@@ -11,8 +11,14 @@
  *   ERROR event (a `Status` with code 410, "too old resource version") and closes, as the
  *   real server does. `resourceVersion` empty or `0` starts with synthetic ADDED events.
  * - `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`) and
- *   `fieldSelector` (`path=v`, `path!=v`, e.g. `spec.nodeName=node-a`). An object that stops
- *   (starts) matching a watch's selectors is sent as DELETED (ADDED), like the real watch cache.
+ *   `fieldSelector` (`f=v`, `f==v`, `f!=v`, e.g. `spec.nodeName=node-a`) on the fields the
+ *   real server supports for the kind (`metadata.name`, `metadata.namespace` for namespaced
+ *   kinds; Pods also `spec.nodeName`, `spec.serviceAccountName`, `spec.hostNetwork`,
+ *   `status.phase`, `status.podIP`... see FIELDS); any other field is 400 BadRequest `field
+ *   label not supported: F`, as the real server answers. An object that stops (starts)
+ *   matching a watch's selectors is sent as DELETED (ADDED), like the real watch cache
+ *   (cacheWatcher.convertToWatchEvent): the DELETED carries the object as it was before the
+ *   change, with the change's resourceVersion.
  * - `GET <collection>/<name>` for one object.
  * - `POST <namespaced collection>`: create (201; 409 AlreadyExists; `metadata.generateName`
  *   honoured), as controllers create Events (`events.k8s.io/v1`).
@@ -33,7 +39,8 @@
  * `compact` (forget history: older watches get 410), `dropWatches` (cut every stream),
  * `bookmark` (send BOOKMARK to watches that asked for them), `failNext` (answer the next
  * requests with an error status), `requests` (what the client asked), `setToken` /
- * `deleteToken` (the TokenReview table).
+ * `deleteToken` (the TokenReview table), `traffic` / `resetTraffic` (objects and bytes the
+ * server sent, per kind, in list answers and watch events: the API load of its clients).
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -216,17 +223,57 @@ function fieldValue(obj: unknown, path: string): string {
   return cur === undefined || cur === null ? '' : String(cur);
 }
 
-function parseFieldSelector(selector: string): Matcher {
+/**
+ * The fields a field selector may name, per kind, beyond `metadata.name` (every kind) and
+ * `metadata.namespace` (namespaced kinds): the real server's `ToSelectableFields` (pods:
+ * pkg/registry/core/pod/strategy.go; namespaces, nodes likewise), with the value it compares
+ * (a missing boolean reads "false"). Custom resources have only the metadata fields unless
+ * their CRD declares selectableFields, which weft's do not.
+ */
+const FIELDS: Readonly<Record<string, Readonly<Record<string, (o: KubeObject) => string>>>> = {
+  Pod: {
+    'spec.nodeName': (o) => fieldValue(o, 'spec.nodeName'),
+    'spec.restartPolicy': (o) => fieldValue(o, 'spec.restartPolicy'),
+    'spec.schedulerName': (o) => fieldValue(o, 'spec.schedulerName'),
+    'spec.serviceAccountName': (o) => fieldValue(o, 'spec.serviceAccountName'),
+    'spec.hostNetwork': (o) => String(fieldValue(o, 'spec.hostNetwork') === 'true'),
+    'status.phase': (o) => fieldValue(o, 'status.phase'),
+    'status.podIP': (o) => fieldValue(o, 'status.podIP'),
+    'status.nominatedNodeName': (o) => fieldValue(o, 'status.nominatedNodeName'),
+  },
+  Namespace: { 'status.phase': (o) => fieldValue(o, 'status.phase') },
+  Node: { 'spec.unschedulable': (o) => String(fieldValue(o, 'spec.unschedulable') === 'true') },
+};
+
+/** A field selector of `info`'s kind; throws the real server's message for a field it does not support. */
+function parseFieldSelector(selector: string, info: KindInfo): Matcher {
+  const fields: Record<string, (o: KubeObject) => string> = {
+    'metadata.name': (o) => o.metadata.name,
+    ...(info.namespaced ? { 'metadata.namespace': (o: KubeObject) => o.metadata.namespace ?? '' } : {}),
+    ...FIELDS[info.kind],
+  };
   const terms: Matcher[] = [];
   for (const raw of selector.split(',')) {
     const part = raw.trim();
     if (!part) continue;
-    const m = part.match(/^([\w.]+)\s*(!=|==|=)\s*(.*)$/);
-    if (!m) throw new Error(`invalid field selector: ${part}`);
+    const m = part.match(/^([^\s!=]+)\s*(!=|==|=)\s*(.*)$/);
+    if (!m) throw new Error(`invalid selector: '${selector}'; can't understand '${part}'`);
     const [, path, op, value] = m;
-    terms.push((o) => (fieldValue(o, path!) === value) === (op !== '!='));
+    const read = Object.hasOwn(fields, path!) ? fields[path!]! : undefined;
+    if (!read) throw new Error(`field label not supported: ${path}`);
+    terms.push((o) => (read(o) === value) === (op !== '!='));
   }
   return (o) => terms.every((t) => t(o));
+}
+
+/** Objects and bytes a server sent for one kind. */
+export interface KindTraffic {
+  /** Objects in list answers. */
+  listed: number;
+  /** ADDED, MODIFIED and DELETED events on watches (BOOKMARKs are not objects). */
+  events: number;
+  /** Bytes of list bodies and watch event lines. */
+  bytes: number;
 }
 
 export class FakeApiServer {
@@ -243,6 +290,7 @@ export class FakeApiServer {
   private readonly tokens = new Map<string, TokenReviewEntry>();
   /** Kinds whose CRD is "not installed": their API paths answer 404. */
   private readonly uninstalled = new Set<string>();
+  private sent = new Map<string, KindTraffic>();
 
   private constructor(server: http.Server) {
     this.server = server;
@@ -366,6 +414,26 @@ export class FakeApiServer {
     return n;
   }
 
+  /**
+   * Per kind, what the server has sent since it started (or since `resetTraffic`): objects
+   * in list answers, watch events, and bytes. With one client, that client's API load.
+   */
+  traffic(): Record<string, KindTraffic> {
+    return Object.fromEntries([...this.sent].map(([k, v]) => [k, { ...v }]));
+  }
+
+  resetTraffic(): void {
+    this.sent = new Map();
+  }
+
+  private count(kind: string, listed: number, events: number, bytes: number): void {
+    const t = this.sent.get(kind) ?? { listed: 0, events: 0, bytes: 0 };
+    t.listed += listed;
+    t.events += events;
+    t.bytes += bytes;
+    this.sent.set(kind, t);
+  }
+
   /** Make a kind's API answer 404, as when its CRD is not installed. */
   uninstall(kind: string): void {
     this.uninstalled.add(kind);
@@ -417,7 +485,12 @@ export class FakeApiServer {
       const before = ev.previous ? w.matches(ev.previous) : false;
       if (before && now) this.send(w, 'MODIFIED', ev.object);
       else if (!before && now) this.send(w, 'ADDED', ev.object);
-      else if (before && !now) this.send(w, 'DELETED', ev.object);
+      else if (before && !now && ev.previous) {
+        // As the watch cache does: the object as the watcher last saw it, at the new version.
+        const gone = clone(ev.previous);
+        gone.metadata.resourceVersion = ev.object.metadata.resourceVersion;
+        this.send(w, 'DELETED', gone);
+      }
     } else if (now) {
       this.send(w, ev.type, ev.object);
     }
@@ -561,7 +634,10 @@ export class FakeApiServer {
   }
 
   private send(w: WatchStream, type: string, object: unknown): void {
-    if (!w.res.writableEnded && !w.res.destroyed) w.res.write(`${JSON.stringify({ type, object })}\n`);
+    if (w.res.writableEnded || w.res.destroyed) return;
+    const line = `${JSON.stringify({ type, object })}\n`;
+    this.count(w.kind, 0, type === 'ADDED' || type === 'MODIFIED' || type === 'DELETED' ? 1 : 0, Buffer.byteLength(line));
+    w.res.write(line);
   }
 
   private status(res: http.ServerResponse, code: number, reason: string, message: string): void {
@@ -626,10 +702,19 @@ export class FakeApiServer {
     let matches: Matcher;
     try {
       const label = query.labelSelector ? parseLabelSelector(query.labelSelector) : () => true;
-      const field = query.fieldSelector ? parseFieldSelector(query.fieldSelector) : () => true;
+      const field = query.fieldSelector ? parseFieldSelector(query.fieldSelector, info) : () => true;
       matches = (o) => label(o) && field(o);
     } catch (err) {
-      this.status(res, 400, 'BadRequest', (err as Error).message);
+      const message = (err as Error).message;
+      // The real server's wording (what `kubectl get pods --field-selector spec.foo=x` prints).
+      this.status(
+        res,
+        400,
+        'BadRequest',
+        message.startsWith('field label')
+          ? `Unable to find {"${info.group}" "${info.version}" "${info.plural}"} that match label selector "${query.labelSelector ?? ''}", field selector "${query.fieldSelector ?? ''}": ${message}`
+          : message,
+      );
       return;
     }
 
@@ -652,15 +737,15 @@ export class FakeApiServer {
         const { apiVersion: _a, kind: _k, ...rest } = o;
         return rest;
       });
+      const text = JSON.stringify({
+        apiVersion: apiVersionOf(info),
+        kind: `${info.kind}List`,
+        metadata: { resourceVersion: String(this.rv) },
+        items,
+      });
+      this.count(info.kind, items.length, 0, Buffer.byteLength(text));
       res.writeHead(200, { 'Content-Type': 'application/json' });
-      res.end(
-        JSON.stringify({
-          apiVersion: apiVersionOf(info),
-          kind: `${info.kind}List`,
-          metadata: { resourceVersion: String(this.rv) },
-          items,
-        }),
-      );
+      res.end(text);
       return;
     }
 

@@ -1,7 +1,7 @@
 import t from 'tap';
 import type { V1EndpointSlice, V1Namespace, V1Node, V1Pod, V1Service } from '@kubernetes/client-node';
 import { normalizeConfig } from '../../src/config/normalize.js';
-import { blame, nodeAddressOf, nodeFingerprint, probePorts, translate, trimNode, trimPod, type ClusterState, type CustomObject } from '../../src/discovery/k8s/translate.js';
+import { blame, nodeAddressOf, nodeFingerprint, probePorts, translate, trimNode, trimPod, workloadOfPodName, type ClusterState, type CustomObject } from '../../src/discovery/k8s/translate.js';
 import type { ConfigError } from '../../src/errors.js';
 import { endpointSliceObject, namespaceObject, nodeObject, podObject, serviceObject, weftObject } from '../lib/fake-apiserver.js';
 
@@ -79,6 +79,78 @@ t.test('workloads: meshed namespaces, endpoints, weights, readiness, cgroups', a
   t.match(t1.warnings, [/weft\.io\/peer-authentication="sometimes".*strict/, /weft\.io\/weight="heavy"/]);
   t.equal(t1.raw.namespaces.find((n) => n.name === 'odd')!.labels['weft.io/peer-authentication'], 'strict', 'fail closed');
   t.doesNotThrow(() => validate(s), 'the loader accepts the translation');
+});
+
+t.test('remote endpoints from EndpointSlices: the pods of other nodes are not watched', async (t) => {
+  const s = state({
+    namespaces: [ns('shop', MESHED)],
+    nodes: [node('2026-01-01T00:00:00Z', 'node-b', '10.77.0.2')],
+    // Only this node's pod: what the agent's pod watch (spec.nodeName=node-a) holds.
+    pods: [pod('api-0', 'shop', { node: NODE, ip: '10.1.0.1', serviceAccount: 'api', labels: { app: 'api', tier: 'web', version: 'v1' } })],
+    services: [
+      svc('api', 'shop', { clusterIP: '10.96.0.1', selector: { app: 'api' }, ports: [{ port: 80 }] }),
+      svc('web', 'shop', { clusterIP: '10.96.0.2', selector: { tier: 'web' }, ports: [{ port: 80 }] }),
+      svc('api-web', 'shop', { clusterIP: '10.96.0.3', selector: { app: 'api', tier: 'web' }, ports: [{ port: 80 }] }),
+      svc('hn', 'shop', { clusterIP: '10.96.0.4', selector: { app: 'hn' }, ports: [{ port: 9100 }] }),
+    ],
+    endpointSlices: [
+      slice(
+        'api-1',
+        'shop',
+        'api',
+        [
+          { ip: '10.1.0.1', pod: 'api-0', node: NODE },
+          { ip: '10.1.1.1', pod: 'api-7d9c5b4f8-x2kqz', node: 'node-b', ready: false },
+        ],
+        [{ port: 80 }],
+      ),
+      slice('web-1', 'shop', 'web', [{ ip: '10.1.1.1', pod: 'api-7d9c5b4f8-x2kqz', node: 'node-b' }], [{ port: 80 }]),
+      slice('api-web-1', 'shop', 'api-web', [{ ip: '10.1.1.1', pod: 'api-7d9c5b4f8-x2kqz', node: 'node-b' }], [{ port: 80 }]),
+      // A local pod the pod watch has not delivered yet: left for the pod watch.
+      slice('api-2', 'shop', 'api', [{ ip: '10.1.0.7', pod: 'api-late', node: NODE }], [{ port: 80 }]),
+      // A host-network pod of another node: its address is the node's.
+      slice('hn-1', 'shop', 'hn', [{ ip: '10.77.0.2', pod: 'exporter-b', node: 'node-b' }], [{ port: 9100 }]),
+    ],
+  });
+  const tr = translate(s, ctx());
+  t.same(
+    tr.raw.workloads.map((w) => w.name),
+    ['api-0', 'api-7d9c5b4f8-x2kqz'],
+  );
+  const remote = tr.raw.workloads[1]!;
+  t.same(
+    remote,
+    {
+      name: 'api-7d9c5b4f8-x2kqz',
+      namespace: 'shop',
+      workload: 'api',
+      node: 'node-b',
+      ip: '10.1.1.1',
+      peerIdentity: true,
+      labels: { app: 'api', tier: 'web' },
+      weight: 1,
+      ready: false,
+      uid: remote.uid,
+    },
+    'address, node, readiness (all slices), the union of the selectors, the workload from the name; no service account',
+  );
+  t.notOk(
+    tr.raw.services.some((x) => x.name === 'hn'),
+    'a Service backed by a host-network pod is not captured',
+  );
+  const cfg = validate(s);
+  const w = cfg.workloads.find((x) => x.name === 'api-7d9c5b4f8-x2kqz')!;
+  t.equal(w.serviceAccount, '', 'the loader leaves the service account empty: the tunnel learns it');
+  t.equal(cfg.workloads.find((x) => x.name === 'api-0')!.serviceAccount, 'api');
+});
+
+t.test('workloadOfPodName: the workload from the names controllers give their pods', async (t) => {
+  t.equal(workloadOfPodName('reviews-v2-5b4f8c7d9-x2kqz'), 'reviews-v2', 'Deployment');
+  t.equal(workloadOfPodName('node-exporter-7xq2b'), 'node-exporter', 'DaemonSet or Job');
+  t.equal(workloadOfPodName('backup-29012345-7xq2b'), 'backup', 'CronJob');
+  t.equal(workloadOfPodName('db-0'), 'db', 'StatefulSet');
+  t.equal(workloadOfPodName('standalone'), 'standalone', 'a bare pod');
+  t.equal(workloadOfPodName('api-aaaaa'), 'api-aaaaa', 'vowels never appear in generated suffixes');
 });
 
 t.test('probe ports: readiness, liveness and startup probes of every container, named ports resolved', async (t) => {

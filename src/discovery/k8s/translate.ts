@@ -115,10 +115,12 @@ export interface RawWorkload {
   workload?: string;
   node: string;
   ip: string;
-  serviceAccount: string;
+  serviceAccount?: string;
   labels: Record<string, string>;
   weight: number;
   ready: boolean;
+  /** A pod of another node, from an EndpointSlice: its service account is learnt from its agent. */
+  peerIdentity?: boolean;
   cgroup?: string;
   uid?: string;
   probePorts?: number[];
@@ -294,6 +296,29 @@ export function workloadOfPod(pod: V1Pod): string {
     default:
       return owner.name;
   }
+}
+
+/** Characters of the random and hash suffixes Kubernetes appends to names (rand.SafeEncodeString). */
+const SUFFIX = '[bcdfghjklmnpqrstvwxz2456789]';
+const CRONJOB_POD = new RegExp(`^(.+)-\\d{8,}-${SUFFIX}{5}$`);
+const DEPLOYMENT_POD = new RegExp(`^(.+)-${SUFFIX}{6,10}-${SUFFIX}{5}$`);
+const GENERATED_POD = new RegExp(`^(.+)-${SUFFIX}{5}$`);
+const STATEFUL_POD = /^(.+)-\d+$/;
+
+/**
+ * The workload of a pod known by name only (a remote endpoint: its owner references are on the
+ * Pod, which this agent does not watch), from the names controllers give their pods: a
+ * CronJob's `<cronjob>-<minutes>-<5>`, a Deployment's `<deployment>-<pod-template-hash>-<5>`,
+ * a DaemonSet's or Job's `<name>-<5>`, a StatefulSet's `<name>-<ordinal>`; else the pod's own
+ * name. Only for metric labels: a bare pod whose name has one of these shapes is labelled as
+ * if a controller made it.
+ */
+export function workloadOfPodName(name: string): string {
+  for (const re of [CRONJOB_POD, DEPLOYMENT_POD, GENERATED_POD, STATEFUL_POD]) {
+    const m = re.exec(name);
+    if (m) return m[1]!;
+  }
+  return name;
 }
 
 /**
@@ -493,6 +518,52 @@ export function translate(state: ClusterState, ctx: TranslateContext): Translati
     if (probes.length) workload.probePorts = probes;
     candidates.push({ pod, workload });
   }
+  // Pods of other nodes: not watched (the agent watches its own node's pods only); their
+  // endpoints come from the EndpointSlices. What a slice endpoint gives: address, node,
+  // readiness (above), the pod's name and namespace (targetRef). What it lacks is filled in:
+  // - labels: the selectors of the Services whose slices list the pod. The pod's real labels
+  //   hold each of them, so any selector made of these pairs selects the pod for real, and the
+  //   state's selector matching finds exactly the Services that list it;
+  // - serviceAccount: unknown (peerIdentity): the tunnel asks the peer agent for the pod and
+  //   learns the identity from its certificate, pinned to the pod's namespace;
+  // - workload (metric label): from the pod name's shape (workloadOfPodName);
+  // - weight: 1 (the `weft.io/weight` annotation is on the Pod; it weighs local pods only).
+  // An endpoint at a node's own address is a host-network pod: its Services are not captured.
+  const nodeAddresses = new Set<string>();
+  for (const n of state.nodes) for (const a of n.status?.addresses ?? []) nodeAddresses.add(a.address);
+  const watched = new Set(state.pods.map((p) => `${p.metadata?.namespace}/${p.metadata?.name}`));
+  const selectorOf = new Map(state.services.map((s) => [`${s.metadata?.namespace}/${s.metadata?.name}`, s.spec?.selector ?? {}]));
+  const remote = new Map<string, RawWorkload>();
+  for (const slice of state.endpointSlices) {
+    const ns = slice.metadata?.namespace ?? '';
+    const svc = slice.metadata?.labels?.[SERVICE_NAME_LABEL];
+    if (!svc || (slice.addressType ?? 'IPv4') !== 'IPv4') continue;
+    for (const ep of slice.endpoints ?? []) {
+      const ref = ep.targetRef;
+      if (ref?.kind !== 'Pod' || !ref.name) continue;
+      const podNs = ref.namespace ?? ns;
+      const key = `${podNs}/${ref.name}`;
+      const node = ep.nodeName;
+      const ip = pickIp(...(ep.addresses ?? []));
+      if (watched.has(key) || !node || node === ctx.nodeName || !ip) continue;
+      if (nodeAddresses.has(ip)) {
+        hostNetworkBacked.add(`${ns}/${svc}`);
+        continue;
+      }
+      let w = remote.get(key);
+      if (!w) {
+        w = { name: ref.name, namespace: podNs, node, ip, peerIdentity: true, labels: {}, weight: 1, ready: podReady.get(key) ?? true };
+        const owner = workloadOfPodName(ref.name);
+        if (owner !== ref.name) w.workload = owner;
+        if (ref.uid) w.uid = ref.uid;
+        remote.set(key, w);
+        const stub = { metadata: { name: ref.name, namespace: podNs, uid: ref.uid } } as V1Pod;
+        if (!skip('Pod', stub)) candidates.push({ pod: stub, workload: w });
+      }
+      Object.assign(w.labels, selectorOf.get(`${ns}/${svc}`) ?? {});
+    }
+  }
+
   // Two pods with one IP: a terminating pod whose address was already reused. The live one
   // (not being deleted, then the newest) keeps the address.
   const byIp = new Map<string, { pod: V1Pod; workload: RawWorkload }>();
