@@ -31,6 +31,7 @@ import type { ClusterManager } from '../cluster/manager.js';
 import type { MeshConfig } from '../config/types.js';
 import type { Logger } from '../telemetry/log.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import type { SharedConnCounts } from '../proxy/downstream-caps.js';
 import type { CertSnapshot, FromWorker, SourceRoutes, ToWorker, WorkerInit } from './protocol.js';
 
 /** The worker module next to this one (.ts when run from source, as the tests do). */
@@ -52,6 +53,8 @@ export interface WorkerPoolOptions {
   log: Logger;
   /** Writes a batch of workers' log lines with the control thread's writer. */
   writeLog: (text: string) => void;
+  /** The agent's shared connection counts: a worker that ended has its slot zeroed (its sockets closed with it). */
+  caps?: SharedConnCounts;
   /** Extra Node.js flags for the worker threads (default: the process's). */
   execArgv?: string[];
 }
@@ -126,6 +129,8 @@ export class WorkerPool {
       worker.on('exit', (code) => {
         if (slot.worker !== worker) return;
         slot.worker = undefined;
+        // Its sockets closed with the thread: they no longer count against the caps.
+        this.o.caps?.clearSlot(slot.index);
         if (this.stopping || this.acceptingDone) {
           slot.state = 'stopped';
           return;
@@ -224,6 +229,11 @@ export class WorkerPool {
   async stopAccepting(): Promise<void> {
     this.acceptingDone = true;
     await Promise.all(this.slots.filter((s) => s.worker && s.state === 'serving').map((s) => this.ask(s, { t: 'stop-accepting' })));
+  }
+
+  /** Handed over: the workers drain as the control thread does (`connection: close`, GOAWAY). */
+  handedOver(): void {
+    this.post({ t: 'handed-over' });
   }
 
   private ask(s: Slot, m: { t: 'metrics' | 'dump' | 'stop-accepting' }, timeoutMs = 2_000): Promise<unknown> {
