@@ -578,7 +578,14 @@ export class Agent {
       routes: describeRoutes(this.state, this.clusters, this.mirror && { ...this.mirror.stats }),
       clusters: [...this.clusters.all()].map((c) => c.describe()),
       capture: this.capture?.describe() ?? 'disabled',
-      workers: { threads: 1 + (this.pool?.size ?? 0), controlConnections: this.outbound?.connections, workerThreads: this.pool?.workerThreads().map(({ worker: _w, ...rest }) => rest) ?? [] },
+      workers: {
+        threads: 1 + (this.pool?.size ?? 0),
+        // What the control thread serves itself, beside the workers' (`serving`).
+        controlConnections: this.outbound?.connections,
+        controlInboundConnections: this.plaintextInbound?.connections,
+        controlTunnelSessions: this.tunnelServer?.sessionCount,
+        workerThreads: this.pool?.workerThreads().map(({ worker: _w, ...rest }) => rest) ?? [],
+      },
       socketLb: this.socketLb?.describe() ?? 'disabled',
       authorization: this.enforcer?.describe(),
       nodes: cfg.nodes ?? [],
