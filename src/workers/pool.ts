@@ -103,7 +103,9 @@ export class WorkerPool {
   private spawn(slot: Slot): Promise<void> {
     const snapshot = this.o.snapshot();
     const init: WorkerInit = { ...snapshot, index: slot.index, certs: [...this.certs.values()], routes: this.routes ?? snapshot.routes };
-    const worker = new Worker(WORKER_URL, { workerData: init, execArgv: this.o.execArgv, name: `weft-worker-${slot.index}` });
+    // The snapshot goes as the first message (the worker keeps workerData for its whole life).
+    const worker = new Worker(WORKER_URL, { workerData: { index: slot.index }, execArgv: this.o.execArgv, name: `weft-worker-${slot.index}` });
+    worker.postMessage({ t: 'init', init });
     slot.worker = worker;
     slot.threadId = worker.threadId;
     slot.state = 'starting';

@@ -21,7 +21,7 @@ export interface CertSnapshot {
 /** Loopback tests without eBPF: the original destination (and caller) by source address. */
 export type SourceRoutes = Array<[srcIp: string, dest: { ip: string; port: number; workload?: string }]>;
 
-/** A worker's start: `workerData`. */
+/** A worker's start: its first message (`{ t: 'init', init }`). */
 export interface WorkerInit {
   index: number;
   config: MeshConfig;
@@ -51,6 +51,7 @@ export interface WorkerInit {
 }
 
 export type ToWorker =
+  | { t: 'init'; init: WorkerInit }
   | { t: 'config'; config: MeshConfig }
   | { t: 'health'; clusters: ClusterHealth[] }
   | { t: 'sources'; sources: Array<[string, string]> }
