@@ -117,7 +117,7 @@ t.test('the permissive inbound port is served by both threads', async (t) => {
   t.teardown(() => backend.close());
   const yaml = loopbackMesh([POD], [{ name: 'api', vip: '10.96.0.20', app: 'api' }]).replace(
     '{ name: shop, labels: { weft.io/mesh: enabled } }',
-    "{ name: shop, labels: { weft.io/mesh: enabled, weft.io/peer-authentication: permissive } }",
+    '{ name: shop, labels: { weft.io/mesh: enabled, weft.io/peer-authentication: permissive } }',
   );
   const la = await startLoopbackAgent(yaml, { workers: 2 });
   t.teardown(() => la.stop());
@@ -179,7 +179,17 @@ t.test('the tunnel port is served by both threads, with each identity’s certif
     if (control > 0 && worker > 0) break;
     const session = http2.connect(`https://127.0.0.1:${port}`, {
       createConnection: () =>
-        tls.connect({ host: '127.0.0.1', port, servername: serverNameFor('shop', 'api'), ca: ca.rootPem, key, cert, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3', checkServerIdentity: () => undefined }),
+        tls.connect({
+          host: '127.0.0.1',
+          port,
+          servername: serverNameFor('shop', 'api'),
+          ca: ca.rootPem,
+          key,
+          cert,
+          ALPNProtocols: ['h2'],
+          minVersion: 'TLSv1.3',
+          checkServerIdentity: () => undefined,
+        }),
     });
     session.on('error', () => undefined);
     sessions.push(session);
