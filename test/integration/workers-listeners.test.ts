@@ -202,3 +202,67 @@ t.test('the tunnel port is served by both threads, with each identity’s certif
   const mtls = [...m.matchAll(/^weft_requests_total\{[^}]*destination_workload="api-0"[^}]*connection_security_policy="mutual_tls"[^}]*\} (\d+)/gm)].reduce((s, x) => s + Number(x[1]), 0);
   t.equal(mtls, sessions.length * 2, 'every tunnelled request of both threads counted once, mutual_tls');
 });
+
+t.test('a worker that dies: the other threads keep their keep-alive connections, and its places under the cap are free again', async (t) => {
+  const backend = await recordingServer(POD.ip, 8080, OK);
+  t.teardown(() => backend.close());
+  const caps = 'agent: { maxDownstreamConnections: { outbound: 6, tunnel: 6, inbound: 6 } }';
+  const la = await startLoopbackAgent(loopbackMesh([POD], [{ name: 'api', vip: '10.96.0.20', app: 'api' }], caps), { workers: 3 });
+  t.teardown(() => la.stop());
+  const ips = Array.from({ length: 250 }, (_, i) => `127.0.49.${i + 1}`);
+  for (const ip of ips) la.route(ip, VIP, 'shop/client-0');
+  const held = async (): Promise<number[]> => {
+    const w = await dump(la);
+    return [w.controlConnections, ...w.serving.map((s) => s.serving?.connections ?? 0)];
+  };
+  t.same((await held()).length, 3, 'the control thread and two workers');
+
+  // Six connections, the cap, with each thread holding at least one: which thread took a
+  // connection is read from the counts; one that landed where there are enough is closed.
+  const open: Array<{ c: RawClient; thread: number }> = [];
+  let next = 0;
+  while (open.length < 6) {
+    if (next > 200) throw new Error('200 connections and a thread never took one');
+    const before = await held();
+    const c = await RawClient.connect(la.outboundPort, ips[next++]!);
+    t.equal(await get(c), 200);
+    const after = await held();
+    const thread = after.findIndex((n, i) => n > before[i]!);
+    const mine = open.filter((o) => o.thread === thread).length;
+    const missing = [0, 1, 2].filter((i) => !open.some((o) => o.thread === i) && i !== thread).length;
+    if (mine >= 1 && open.length + 1 + missing > 6) {
+      c.close();
+      for (let i = 0; i < 200 && (await held()).reduce((a, b) => a + b) !== open.length; i++) await sleep(10);
+      continue;
+    }
+    open.push({ c, thread });
+  }
+  t.same(
+    [0, 1, 2].map((i) => open.some((o) => o.thread === i)),
+    [true, true, true],
+    'each thread holds some of the six',
+  );
+  const flood = await RawClient.connect(la.outboundPort, ips[next++]!);
+  flood.write('GET / HTTP/1.1\r\nHost: api\r\n\r\n');
+  await flood.waitClosed();
+  t.ok(flood.closed, 'at the cap: refused');
+
+  // Worker 1 dies (what an exception out of its event loop does: the thread ends).
+  const victim = la.agent.workerThreads[0]!;
+  const lost = open.filter((o) => o.thread === 1);
+  const kept = open.filter((o) => o.thread !== 1);
+  await victim.worker!.terminate();
+  for (const o of lost) await o.c.waitClosed();
+  for (const o of kept) t.equal(await get(o.c), 200, `a keep-alive connection of thread ${o.thread} still answers`);
+
+  // Its connections no longer count: as many new ones as it held are admitted.
+  const fresh: RawClient[] = [];
+  t.teardown(() => fresh.forEach((c) => c.close()));
+  for (let i = 0; i < lost.length; i++) {
+    const c = await RawClient.connect(la.outboundPort, ips[next++]!);
+    fresh.push(c);
+    t.equal(await get(c), 200, 'a place the dead worker held is taken again');
+  }
+  for (const o of kept) t.equal(await get(o.c), 200);
+  for (const o of kept) o.c.close();
+});
