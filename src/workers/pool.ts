@@ -2,9 +2,11 @@
  * The agent's worker threads, from the control thread's side.
  *
  * With `agent.workers: N` the control thread serves as one of the N and starts N-1 worker
- * threads (worker.ts). Every thread accepts from the one outbound listening socket (each
- * worker on a dup of its fd, src/lifecycle/listeners.ts): one kernel queue, so a worker that
- * dies loses nothing queued, and an upgrade hands the same socket to the next agent.
+ * threads (worker.ts). Every thread accepts from each of the agent's proxy listening sockets,
+ * outbound, inbound and tunnel (each worker on a dup of their fds, src/lifecycle/listeners.ts):
+ * one kernel queue per listener, so a worker that dies loses nothing queued, and an upgrade
+ * hands the same sockets to the next agent. The listener caps are counted across threads in
+ * one shared buffer (proxy/downstream-caps.ts); each thread splices its own L4 connections.
  * The control thread keeps everything that is the node's rather than a connection's:
  * discovery, capture, identity, active health checks, outlier detection and the circuit
  * breakers' decisions. It hands each worker immutable snapshots and takes back outcomes:
@@ -21,7 +23,8 @@
  *
  * A worker that dies is started again (with a fresh snapshot) after a short backoff; the
  * others, and their connections, are not touched; the dead worker's accepted connections end
- * with it, nothing still queued on the socket is lost.
+ * with it (its slot of the shared connection counts is zeroed), nothing still queued on the
+ * sockets is lost.
  */
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
