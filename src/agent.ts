@@ -24,7 +24,7 @@ import { LocalIdentities } from './identity/local-identities.js';
 import { HboneTunnel } from './proxy/hbone-tunnel.js';
 import { TunnelServer } from './proxy/tunnel-server.js';
 import { PlaintextInbound } from './proxy/inbound-plaintext.js';
-import { DownstreamCaps } from './proxy/downstream-caps.js';
+import { DownstreamCaps, SharedConnCounts } from './proxy/downstream-caps.js';
 import { inboundTransport } from './proxy/inbound.js';
 import { DEFAULT_PIN_ROOT, preparePinRoot } from './capture/datapath.js';
 import { NodeSlot } from './lifecycle/handover.js';
@@ -32,6 +32,7 @@ import { Listeners } from './lifecycle/listeners.js';
 import pino from 'pino';
 import { outboundPlane } from './workers/plane.js';
 import { WorkerPool } from './workers/pool.js';
+import { usableCores } from './workers/cores.js';
 import type { SourceRoutes } from './workers/protocol.js';
 
 /** How long a restarted agent answers queued connections before it sets up identities (answerQueuedFirst). */
@@ -191,9 +192,11 @@ export class Agent {
     const { tcp } = plane;
     this.http = plane.http;
     this.outbound = plane.outbound;
-    // One thread unless agent.workers says more: the kernel L4 splice and the per-listener
-    // connection caps are the control thread's alone so far (README "Every core").
-    const workers = this.opts.workers ?? cfg.agent.workers ?? 1;
+    // A thread per core the agent may use (affinity, cgroup CPU quota), unless agent.workers
+    // says otherwise; without capture (loopback tests: `origDst` is a function of this thread) one.
+    const workers = this.opts.workers ?? cfg.agent.workers ?? (capture ? usableCores() : 1);
+    // The listener caps are the agent's: every thread counts its connections in one shared buffer.
+    const caps = (this.downstreamCaps = new DownstreamCaps(this.metrics, log.child({ component: 'listeners' }), SharedConnCounts.create(workers)));
     if (workers > 1) this.pool = this.createPool(workers - 1, capture);
     this.plaintextInbound = new PlaintextInbound({
       state: this.state,
@@ -205,12 +208,10 @@ export class Agent {
       registry: this.metrics.registry,
       metrics: pool ? () => pool.metrics(this.metrics.registry) : undefined,
       ready: () => this.readiness(),
-      configDump: () => this.configDump(),
-      workers: pool ? () => pool.describe() : undefined,
+      configDump: () => this.configDumpAll(),
       log: log.child({ component: 'admin' }),
     });
     const { ports, node } = cfg;
-    const caps = (this.downstreamCaps = new DownstreamCaps(this.metrics, log.child({ component: 'listeners' })));
     const max = cfg.agent.maxDownstreamConnections;
     caps.attach('outbound', this.outbound.server, max.outbound);
     caps.attach('inbound', this.plaintextInbound.server, max.inbound);
@@ -505,12 +506,19 @@ export class Agent {
       threads,
       clusters: this.clusters,
       metrics: this.metrics,
+      caps: this.downstreamCaps?.shared,
       log: this.log.child({ component: 'workers' }),
       writeLog: (text) => stream?.write(text),
       snapshot: () => ({
         config: this.state.config,
         // A fd of its own for the outbound listening socket, each (re)start a fresh one.
         outboundFd: this.listeners.dupFd('outbound'),
+        inboundFd: this.listeners.dupFd('inbound'),
+        tunnelFd: this.listeners.dupFd('tunnel'),
+        rootPem: this.identities?.rootPem ?? '',
+        caps: this.downstreamCaps!.shared.buffer,
+        // Each worker loads a splice object of its own when this thread could load one.
+        splice: this.datapath?.splicing ?? false,
         pinRoot: capture ? (this.datapath?.pinRoot ?? this.opts.pinRoot) : undefined,
         logLevel: this.log.level,
         trustDomain: this.state.config.mesh.trustDomain,
@@ -541,6 +549,20 @@ export class Agent {
     return { ready: reasons.length === 0, reasons };
   }
 
+  /**
+   * /config_dump: configDump() with what each worker thread serves, and the RequestMirror
+   * counts of every thread summed (one agent's).
+   */
+  async configDumpAll(): Promise<unknown> {
+    const dump = this.configDump() as { routes: { mirror?: Record<string, number> }; workers: Record<string, unknown> };
+    if (!this.pool) return dump;
+    const serving = (await this.pool.describe()) as Array<{ serving?: { mirror?: Record<string, number> } }>;
+    dump.workers.serving = serving;
+    const mirror = dump.routes.mirror;
+    if (mirror) for (const w of serving) for (const [k, v] of Object.entries(w.serving?.mirror ?? {})) mirror[k] = (mirror[k] ?? 0) + v;
+    return dump;
+  }
+
   configDump(): unknown {
     const cfg = this.state.config;
     return {
@@ -553,10 +575,17 @@ export class Agent {
       namespaces: cfg.namespaces.map((n) => ({ ...n, meshed: this.state.isMeshed(n.name) })),
       workloads: cfg.workloads,
       services: cfg.services,
-      routes: describeRoutes(this.state, this.clusters, this.mirror?.stats),
+      routes: describeRoutes(this.state, this.clusters, this.mirror && { ...this.mirror.stats }),
       clusters: [...this.clusters.all()].map((c) => c.describe()),
       capture: this.capture?.describe() ?? 'disabled',
-      workers: { threads: 1 + (this.pool?.size ?? 0), controlConnections: this.outbound?.connections, workerThreads: this.pool?.workerThreads().map(({ worker: _w, ...rest }) => rest) ?? [] },
+      workers: {
+        threads: 1 + (this.pool?.size ?? 0),
+        // What the control thread serves itself, beside the workers' (`serving`).
+        controlConnections: this.outbound?.connections,
+        controlInboundConnections: this.plaintextInbound?.connections,
+        controlTunnelSessions: this.tunnelServer?.sessionCount,
+        workerThreads: this.pool?.workerThreads().map(({ worker: _w, ...rest }) => rest) ?? [],
+      },
       socketLb: this.socketLb?.describe() ?? 'disabled',
       authorization: this.enforcer?.describe(),
       nodes: cfg.nodes ?? [],
@@ -567,9 +596,9 @@ export class Agent {
     };
   }
 
-  /** Downstream connections this agent still serves: redirected, plaintext inbound, tunnel sessions. */
+  /** Downstream connections this agent still serves: redirected, plaintext inbound, tunnel sessions; the workers' too. */
   get connections(): number {
-    return (this.outbound?.connections ?? 0) + (this.plaintextInbound?.connections ?? 0) + (this.tunnelServer?.sessionCount ?? 0);
+    return (this.outbound?.connections ?? 0) + (this.plaintextInbound?.connections ?? 0) + (this.tunnelServer?.sessionCount ?? 0) + (this.pool ? (this.downstreamCaps?.shared.workers() ?? 0) : 0);
   }
 
   /**
@@ -618,6 +647,8 @@ export class Agent {
     this.http.drain();
     this.tunnelHttp.drain();
     this.tunnelServer?.drain();
+    // The workers' connections drain the same way, and count in `connections` (shared counts).
+    this.pool?.handedOver();
     const started = Date.now();
     this.log.info({ reason, connections: this.connections, inflight: this.http.active + this.tunnelHttp.active, drainMs: deadline - started }, 'draining');
     while (this.connections > 0 && Date.now() < deadline && !this.stopping) await new Promise((r) => setTimeout(r, 50));

@@ -9,9 +9,8 @@ export interface AdminDeps {
   /** The agent's metrics when they are more than `registry` (worker threads' merged in); default: `registry`'s. */
   metrics?: () => Promise<{ text: string; contentType: string }>;
   ready: () => { ready: boolean; reasons: string[] };
+  /** The state dump (with worker threads: what each serves, asked of them). */
   configDump: () => unknown;
-  /** With worker threads: what each serves now (asked of them). */
-  workers?: () => Promise<unknown>;
   log: Logger;
 }
 
@@ -68,8 +67,7 @@ export class AdminServer {
         return;
       }
       case '/config_dump': {
-        const dump = this.deps.configDump() as Record<string, unknown>;
-        if (this.deps.workers) dump.workers = { ...(dump.workers as object), serving: await this.deps.workers() };
+        const dump = await this.deps.configDump();
         const body = JSON.stringify(dump, (_k, v) => (typeof v === 'bigint' ? String(v) : v), 2);
         res.writeHead(200, { 'content-type': 'application/json' });
         res.end(body);

@@ -18,7 +18,7 @@
 import { open } from 'node:fs/promises';
 import { constants, unwatchFile, watchFile, type Stats } from 'node:fs';
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
-import http from 'node:http';
+import http from '../node-http.js';
 import https from 'node:https';
 import { isIP, type LookupFunction } from 'node:net';
 import { networkInterfaces } from 'node:os';

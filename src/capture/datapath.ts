@@ -742,6 +742,40 @@ function openSplicer(path: string, pinRoot: string, objects: BpfObject[], log: p
   }
 }
 
+/**
+ * The L4 splice of one worker thread (src/workers/): a splice object of its own (its socket
+ * maps and verdict program are private to the object, so each thread has its own), watched
+ * from the thread's own event loop. A socket can only be spliced by the thread whose event
+ * loop owns it: each thread splices what it accepted. Undefined (with a warning) when the
+ * kernel refuses: that thread pipes in user space.
+ */
+export class ThreadSplice {
+  private constructor(
+    private readonly obj: BpfObject,
+    private readonly splicer: SocketSplicer,
+  ) {}
+
+  static open(opts: { pinRoot: string; objDir?: string; log: pino.Logger }): ThreadSplice | undefined {
+    const objects: BpfObject[] = [];
+    const splicer = openSplicer(join(opts.objDir ?? join(repoRoot, 'build', 'bpf'), SPLICE.object), opts.pinRoot, objects, opts.log);
+    return splicer && new ThreadSplice(objects[0]!, splicer);
+  }
+
+  get size(): number {
+    return this.splicer.size;
+  }
+
+  splice(down: Socket, up: Socket, opts: SpliceOptions): SpliceHandle | SpliceRefusal {
+    return this.splicer.splice(down, up, opts);
+  }
+
+  /** Ends every spliced pair of this thread and closes the object. */
+  close(): void {
+    this.splicer.close();
+    this.obj.close();
+  }
+}
+
 function lookupOrigDst(tuple: BpfMap, socket: Socket): OrigDst | undefined {
   const fd = socketFd(socket);
   if (fd === undefined) return undefined;

@@ -484,8 +484,9 @@ export interface MeshConfig {
      */
     maxDownstreamConnections: { outbound: number; inbound: number; tunnel: number };
     /**
-     * Threads that serve connections (src/workers/). Absent: one per core the agent may run
-     * on (its CPU affinity). 1: the control thread serves alone, as before workers existed.
+     * Threads that serve connections (src/workers/). Absent: the cores the agent may use (its
+     * CPU affinity and its cgroup's CPU quota, src/workers/cores.ts). 1: the control thread
+     * serves alone, as before workers existed.
      */
     workers?: number;
   };

@@ -34,7 +34,8 @@ import { listen } from '../listen.js';
 
 export interface TunnelServerDeps {
   state: StateStore;
-  identities: LocalIdentities;
+  /** LocalIdentities, or a worker thread's copy (src/workers/identities.ts). */
+  identities: Pick<LocalIdentities, 'trustDomain' | 'rootPem' | 'has' | 'context'>;
   /** Where streams go: an HttpProxy and TCP deps whose authorizers take `ctx.peer`; security `mutual_tls`. */
   inbound: InboundDeps;
   log: Logger;

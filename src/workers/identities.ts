@@ -1,8 +1,8 @@
 /**
  * A worker thread's copy of the node's workload identities: the control thread owns the CA
  * client and the cert manager (issuing, rotation) and sends each new certificate; the
- * worker builds its own TLS contexts from them for the tunnel (HboneTunnel). Same shape as
- * LocalIdentities, as far as the tunnel uses it.
+ * worker builds its own TLS contexts from them for the tunnel, both ends (HboneTunnel, TunnelServer).
+ * Same shape as LocalIdentities, as far as the tunnel uses it.
  */
 import { EventEmitter } from 'node:events';
 import * as tls from 'node:tls';
@@ -24,6 +24,8 @@ export class WorkerIdentities {
 
   constructor(
     readonly trustDomain: string,
+    /** The mesh root (PEM): what the tunnel listener verifies callers against. */
+    readonly rootPem: string,
     private readonly state: StateStore,
   ) {}
 

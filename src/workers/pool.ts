@@ -2,9 +2,11 @@
  * The agent's worker threads, from the control thread's side.
  *
  * With `agent.workers: N` the control thread serves as one of the N and starts N-1 worker
- * threads (worker.ts). Every thread accepts from the one outbound listening socket (each
- * worker on a dup of its fd, src/lifecycle/listeners.ts): one kernel queue, so a worker that
- * dies loses nothing queued, and an upgrade hands the same socket to the next agent.
+ * threads (worker.ts). Every thread accepts from each of the agent's proxy listening sockets,
+ * outbound, inbound and tunnel (each worker on a dup of their fds, src/lifecycle/listeners.ts):
+ * one kernel queue per listener, so a worker that dies loses nothing queued, and an upgrade
+ * hands the same sockets to the next agent. The listener caps are counted across threads in
+ * one shared buffer (proxy/downstream-caps.ts); each thread splices its own L4 connections.
  * The control thread keeps everything that is the node's rather than a connection's:
  * discovery, capture, identity, active health checks, outlier detection and the circuit
  * breakers' decisions. It hands each worker immutable snapshots and takes back outcomes:
@@ -21,7 +23,8 @@
  *
  * A worker that dies is started again (with a fresh snapshot) after a short backoff; the
  * others, and their connections, are not touched; the dead worker's accepted connections end
- * with it, nothing still queued on the socket is lost.
+ * with it (its slot of the shared connection counts is zeroed), nothing still queued on the
+ * sockets is lost.
  */
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
@@ -31,6 +34,7 @@ import type { ClusterManager } from '../cluster/manager.js';
 import type { MeshConfig } from '../config/types.js';
 import type { Logger } from '../telemetry/log.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import type { SharedConnCounts } from '../proxy/downstream-caps.js';
 import type { CertSnapshot, FromWorker, SourceRoutes, ToWorker, WorkerInit } from './protocol.js';
 
 /** The worker module next to this one (.ts when run from source, as the tests do). */
@@ -52,6 +56,8 @@ export interface WorkerPoolOptions {
   log: Logger;
   /** Writes a batch of workers' log lines with the control thread's writer. */
   writeLog: (text: string) => void;
+  /** The agent's shared connection counts: a worker that ended has its slot zeroed (its sockets closed with it). */
+  caps?: SharedConnCounts;
   /** Extra Node.js flags for the worker threads (default: the process's). */
   execArgv?: string[];
 }
@@ -100,7 +106,9 @@ export class WorkerPool {
   private spawn(slot: Slot): Promise<void> {
     const snapshot = this.o.snapshot();
     const init: WorkerInit = { ...snapshot, index: slot.index, certs: [...this.certs.values()], routes: this.routes ?? snapshot.routes };
-    const worker = new Worker(WORKER_URL, { workerData: init, execArgv: this.o.execArgv, name: `weft-worker-${slot.index}` });
+    // The snapshot goes as the first message (the worker keeps workerData for its whole life).
+    const worker = new Worker(WORKER_URL, { workerData: { index: slot.index }, execArgv: this.o.execArgv, name: `weft-worker-${slot.index}` });
+    worker.postMessage({ t: 'init', init });
     slot.worker = worker;
     slot.threadId = worker.threadId;
     slot.state = 'starting';
@@ -126,6 +134,8 @@ export class WorkerPool {
       worker.on('exit', (code) => {
         if (slot.worker !== worker) return;
         slot.worker = undefined;
+        // Its sockets closed with the thread: they no longer count against the caps.
+        this.o.caps?.clearSlot(slot.index);
         if (this.stopping || this.acceptingDone) {
           slot.state = 'stopped';
           return;
@@ -224,6 +234,11 @@ export class WorkerPool {
   async stopAccepting(): Promise<void> {
     this.acceptingDone = true;
     await Promise.all(this.slots.filter((s) => s.worker && s.state === 'serving').map((s) => this.ask(s, { t: 'stop-accepting' })));
+  }
+
+  /** Handed over: the workers drain as the control thread does (`connection: close`, GOAWAY). */
+  handedOver(): void {
+    this.post({ t: 'handed-over' });
   }
 
   private ask(s: Slot, m: { t: 'metrics' | 'dump' | 'stop-accepting' }, timeoutMs = 2_000): Promise<unknown> {

@@ -21,7 +21,7 @@ export interface CertSnapshot {
 /** Loopback tests without eBPF: the original destination (and caller) by source address. */
 export type SourceRoutes = Array<[srcIp: string, dest: { ip: string; port: number; workload?: string }]>;
 
-/** A worker's start: `workerData`. */
+/** A worker's start: its first message (`{ t: 'init', init }`). */
 export interface WorkerInit {
   index: number;
   config: MeshConfig;
@@ -30,6 +30,15 @@ export interface WorkerInit {
    * the one socket and its one queue (src/lifecycle/listeners.ts); the worker closes its fd.
    */
   outboundFd: number;
+  /** Its own fds of the permissive inbound (15006) and tunnel (15008) listening sockets, the same way. */
+  inboundFd: number;
+  tunnelFd: number;
+  /** The mesh root (PEM) the tunnel listener verifies callers against. */
+  rootPem: string;
+  /** The agent's open downstream connections and caps, shared by every thread (proxy/downstream-caps.ts); this worker counts in slot `index`. */
+  caps: SharedArrayBuffer;
+  /** Splice L4 connections in the kernel with a splice object of this thread's own (capture/datapath.ts ThreadSplice). */
+  splice: boolean;
   /** capture on: the pinned BPF maps under this root hold the original destinations. */
   pinRoot?: string;
   logLevel: string;
@@ -42,6 +51,7 @@ export interface WorkerInit {
 }
 
 export type ToWorker =
+  | { t: 'init'; init: WorkerInit }
   | { t: 'config'; config: MeshConfig }
   | { t: 'health'; clusters: ClusterHealth[] }
   | { t: 'sources'; sources: Array<[string, string]> }
@@ -50,6 +60,8 @@ export type ToWorker =
   | { t: 'metrics'; id: number }
   | { t: 'dump'; id: number }
   | { t: 'stop-accepting'; id: number }
+  /** Handed over: every answer from now on says `connection: close`, tunnel sessions get GOAWAY. */
+  | { t: 'handed-over' }
   /** `untilClosed`: after a handover, every connection is waited for (answers carry connection: close), not only requests in flight. */
   | { t: 'drain'; ms: number; untilClosed?: boolean };
 

@@ -236,6 +236,42 @@ t.test('L4 connections spliced in the kernel', async (t) => {
     );
   });
 
+  await t.test('every thread splices what it accepted (agent.workers: one per core)', async (t) => {
+    const ready = sb.agentLines().find((l) => l.msg === 'agent ready');
+    if (!(ready?.workers > 1)) {
+      t.comment(`the agent runs ${ready?.workers} thread(s): nothing to check`);
+      return;
+    }
+    // Which thread accepts is the kernel's choice: rounds of concurrent connections until a
+    // worker thread (its lines carry \`worker\`) and the control thread both took some.
+    const before = await sb.metrics();
+    const lines = access().length;
+    const mine = () =>
+      access()
+        .slice(lines)
+        .filter((l) => l.sent_bytes === 4096);
+    for (let round = 0; round < 20; round++) {
+      t.same(await run({ mode: 'many', conns: 20, bytes: 4096 }, 60_000), { ok: 20, bad: [] });
+      await until('20 more access lines', () => mine().length >= 20 * (round + 1));
+      if (mine().some((l) => l.worker !== undefined) && mine().some((l) => l.worker === undefined)) break;
+    }
+    const byWorker = mine().filter((l) => l.worker !== undefined);
+    const byControl = mine().filter((l) => l.worker === undefined);
+    t.ok(byWorker.length > 0 && byControl.length > 0, `the control thread served ${byControl.length}, worker threads ${byWorker.length}`);
+    t.ok(
+      byWorker.every((l) => l.spliced === true),
+      'the connections a worker accepted were spliced in the kernel',
+    );
+    t.ok(
+      byControl.every((l) => l.spliced === true),
+      'and the control thread’s too',
+    );
+    // The kernel moved the bytes (counted by the splice programs): every thread's counts come
+    // out in the agent's one exposition.
+    const after = await sb.metrics();
+    t.equal(metric(after, 'weft_tcp_sent_bytes_total', labels) - metric(before, 'weft_tcp_sent_bytes_total', labels), mine().length * 4096, 'the bytes of every thread counted once in /metrics');
+  });
+
   await t.test('a reset from the client ends the connection', async (t) => {
     const lines = access().length;
     const r = await run({ mode: 'reset' });
