@@ -10,7 +10,7 @@
 import type { Cluster } from '../../cluster/cluster.js';
 import type { Endpoint } from '../../cluster/endpoint.js';
 import type { WeftErrorCode } from '../../errors.js';
-import type { Logger } from '../../telemetry/log.js';
+import { infoLine, type Logger } from '../../telemetry/log.js';
 import { HistogramBatch, type Metrics } from '../../telemetry/metrics.js';
 import type { ConnContext } from '../context.js';
 import { destinationLabelsOf, sourceLabelsOf, type SourceLabels } from '../../telemetry/labels.js';
@@ -149,7 +149,8 @@ export class L7Telemetry {
     }
     labels.duration.observe(secs);
     if (!this.log.isLevelEnabled('info')) return;
-    (byWhere.log ??= this.accessLogFor(r)).info(
+    infoLine(
+      (byWhere.log ??= this.accessLogFor(r)),
       {
         protocol: r.protocol,
         request_id: r.requestId,
