@@ -285,6 +285,8 @@ function serveFloor(port: number, backendPort: number): void {
     up.on('close', close);
   });
   server.listen(port, '127.0.0.1', () => console.log('ready'));
+  // Exit normally on the bench's SIGINT, so that --cpu-prof writes its profile.
+  process.on('SIGINT', () => process.exit(0));
 }
 
 async function serveWeft(port: number, backendPort: number): Promise<void> {
@@ -533,7 +535,9 @@ async function main(): Promise<void> {
         );
         child = await spawnPinned(args.proxyCpu, 'nginx', ['-c', conf, '-p', dir], undefined);
       } else if (proxy === 'node' || proxy === 'floor') {
-        child = await spawnPinned(args.proxyCpu, process.execPath, [SELF, `serve-${proxy}`, String(port), String(backendPort)], /ready/);
+        // --cpu-prof profiles the Node proxies too: their profile is what the agent's is compared with.
+        const nodeArgs = args.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${args.cpuProf}`, `--cpu-prof-name=${proxy}-${Date.now()}.cpuprofile`] : [];
+        child = await spawnPinned(args.proxyCpu, process.execPath, [...nodeArgs, SELF, `serve-${proxy}`, String(port), String(backendPort)], /ready/);
       } else if (proxy === 'weft') {
         const out = args.log ? openSync(args.log, 'w') : openSync('/dev/null', 'w');
         const nodeArgs = args.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${args.cpuProf}`] : [];

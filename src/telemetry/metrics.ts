@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Workload } from '../config/types.js';
 import { UNKNOWN, workloadName } from './labels.js';
@@ -142,5 +143,106 @@ export class Metrics {
       }
     }
     return removed;
+  }
+}
+
+/** prom-client's label-set key (the one `observe`, `zero` and `remove` use). */
+const { hashObject } = createRequire(import.meta.url)('prom-client/lib/util.js') as { hashObject(labels: object, names?: readonly string[]): string };
+
+/** prom-client 15's own state of a histogram series (`createBaseValues`): per-bucket counts (not cumulative), sum, count. */
+interface HistogramSeries {
+  bucketValues: Record<number, number>;
+  sum: number;
+  count: number;
+}
+
+interface HistogramInternals {
+  hashMap: Record<string, HistogramSeries>;
+  sortedLabelNames: readonly string[];
+  upperBounds: readonly number[];
+}
+
+function internals(h: Histogram<string>): HistogramInternals | undefined {
+  const x = h as unknown as Partial<HistogramInternals>;
+  return x.hashMap !== undefined && Array.isArray(x.sortedLabelNames) && Array.isArray(x.upperBounds) ? (x as HistogramInternals) : undefined;
+}
+
+/**
+ * Observations of one histogram series, added up here and folded into prom-client's series
+ * in one step per event-loop turn (`flush`). prom-client's `observe` validates and hashes
+ * the label object on every call (`labels()` children do the same per call): at one
+ * observation per HTTP request that was 4% of the L7 path's CPU. The exposition is the same
+ * (bucket counts, sum, count); a scrape sees observations at most one loop turn late, as
+ * the request counter already does. With a prom-client whose internals are not the ones
+ * this knows, every observation goes through `observe` at flush (the same result, the old cost).
+ */
+export class HistogramBatch {
+  private readonly bounds: readonly number[];
+  /** Per bucket (not cumulative); the last slot counts values above the top bound (+Inf only). */
+  private readonly counts: Float64Array;
+  private values: number[] | undefined;
+  private sum = 0;
+  private n = 0;
+  private key: string | undefined = undefined;
+
+  constructor(
+    private readonly histogram: Histogram<string>,
+    readonly labels: Record<string, string>,
+  ) {
+    const inner = internals(histogram);
+    this.bounds = inner?.upperBounds ?? [];
+    this.counts = new Float64Array(this.bounds.length + 1);
+    if (inner === undefined) this.values = [];
+  }
+
+  /** True when this batch holds observations not yet flushed. */
+  get pending(): boolean {
+    return this.n > 0;
+  }
+
+  observe(value: number): void {
+    this.n++;
+    if (this.values !== undefined) {
+      this.values.push(value);
+      return;
+    }
+    const b = this.bounds;
+    let i = 0;
+    while (i < b.length && value > b[i]!) i++;
+    this.counts[i]!++;
+    this.sum += value;
+  }
+
+  /** Fold the observations into the histogram. */
+  flush(): void {
+    if (this.n === 0) return;
+    const inner = this.values === undefined ? internals(this.histogram) : undefined;
+    if (inner === undefined) {
+      for (const v of this.values ?? []) this.histogram.observe(this.labels, v);
+      if (this.values !== undefined) this.values.length = 0;
+      this.n = 0;
+      return;
+    }
+    const key = (this.key ??= hashObject(this.labels, inner.sortedLabelNames));
+    let series = inner.hashMap[key];
+    if (series === undefined) {
+      // A new series (or one removed since, e.g. by retainWorkloads): prom-client makes it.
+      this.histogram.zero(this.labels);
+      series = inner.hashMap[key]!;
+    }
+    const b = this.bounds;
+    const counts = this.counts;
+    for (let i = 0; i < b.length; i++) {
+      const c = counts[i]!;
+      if (c !== 0) {
+        series.bucketValues[b[i]!] = (series.bucketValues[b[i]!] ?? 0) + c;
+        counts[i] = 0;
+      }
+    }
+    counts[b.length] = 0;
+    series.sum += this.sum;
+    series.count += this.n;
+    this.sum = 0;
+    this.n = 0;
   }
 }

@@ -50,6 +50,27 @@ const RESP_NONE = 2;
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
 
+/**
+ * The request view of an HTTP/1.1 exchange. The header object is built on first use: routing
+ * and authorization read method, authority and path on every request, the headers only when
+ * a route matches on them or a JWT rule applies (building it was 3.5% of the L7 path's CPU).
+ */
+class Http1View implements RequestView {
+  readonly method: string;
+  readonly authority: string | undefined;
+  readonly path: string;
+  readonly grpc = false;
+  private headers_: Record<string, string> | undefined = undefined;
+  constructor(private readonly ex: Exchange) {
+    this.method = ex.method;
+    this.authority = ex.host;
+    this.path = ex.path;
+  }
+  get headers(): Record<string, string> {
+    return (this.headers_ ??= headerObject(this.ex.headers));
+  }
+}
+
 export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields {
   // --- the request head ---
   readonly down: Downstream;
@@ -154,7 +175,7 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   // The pipeline's hooks
 
   view(): RequestView {
-    return (this.view_ ??= { method: this.method, authority: this.host, path: this.path, headers: headerObject(this.headers), grpc: false });
+    return (this.view_ ??= new Http1View(this));
   }
 
   protected headerValue(name: string): string | undefined {

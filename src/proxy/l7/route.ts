@@ -109,8 +109,8 @@ export function routeRequest(clusters: ClusterManager, target: Target, req: HasR
   const table = clusters.routesFor(target.key);
   if (table === undefined || table.kind === 'TCPRoute') return routeTarget(clusters, target);
   const v = req.view();
-  const headers = v.headers;
-  const plan = table.plan({ method: v.method, target: v.path, header: (n) => headerOf(headers, n), host: v.authority ?? `${target.service.name}:${target.port.port}` }, rand);
+  // The header map is read only when a rule matches on headers (HTTP/1.1 builds it on first use).
+  const plan = table.plan({ method: v.method, target: v.path, header: (n) => headerOf(v.headers, n), host: v.authority ?? `${target.service.name}:${target.port.port}` }, rand);
   if (plan === undefined) {
     throw new WeftError('WEFT_ERR_NO_ROUTE', `no rule of the routes on ${target.key} matches ${v.method} ${v.path}`);
   }

@@ -4,14 +4,14 @@
  *
  * For L7, labels and the bound access logger are cached per connection, then per endpoint
  * (or service) and status, so the common path finds them without building a key; the
- * request counter is added up per event-loop turn (one prom-client call per label set), the
- * histogram takes every value.
+ * request counter and the duration histogram are added up per event-loop turn (one
+ * prom-client update per label set).
  */
 import type { Cluster } from '../../cluster/cluster.js';
 import type { Endpoint } from '../../cluster/endpoint.js';
 import type { WeftErrorCode } from '../../errors.js';
-import type { Logger } from '../../telemetry/log.js';
-import type { Metrics } from '../../telemetry/metrics.js';
+import { infoLine, type Logger } from '../../telemetry/log.js';
+import { HistogramBatch, type Metrics } from '../../telemetry/metrics.js';
 import type { ConnContext } from '../context.js';
 import { destinationLabelsOf, sourceLabelsOf, type SourceLabels } from '../../telemetry/labels.js';
 import { EXTRA_FLAGS, responseFlags, upstreamCluster } from '../../telemetry/access-log.js';
@@ -53,7 +53,8 @@ export type CallerPrincipal = (ctx: ConnContext, ep: Endpoint) => string | undef
 
 interface RequestLabels {
   requests: Record<string, string>;
-  duration: Record<string, string>;
+  /** Durations observed since the last flush to prom-client (and its labels). */
+  duration: HistogramBatch;
   /** Requests counted since the last flush to prom-client. */
   pending: number;
 }
@@ -146,9 +147,10 @@ export class L7Telemetry {
       this.flushScheduled = true;
       setImmediate(this.flushCounts);
     }
-    this.metrics.requestDuration.observe(labels.duration, secs);
+    labels.duration.observe(secs);
     if (!this.log.isLevelEnabled('info')) return;
-    (byWhere.log ??= this.accessLogFor(r)).info(
+    infoLine(
+      (byWhere.log ??= this.accessLogFor(r)),
       {
         protocol: r.protocol,
         request_id: r.requestId,
@@ -175,6 +177,7 @@ export class L7Telemetry {
     for (const l of this.dirty) {
       requests.inc(l.requests, l.pending);
       l.pending = 0;
+      l.duration.flush();
     }
     this.dirty.length = 0;
   };
@@ -195,7 +198,7 @@ export class L7Telemetry {
       const common = { source_workload, source_namespace, destination_service: service, destination_workload, response_code };
       labels = {
         requests: { ...common, grpc_status, connection_security_policy: security, source_canonical_service, destination_canonical_service },
-        duration: { ...common, source_canonical_service, destination_canonical_service },
+        duration: new HistogramBatch(this.metrics.requestDuration, { ...common, source_canonical_service, destination_canonical_service }),
         pending: 0,
       };
       // Label values are bounded (workloads x services x codes); the cap only guards memory.

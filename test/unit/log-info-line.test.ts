@@ -1,0 +1,77 @@
+import t from 'tap';
+import pino from 'pino';
+import { infoLine, isoTime } from '../../src/telemetry/log.js';
+
+/** A pino logger writing into an array, with a fixed time so that two lines can be compared byte for byte. */
+function capture(opts: pino.LoggerOptions = {}) {
+  const lines: string[] = [];
+  const log = pino({ level: 'info', base: { pid: 42 }, timestamp: () => ',"time":"2026-12-03T17:00:00.000Z"', ...opts }, { write: (s: string) => lines.push(s) });
+  return { log, lines };
+}
+
+const fields = {
+  protocol: 'http/1.1',
+  method: 'GET',
+  path: '/a?q="x"&b=\\é€😀\u0001\n',
+  host: undefined,
+  status: 200,
+  grpc_status: undefined,
+  attempts: 1,
+  duration_ms: 0.37,
+  nan: Number.NaN,
+  ok: true,
+  no: false,
+  error: undefined,
+  reason: 'line\r\nbreak',
+};
+
+t.test('the hand-built line is the line pino writes, byte for byte', async (t) => {
+  const a = capture();
+  const b = capture();
+  const ca = a.log.child({ src_ip: '127.0.0.1', dst: '10.96.0.20:80', endpoint: undefined, security: 'none' });
+  const cb = b.log.child({ src_ip: '127.0.0.1', dst: '10.96.0.20:80', endpoint: undefined, security: 'none' });
+  ca.info(fields, 'access');
+  infoLine(cb, fields, 'access');
+  infoLine(cb, {}, 'access');
+  ca.info({}, 'access');
+  t.equal(b.lines.length, 2);
+  t.same(b.lines, a.lines);
+  t.same(JSON.parse(b.lines[0]!), {
+    level: 30,
+    time: '2026-12-03T17:00:00.000Z',
+    pid: 42,
+    src_ip: '127.0.0.1',
+    dst: '10.96.0.20:80',
+    security: 'none',
+    ...JSON.parse(JSON.stringify(fields)),
+    nan: null,
+    msg: 'access',
+  });
+  t.match(b.lines[0], /,"msg":"access"\}\n$/);
+});
+
+t.test("with the agent's time function too", async (t) => {
+  const lines: string[] = [];
+  const log = pino({ level: 'info', base: { pid: 1 }, timestamp: isoTime }, { write: (s: string) => lines.push(s) });
+  infoLine(log, { status: 503 }, 'access');
+  t.match(JSON.parse(lines[0]!), { level: 30, pid: 1, status: 503, msg: 'access' });
+  t.ok(Date.now() - Date.parse(JSON.parse(lines[0]!).time) < 60_000, 'a current ISO time');
+});
+
+t.test('a logger configured beyond what the line reproduces gets pino itself', async (t) => {
+  const a = capture({ mixin: () => ({ extra: 'mixed' }) });
+  infoLine(a.log.child({ x: 1 }), { status: 200 }, 'access');
+  t.match(JSON.parse(a.lines[0]!), { extra: 'mixed', x: 1, status: 200, msg: 'access' });
+  const r = capture({ redact: ['path'] });
+  infoLine(r.log, { path: '/secret', status: 200 }, 'access');
+  t.equal(JSON.parse(r.lines[0]!).path, '[Redacted]');
+  const f = capture({ formatters: { log: (o) => ({ ...o, formatted: true }) } });
+  infoLine(f.log, { status: 200 }, 'access');
+  t.equal(JSON.parse(f.lines[0]!).formatted, true);
+});
+
+t.test('nothing is written below the level', async (t) => {
+  const w = capture({ level: 'warn' });
+  infoLine(w.log, { status: 200 }, 'access');
+  t.same(w.lines, []);
+});
