@@ -212,7 +212,7 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
 
   protected removeHeaders(names: readonly string[]): void {
     const gone = new Set(names);
-    this.lines = withoutHeaders(this.headers, this.lines, gone);
+    this.lines = withoutHeaders(this.lines, gone);
     this.upstreamHead = undefined;
   }
 

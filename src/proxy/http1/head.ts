@@ -239,17 +239,21 @@ export function headerObject(h: readonly string[]): Record<string, string> {
 }
 
 /** Drop the named headers (lower-case) from already built header lines. */
-export function withoutHeaders(h: readonly string[], keepLines: string, drop: Set<string>): string {
+export function withoutHeaders(keepLines: string, drop: Set<string>): string {
   if (drop.size === 0) return keepLines;
-  const lines: string[] = [];
-  for (let i = 0; i < h.length; i += 2) {
-    const name = h[i]!;
-    const c = classify(name);
-    if (c !== KEEP && c !== HOST && c !== REQUEST_ID) continue;
-    if (drop.has(name.toLowerCase())) continue;
-    lines.push(`${name}: ${h[i + 1]!}\r\n`);
+  // Filter the lines already kept (not the received head): headers the Connection header named
+  // were dropped from them at this hop and must stay dropped. A kept line has no CR or LF of
+  // its own (llhttp refuses them in values), so CRLF splits lines exactly.
+  let out = '';
+  let at = 0;
+  while (at < keepLines.length) {
+    const end = keepLines.indexOf('\r\n', at);
+    const next = end === -1 ? keepLines.length : end + 2;
+    const line = keepLines.slice(at, next);
+    if (!drop.has(line.slice(0, line.indexOf(':')).toLowerCase())) out += line;
+    at = next;
   }
-  return lines.join('');
+  return out;
 }
 
 export function reasonPhrase(status: number): string {
