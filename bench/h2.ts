@@ -33,6 +33,7 @@ import { grpcFrame } from '../src/sandbox/backend.js';
 import { startAgent, type RunningAgent } from './lib/agent.js';
 import { cgroupCpuSeconds, coreTimes, coreUse, cpusAllowed, treeCpuSeconds, treeRssMb, waitQuiet } from './lib/proc.js';
 import { nodeGet, spawnPinned, type Running } from './lib/spawn.js';
+import { nginxHttpCommon } from './lib/peers.js';
 
 const CLIENT_CPU = 0;
 const PROXY_CPU = 1;
@@ -178,14 +179,7 @@ pid ${join(dir, 'nginx.pid')};
 error_log ${join(dir, 'error.log')} warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
-  client_body_temp_path ${tmp}/body;
-  proxy_temp_path ${tmp}/proxy;
-  fastcgi_temp_path ${tmp}/fastcgi;
-  uwsgi_temp_path ${tmp}/uwsgi;
-  scgi_temp_path ${tmp}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
+${nginxHttpCommon(tmp)}
   http2_max_concurrent_streams 1024;
   open_file_cache max=16;
   default_type text/plain;
@@ -230,14 +224,7 @@ pid ${join(dir, 'nginx.pid')};
 error_log ${join(dir, 'nginx-error.log')} warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
-  client_body_temp_path ${tmp}/body;
-  proxy_temp_path ${tmp}/proxy;
-  fastcgi_temp_path ${tmp}/fastcgi;
-  uwsgi_temp_path ${tmp}/uwsgi;
-  scgi_temp_path ${tmp}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
+${nginxHttpCommon(tmp)}
   http2_max_concurrent_streams 1024;
   upstream backend {
     server ${BACKEND_IP}:${BACKEND_PORT};

@@ -32,6 +32,25 @@ export interface PeerOptions {
   cpu: number;
 }
 
+/**
+ * The lines of the `http {}` block every bench nginx shares: no access log, temp files in
+ * `tmp` (the bench's private dir), long-lived keep-alive.
+ */
+export function nginxHttpCommon(tmp: string): string {
+  return [
+    'access_log off;',
+    `client_body_temp_path ${tmp}/body;`,
+    `proxy_temp_path ${tmp}/proxy;`,
+    `fastcgi_temp_path ${tmp}/fastcgi;`,
+    `uwsgi_temp_path ${tmp}/uwsgi;`,
+    `scgi_temp_path ${tmp}/scgi;`,
+    'keepalive_requests 1000000;',
+    'keepalive_timeout 75s;',
+  ]
+    .map((line) => `  ${line}`)
+    .join('\n');
+}
+
 export function nginxConfig(o: PeerOptions): string {
   const tmp = join(o.dir, 'nginx-tmp');
   return `# weft bench: nginx as a node-local reverse proxy, one worker
@@ -40,14 +59,7 @@ pid ${join(o.dir, 'nginx.pid')};
 error_log ${join(o.dir, 'nginx-error.log')} warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
-  client_body_temp_path ${tmp}/body;
-  proxy_temp_path ${tmp}/proxy;
-  fastcgi_temp_path ${tmp}/fastcgi;
-  uwsgi_temp_path ${tmp}/uwsgi;
-  scgi_temp_path ${tmp}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
+${nginxHttpCommon(tmp)}
   upstream backend {
     server ${o.upstreamHost}:${o.upstreamPort};
     keepalive 64;
@@ -101,14 +113,7 @@ pid ${join(dir, 'nginx.pid')};
 error_log ${join(dir, 'error.log')} warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
-  client_body_temp_path ${tmp}/body;
-  proxy_temp_path ${tmp}/proxy;
-  fastcgi_temp_path ${tmp}/fastcgi;
-  uwsgi_temp_path ${tmp}/uwsgi;
-  scgi_temp_path ${tmp}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
+${nginxHttpCommon(tmp)}
   open_file_cache max=16;
   default_type text/plain;
   server {
