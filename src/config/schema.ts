@@ -395,13 +395,18 @@ let validatorSource: 'precompiled' | 'compiled' | undefined;
 
 function buildValidator(): ValidateFunction {
   try {
-    const precompiled = require(`./${PRECOMPILED_VALIDATOR}`) as ValidateFunction & { schemaHash?: string };
-    if (precompiled.schemaHash === schemaHash()) {
+    // schema-build.ts: a function of the formats and keywords, which it gets from here.
+    const precompiled = require(`./${PRECOMPILED_VALIDATOR}`) as ((schema: { SCHEMA_FORMATS: typeof SCHEMA_FORMATS; SCHEMA_KEYWORDS: typeof SCHEMA_KEYWORDS }) => ValidateFunction) & {
+      schemaHash?: string;
+    };
+    if (typeof precompiled === 'function' && precompiled.schemaHash === schemaHash()) {
       validatorSource = 'precompiled';
-      return precompiled;
+      return precompiled({ SCHEMA_FORMATS, SCHEMA_KEYWORDS });
     }
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
+    // Only the validator's own absence (running from src/): not a module it requires.
+    const e = err as NodeJS.ErrnoException;
+    if (e.code !== 'MODULE_NOT_FOUND' || !e.message.split('\n')[0]!.includes(PRECOMPILED_VALIDATOR)) throw err;
   }
   validatorSource = 'compiled';
   return configAjv().compile(CONFIG_SCHEMA);
