@@ -124,7 +124,7 @@ async function main(): Promise<number> {
   const outDir = cli.out ?? (full ? join(repo, 'docs', 'benchmarks') : join(tmpdir(), 'weft-bench-out'));
 
   const missingBuild = [
-    join(repo, 'dist', 'src', 'cli.js'),
+    join(repo, 'dist', 'bundle', 'cli.js'),
     join(repo, 'build', 'bpf', 'connect4.bpf.o'),
     join(repo, 'dist', 'bench', 'peers', 'fastify-proxy.js'),
     join(repo, 'dist', 'bench', 'peers', 'node-pipe.js'),

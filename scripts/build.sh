@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds weft: the native addon and the eBPF objects, each only when its sources are newer
-# than its output, then the TypeScript. Idempotent; a no-op build costs the tsc run.
+# than its output, then the TypeScript, then the agent's bundle. Idempotent; a no-op build
+# costs the tsc run and the bundle (~1 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/node-env.sh
@@ -48,3 +49,6 @@ done
 npx tsc -p tsconfig.json
 # The config schema, compiled once here rather than at every agent start (src/config/schema.ts).
 node dist/src/config/schema-build.js
+# The agent as bin/weft.js and the image run it: dist/src bundled into a few files in
+# dist/bundle/ (scripts/bundle.js says why; the tests and the sandbox run the same).
+node scripts/bundle.js

@@ -12,6 +12,7 @@
  */
 import type { Document, LineCounter, Scalar } from 'yaml';
 import { yamlLib } from './yaml-lib.js';
+import { resolvesAsNumberOrBoolean } from './fast-yaml.js';
 import { formatPath, type PathSegment } from './path.js';
 
 const REFERENCE = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{/g;
@@ -81,4 +82,50 @@ export function substituteEnv(doc: Document, env: Readonly<Record<string, string
     },
   });
   return problems;
+}
+
+/**
+ * What a substituted value may hold for substituteValues to take it: no white space, no `#`,
+ * quote, bracket, `$` or other character that could make YAML read it as more than one plain
+ * scalar. Paths, addresses, host:port and names pass; anything else takes the `yaml` library.
+ */
+const SAFE_RESULT = /^[A-Za-z0-9_./:@%+=,-]*$/;
+
+/**
+ * `${VAR}` substitution in a plain value (js-yaml's, load.ts's fast path), in every string
+ * value and in no key, as substituteEnv does on the `yaml` library's document, where that
+ * gives the same: it cannot give a problem's line, and cannot see whether a value was quoted,
+ * which substituteEnv needs only for a result YAML would read as a number or a boolean. So it
+ * gives up on a problem (an unset variable, a malformed reference) and on a result that is
+ * not SAFE_RESULT or that YAML would type (`port: ${PORT}`): the `yaml` library's path then
+ * gives the value or the problems as before. The embedded default's `cgroup:
+ * "${CGROUP_ROOT}/api-0"` is read here, without loading the `yaml` library (its ~70 modules
+ * are ~60 ms of an agent's start-up, docs/benchmarks/startup.md).
+ * @returns whether every value was substituted; false leaves `root` partly substituted (parse again).
+ */
+export function substituteValues(root: unknown, env: Readonly<Record<string, string | undefined>>): boolean {
+  const substitute = (v: unknown): { ok: boolean; value: unknown } => {
+    if (typeof v === 'string') {
+      if (!v.includes('${')) return { ok: true, value: v };
+      const r = substituteString(v, env);
+      if (r.problems.length || !SAFE_RESULT.test(r.value) || resolvesAsNumberOrBoolean(r.value)) return { ok: false, value: v };
+      return { ok: true, value: r.value };
+    }
+    if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) {
+        const r = substitute(v[i]);
+        if (!r.ok) return r;
+        v[i] = r.value;
+      }
+    } else if (v !== null && typeof v === 'object') {
+      const o = v as Record<string, unknown>;
+      for (const k of Object.keys(o)) {
+        const r = substitute(o[k]);
+        if (!r.ok) return r;
+        o[k] = r.value;
+      }
+    }
+    return { ok: true, value: v };
+  };
+  return substitute(root).ok;
 }

@@ -65,6 +65,14 @@ const floatType = new Type('tag:yaml.org,2002:float', {
   },
 });
 
+/**
+ * Whether the `yaml` library's core schema reads `text`, a plain scalar of characters that
+ * are never YAML syntax on their own (env.ts's SAFE_RESULT), as a number or a boolean.
+ */
+export function resolvesAsNumberOrBoolean(text: string): boolean {
+  return BOOL.test(text) || INT_OCT.test(text) || INT_DEC.test(text) || INT_HEX.test(text) || FLOAT_NAN.test(text) || FLOAT_EXP.test(text) || FLOAT.test(text);
+}
+
 // js-yaml merges the mappings under a key whose type has this tag (its loader checks the tag).
 const mergeType = new Type('tag:yaml.org,2002:merge', { kind: 'scalar', resolve: (data: unknown) => data === '<<' });
 

@@ -14,6 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
+import { setFlagsFromString } from 'node:v8';
 import type { Ajv, ErrorObject, Options, SchemaObject, ValidateFunction } from 'ajv';
 import { LOG_LEVELS } from './defaults.js';
 import { parseDuration } from './duration.js';
@@ -393,15 +394,37 @@ export const PRECOMPILED_VALIDATOR = 'schema-validator.cjs';
 /** How the validator in use was made (`schemaValidatorSource()`, for tests and the start-up bench). */
 let validatorSource: 'precompiled' | 'compiled' | undefined;
 
+/**
+ * require(), with V8 compiling every function of the module at once. The precompiled
+ * validator is one 400 KB function: compiled lazily, V8 pre-parses it at the require and
+ * parses and compiles it again at the first check (20-50 ms of an agent's start-up); compiled
+ * eagerly it is parsed once, and Node's compile cache (bin/weft.js) keeps its bytecode with
+ * the module's, so a restarted agent compiles none of it (docs/benchmarks/startup.md). `lazy`
+ * is read when a script is parsed: it is off for this one synchronous require only.
+ */
+function requireEagerly(id: string): unknown {
+  setFlagsFromString('--no-lazy');
+  try {
+    return require(id);
+  } finally {
+    setFlagsFromString('--lazy');
+  }
+}
+
 function buildValidator(): ValidateFunction {
   try {
-    const precompiled = require(`./${PRECOMPILED_VALIDATOR}`) as ValidateFunction & { schemaHash?: string };
-    if (precompiled.schemaHash === schemaHash()) {
+    // schema-build.ts: a function of the formats and keywords, which it gets from here.
+    const precompiled = requireEagerly(`./${PRECOMPILED_VALIDATOR}`) as ((schema: { SCHEMA_FORMATS: typeof SCHEMA_FORMATS; SCHEMA_KEYWORDS: typeof SCHEMA_KEYWORDS }) => ValidateFunction) & {
+      schemaHash?: string;
+    };
+    if (typeof precompiled === 'function' && precompiled.schemaHash === schemaHash()) {
       validatorSource = 'precompiled';
-      return precompiled;
+      return precompiled({ SCHEMA_FORMATS, SCHEMA_KEYWORDS });
     }
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
+    // Only the validator's own absence (running from src/): not a module it requires.
+    const e = err as NodeJS.ErrnoException;
+    if (e.code !== 'MODULE_NOT_FOUND' || !e.message.split('\n')[0]!.includes(PRECOMPILED_VALIDATOR)) throw err;
   }
   validatorSource = 'compiled';
   return configAjv().compile(CONFIG_SCHEMA);

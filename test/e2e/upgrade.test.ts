@@ -138,5 +138,10 @@ t.test('replacing the agent under traffic', async (t) => {
     t.ok(fresh!.ok > 0 && kept!.ok > 0, 'both clients were served around the crash');
     t.ok(firstServed, 'the restarted agent serves the clients');
     t.same((await curlBurst(client, URL, 4)).statuses, { 200: 4 });
+    // The agent runs from its bundle (scripts/bundle.js), which defers prom-client's
+    // @opentelemetry/api: Node's process metrics are still there and count.
+    const metrics = (await sb.admin('/metrics')).body;
+    t.match(metrics, /^process_cpu_seconds_total (?:0\.\d*[1-9]|[1-9])/m, "the restarted agent's process metrics (prom-client's defaults)");
+    t.match(metrics, /^weft_requests_total\{/m, 'and its own');
   });
 });

@@ -5,7 +5,7 @@ import { parse } from 'yaml';
 import { scaleConfig } from '../../bench/scale.js';
 import { defaultConfigPath } from '../../src/config/default-config.js';
 import { fastLoad, fastPathApplies } from '../../src/config/fast-yaml.js';
-import { parseConfig, parseConfigText, type ParseOptions } from '../../src/config/load.js';
+import { fastParse, parseConfig, parseConfigText, type ParseOptions } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
 import { repoRoot } from '../../src/repo-root.js';
 import type { TopoNode } from '../../src/sandbox/topology.js';
@@ -13,7 +13,7 @@ import { loopbackMesh } from '../lib/mesh-yaml.js';
 import { configProblems } from '../lib/config-problems.js';
 
 /** Whether parseConfig takes js-yaml's value for `text` (as load.ts decides). */
-const readByJsYaml = (text: string): boolean => !text.includes('${') && fastLoad(text) !== undefined;
+const readByJsYaml = (text: string, env: ParseOptions['env'] = {}): boolean => fastParse(text, env) !== undefined;
 
 /** What parsing gives: the MeshConfig, or the ConfigError's problems. */
 function outcome(text: string, fast: boolean, opts: ParseOptions = { env: {} }): { config?: unknown; problems?: string[] } {
@@ -33,7 +33,7 @@ function outcome(text: string, fast: boolean, opts: ParseOptions = { env: {} }):
 function same(t: Test, text: string, fast: boolean, what: string, opts?: ParseOptions): { config?: unknown; problems?: string[] } {
   const slow = outcome(text, false, opts);
   t.same(outcome(text, true, opts), slow, `${what}: the same either way`);
-  t.equal(readByJsYaml(text), fast, `${what}: ${fast ? 'js-yaml reads it' : 'left to the yaml library'}`);
+  t.equal(readByJsYaml(text, opts?.env), fast, `${what}: ${fast ? 'js-yaml reads it' : 'left to the yaml library'}`);
   return slow;
 }
 
@@ -44,8 +44,8 @@ const problemsOf = configProblems;
 t.test('the embedded default config, rendered and not', async (t) => {
   const template = readFileSync(defaultConfigPath(), 'utf8');
   const env = { WEFT_NODE: 'node-b', WEFT_NODE_ADDRESS: '10.77.1.1', CGROUP_ROOT: '/sys/fs/cgroup/weft', WEFT_STATE_DIR: '/tmp/weft-state' };
-  // With ${...} it is the yaml library's alone (substitution needs scalar styles).
-  const slow = same(t, template, false, 'the template', { env });
+  // Its ${...} are quoted paths: js-yaml reads it and substitutes (no yaml library at start-up).
+  const slow = same(t, template, true, 'the template', { env });
   t.ok(slow.config, 'the template is valid');
   // The same text with the variables written out: js-yaml reads it, to the same MeshConfig.
   const rendered = template.replace(/\$\{([A-Z_]+)(?::-[^}]*)?\}/g, (_, name: string) => env[name as keyof typeof env]);
@@ -395,11 +395,44 @@ t.test('what js-yaml would read differently is left to the yaml library', async 
   t.same(problemsOf(yes.replace('%YAML 1.1\n---\n', '')), [], 'YAML 1.2 (no directive): a string');
 });
 
-t.test('${VAR} text takes the yaml library path, as before', async (t) => {
+t.test('${VAR}: js-yaml and substitution where that gives what the yaml library gives', async (t) => {
   const text = 'node:\n  name: ${NODE_NAME}\n  address: 10.77.0.1\nports:\n  admin: ${ADMIN:-15000}\n';
-  t.equal(fastLoad(text) !== undefined, true, 'js-yaml could read it ...');
+  t.ok(fastLoad(text) !== undefined, 'js-yaml reads the text');
   const config = parseConfig(text, 'test.yaml', { env: { NODE_NAME: 'node-z', ADMIN: '16000' } });
-  t.equal(config.node.name, 'node-z', '... but substitution needs the yaml library');
+  t.equal(config.node.name, 'node-z', 'substituted');
   t.equal(config.ports.admin, 16000, 'an unquoted value typed after substitution');
+  t.notOk(readByJsYaml(text, { NODE_NAME: 'node-z', ADMIN: '16000' }), 'by the yaml library: a number result needs the scalar style');
+  t.ok(readByJsYaml(text.replace('${ADMIN:-15000}', '16000'), { NODE_NAME: 'node-z' }), 'a name: by js-yaml');
   t.same(problemsOf('node:\n  name: ${UNSET_X}\n  address: 10.77.0.1\n'), ['node.name (line 2): environment variable UNSET_X is not set (write ${UNSET_X:-default} to give a default)']);
+
+  // Every form of reference and value, each way: the same MeshConfig or the same problems.
+  const forms = [
+    'name: ${V}',
+    'name: "${V}"',
+    "name: '${V}'",
+    'name: x${V}y',
+    'name: "${V}-${W}"',
+    'name: ${V:-dflt}',
+    'name: ${V:-}',
+    'name: "$${V}"',
+    'name: "${V"',
+    'name: |\n    ${V}',
+    'name: >-\n    ${V}\n    ${W}',
+    'name: ${V} # ${UNSET_IN_COMMENT}',
+    'name: "${V}"\n  ${W}: key',
+  ];
+  const names = [undefined, '', 'node-q', '10.1.2.3', '/sys/fs/cgroup/x'];
+  const typed = ['123', '-1', '0x1f', '1e3', '.inf', 'true', 'False', 'null', '~'];
+  const syntax = ['a b', '1 #c', 'a: b', '[1]', '"q"', '$x', '${V}', 'x\ny'];
+  const values: (string | undefined)[] = [...names, ...typed, ...syntax];
+  let fast = 0;
+  for (const form of forms)
+    for (const v of values) {
+      const doc = `node:\n  ${form}\n  address: "\${ADDR:-10.77.0.1}"\nnamespaces: [{ name: shop, labels: { l: "\${W:-w}" } }]\n`;
+      const env = { ...(v === undefined ? {} : { V: v }), W: 'w1' };
+      const slow = outcome(doc, false, { env });
+      t.same(outcome(doc, true, { env }), slow, `${JSON.stringify(form)} with V=${JSON.stringify(v)}`);
+      if (readByJsYaml(doc, env)) fast++;
+    }
+  t.ok(fast > 20, `js-yaml read ${fast} of the ${forms.length * values.length} (the comparisons are not all the yaml library's against itself)`);
 });
