@@ -119,9 +119,13 @@ t.test('TCP service: spliced, counted, live config change', async (t) => {
     s.on('error', reject);
   });
   t.equal(reply, 'echo-0\nhello');
-  // Closing is counted once both sides are done.
-  await new Promise((r) => setTimeout(r, 100));
-  const m = await la.metrics();
+  // Closing is counted once both sides are done: the agent's own close of the two sockets can
+  // come after the client saw its connection close, so wait for the count, not for a time.
+  let m = await la.metrics();
+  for (let i = 0; i < 250 && !/weft_tcp_connections_closed_total\{[^}]*destination_service="shop\/echo"[^}]*\} 1/.test(m); i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    m = await la.metrics();
+  }
   t.match(m, /weft_tcp_connections_opened_total\{[^}]*destination_service="shop\/echo"[^}]*\} 1/);
   t.match(m, /weft_tcp_connections_closed_total\{[^}]*destination_service="shop\/echo"[^}]*\} 1/);
   t.match(m, /weft_tcp_sent_bytes_total\{[^}]*destination_service="shop\/echo"[^}]*\} 5/);
