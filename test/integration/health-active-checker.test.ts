@@ -1,6 +1,7 @@
 import http from 'node:http';
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
+import { once } from 'node:events';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import t from 'tap';
@@ -246,8 +247,10 @@ t.test('checks of 50 endpoints are spread over the first interval', async (t) =>
 
 t.test('two checkers sharing an endpoint produce one probe stream', async (t) => {
   let connections = 0;
+  const peers = new Set<number>();
   const server = net.createServer((s) => {
     connections++;
+    peers.add(s.remotePort!);
     s.on('error', () => {});
     s.end();
   });
@@ -265,8 +268,11 @@ t.test('two checkers sharing an endpoint produce one probe stream', async (t) =>
   ca.setEndpoints([a]);
   cb.setEndpoints([b]);
   t.equal(scheduler.size, 1);
-  await sleep(1000);
-  t.ok(connections >= 5 && connections <= 12, `~10 probes in 1s at 100ms for both services, not ~20 (${connections})`);
+  // Counted against the checks made, not against a clock: one connection per check (the one
+  // in flight may have been accepted already), where two streams would make two.
+  t.ok(await waitFor(() => a.checkSuccesses >= 5, 10_000), 'five checks in a row succeeded');
+  const checks = a.checkSuccesses;
+  t.ok(connections === checks || connections === checks + 1, `one probe per check for both services, not two (${connections} connections for ${checks} checks)`);
   t.equal(a.health, 'healthy');
   t.equal(b.health, 'healthy');
   t.equal(a.checkSuccesses, b.checkSuccesses);
@@ -275,12 +281,17 @@ t.test('two checkers sharing an endpoint produce one probe stream', async (t) =>
   t.equal(a.health, 'unknown', 'a stopped checker leaves its endpoints unknown (served)');
   t.equal(scheduler.size, 1, 'the other service still checks the pod');
   const mid = connections;
-  await sleep(300);
-  t.ok(connections > mid);
+  t.ok(await waitFor(() => connections > mid), 'the other service goes on checking');
   cb.setEndpoints([]);
   t.equal(scheduler.size, 0);
   t.equal(b.health, 'unknown');
-  await sleep(50);
+  // A probe cut short by the unsubscribe may still be in the server's accept queue: a
+  // connection of our own, accepted after it (the queue is in order), says none is left.
+  const sentinel = net.connect(port, '127.0.0.1');
+  sentinel.on('error', () => {});
+  await once(sentinel, 'connect');
+  t.ok(await waitFor(() => peers.has(sentinel.localPort!)), 'the sentinel connection was accepted');
+  sentinel.destroy();
   const end = connections;
   await sleep(300);
   t.equal(connections, end, 'no probes once nobody subscribes');
@@ -325,6 +336,7 @@ t.test('a new subscriber to an already-checked endpoint gets its verdict at once
 
 t.test('setEndpoints keeps the state of kept endpoints and stops removed ones', async (t) => {
   const counts = new Map<number, number>();
+  const peers = new Set<number>();
   const servers: net.Server[] = [];
   t.teardown(async () => {
     await Promise.all(servers.map(close));
@@ -334,6 +346,7 @@ t.test('setEndpoints keeps the state of kept endpoints and stops removed ones', 
     const server = net.createServer((s) => {
       const p = (s.address() as net.AddressInfo).port;
       counts.set(p, (counts.get(p) ?? 0) + 1);
+      peers.add(s.remotePort!);
       s.end();
     });
     servers.push(server);
@@ -350,9 +363,16 @@ t.test('setEndpoints keeps the state of kept endpoints and stops removed ones', 
   t.equal(keep.health, 'healthy');
   t.ok(keep.checkSuccesses >= successes, 'streak kept');
   t.equal(drop.health, 'unknown');
-  await sleep(20);
+  // A probe of the removed endpoint cut short may still be queued for accept: a connection of
+  // our own, accepted after it (the queue is in order), says none is left.
+  const sentinel = net.connect(drop.info.port, '127.0.0.1');
+  sentinel.on('error', () => {});
+  await once(sentinel, 'connect');
+  t.ok(await waitFor(() => peers.has(sentinel.localPort!)), 'the sentinel connection was accepted');
+  sentinel.destroy();
   const dropped = counts.get(drop.info.port)!;
+  const kept = counts.get(keep.info.port)!;
   await sleep(300);
   t.equal(counts.get(drop.info.port), dropped, 'the removed endpoint is no longer checked');
-  t.ok(counts.get(keep.info.port)! > successes);
+  t.ok(await waitFor(() => counts.get(keep.info.port)! > kept), 'the kept one is');
 });
