@@ -1,6 +1,7 @@
 import t from 'tap';
 import net from 'node:net';
 import { startBackend, type Backend } from '../../src/sandbox/backend.js';
+import { allStarted } from '../lib/backends.js';
 import { startLoopbackAgent } from '../lib/loopback-agent.js';
 
 /** Config for backends on loopback: each "pod" is a backend on 127.0.0.1 with its own port. */
@@ -31,7 +32,7 @@ ${opts.extra ?? ''}
 
 t.test('HTTP through the agent: balanced, counted, errors answered', async (t) => {
   // Backends listen on 127.0.1.N:8080 — the pod IPs of the config.
-  const backends = await Promise.all([0, 1, 2].map((i) => startBackend({ name: `api-${i}`, port: 8080, host: `127.0.1.${i + 1}`, log: () => {} })));
+  const backends = await allStarted([0, 1, 2].map((i) => startBackend({ name: `api-${i}`, port: 8080, host: `127.0.1.${i + 1}`, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(meshYaml(backends));
   t.teardown(() => la.stop());
