@@ -45,8 +45,20 @@ t.test('SIGTERM drains: in-flight requests finish, then the agent exits', async 
   const sb = await MeshSandbox.create({ configText: config, prefix: 'weft-e2e' });
   t.teardown(() => sb.destroy());
   const client = sb.pod('client-0');
+  // The request must be in flight when the signal comes: wait until a backend has it (a curl
+  // started in a pod can take longer than any fixed wait on a busy machine).
+  const received = async (): Promise<number> => {
+    let n = 0;
+    for (const pod of ['api-0', 'api-1']) {
+      const r = await sb.pod(pod).exec('curl', ['-sS', '--max-time', '3', 'http://127.0.0.1:8080/_ctl/state']);
+      n += (JSON.parse(r.stdout) as { state: { requests: number } }).state.requests;
+    }
+    return n;
+  };
+  const before = await received();
   const slow = client.curl('http://10.96.0.20/?delay=1500', ['--max-time', '10']);
-  await new Promise((r) => setTimeout(r, 400));
+  for (let i = 0; i < 100 && (await received()) === before; i++) await new Promise((r) => setTimeout(r, 20));
+  t.equal(await received(), before + 1, 'the slow request reached a backend');
   const exited = sb.stopAgent('SIGTERM');
   const ready = await sb.admin('/healthz/ready').catch(() => ({ status: 0, body: '' }));
   t.not(ready.status, 200, 'readiness fails while draining');

@@ -248,7 +248,7 @@ if (process.getuid?.() !== 0) {
       const b = node.spawn('sleep', ['60']);
       console.log('PIDS ' + a.pid + ' ' + b.pid);
       console.log('ID ' + topo.id);
-      ${how === 'throw' ? "setTimeout(() => { throw new Error('boom'); }, 100);" : ''}
+      ${how === 'throw' ? "process.stdin.once('data', () => { throw new Error('boom'); });" : ''}
       setInterval(() => {}, 1000);
     `;
     const cases = [
@@ -262,7 +262,7 @@ if (process.getuid?.() !== 0) {
     const pids: number[] = [];
     for (const c of cases) {
       const child = spawn(process.execPath, [...process.execArgv, '--input-type=module', '-e', script(c.how)], {
-        stdio: ['ignore', 'pipe', 'pipe'],
+        stdio: ['pipe', 'pipe', 'pipe'],
       });
       let out = '';
       child.stderr.on('data', (b: Buffer) => (out += b.toString()));
@@ -280,7 +280,10 @@ if (process.getuid?.() !== 0) {
         `${c.how}: topology built`,
       );
       pids.push(...(/PIDS (\d+) (\d+)/.exec(out) ?? []).slice(1).map(Number));
+      // The 'throw' child throws when told, after the check above: on a timer of its own it
+      // could tear the topology down before this process got to look at it.
       if (c.signal) child.kill(c.signal);
+      else child.stdin.write('go\n');
       const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
       t.equal(await exited, c.expect, `${c.how}: the process still ends as it would have`);
       clearTimeout(timer);

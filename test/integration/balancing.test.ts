@@ -1,11 +1,12 @@
 import t, { type Test } from 'tap';
 import { startBackend, type Backend } from '../../src/sandbox/backend.js';
+import { allStarted } from '../lib/backends.js';
 import { startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
 import { loopbackMesh } from '../lib/mesh-yaml.js';
 
 async function withMesh(t: Test, n: number, policy: string, weights: number[] = []): Promise<{ la: LoopbackAgent; backends: Backend[] }> {
   const pods = Array.from({ length: n }, (_, i) => ({ name: `api-${i}`, ip: `127.0.1.${i + 1}`, app: 'api', weight: weights[i] }));
-  const backends = await Promise.all(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  const backends = await allStarted(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(loopbackMesh(pods, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy }]));
   t.teardown(() => la.stop());

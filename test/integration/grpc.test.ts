@@ -6,6 +6,7 @@ import t, { type Test } from 'tap';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { startBackend, type Backend } from '../../src/sandbox/backend.js';
+import { allStarted } from '../lib/backends.js';
 import { startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
 import { loopbackMesh, type SvcSpec } from '../lib/mesh-yaml.js';
 import { echoClient, grpc, unary, type Echo } from '../lib/grpc-client.js';
@@ -15,7 +16,7 @@ const VIP = '10.96.0.30';
 
 async function withGrpcMesh(t: Test, n: number, svc: Partial<SvcSpec> = {}, extra = ''): Promise<{ la: LoopbackAgent; backends: Backend[]; client: Echo }> {
   const pods = Array.from({ length: n }, (_, i) => ({ name: `api-${i}`, ip: `127.0.1.${i + 1}`, app: 'api' }));
-  const backends = await Promise.all(pods.map((p) => startBackend({ name: p.name, port: 8080, grpcPort: 9090, host: p.ip, log: () => {} })));
+  const backends = await allStarted(pods.map((p) => startBackend({ name: p.name, port: 8080, grpcPort: 9090, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(loopbackMesh(pods, [{ name: 'api', vip: VIP, app: 'api', targetPort: 9090, protocol: 'grpc', ...svc }], extra));
   t.teardown(() => la.stop());
@@ -157,7 +158,7 @@ t.test('breaker and outlier detection count gRPC failures as 5xx', async (t) => 
 
 t.test('h2c with prior knowledge on an http port; HTTP/2 both ways on an http2 port; HTTP/1.1 still works', async (t) => {
   const pods = [0, 1].map((i) => ({ name: `web-${i}`, ip: `127.0.1.${i + 11}`, app: 'web' }));
-  const backends = await Promise.all(pods.map((p) => startBackend({ name: p.name, port: 8080, grpcPort: 9090, host: p.ip, log: () => {} })));
+  const backends = await allStarted(pods.map((p) => startBackend({ name: p.name, port: 8080, grpcPort: 9090, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(
     loopbackMesh(pods, [

@@ -1,6 +1,7 @@
 import t from 'tap';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startBackend, type Backend } from '../../src/sandbox/backend.js';
+import { allStarted } from '../lib/backends.js';
 import { startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
 import { loopbackMesh } from '../lib/mesh-yaml.js';
 
@@ -65,7 +66,7 @@ t.test('active HTTP checks: a killed backend leaves rotation, a restarted one re
 });
 
 t.test('outlier detection ejects a 503 endpoint, re-admits it, ejects it longer', async (t) => {
-  const backends = await Promise.all(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  const backends = await allStarted(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(
     loopbackMesh(pods, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ outlierDetection: { consecutive5xx: 3, interval: 2s, baseEjectionTime: 500ms, maxEjectionPercent: 50 } }' }]),
@@ -96,7 +97,7 @@ t.test('outlier detection ejects a 503 endpoint, re-admits it, ejects it longer'
 });
 
 t.test('panic threshold: with too few healthy endpoints, spread over all', async (t) => {
-  const backends = await Promise.all(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  const backends = await allStarted(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(
     loopbackMesh(pods, [
@@ -117,7 +118,7 @@ t.test('panic threshold: with too few healthy endpoints, spread over all', async
 });
 
 t.test('maxEjectionPercent caps ejections', async (t) => {
-  const backends = await Promise.all(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  const backends = await allStarted(pods.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(
     loopbackMesh(pods, [
@@ -134,7 +135,7 @@ t.test('maxEjectionPercent caps ejections', async (t) => {
 });
 
 t.test('L4 services: connect failures eject, TCP checks take a dead endpoint out', async (t) => {
-  const echoes = await Promise.all([0, 1].map((i) => startBackend({ name: `echo-${i}`, port: 18080, host: `127.0.1.${i + 1}`, tcpEchoPort: 9000, log: () => {} })));
+  const echoes = await allStarted([0, 1].map((i) => startBackend({ name: `echo-${i}`, port: 18080, host: `127.0.1.${i + 1}`, tcpEchoPort: 9000, log: () => {} })));
   t.teardown(() => Promise.all(echoes.map((b) => b.close())));
   const pods3 = [0, 1, 2].map((i) => ({ name: `echo-${i}`, ip: `127.0.1.${i + 1}`, app: 'echo' }));
   // echo-2 (127.0.1.3) has no server: connections to it are refused.

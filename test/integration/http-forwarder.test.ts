@@ -138,23 +138,35 @@ t.test('smuggling attempts and malformed heads: 400 bad_request, connection clos
 
 t.test('a malformed chunk after the head went upstream: 400 and the upstream request is cut', async (t) => {
   let aborted = 0;
+  let completed = 0;
+  // Events, not a clock: the first chunk reached the backend; the backend's request ended.
+  let gotFirstChunk!: () => void;
+  const firstChunk = new Promise<void>((r) => (gotFirstChunk = r));
+  let ended!: () => void;
+  const backendDone = new Promise<void>((r) => (ended = r));
   await httpBackend(t, (req, res) => {
+    req.once('data', () => gotFirstChunk());
     req.on('data', () => undefined);
     req.on('aborted', () => aborted++);
     req.on('error', () => undefined);
-    req.on('end', () => res.end('done'));
+    req.on('end', () => {
+      completed++;
+      res.end('done');
+    });
+    req.on('close', () => ended());
   });
   const la = await agentFor(t);
   const c = await RawClient.connect(la.outboundPort, clientIp(la));
   c.write('POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n');
-  await sleep(100);
+  await firstChunk;
   c.write('xyz\r\n');
   const r = await c.readResponse();
   t.equal(r.status, 400);
   t.equal(r.headers['x-weft-error'], 'bad_request');
   await c.waitClosed();
-  await sleep(100);
+  await backendDone;
   t.equal(aborted, 1, 'the backend saw its request aborted, not completed');
+  t.equal(completed, 0);
 });
 
 t.test('chunked bodies both ways, with trailers', async (t) => {

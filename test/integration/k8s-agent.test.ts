@@ -12,10 +12,11 @@ import { Agent } from '../../src/agent.js';
 import { KubernetesDiscovery } from '../../src/discovery/kubernetes.js';
 import { silentLogger } from '../../src/telemetry/log.js';
 import { startBackend } from '../../src/sandbox/backend.js';
+import { allStarted } from '../lib/backends.js';
 import { FakeApiServer, endpointSliceObject, namespaceObject, podObject, serviceObject, weftObject } from '../lib/fake-apiserver.js';
 
 t.test('an EndpointSlice change reaches the balancer', async (t) => {
-  const backends = await Promise.all([1, 2].map((i) => startBackend({ name: `api-${i - 1}`, port: 8080, host: `127.0.1.${i}`, log: () => {} })));
+  const backends = await allStarted([1, 2].map((i) => startBackend({ name: `api-${i - 1}`, port: 8080, host: `127.0.1.${i}`, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const server = await FakeApiServer.start();
   t.teardown(() => server.close());

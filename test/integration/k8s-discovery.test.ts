@@ -303,8 +303,12 @@ t.test('Nodes fill nodes: added, readdressed, deleted; the cache holds them trim
       ],
     }),
   );
+  // The watch event first (waited for, not slept for), then the debounce (20 ms) it would
+  // have scheduled a rebuild within.
+  const cachedRv = () => env.discovery.cacheStatus().Node?.resourceVersion;
+  for (let i = 0; i < 250 && cachedRv() !== String(server.resourceVersion); i++) await sleep(20);
+  t.equal(cachedRv(), String(server.resourceVersion), 'the update reached the cache');
   await sleep(150);
-  t.equal(env.discovery.cacheStatus().Node?.resourceVersion, String(server.resourceVersion), 'the update reached the cache');
   t.equal(rebuilds, 0, 'no rebuild for a NotReady status');
 
   // A node whose addresses go: left out. A deleted node: gone.
@@ -457,22 +461,19 @@ t.test('a bad custom resource is rejected with a clear error; the rest applies',
   t.ok(fixed);
 
   // A second policy for the same Service: the oldest wins, the other is rejected.
+  // Rejections come with the snapshot the watch event leads to: wait for them, not for a time.
+  const rejection = async (re: RegExp): Promise<ConfigError | undefined> => {
+    for (let i = 0; i < 250 && !env.rejected.some((e) => re.test(e.message)); i++) await sleep(20);
+    return env.rejected.find((e) => re.test(e.message));
+  };
   server.apply(weftObject('TrafficPolicy', 'api-2', 'shop', { targetRef: { name: 'api' }, timeout: '1s' }));
-  await sleep(150);
-  t.match(env.rejected.at(-1)?.message, /TrafficPolicy shop\/api-2: .*already has TrafficPolicy api/);
+  t.ok(await rejection(/TrafficPolicy shop\/api-2: .*already has TrafficPolicy api/), 'the second policy for api is rejected');
   // A policy that breaks a cross-object rule (fallback to a missing service) is dropped by name.
   server.apply(weftObject('TrafficPolicy', 'api-degraded', 'shop', { targetRef: { name: 'api-degraded' }, fallback: { service: 'nope' } }));
   server.apply(weftObject('AuthorizationPolicy', 'bad-authz', 'shop', { action: 'MAYBE' }));
-  await sleep(200);
-  const messages = env.rejected.map((e) => e.message);
-  t.ok(
-    messages.some((m) => /TrafficPolicy shop\/api-degraded: spec\.fallback\.service: no service nope/.test(m)),
-    'fallback problem named',
-  );
-  t.ok(
-    messages.some((m) => /AuthorizationPolicy shop\/bad-authz: spec\.action: must be one of ALLOW, DENY/.test(m)),
-    'authz problem named',
-  );
+  t.ok(await rejection(/TrafficPolicy shop\/api-degraded: spec\.fallback\.service: no service nope/), 'fallback problem named');
+  t.ok(await rejection(/AuthorizationPolicy shop\/bad-authz: spec\.action: must be one of ALLOW, DENY/), 'authz problem named');
+  for (let i = 0; i < 250 && !env.discovery.config!.policies.some((p) => p.name === 'bad-authz'); i++) await sleep(20);
   const now = env.discovery.config!;
   t.same(
     now.policies.map((p) => p.name),

@@ -6,6 +6,7 @@
 import net from 'node:net';
 import t from 'tap';
 import { startBackend } from '../../src/sandbox/backend.js';
+import { allStarted } from '../lib/backends.js';
 import { startLoopbackAgent } from '../lib/loopback-agent.js';
 
 function mesh(apiPods: number): string {
@@ -39,7 +40,7 @@ services:
 const series = (text: string, name: string): string[] => text.split('\n').filter((l) => l.startsWith(`${name}{`));
 
 t.test('workload and canonical-service labels, and the series of a gone workload removed', async (t) => {
-  const backends = await Promise.all([0, 1].map((i) => startBackend({ name: `api-${i}`, port: 8080, host: `127.0.1.${i + 1}`, log: () => {} })));
+  const backends = await allStarted([0, 1].map((i) => startBackend({ name: `api-${i}`, port: 8080, host: `127.0.1.${i + 1}`, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(mesh(2));
   t.teardown(() => la.stop());

@@ -1,6 +1,7 @@
 import t from 'tap';
 import net from 'node:net';
 import { startBackend, type Backend } from '../../src/sandbox/backend.js';
+import { allStarted } from '../lib/backends.js';
 import { startLoopbackAgent } from '../lib/loopback-agent.js';
 
 /** Config for backends on loopback: each "pod" is a backend on 127.0.0.1 with its own port. */
@@ -31,7 +32,7 @@ ${opts.extra ?? ''}
 
 t.test('HTTP through the agent: balanced, counted, errors answered', async (t) => {
   // Backends listen on 127.0.1.N:8080 — the pod IPs of the config.
-  const backends = await Promise.all([0, 1, 2].map((i) => startBackend({ name: `api-${i}`, port: 8080, host: `127.0.1.${i + 1}`, log: () => {} })));
+  const backends = await allStarted([0, 1, 2].map((i) => startBackend({ name: `api-${i}`, port: 8080, host: `127.0.1.${i + 1}`, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(meshYaml(backends));
   t.teardown(() => la.stop());
@@ -119,9 +120,13 @@ t.test('TCP service: spliced, counted, live config change', async (t) => {
     s.on('error', reject);
   });
   t.equal(reply, 'echo-0\nhello');
-  // Closing is counted once both sides are done.
-  await new Promise((r) => setTimeout(r, 100));
-  const m = await la.metrics();
+  // Closing is counted once both sides are done: the agent's own close of the two sockets can
+  // come after the client saw its connection close, so wait for the count, not for a time.
+  let m = await la.metrics();
+  for (let i = 0; i < 250 && !/weft_tcp_connections_closed_total\{[^}]*destination_service="shop\/echo"[^}]*\} 1/.test(m); i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    m = await la.metrics();
+  }
   t.match(m, /weft_tcp_connections_opened_total\{[^}]*destination_service="shop\/echo"[^}]*\} 1/);
   t.match(m, /weft_tcp_connections_closed_total\{[^}]*destination_service="shop\/echo"[^}]*\} 1/);
   t.match(m, /weft_tcp_sent_bytes_total\{[^}]*destination_service="shop\/echo"[^}]*\} 5/);

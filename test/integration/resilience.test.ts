@@ -2,6 +2,7 @@ import t from 'tap';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import { startBackend } from '../../src/sandbox/backend.js';
+import { allStarted } from '../lib/backends.js';
 import { startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
 import { loopbackMesh } from '../lib/mesh-yaml.js';
 
@@ -26,7 +27,7 @@ function retriesOf(metrics: string): number {
 }
 
 t.test('retries: one of two endpoints failing, >= 99% succeed', async (t) => {
-  const backends = await Promise.all(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  const backends = await allStarted(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(
     loopbackMesh(two, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ retries: { attempts: 2, retryOn: [5xx, connect-failure, reset], budget: { percent: 50, minPerSecond: 1000 } } }' }]),
@@ -46,7 +47,7 @@ t.test('retries: one of two endpoints failing, >= 99% succeed', async (t) => {
 });
 
 t.test('the retry budget stops a retry storm', async (t) => {
-  const backends = await Promise.all(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  const backends = await allStarted(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(
     loopbackMesh(two, [
@@ -67,7 +68,7 @@ t.test('the retry budget stops a retry storm', async (t) => {
 });
 
 t.test('timeouts answer 504 upstream_timeout; per-try timeouts retry elsewhere', async (t) => {
-  const backends = await Promise.all(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  const backends = await allStarted(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(
     loopbackMesh(two, [
@@ -93,7 +94,7 @@ t.test('timeouts answer 504 upstream_timeout; per-try timeouts retry elsewhere',
 });
 
 t.test('overflow: maxRequests answered 503 overflow', async (t) => {
-  const backends = await Promise.all(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  const backends = await allStarted(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(
     loopbackMesh(two, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ connectionPool: { maxConnections: 10, maxPendingRequests: 10, maxRequests: 2 } }' }]),
@@ -113,7 +114,7 @@ t.test('overflow: maxRequests answered 503 overflow', async (t) => {
 });
 
 t.test('circuit breaker opens, answers circuit_open, closes after a good half-open probe', async (t) => {
-  const backends = await Promise.all(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  const backends = await allStarted(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(backends.map((b) => b.close())));
   const la = await startLoopbackAgent(
     loopbackMesh(two, [{ name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ circuitBreaker: { consecutiveFailures: 4, openDuration: 500ms, halfOpenRequests: 1 } }' }]),
@@ -135,7 +136,7 @@ t.test('circuit breaker opens, answers circuit_open, closes after a good half-op
 });
 
 t.test('fallback serves while the primary is down and hands back when it recovers', async (t) => {
-  const backends = await Promise.all(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  const backends = await allStarted(two.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   const degraded = await startBackend({ name: 'api-degraded-0', port: 8080, host: '127.0.1.9', log: () => {} });
   t.teardown(() => Promise.all([...backends, degraded].map((b) => b.close())));
   const pods = [...two, { name: 'api-degraded-0', ip: '127.0.1.9', app: 'api-degraded' }];

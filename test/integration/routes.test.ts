@@ -9,6 +9,7 @@ import { connect } from 'node:net';
 import t, { type Test } from 'tap';
 import { request } from 'undici';
 import { startBackend, type Backend } from '../../src/sandbox/backend.js';
+import { allStarted } from '../lib/backends.js';
 import { startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
 import { loopbackMesh } from '../lib/mesh-yaml.js';
 
@@ -72,7 +73,7 @@ const ROUTES = `
 `;
 
 async function setup(t: Test, routes = ROUTES): Promise<{ la: LoopbackAgent; backends: Record<string, Backend> }> {
-  const list = await Promise.all(PODS.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
+  const list = await allStarted(PODS.map((p) => startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} })));
   t.teardown(() => Promise.all(list.map((b) => b.close())));
   const la = await startLoopbackAgent(meshWith(routes));
   t.teardown(() => la.stop());
@@ -204,7 +205,7 @@ t.test('route changes apply live, without dropping a request in flight', async (
 });
 
 t.test('TCPRoute splits connections by weight over services', async (t) => {
-  const echoes = await Promise.all([1, 2].map((i) => startBackend({ name: `db-${i}`, port: 18080, host: `127.0.1.${10 + i}`, tcpEchoPort: 9000, log: () => {} })));
+  const echoes = await allStarted([1, 2].map((i) => startBackend({ name: `db-${i}`, port: 18080, host: `127.0.1.${10 + i}`, tcpEchoPort: 9000, log: () => {} })));
   t.teardown(() => Promise.all(echoes.map((b) => b.close())));
   const pods = [1, 2].map((i) => ({ name: `db-${i}`, ip: `127.0.1.${10 + i}`, app: `db-${i}` }));
   const tcp = (name: string, vip: string, app: string) => ({ name, vip, app, port: 9000, targetPort: 9000, protocol: 'tcp' as const });

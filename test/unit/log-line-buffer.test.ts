@@ -10,6 +10,17 @@ import { LineBuffer } from '../../src/telemetry/line-buffer.js';
 const dir = mkdtempSync(join(tmpdir(), 'weft-linebuf-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
+/** The file's lines once it holds `n` whole ones (or what it holds after 10 s). */
+async function linesOnceComplete(file: string, n: number): Promise<string[]> {
+  const read = () => readFileSync(file, 'utf8');
+  for (let i = 0; i < 500; i++) {
+    const text = read();
+    if (text.endsWith('\n') && text.split('\n').length - 1 >= n) break;
+    await sleep(20);
+  }
+  return read().trimEnd().split('\n');
+}
+
 t.test('lines arrive whole and in order, across many buffers, within the flush interval', async (t) => {
   const file = join(dir, 'order.log');
   const fd = openSync(file, 'w');
@@ -17,8 +28,9 @@ t.test('lines arrive whole and in order, across many buffers, within the flush i
   const lb = new LineBuffer(fd);
   const n = 5000;
   for (let i = 0; i < n; i++) lb.write(`{"i":${i},"pad":"${'x'.repeat(i % 97)}","u":"é€😀"}\n`);
-  await sleep(400);
-  const lines = readFileSync(file, 'utf8').trimEnd().split('\n');
+  // The full buffers are written one after another, the rest by the periodic flush, all with
+  // asynchronous writes (the thread pool): wait for the last line, not for a time.
+  const lines = await linesOnceComplete(file, n);
   t.equal(lines.length, n, 'every line written (periodic flush)');
   t.ok(
     lines.every((l, i) => JSON.parse(l).i === i && JSON.parse(l).u === 'é€😀'),
@@ -35,8 +47,7 @@ t.test('a line larger than a buffer', async (t) => {
   lb.write(`${'y'.repeat(200_000)}\n`);
   lb.write('last\n');
   lb.flush();
-  await sleep(200);
-  const lines = readFileSync(file, 'utf8').trimEnd().split('\n');
+  const lines = await linesOnceComplete(file, 3);
   t.same([lines[0], lines[1]!.length, lines[2]], ['first', 200_000, 'last']);
 });
 
