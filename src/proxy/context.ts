@@ -1,5 +1,6 @@
 import type { Workload } from '../config/types.js';
 import type { Target } from '../state/store.js';
+import type { DescribedSource } from '../telemetry/labels.js';
 
 /** What the agent knows about one redirected downstream connection. */
 export interface ConnContext {
@@ -15,6 +16,12 @@ export interface ConnContext {
    * certificate). Absent on the outbound path, where `source` identifies the caller.
    */
   peer?: { principal?: string; namespace?: string; ip: string };
+  /**
+   * Inbound through the tunnel, when `source` is unknown here: the caller as its agent
+   * described it (`baggage`), consistent with the verified peer. Metric labels and access-log
+   * fields only; authorization never reads it.
+   */
+  described?: DescribedSource;
   /** mTLS between agents carried this connection. */
   tunnelled?: boolean;
 }

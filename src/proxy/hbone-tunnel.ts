@@ -27,7 +27,8 @@ import { identityKey, principalOf, spiffeId } from '../identity/spiffe.js';
 import { uriSans } from '../identity/verify.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ConnectOptions, Tunnel } from './transport.js';
-import { HBONE_ALPN, MAX_FRAME_SIZE, SESSION_WINDOW, STREAM_WINDOW, buffersOnly, serverNameFor, serverNameForPod } from './hbone.js';
+import { HBONE_ALPN, MAX_FRAME_SIZE, SESSION_WINDOW, SOURCE_BAGGAGE_HEADER, STREAM_WINDOW, buffersOnly, serverNameFor, serverNameForPod, sourceBaggage } from './hbone.js';
+import { canonicalService, workloadName } from '../telemetry/labels.js';
 
 export interface PeerAgent {
   host: string;
@@ -80,6 +81,22 @@ export function checkPeerIdentity(expected: string, cert: tls.PeerCertificate): 
   return err;
 }
 
+/** The `baggage` of each source workload (a Workload object lives until the next config change). */
+const baggageCache = new WeakMap<object, string | undefined>();
+
+/**
+ * The CONNECT's description of the calling workload (hbone.ts), for the peer's metrics and
+ * access log: for a source known by name (a Workload), else none.
+ */
+function baggageOf(src: NonNullable<ConnectOptions['source']>): string | undefined {
+  if (src.name === undefined) return undefined;
+  if (baggageCache.has(src)) return baggageCache.get(src);
+  const named = { name: src.name, workload: src.workload, labels: src.labels ?? {} };
+  const v = sourceBaggage({ namespace: src.namespace, workload: workloadName(named), canonicalService: canonicalService(named), pod: src.name });
+  baggageCache.set(src, v);
+  return v;
+}
+
 function connectFailure(message: string, cause?: unknown): WeftError {
   return new WeftError('WEFT_ERR_CONNECT_FAILURE', message, cause === undefined ? undefined : { cause });
 }
@@ -117,6 +134,7 @@ export class HboneTunnel implements Tunnel {
     const key = `${peer.host}:${peer.port}|${source}|${destination}`;
     let forwarded: string | undefined;
     if (typeof src.ip === 'string' && /^[0-9.]+$/.test(src.ip)) forwarded = `for=${src.ip}`;
+    const baggage = baggageOf(src);
 
     // Two tries: a pooled session may turn out to be going away as the stream is opened.
     for (let attempt = 0; ; attempt++) {
@@ -125,6 +143,7 @@ export class HboneTunnel implements Tunnel {
       try {
         const headers: Record<string, string> = { ':method': 'CONNECT', ':authority': `${ep.info.ip}:${ep.info.port}` };
         if (forwarded) headers.forwarded = forwarded;
+        if (baggage) headers[SOURCE_BAGGAGE_HEADER] = baggage;
         stream = pooled.session.request(headers, { endStream: false });
       } catch (err) {
         this.drop(pooled, `cannot open a stream: ${(err as Error).message}`);

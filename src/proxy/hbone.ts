@@ -20,6 +20,14 @@
  *   local meshed pod that runs as the identity the SNI named (else 421).
  * - `forwarded: for=<ip>` may carry the source pod's address. It is a hint for logs and
  *   metrics, used only when the pod with that address runs as the verified identity.
+ * - `baggage` (W3C Baggage, as ztunnel sends it) describes the source workload for the
+ *   destination's telemetry: `k8s.namespace.name`, `k8s.workload.name` (the metric label
+ *   `source_workload`), `service.name` (`source_canonical_service`) and `k8s.pod.name` (the
+ *   access log's `src_workload`). The destination uses it only for metric labels and
+ *   access-log fields, only when its namespace is the verified identity's and every value is
+ *   a bounded name (parseSourceBaggage), and never for authorization, which takes the
+ *   certificate's identity alone. A destination that knows the source pod itself (its address
+ *   in `forwarded`, running as the verified identity) keeps what it knows.
  *
  * Status codes of a CONNECT answer: 200 connected; 400 malformed; 403 denied by
  * authorization; 404 not a local meshed pod; 405 not a CONNECT; 421 the target does not run
@@ -29,6 +37,7 @@ import type { ServerHttp2Stream } from 'node:http2';
 import { constants as h2 } from 'node:http2';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { DescribedSource } from '../telemetry/labels.js';
 
 /** ALPN of the tunnel. */
 export const HBONE_ALPN = 'h2';
@@ -93,6 +102,66 @@ export function forwardedFor(value: string | string[] | undefined): string | und
   const v = Array.isArray(value) ? value[0] : value;
   const m = v ? /(?:^|[;,\s])for="?(\d{1,3}(?:\.\d{1,3}){3})"?/i.exec(v) : null;
   return m?.[1];
+}
+
+/**
+ * The CONNECT header that describes the source workload (W3C Baggage, the header ztunnel
+ * sends its workload's metadata in), for the destination's metrics and access log only.
+ */
+export const SOURCE_BAGGAGE_HEADER = 'baggage';
+
+/** Longest `baggage` value the destination reads; a longer one is ignored whole. */
+export const MAX_BAGGAGE_LENGTH = 1024;
+/** Baggage keys, with OpenTelemetry's names where there is one (ztunnel's too). */
+const BAGGAGE_KEYS = { namespace: 'k8s.namespace.name', workload: 'k8s.workload.name', canonicalService: 'service.name', pod: 'k8s.pod.name' } as const;
+const BY_KEY = new Map<string, keyof typeof BAGGAGE_KEYS>(Object.entries(BAGGAGE_KEYS).map(([field, key]) => [key, field as keyof typeof BAGGAGE_KEYS]));
+/** A namespace: a DNS label. */
+const NAMESPACE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+/** A workload, pod or canonical service: a DNS subdomain or a label value (letters, digits, `-_.`), at most 253 characters. */
+const NAME = /^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$/;
+
+/**
+ * The `baggage` value describing a source (only the values that are valid names go out, so
+ * the peer never has to refuse one of ours for its charset), or undefined when the namespace
+ * or the workload is not one.
+ */
+export function sourceBaggage(src: DescribedSource): string | undefined {
+  if (!NAMESPACE.test(src.namespace) || !NAME.test(src.workload)) return undefined;
+  let v = `${BAGGAGE_KEYS.namespace}=${src.namespace},${BAGGAGE_KEYS.workload}=${src.workload}`;
+  if (NAME.test(src.canonicalService)) v += `,${BAGGAGE_KEYS.canonicalService}=${src.canonicalService}`;
+  if (src.pod !== undefined && NAME.test(src.pod)) v += `,${BAGGAGE_KEYS.pod}=${src.pod}`;
+  return v;
+}
+
+/**
+ * The source a `baggage` value describes, or why it describes none (the reason is for a debug
+ * line). Members with other keys are skipped (W3C Baggage is shared by many producers); a
+ * member's properties (`;...`) are ignored. Rejected whole: longer than
+ * {@link MAX_BAGGAGE_LENGTH}, a known key twice, a value that is not a bounded name, no
+ * namespace or no workload. The caller still checks the namespace against the verified peer.
+ */
+export function parseSourceBaggage(value: string | string[] | undefined): DescribedSource | string {
+  // Several baggage headers are one list (RFC 9110 field lines).
+  const v = Array.isArray(value) ? value.join(',') : value;
+  if (v === undefined || v === '') return 'no baggage';
+  if (v.length > MAX_BAGGAGE_LENGTH) return `baggage longer than ${MAX_BAGGAGE_LENGTH} characters`;
+  const got: Partial<Record<keyof typeof BAGGAGE_KEYS, string>> = {};
+  for (const member of v.split(',')) {
+    const semi = member.indexOf(';');
+    const pair = semi < 0 ? member : member.slice(0, semi);
+    const eq = pair.indexOf('=');
+    if (eq < 0) continue;
+    const field = BY_KEY.get(pair.slice(0, eq).trim());
+    if (field === undefined) continue;
+    const val = pair.slice(eq + 1).trim();
+    if (got[field] !== undefined) return `baggage names ${BAGGAGE_KEYS[field]} twice`;
+    if (!(field === 'namespace' ? NAMESPACE : NAME).test(val)) return `baggage ${BAGGAGE_KEYS[field]} is not a name`;
+    got[field] = val;
+  }
+  if (got.namespace === undefined || got.workload === undefined) return 'baggage without a namespace and a workload';
+  const out: DescribedSource = { namespace: got.namespace, workload: got.workload, canonicalService: got.canonicalService ?? got.workload };
+  if (got.pod !== undefined) out.pod = got.pod;
+  return out;
 }
 
 /**

@@ -154,13 +154,15 @@ export class HttpProxy implements ExchangeHost, H2Host {
     let byEp = this.poolsByEp.get(ep);
     if (byEp === undefined) this.poolsByEp.set(ep, (byEp = new Map()));
     const src = ctx.source;
-    const key = src === undefined ? '' : src.serviceAccount + '\u0000' + src.namespace;
+    // Per calling pod: a tunnelled connection presents the pod's identity and describes the
+    // pod to the peer agent (the CONNECT's `baggage`, for its metrics and access log).
+    const key = src === undefined ? '' : src.serviceAccount + '\u0000' + src.namespace + '\u0000' + src.name;
     let pool = byEp.get(key);
     if (pool === undefined) {
       let group = this.groups.get(cluster);
       if (group === undefined) this.groups.set(cluster, (group = new PoolGroup(cluster, this.internalError)));
       const transport = this.deps.transport;
-      const source = src ? { namespace: src.namespace, serviceAccount: src.serviceAccount } : undefined;
+      const source = src;
       pool = new EndpointPool(ep, group, () => transport.connect(ep, { timeoutMs: cluster.policy.connectionPool.connectTimeout, source }));
       byEp.set(key, pool);
       this.pools.add(pool);
@@ -172,11 +174,11 @@ export class HttpProxy implements ExchangeHost, H2Host {
     let byEp = this.h2PoolsByEp.get(ep);
     if (byEp === undefined) this.h2PoolsByEp.set(ep, (byEp = new Map()));
     const src = ctx.source;
-    const key = src === undefined ? '' : src.serviceAccount + '\u0000' + src.namespace;
+    const key = src === undefined ? '' : src.serviceAccount + '\u0000' + src.namespace + '\u0000' + src.name;
     let pool = byEp.get(key);
     if (pool === undefined) {
       const transport = this.deps.transport;
-      const source = src ? { namespace: src.namespace, serviceAccount: src.serviceAccount } : undefined;
+      const source = src;
       pool = new H2Pool(ep, cluster, () => transport.connect(ep, { timeoutMs: cluster.policy.connectionPool.connectTimeout, source }), this.internalError);
       byEp.set(key, pool);
       this.h2Pools.add(pool);

@@ -12,6 +12,7 @@ import { routeConnection, pickBackend } from './l7/route.js';
 import { peerFields, sourceLabels } from './l7/telemetry.js';
 import { errorHeader } from './l7/respond.js';
 import { EXTRA_FLAGS, responseFlags } from '../telemetry/access-log.js';
+import { sourcePodOf } from '../telemetry/labels.js';
 import type { Transport } from './transport.js';
 import { hashKey } from '../balancer/hash.js';
 import type { SpliceHandle, SpliceOptions } from '../capture/splice.js';
@@ -210,7 +211,7 @@ function logRefused(log: Logger, ctx: ConnContext, err: WeftError): void {
   log.warn(
     {
       direction: ctx.peer !== undefined ? 'inbound' : 'outbound',
-      src_workload: ctx.source ? `${ctx.source.namespace}/${ctx.source.name}` : undefined,
+      src_workload: sourcePodOf(ctx.source, ctx.described),
       src_ip: ctx.sourceIp,
       principal: ctx.peer?.principal,
       dst: `${ctx.origIp}:${ctx.origPort}`,

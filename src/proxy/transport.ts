@@ -8,10 +8,11 @@ import type { ConnContext } from './context.js';
 export interface ConnectOptions {
   timeoutMs: number;
   /**
-   * The source workload, for the tunnel's client certificate (cross-node). `name` and `ip`,
-   * when given (a Workload is), only label the tunnel's logs and the peer's metrics.
+   * The source workload, for the tunnel's client certificate (cross-node). `name`, `ip`,
+   * `workload` and `labels`, when given (a Workload has them), only label the tunnel's logs
+   * and the peer's metrics and access log (the CONNECT's `forwarded` and `baggage`).
    */
-  source?: { namespace: string; serviceAccount: string; name?: string; ip?: string };
+  source?: { namespace: string; serviceAccount: string; name?: string; ip?: string; workload?: string; labels?: Record<string, string> };
 }
 
 /**

@@ -24,12 +24,16 @@ import {
   MAX_FRAME_SIZE,
   SESSION_WINDOW,
   STREAM_WINDOW,
+  SOURCE_BAGGAGE_HEADER,
   forwardedFor,
   identityOfServerName,
   parseAuthority,
+  parseSourceBaggage,
   podOfServerName,
   streamAsSocket,
 } from './hbone.js';
+import type { Workload } from '../config/types.js';
+import { canonicalService, sourcePodOf, workloadName, type DescribedSource } from '../telemetry/labels.js';
 import { listen } from '../listen.js';
 
 export interface TunnelServerDeps {
@@ -286,9 +290,11 @@ export class TunnelServer {
     const hinted = forwardedFor(headers.forwarded);
     const claimed = hinted ? state.workloadByIp(hinted) : undefined;
     const source = claimed && claimed.namespace === peer.namespace && claimed.serviceAccount === peer.serviceAccount ? claimed : undefined;
+    const described = this.describedSource(headers, peer, source);
     const srcIp = source?.ip ?? peer.ip;
     const ctx: ConnContext = {
       source,
+      described,
       sourceIp: srcIp,
       origIp: dst.ip,
       origPort: dst.port,
@@ -302,7 +308,7 @@ export class TunnelServer {
       direction: 'inbound',
       src_principal: peer.principal,
       dst_principal: dstPrincipal,
-      src_workload: source ? `${source.namespace}/${source.name}` : undefined,
+      src_workload: sourcePodOf(source, described),
       src_ip: srcIp,
       peer_ip: peer.ip,
       dst: `${dst.ip}:${dst.port}`,
@@ -322,6 +328,34 @@ export class TunnelServer {
       },
       refuse: (status, reason) => refuse(status, reason),
     });
+  }
+
+  /**
+   * The caller as its agent described it (`baggage`, hbone.ts), for metric labels and
+   * access-log fields only, when this agent does not know the calling pod itself (`known`).
+   * Taken only when it is of the verified peer's namespace (and a pod it names that this agent
+   * knows runs as the verified identity), and while the number of described workloads stays
+   * under its cap. Anything else is dropped with a debug line: a peer's
+   * description is a courtesy, never worth a warning per connection. Where this agent knows the
+   * pod, the description must agree with it; what this agent knows is what counts.
+   */
+  private describedSource(headers: IncomingHttpHeaders, peer: SessionPeer, known: Workload | undefined): DescribedSource | undefined {
+    const raw = headers[SOURCE_BAGGAGE_HEADER];
+    if (raw === undefined) return undefined;
+    const d = parseSourceBaggage(raw);
+    let why: string | undefined;
+    let named: Workload | undefined;
+    if (typeof d === 'string') why = d;
+    else if (d.namespace !== peer.namespace) why = `the baggage names namespace ${d.namespace}, the verified peer is of ${peer.namespace}`;
+    else if (known) {
+      if (d.workload === workloadName(known) && d.canonicalService === canonicalService(known) && (d.pod === undefined || d.pod === known.name)) return undefined;
+      why = `the baggage (${d.workload}, ${d.canonicalService}, pod ${d.pod ?? '-'}) disagrees with the source pod known here (${known.namespace}/${known.name}): what is known here counts`;
+    } else if (d.pod !== undefined && (named = this.deps.state.workload(d.namespace, d.pod)) !== undefined && named.serviceAccount !== '' && named.serviceAccount !== peer.serviceAccount) {
+      why = `the baggage names pod ${d.namespace}/${d.pod}, which runs as ${named.serviceAccount}, not as the verified peer`;
+    } else if (!this.deps.inbound.tcp.metrics.described.admit(d)) why = `more than ${this.deps.inbound.tcp.metrics.described.max} described source workloads: labelled unknown`;
+    if (why === undefined) return d as DescribedSource;
+    if (this.log.isLevelEnabled('debug')) this.log.debug({ src_principal: peer.principal, peer_ip: peer.ip, reason: why }, 'source baggage ignored');
+    return undefined;
   }
 }
 

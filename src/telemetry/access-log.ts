@@ -57,7 +57,14 @@ export const ACCESS_LOG_FIELDS: readonly AccessField[] = [
     ztunnel: 'direction',
     description: 'outbound: the calling pod is on this node; inbound: the call arrived through the tunnel (or plaintext, permissive mode) for a pod on this node',
   },
-  { name: 'src_workload', type: 'string', lines: ALL, when: 'when the calling pod is known', ztunnel: 'src.workload + src.namespace', description: 'the calling pod, namespace/name' },
+  {
+    name: 'src_workload',
+    type: 'string',
+    lines: ALL,
+    when: "when the calling pod is known: inbound through the tunnel, to this agent or as the caller's agent described it (the CONNECT's baggage, when consistent with the verified peer)",
+    ztunnel: 'src.workload + src.namespace',
+    description: 'the calling pod, namespace/name',
+  },
   { name: 'src_ip', type: 'string', lines: HTTP_TCP, when: 'always', envoy: '%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%', ztunnel: 'src.addr (address part)', description: "the caller's address" },
   {
     name: 'principal',

@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Workload } from '../config/types.js';
-import { UNKNOWN, workloadName } from './labels.js';
+import { DescribedSources, UNKNOWN, workloadName } from './labels.js';
 
 type Src = 'source_workload' | 'source_namespace' | 'source_canonical_service';
 type Dst = 'destination_workload' | 'destination_canonical_service';
@@ -32,6 +32,8 @@ export class Metrics {
   readonly agentErrors: Counter<'kind'>;
   readonly downstreamRejected: Counter<'listener'>;
   readonly downstreamConnections: Gauge<'listener'>;
+  /** Source workloads known only from the tunnel's `baggage` (labels.ts): kept by retainWorkloads while they call. */
+  readonly described = new DescribedSources();
 
   constructor() {
     const registers = [this.registry];
@@ -114,7 +116,8 @@ export class Metrics {
   /**
    * Removes the series of workloads that are gone (DESIGN.md "Metric labels"): a source
    * workload is matched with its namespace, a destination workload (whose series carry no
-   * namespace of their own) by name in any namespace. Called with every applied config.
+   * namespace of their own) by name in any namespace. Called with every applied config. A
+   * source workload that a peer agent described (DescribedSources) stays while it calls.
    */
   async retainWorkloads(workloads: readonly Pick<Workload, 'name' | 'namespace' | 'workload'>[]): Promise<number> {
     const sources = new Set<string>();
@@ -124,6 +127,7 @@ export class Metrics {
       sources.add(`${w.namespace}/${name}`);
       destinations.add(name);
     }
+    for (const d of this.described.live()) sources.add(d);
     const gone = (l: Record<string, string | number | undefined>): boolean => {
       const sw = l['source_workload'];
       if (sw !== undefined && sw !== UNKNOWN && !sources.has(`${l['source_namespace']}/${sw}`)) return true;

@@ -212,7 +212,14 @@ t.test('mTLS between two nodes', async (t) => {
       metricsB,
       /weft_tcp_connections_opened_total\{source_workload="client-0",source_namespace="shop",source_canonical_service="[^"]*",destination_service="shop\/echo-0",connection_security_policy="mutual_tls"\} 1/,
     );
-    t.match(metricsB, /weft_requests_total\{[^}]*destination_workload="api-0"[^}]*connection_security_policy="mutual_tls"[^}]*\} 1/);
+    t.match(
+      metricsB,
+      /weft_requests_total\{source_workload="client-0",source_namespace="shop",[^}]*destination_workload="api-0"[^}]*connection_security_policy="mutual_tls",source_canonical_service="client"[^}]*\} 1/,
+      'node-b counts the HTTP caller by its workload',
+    );
+    const httpB = lines.find((l) => l.msg === 'access' && l.direction === 'inbound' && l.path === `/${marker}`);
+    t.equal(httpB?.src_workload, 'shop/client-0', "node-b's access line names the calling pod");
+    t.equal(httpB?.src_ip, '10.77.0.50');
     const metricsA = (await nodeA.exec('curl', ['-s', '--max-time', '3', `http://${A}:15020/metrics`])).stdout;
     t.match(metricsA, /weft_requests_total\{source_workload="client-0"[^}]*destination_service="shop\/api"[^}]*connection_security_policy="mutual_tls"[^}]*\} 1/);
     t.match(metricsA, /weft_cert_expiry_seconds\{identity="cluster.local\/ns\/shop\/sa\/client"\}/);

@@ -34,8 +34,9 @@ async function endpoint(la: LoopbackAgent, name: string): Promise<any> {
 
 t.test('active HTTP checks: a killed backend leaves rotation, a restarted one returns', async (t) => {
   const backends = new Map<string, Backend>();
-  for (const p of pods) backends.set(p.name, await startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} }));
+  // Before the first start: one that cannot bind must not leave the others listening (the process would wait for tap's timeout).
   t.teardown(() => Promise.all([...backends.values()].map((b) => b.close())));
+  for (const p of pods) backends.set(p.name, await startBackend({ name: p.name, port: 8080, host: p.ip, log: () => {} }));
   const la = await startLoopbackAgent(
     loopbackMesh(pods, [
       { name: 'api', vip: '10.96.0.20', app: 'api', policy: '{ healthCheck: { type: http, path: /healthz, interval: 500ms, timeout: 400ms, unhealthyThreshold: 2, healthyThreshold: 2 } }' },

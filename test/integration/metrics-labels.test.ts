@@ -72,7 +72,11 @@ t.test('workload and canonical-service labels, and the series of a gone workload
 
 t.test('open TCP connections: a gauge of opened - closed', async (t) => {
   const server = net.createServer((s) => s.pipe(s));
-  await new Promise<void>((r) => server.listen(7007, '127.0.3.1', r));
+  // A taken address rejects (the test fails naming it) rather than throwing an unhandled 'error'.
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(7007, '127.0.3.1', () => resolve());
+  });
   t.teardown(() => new Promise<void>((r) => server.close(() => r())));
   const la = await startLoopbackAgent(mesh(1));
   t.teardown(() => la.stop());

@@ -87,30 +87,28 @@ export class Mirror {
         sock.destroy();
       }
     };
-    this.transport
-      .connect(ep, { timeoutMs: cluster.policy.connectionPool.connectTimeout, source: src ? { namespace: src.namespace, serviceAccount: src.serviceAccount, name: src.name, ip: src.ip } : undefined })
-      .then(
-        (up) => {
-          if (settled) {
-            up.destroy();
-            return;
-          }
-          sock = up;
-          this.socks.add(up);
-          let got = false;
-          up.on('data', () => {
-            // The answer is dropped: reading it only tells that one came.
-            got = true;
-          });
-          up.on('error', () => finish(false));
-          up.on('close', () => finish(got));
-          up.write(head, 'latin1');
-        },
-        (err: Error) => {
-          this.log.debug({ endpoint: ep.id, err: err.message }, 'mirror connect failed');
-          finish(false);
-        },
-      );
+    this.transport.connect(ep, { timeoutMs: cluster.policy.connectionPool.connectTimeout, source: src }).then(
+      (up) => {
+        if (settled) {
+          up.destroy();
+          return;
+        }
+        sock = up;
+        this.socks.add(up);
+        let got = false;
+        up.on('data', () => {
+          // The answer is dropped: reading it only tells that one came.
+          got = true;
+        });
+        up.on('error', () => finish(false));
+        up.on('close', () => finish(got));
+        up.write(head, 'latin1');
+      },
+      (err: Error) => {
+        this.log.debug({ endpoint: ep.id, err: err.message }, 'mirror connect failed');
+        finish(false);
+      },
+    );
   }
 
   /** Cut every copy in flight (agent shutdown). */

@@ -13,13 +13,17 @@ import type { WeftErrorCode } from '../../errors.js';
 import { infoLine, type Logger } from '../../telemetry/log.js';
 import { HistogramBatch, type Metrics } from '../../telemetry/metrics.js';
 import type { ConnContext } from '../context.js';
-import { destinationLabelsOf, sourceLabelsOf, type SourceLabels } from '../../telemetry/labels.js';
+import { destinationLabelsOf, sourceLabelsOf, sourcePodOf, type SourceLabels } from '../../telemetry/labels.js';
 import { EXTRA_FLAGS, responseFlags, upstreamCluster } from '../../telemetry/access-log.js';
 import { errorHeader } from './respond.js';
 
-/** Metric labels of the caller (src/telemetry/labels.ts); on the tunnel's far end the namespace comes from the verified peer. */
+/**
+ * Metric labels of the caller (src/telemetry/labels.ts); on the tunnel's far end, for a caller
+ * not known here, what its agent described (checked against the verified peer), else the
+ * verified peer's namespace.
+ */
 export function sourceLabels(ctx: ConnContext): SourceLabels {
-  return sourceLabelsOf(ctx.source, ctx.peer?.namespace);
+  return sourceLabelsOf(ctx.source, ctx.peer?.namespace, ctx.described);
 }
 
 export function targetName(ctx: ConnContext): string {
@@ -32,11 +36,10 @@ export function targetName(ctx: ConnContext): string {
  * call (upstream_cluster); `principal` the caller's mTLS identity, when mTLS carried the call.
  */
 export function peerFields(ctx: ConnContext, service: string, ep: Endpoint | undefined, security: 'mutual_tls' | 'none', clusterKey?: string, principal?: string) {
-  const src = ctx.source;
   const inbound = ctx.peer !== undefined;
   return {
     direction: inbound ? 'inbound' : 'outbound',
-    src_workload: src ? `${src.namespace}/${src.name}` : undefined,
+    src_workload: sourcePodOf(ctx.source, ctx.described),
     src_ip: ctx.sourceIp,
     principal: ctx.peer?.principal ?? principal,
     dst: `${ctx.origIp}:${ctx.origPort}`,
@@ -190,7 +193,7 @@ export class L7Telemetry {
     const { source_workload, source_namespace, source_canonical_service } = sourceLabels(ctx);
     const { destination_workload, destination_canonical_service } = destinationLabelsOf(ep?.info);
     const grpc_status = r.grpcStatus === undefined ? '' : String(r.grpcStatus);
-    const key = `${source_namespace}\u0000${source_workload}\u0000${service}\u0000${destination_workload}\u0000${destination_canonical_service}\u0000${status}\u0000${grpc_status}\u0000${security}`;
+    const key = `${source_namespace}\u0000${source_workload}\u0000${source_canonical_service}\u0000${service}\u0000${destination_workload}\u0000${destination_canonical_service}\u0000${status}\u0000${grpc_status}\u0000${security}`;
     let labels = this.labels.get(key);
     if (labels === undefined) {
       const response_code = String(status);
@@ -214,7 +217,7 @@ export class L7Telemetry {
     const ep = r.ep;
     const service = r.cluster?.serviceName ?? targetName(ctx);
     const clusterKey = r.cluster?.key ?? ctx.target.key;
-    const key = `${ctx.source?.namespace ?? ''}/${ctx.source?.name ?? ''}\u0000${ctx.sourceIp}\u0000${ctx.origIp}:${ctx.origPort}\u0000${service}\u0000${ep?.id ?? ''}\u0000${clusterKey ?? ''}\u0000${ctx.peer?.principal ?? ''}`;
+    const key = `${sourcePodOf(ctx.source, ctx.described) ?? ''}\u0000${ctx.sourceIp}\u0000${ctx.origIp}:${ctx.origPort}\u0000${service}\u0000${ep?.id ?? ''}\u0000${clusterKey ?? ''}\u0000${ctx.peer?.principal ?? ''}`;
     let log = this.accessLogs.get(key);
     if (log === undefined) {
       if (this.accessLogs.size >= 4096) this.accessLogs.clear();
