@@ -89,50 +89,57 @@ function isPlain(log: Logger): boolean {
   return plain;
 }
 
-const keyJson: Record<string, string> = Object.create(null);
+type LineValue = string | number | boolean | undefined;
 
 /**
- * `log.info(fields, msg)`, with the line built here rather than by pino's generic
- * serializer: the same bytes (level, time, the logger's bound fields, then `fields` in
- * their order with undefined ones left out, then msg), through the same destination.
- * For the access log, one line per HTTP request: pino's per-key path (own-property,
- * serializer and stringifier lookups per field) was 4-5% of the L7 path's CPU. A logger
+ * `log.info(fields, msg)` for a line written very often with the same fields (the access
+ * log, one line per HTTP request), built here rather than by pino's generic serializer: the
+ * same bytes (level, time, the logger's bound fields, then the fields in the order of
+ * `keys` with undefined ones left out, then msg), through the same destination. pino's
+ * per-key path (own-property, serializer and stringifier lookups per field) was 4-5% of the
+ * L7 path's CPU; a first hand-built version that walked a fields object still paid a
+ * megamorphic lookup per key (floor step 5, docs/benchmarks/l7-cost.md). Here the keys'
+ * JSON is made once and the values come as an array in the order of `keys`. A logger
  * configured with anything this does not reproduce (mixin, formatters.log, hooks,
- * redaction) gets `log.info` itself.
+ * redaction, a serializer for one of the keys) gets `log.info` itself.
  */
-export function infoLine(log: Logger, fields: Readonly<Record<string, string | number | boolean | undefined>>, msg: string): void {
-  if (!log.isLevelEnabled('info')) return;
-  if (!isPlain(log)) {
-    log.info(fields, msg);
-    return;
+export class LineShape {
+  private readonly prefixes: string[];
+  private readonly tail: string;
+  private readonly checked = new WeakMap<Logger, boolean>();
+
+  constructor(
+    readonly keys: readonly string[],
+    readonly msg: string,
+  ) {
+    this.prefixes = keys.map((k) => `,${JSON.stringify(k)}:`);
+    this.tail = `,"msg":${JSON.stringify(msg)}}\n`;
   }
-  const l = log as unknown as PinoInternals;
-  const serializers = l[S.serializersSym];
-  let s = l[S.lsCacheSym][30]! + l[S.timeSym]() + l[S.chindingsSym];
-  for (const k in fields) {
-    let v: unknown = fields[k];
-    if (v === undefined) continue;
-    const ser = serializers[k];
-    if (ser !== undefined) v = ser(v);
-    let json: string | undefined;
-    switch (typeof v) {
-      case 'string':
-        json = JSON.stringify(v);
-        break;
-      case 'number':
-        json = Number.isFinite(v) ? String(v) : 'null';
-        break;
-      case 'boolean':
-        json = v ? 'true' : 'false';
-        break;
-      case 'undefined':
-      case 'function':
-        continue;
-      default:
-        json = JSON.stringify(v);
-        if (json === undefined) continue;
+
+  write(log: Logger, values: readonly LineValue[]): void {
+    if (!log.isLevelEnabled('info')) return;
+    let fast = this.checked.get(log);
+    if (fast === undefined) {
+      const serializers = (log as unknown as PinoInternals)[S.serializersSym];
+      fast = isPlain(log) && this.keys.every((k) => serializers[k] === undefined);
+      this.checked.set(log, fast);
     }
-    s += `,${(keyJson[k] ??= JSON.stringify(k))}:${json}`;
+    if (!fast) {
+      const fields: Record<string, LineValue> = {};
+      for (let i = 0; i < this.keys.length; i++) fields[this.keys[i]!] = values[i];
+      log.info(fields, this.msg);
+      return;
+    }
+    const l = log as unknown as PinoInternals;
+    const prefixes = this.prefixes;
+    let s = l[S.lsCacheSym][30]! + l[S.timeSym]() + l[S.chindingsSym];
+    for (let i = 0; i < prefixes.length; i++) {
+      const v = values[i];
+      if (v === undefined) continue;
+      if (typeof v === 'string') s += prefixes[i]! + JSON.stringify(v);
+      else if (typeof v === 'number') s += prefixes[i]! + (Number.isFinite(v) ? String(v) : 'null');
+      else s += prefixes[i]! + (v ? 'true' : 'false');
+    }
+    l[S.streamSym].write(s + this.tail);
   }
-  l[S.streamSym].write(`${s},"msg":${JSON.stringify(msg)}}\n`);
 }

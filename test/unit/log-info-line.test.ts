@@ -1,6 +1,6 @@
 import t from 'tap';
 import pino from 'pino';
-import { infoLine, isoTime } from '../../src/telemetry/log.js';
+import { isoTime, LineShape } from '../../src/telemetry/log.js';
 
 /** A pino logger writing into an array, with a fixed time so that two lines can be compared byte for byte. */
 function capture(opts: pino.LoggerOptions = {}) {
@@ -25,14 +25,24 @@ const fields = {
   reason: 'line\r\nbreak',
 };
 
+/** `shape.write` with the values of `f` by key, as the access log calls it. */
+function writeLine(shape: LineShape, log: pino.Logger, f: Record<string, string | number | boolean | undefined>): void {
+  shape.write(
+    log,
+    shape.keys.map((k) => f[k]),
+  );
+}
+
+const shape = new LineShape(Object.keys(fields), 'access');
+
 t.test('the hand-built line is the line pino writes, byte for byte', async (t) => {
   const a = capture();
   const b = capture();
   const ca = a.log.child({ src_ip: '127.0.0.1', dst: '10.96.0.20:80', endpoint: undefined, security: 'none' });
   const cb = b.log.child({ src_ip: '127.0.0.1', dst: '10.96.0.20:80', endpoint: undefined, security: 'none' });
   ca.info(fields, 'access');
-  infoLine(cb, fields, 'access');
-  infoLine(cb, {}, 'access');
+  writeLine(shape, cb, fields);
+  writeLine(shape, cb, {});
   ca.info({}, 'access');
   t.equal(b.lines.length, 2);
   t.same(b.lines, a.lines);
@@ -53,25 +63,28 @@ t.test('the hand-built line is the line pino writes, byte for byte', async (t) =
 t.test("with the agent's time function too", async (t) => {
   const lines: string[] = [];
   const log = pino({ level: 'info', base: { pid: 1 }, timestamp: isoTime }, { write: (s: string) => lines.push(s) });
-  infoLine(log, { status: 503 }, 'access');
+  writeLine(shape, log, { status: 503 });
   t.match(JSON.parse(lines[0]!), { level: 30, pid: 1, status: 503, msg: 'access' });
   t.ok(Date.now() - Date.parse(JSON.parse(lines[0]!).time) < 60_000, 'a current ISO time');
 });
 
 t.test('a logger configured beyond what the line reproduces gets pino itself', async (t) => {
   const a = capture({ mixin: () => ({ extra: 'mixed' }) });
-  infoLine(a.log.child({ x: 1 }), { status: 200 }, 'access');
+  writeLine(shape, a.log.child({ x: 1 }), { status: 200 });
   t.match(JSON.parse(a.lines[0]!), { extra: 'mixed', x: 1, status: 200, msg: 'access' });
   const r = capture({ redact: ['path'] });
-  infoLine(r.log, { path: '/secret', status: 200 }, 'access');
+  writeLine(shape, r.log, { path: '/secret', status: 200 });
   t.equal(JSON.parse(r.lines[0]!).path, '[Redacted]');
   const f = capture({ formatters: { log: (o) => ({ ...o, formatted: true }) } });
-  infoLine(f.log, { status: 200 }, 'access');
+  writeLine(shape, f.log, { status: 200 });
   t.equal(JSON.parse(f.lines[0]!).formatted, true);
+  const s = capture({ serializers: { path: (p: string) => p.toUpperCase() } });
+  writeLine(shape, s.log, { path: '/up', status: 200 });
+  t.equal(JSON.parse(s.lines[0]!).path, '/UP', "a serializer for one of the line's keys is applied");
 });
 
 t.test('nothing is written below the level', async (t) => {
   const w = capture({ level: 'warn' });
-  infoLine(w.log, { status: 200 }, 'access');
+  writeLine(shape, w.log, { status: 200 });
   t.same(w.lines, []);
 });
