@@ -136,10 +136,32 @@ export class LineShape {
     for (let i = 0; i < prefixes.length; i++) {
       const v = values[i];
       if (v === undefined) continue;
-      if (typeof v === 'string') s += prefixes[i]! + JSON.stringify(v);
-      else if (typeof v === 'number') s += prefixes[i]! + (Number.isFinite(v) ? String(v) : 'null');
+      if (typeof v === 'string') s += prefixes[i]! + (PLAIN_JSON.test(v) ? `"${v}"` : JSON.stringify(v));
+      else if (typeof v === 'number') s += prefixes[i]! + numberJson(v);
       else s += prefixes[i]! + (v ? 'true' : 'false');
     }
     l[S.streamSym].write(s + this.tail);
   }
+}
+
+/** Strings JSON writes as they are, between quotes: printable ASCII but `"` and `\`. */
+const PLAIN_JSON = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
+
+/**
+ * `JSON.stringify(v)` for a number. Integers and numbers with at most two decimals (the
+ * access log's durations, rounded to 10 µs) are formatted from integers: the shortest
+ * decimal that reads back as `q + r/100` is that decimal itself, which is what
+ * `String(v)` writes, without its double-to-shortest conversion.
+ */
+export function numberJson(v: number): string {
+  if ((v | 0) === v) return String(v);
+  if (v > 0 && v < 1e7) {
+    const h = Math.round(v * 100);
+    if (h / 100 === v) {
+      const q = Math.floor(h / 100);
+      const r = h - q * 100;
+      return r % 10 === 0 ? `${q}.${r / 10}` : `${q}.${r < 10 ? '0' : ''}${r}`;
+    }
+  }
+  return Number.isFinite(v) ? String(v) : 'null';
 }

@@ -1,6 +1,6 @@
 import t from 'tap';
 import pino from 'pino';
-import { isoTime, LineShape } from '../../src/telemetry/log.js';
+import { isoTime, LineShape, numberJson } from '../../src/telemetry/log.js';
 
 /** A pino logger writing into an array, with a fixed time so that two lines can be compared byte for byte. */
 function capture(opts: pino.LoggerOptions = {}) {
@@ -19,6 +19,13 @@ const fields = {
   attempts: 1,
   duration_ms: 0.37,
   nan: Number.NaN,
+  // numbers the line formats itself (integers, up to two decimals) and ones it leaves to String()
+  tenths: 12.5,
+  hundredths: 0.05,
+  whole: 7,
+  negative: -2.25,
+  huge: 1e21,
+  third: 1 / 3,
   ok: true,
   no: false,
   error: undefined,
@@ -34,6 +41,19 @@ function writeLine(shape: LineShape, log: pino.Logger, f: Record<string, string 
 }
 
 const shape = new LineShape(Object.keys(fields), 'access');
+
+t.test('numbers are written as JSON.stringify writes them', async (t) => {
+  // Durations as the access log rounds them (to 10 µs), over eight orders of magnitude.
+  const wrong: string[] = [];
+  for (let i = 0; i < 20_000; i++) {
+    const v = Math.round(Math.random() * 10 ** (i % 8) * 100_000) / 100;
+    if (numberJson(v) !== JSON.stringify(v)) wrong.push(`${JSON.stringify(v)} -> ${numberJson(v)}`);
+  }
+  t.same(wrong, []);
+  for (const v of [0, -0, 1, -1, 0.5, 0.1, 0.30000000000000004, 2 ** 31, -(2 ** 31), 9_999_999.99, 1e21]) t.equal(numberJson(v), JSON.stringify(v));
+  t.equal(numberJson(Number.NaN), 'null');
+  t.equal(numberJson(Number.POSITIVE_INFINITY), 'null');
+});
 
 t.test('the hand-built line is the line pino writes, byte for byte', async (t) => {
   const a = capture();
