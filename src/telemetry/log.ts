@@ -89,50 +89,79 @@ function isPlain(log: Logger): boolean {
   return plain;
 }
 
-const keyJson: Record<string, string> = Object.create(null);
+type LineValue = string | number | boolean | undefined;
 
 /**
- * `log.info(fields, msg)`, with the line built here rather than by pino's generic
- * serializer: the same bytes (level, time, the logger's bound fields, then `fields` in
- * their order with undefined ones left out, then msg), through the same destination.
- * For the access log, one line per HTTP request: pino's per-key path (own-property,
- * serializer and stringifier lookups per field) was 4-5% of the L7 path's CPU. A logger
+ * `log.info(fields, msg)` for a line written very often with the same fields (the access
+ * log, one line per HTTP request), built here rather than by pino's generic serializer: the
+ * same bytes (level, time, the logger's bound fields, then the fields in the order of
+ * `keys` with undefined ones left out, then msg), through the same destination. pino's
+ * per-key path (own-property, serializer and stringifier lookups per field) was 4-5% of the
+ * L7 path's CPU; a first hand-built version that walked a fields object still paid a
+ * megamorphic lookup per key (floor step 5, docs/benchmarks/l7-cost.md). Here the keys'
+ * JSON is made once and the values come as an array in the order of `keys`. A logger
  * configured with anything this does not reproduce (mixin, formatters.log, hooks,
- * redaction) gets `log.info` itself.
+ * redaction, a serializer for one of the keys) gets `log.info` itself.
  */
-export function infoLine(log: Logger, fields: Readonly<Record<string, string | number | boolean | undefined>>, msg: string): void {
-  if (!log.isLevelEnabled('info')) return;
-  if (!isPlain(log)) {
-    log.info(fields, msg);
-    return;
+export class LineShape {
+  private readonly prefixes: string[];
+  private readonly tail: string;
+  private readonly checked = new WeakMap<Logger, boolean>();
+
+  constructor(
+    readonly keys: readonly string[],
+    readonly msg: string,
+  ) {
+    this.prefixes = keys.map((k) => `,${JSON.stringify(k)}:`);
+    this.tail = `,"msg":${JSON.stringify(msg)}}\n`;
   }
-  const l = log as unknown as PinoInternals;
-  const serializers = l[S.serializersSym];
-  let s = l[S.lsCacheSym][30]! + l[S.timeSym]() + l[S.chindingsSym];
-  for (const k in fields) {
-    let v: unknown = fields[k];
-    if (v === undefined) continue;
-    const ser = serializers[k];
-    if (ser !== undefined) v = ser(v);
-    let json: string | undefined;
-    switch (typeof v) {
-      case 'string':
-        json = JSON.stringify(v);
-        break;
-      case 'number':
-        json = Number.isFinite(v) ? String(v) : 'null';
-        break;
-      case 'boolean':
-        json = v ? 'true' : 'false';
-        break;
-      case 'undefined':
-      case 'function':
-        continue;
-      default:
-        json = JSON.stringify(v);
-        if (json === undefined) continue;
+
+  write(log: Logger, values: readonly LineValue[]): void {
+    if (!log.isLevelEnabled('info')) return;
+    let fast = this.checked.get(log);
+    if (fast === undefined) {
+      const serializers = (log as unknown as PinoInternals)[S.serializersSym];
+      fast = isPlain(log) && this.keys.every((k) => serializers[k] === undefined);
+      this.checked.set(log, fast);
     }
-    s += `,${(keyJson[k] ??= JSON.stringify(k))}:${json}`;
+    if (!fast) {
+      const fields: Record<string, LineValue> = {};
+      for (let i = 0; i < this.keys.length; i++) fields[this.keys[i]!] = values[i];
+      log.info(fields, this.msg);
+      return;
+    }
+    const l = log as unknown as PinoInternals;
+    const prefixes = this.prefixes;
+    let s = l[S.lsCacheSym][30]! + l[S.timeSym]() + l[S.chindingsSym];
+    for (let i = 0; i < prefixes.length; i++) {
+      const v = values[i];
+      if (v === undefined) continue;
+      if (typeof v === 'string') s += prefixes[i]! + (PLAIN_JSON.test(v) ? `"${v}"` : JSON.stringify(v));
+      else if (typeof v === 'number') s += prefixes[i]! + numberJson(v);
+      else s += prefixes[i]! + (v ? 'true' : 'false');
+    }
+    l[S.streamSym].write(s + this.tail);
   }
-  l[S.streamSym].write(`${s},"msg":${JSON.stringify(msg)}}\n`);
+}
+
+/** Strings JSON writes as they are, between quotes: printable ASCII but `"` and `\`. */
+const PLAIN_JSON = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
+
+/**
+ * `JSON.stringify(v)` for a number. Integers and numbers with at most two decimals (the
+ * access log's durations, rounded to 10 µs) are formatted from integers: the shortest
+ * decimal that reads back as `q + r/100` is that decimal itself, which is what
+ * `String(v)` writes, without its double-to-shortest conversion.
+ */
+export function numberJson(v: number): string {
+  if ((v | 0) === v) return String(v);
+  if (v > 0 && v < 1e7) {
+    const h = Math.round(v * 100);
+    if (h / 100 === v) {
+      const q = Math.floor(h / 100);
+      const r = h - q * 100;
+      return r % 10 === 0 ? `${q}.${r / 10}` : `${q}.${r < 10 ? '0' : ''}${r}`;
+    }
+  }
+  return Number.isFinite(v) ? String(v) : 'null';
 }

@@ -25,6 +25,12 @@ import { headerObject, rawResponseHead, scanRequestHead, simpleResponse, without
 export const REPLAY_LIMIT = MAX_REPLAY_BODY_BYTES;
 /** Body bytes buffered while no upstream connection is ready yet, before reading pauses. */
 const BODY_HWM = 64 * 1024;
+/**
+ * An answer with a Content-Length up to this whose body comes in the same upstream read as
+ * its head goes to the client as one buffer, head and body copied together: one plain write
+ * instead of a corked pair flushed by `writev` (floor step 4, docs/benchmarks/l7-cost.md).
+ */
+const JOIN_BODY_BYTES = 16 * 1024;
 
 /** What the HTTP/1.1 codec needs from the proxy that runs it, beyond the pipeline's host. */
 export interface ExchangeHost extends CallHost {
@@ -128,6 +134,10 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
   // --- the answer ---
   private respMode = RESP_RAW;
   private closeAfter = false;
+  /** The response head, held until its body's first bytes (same read) to leave with them. */
+  private heldHead: string | undefined = undefined;
+  /** The client's socket was corked during the current upstream read (uncorked at its end). */
+  private corked = false;
 
   constructor(down: Downstream, method: string, url: string, versionMinor: number, headers: string[], keepAlive: boolean, upgrade: string | undefined) {
     super();
@@ -169,6 +179,36 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
 
   get downSock(): Duplex {
     return this.down.sock;
+  }
+
+  readStart(): void {}
+
+  /** The upstream read is done: a head still held leaves alone, and what was corked goes out. */
+  readEnd(): void {
+    const held = this.heldHead;
+    const sock = this.down.sock;
+    if (held !== undefined) {
+      this.heldHead = undefined;
+      if (!sock.destroyed) sock.write(held, 'latin1');
+    }
+    if (this.corked) {
+      this.corked = false;
+      sock.uncork();
+    }
+  }
+
+  /**
+   * Several writes for the client in this upstream read: let them leave together at its end.
+   * Only between `readStart` and `readEnd` (the upstream connection calls both around every
+   * parse of response bytes).
+   */
+  private corkDown(): Duplex {
+    const sock = this.down.sock;
+    if (!this.corked) {
+      this.corked = true;
+      sock.cork();
+    }
+    return sock;
   }
 
   // ---------------------------------------------------------------------------------------
@@ -303,9 +343,16 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
     this.upPaused = false;
     if (!this.bodyComplete) this.sendContinue();
     const sock = conn.sock;
-    sock.cork();
-    sock.write((this.upstreamHead ??= this.buildUpstreamHead()), 'latin1');
+    const head = (this.upstreamHead ??= this.buildUpstreamHead());
     const buffered = this.buffered;
+    if (buffered === null && this.bodyComplete && this.bodyKind !== BODY_CHUNKED) {
+      // The head is the whole request: one write, nothing to cork.
+      sock.write(head, 'latin1');
+      this.requestWritten = true;
+      return;
+    }
+    sock.cork();
+    sock.write(head, 'latin1');
     if (buffered !== null) {
       for (let i = 0; i < buffered.length; i++) this.writeBody(sock, buffered[i]!);
       if (!this.replayable) {
@@ -448,19 +495,29 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
     if (close) head += 'connection: close\r\n';
     else if (v10) head += 'connection: keep-alive\r\n';
     this.closeAfter = close;
-    this.down.sock.write(`${head}\r\n`, 'latin1');
+    if (this.respMode === RESP_RAW && te === undefined && conn.contentLength > 0 && conn.contentLength <= JOIN_BODY_BYTES) this.heldHead = `${head}\r\n`;
+    else this.corkDown().write(`${head}\r\n`, 'latin1');
     return true;
   }
 
   onResponseBody(chunk: Buffer): void {
     if (this.respMode === RESP_NONE || this.done) return;
-    const sock = this.down.sock;
     let ok: boolean;
-    if (this.respMode === RESP_CHUNKED) {
+    const held = this.heldHead;
+    if (held !== undefined) {
+      // Head and body in one buffer, one write (the head is latin1: a byte per character).
+      this.heldHead = undefined;
+      const n = held.length;
+      const both = Buffer.allocUnsafe(n + chunk.length);
+      both.write(held, 0, n, 'latin1');
+      chunk.copy(both, n);
+      ok = this.down.sock.write(both);
+    } else if (this.respMode === RESP_CHUNKED) {
+      const sock = this.corkDown();
       sock.write(`${chunk.length.toString(16)}\r\n`, 'latin1');
       sock.write(chunk);
       ok = sock.write('\r\n', 'latin1');
-    } else ok = sock.write(chunk);
+    } else ok = this.down.sock.write(chunk);
     if (!ok && !this.upPaused && this.up !== undefined) {
       this.upPaused = true;
       this.up.sock.pause();
@@ -479,6 +536,7 @@ export class Exchange extends L7Call implements UpstreamUser, RequestHeadFields 
       let end = '0\r\n';
       const t = conn.trailers;
       if (t !== undefined) for (let i = 0; i < t.length; i += 2) end += `${t[i]!}: ${t[i + 1]!}\r\n`;
+      // One write: within an upstream read it joins what is corked; at the upstream's EOF it goes alone.
       this.down.sock.write(`${end}\r\n`, 'latin1');
     }
     this.up = undefined;

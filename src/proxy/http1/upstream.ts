@@ -45,8 +45,15 @@ export interface UpstreamUser {
    * (`conn.handOver()`); `rest` are the bytes after the 101 head.
    */
   onSwitched?(conn: UpstreamConn, headers: readonly string[], rest: Buffer): void;
-  /** Corked around each batch of response bytes, so head and body leave in one write. */
+  /** The client's connection (destroyed when serving this user hit a bug of ours). */
   readonly downSock: Duplex;
+  /**
+   * Around each read of response bytes (every callback above happens between the two): the
+   * user batches what it writes for the client, so that a head and body in one read leave in
+   * one write.
+   */
+  readStart(): void;
+  readEnd(): void;
 }
 
 export class UpstreamConn implements ResponseHeadFields {
@@ -152,8 +159,7 @@ export class UpstreamConn implements ResponseHeadFields {
       return;
     }
     this.responseBytes = true;
-    const down = user.downSock;
-    down.cork();
+    user.readStart();
     this.inData = true;
     try {
       this.consume(chunk);
@@ -162,10 +168,10 @@ export class UpstreamConn implements ResponseHeadFields {
       this.pool.group.internalError(err);
       this.releaseAfterData = false;
       this.destroy();
-      down.destroy();
+      user.downSock.destroy();
     } finally {
       this.inData = false;
-      down.uncork();
+      user.readEnd();
     }
     if (this.releaseAfterData) {
       this.releaseAfterData = false;
@@ -312,8 +318,13 @@ export class UpstreamConn implements ResponseHeadFields {
     const user = this.user;
     if (user !== undefined && this.parserBody) {
       // A body delimited by the end of the connection ends here (llhttp checks the framing allowed it).
-      const err = this.parser.finish();
-      if (err) this.protocolError(err);
+      user.readStart();
+      try {
+        const err = this.parser.finish();
+        if (err) this.protocolError(err);
+      } finally {
+        user.readEnd();
+      }
       return;
     }
     if (user !== undefined) {

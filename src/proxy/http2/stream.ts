@@ -436,6 +436,15 @@ export class H2Call extends L7Call implements H2PoolUser, UpstreamUser {
     return this.down;
   }
 
+  /** Corked around each read of response bytes, so that what one read brings leaves in one write. */
+  readStart(): void {
+    this.down.cork();
+  }
+
+  readEnd(): void {
+    this.down.uncork();
+  }
+
   waitingFor(pool: EndpointPool): boolean {
     return this.waiting === pool && !this.done;
   }

@@ -38,6 +38,7 @@ import type { HeaderModifier } from '../../config/types.js';
 import type { Mirror } from './mirror.js';
 import { modifyHeaders } from './routes/filters.js';
 import type { CompiledRule } from './routes/table.js';
+import { armDeadline, clearDeadline, type DeadlineEntry, type DeadlineList } from './deadlines.js';
 
 /** What the pipeline needs from the proxy that runs it. */
 export interface L7Deps {
@@ -75,7 +76,7 @@ const EMPTY_PICK: PickContext = {};
 /** Methods whose requests carry no body unless they say so (for mirrors of HTTP/2 requests). */
 const BODYLESS = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE']);
 
-export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, HasRequestView {
+export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, HasRequestView, DeadlineEntry {
   // --- what the codec provides ---
   abstract readonly ctx: ConnContext;
   abstract readonly conn: TelemetryConn;
@@ -161,7 +162,11 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
   private lastFailure: TryFailure | undefined = undefined;
   /** Bumped whenever an asynchronous step (authorization) must be ignored when it completes. */
   protected gen = 0;
-  private timer: NodeJS.Timeout | undefined = undefined;
+  // The call's timer (deadlines.ts): the try's or request's deadline, or the retry back-off.
+  dlAt = 0;
+  dlPrev: DeadlineEntry | null = null;
+  dlNext: DeadlineEntry | null = null;
+  dlList: DeadlineList | null = null;
   private backingOff = false;
 
   // ---------------------------------------------------------------------------------------
@@ -405,16 +410,13 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
     takeLease(this, cluster, ep, t0);
     const perTry = this.retries?.perTryTimeout ?? 0;
     this.tryDeadline = perTry > 0 ? Math.min(this.deadline, t0 + perTry) : this.deadline;
-    if (this.tryDeadline !== Infinity) this.armTimer(this.tryDeadline - t0);
+    if (this.tryDeadline !== Infinity) this.armTimer(this.tryDeadline - t0, t0);
     this.send(ep);
   }
 
   /** The try is over: the lease ends and, unless `result` is undefined, the endpoint hears how it went. */
   protected endTry(result: OutlierResult | undefined): void {
-    if (this.timer !== undefined) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-    }
+    if (this.dlList !== null) clearDeadline(this);
     endLease(this, result);
   }
 
@@ -459,8 +461,11 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
     if (this.timeoutUntilHead) {
       // From here on only the call's own deadline bounds it.
       this.deadline = this.tryDeadline = this.callDeadline;
-      if (this.timer !== undefined) clearTimeout(this.timer);
-      this.timer = this.deadline === Infinity ? undefined : setTimeout(this.onTimer, Math.max(0, this.deadline - performance.now()));
+      if (this.dlList !== null) clearDeadline(this);
+      if (this.deadline !== Infinity) {
+        const now = performance.now();
+        armDeadline(this, Math.max(0, this.deadline - now), now);
+      }
     }
     return true;
   }
@@ -508,14 +513,14 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
   // ---------------------------------------------------------------------------------------
   // Retry, timers
 
-  private armTimer(ms: number): void {
-    if (this.timer !== undefined) clearTimeout(this.timer);
+  private armTimer(ms: number, now: number): void {
+    if (this.dlList !== null) clearDeadline(this);
     this.backingOff = false;
-    this.timer = setTimeout(this.onTimer, Math.max(0, ms));
+    armDeadline(this, Math.max(0, ms), now);
   }
 
-  private readonly onTimer = (): void => {
-    this.timer = undefined;
+  /** The timer fired (DeadlineEntry). */
+  dlFire(): void {
     if (this.done) return;
     try {
       this.timerFired();
@@ -523,7 +528,7 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
       this.callHost.internalError(err);
       this.cut();
     }
-  };
+  }
 
   private timerFired(): void {
     if (this.backingOff) {
@@ -579,9 +584,9 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
     this.callHost.telemetry.retried(this.cluster!);
     this.prepareRetry();
     if (delay > 0) {
-      if (this.timer !== undefined) clearTimeout(this.timer);
+      if (this.dlList !== null) clearDeadline(this);
       this.backingOff = true;
-      this.timer = setTimeout(this.onTimer, delay);
+      armDeadline(this, delay, performance.now());
       return;
     }
     this.pickAndSend();
@@ -628,10 +633,7 @@ export abstract class L7Call implements LeaseHolder, RetryState, RequestRecord, 
       clearTimeout(this.faultTimer);
       this.faultTimer = undefined;
     }
-    if (this.timer !== undefined) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-    }
+    if (this.dlList !== null) clearDeadline(this);
     if (this.holdsRequest) {
       this.holdsRequest = false;
       this.cluster!.limits.endRequest();

@@ -10,7 +10,7 @@
 import type { Cluster } from '../../cluster/cluster.js';
 import type { Endpoint } from '../../cluster/endpoint.js';
 import type { WeftErrorCode } from '../../errors.js';
-import { infoLine, type Logger } from '../../telemetry/log.js';
+import { LineShape, type Logger } from '../../telemetry/log.js';
 import { HistogramBatch, type Metrics } from '../../telemetry/metrics.js';
 import type { ConnContext } from '../context.js';
 import { destinationLabelsOf, sourceLabelsOf, sourcePodOf, type SourceLabels } from '../../telemetry/labels.js';
@@ -112,6 +112,15 @@ export function requestFlags(r: RequestRecord, status: number, error: WeftErrorC
   return responseFlags(error, extra);
 }
 
+/**
+ * The fields of an L7 access line after the connection's bound ones, in this order
+ * (src/telemetry/access-log.ts is the schema); `record` passes the values in the same order.
+ */
+const ACCESS_LINE = new LineShape(
+  ['protocol', 'request_id', 'method', 'path', 'host', 'status', 'grpc_status', 'attempts', 'route', 'rule', 'duration_ms', 'response_flags', 'error', 'reason'],
+  'access',
+);
+
 export class L7Telemetry {
   private readonly labels = new Map<string, RequestLabels>();
   private readonly accessLogs = new Map<string, Logger>();
@@ -152,26 +161,22 @@ export class L7Telemetry {
     }
     labels.duration.observe(secs);
     if (!this.log.isLevelEnabled('info')) return;
-    infoLine(
-      (byWhere.log ??= this.accessLogFor(r)),
-      {
-        protocol: r.protocol,
-        request_id: r.requestId,
-        method: r.method,
-        path: r.path,
-        host: r.authority,
-        status,
-        grpc_status: g,
-        attempts: r.attempts,
-        route: r.routeName,
-        rule: r.ruleName,
-        duration_ms: Math.round(secs * 100000) / 100,
-        response_flags: requestFlags(r, status, error),
-        error: error ? errorHeader(error) : undefined,
-        reason,
-      },
-      'access',
-    );
+    ACCESS_LINE.write((byWhere.log ??= this.accessLogFor(r)), [
+      r.protocol,
+      r.requestId,
+      r.method,
+      r.path,
+      r.authority,
+      status,
+      g,
+      r.attempts,
+      r.routeName,
+      r.ruleName,
+      Math.round(secs * 100000) / 100,
+      requestFlags(r, status, error),
+      error ? errorHeader(error) : undefined,
+      reason,
+    ]);
   }
 
   private readonly flushCounts = (): void => {
