@@ -74,6 +74,9 @@ export function releaseMemory(o: { heap: boolean }): Released {
  */
 export class MemoryRelease {
   private timer: NodeJS.Timeout | undefined;
+  /** Releases made so far, and the last one (for /config_dump). */
+  count = 0;
+  last?: Released & { reason: string; at: string };
 
   constructor(
     private readonly log: Logger,
@@ -93,6 +96,8 @@ export class MemoryRelease {
   now(reason: string, o: { heap?: boolean } = {}): Released | undefined {
     try {
       const r = releaseMemory({ heap: o.heap ?? this.o.heap });
+      this.count++;
+      this.last = { ...r, reason, at: new Date().toISOString() };
       this.log.debug(
         {
           reason,
@@ -108,6 +113,18 @@ export class MemoryRelease {
       this.log.warn({ reason, err: (err as Error).message }, 'releasing memory failed');
       return undefined;
     }
+  }
+
+  /** What /config_dump shows: releases so far, the last one, and this thread's heap now (MiB, rounded to 0.1). */
+  describe(): { releases: number; last?: { reason: string; at: string; ms: number; heapMb: [number, number]; youngMb: [number, number] }; heapMb: number; youngMb: number } {
+    const r = (x: number): number => Math.round(x * 10) / 10;
+    const l = this.last;
+    return {
+      releases: this.count,
+      last: l && { reason: l.reason, at: l.at, ms: Math.round(l.ms), heapMb: [r(l.heapBeforeMb), r(l.heapAfterMb)], youngMb: [r(l.youngBeforeMb), r(l.youngAfterMb)] },
+      heapMb: r(process.memoryUsage().heapTotal / MB),
+      youngMb: r(youngMb()),
+    };
   }
 
   cancel(): void {

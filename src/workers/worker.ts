@@ -308,6 +308,8 @@ async function main(): Promise<void> {
             spliced: splicer?.size ?? 'off',
             inflight: plane.http.active + tunnelHttp.active,
             mirror: { ...mirror.stats },
+            // Memory given back after bursts (memory.ts), and this thread's heap now.
+            memory: release.describe(),
             clusters: [...clusters.all()].map((c) => c.describe()),
           },
         });
