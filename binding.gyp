@@ -8,6 +8,7 @@
         "native/fdpass.cc",
         "native/object.cc",
         "native/map.cc",
+        "native/memory.cc",
         "native/ops.cc",
         "native/ring.cc",
         "native/splice.cc"

@@ -30,6 +30,8 @@ import { PROXY_CPU } from './throughput.js';
 const NODE_IP = '10.79.0.1';
 const REMOTE_NODE = 'node-remote';
 const PER_SERVICE = 100;
+/** How long after ready the memory figures are read, ms (runMemory says why this long). */
+const SETTLE_MS = 10_000;
 
 export interface ScaleOptions {
   remoteEndpoints: number;
@@ -78,6 +80,16 @@ export interface MemoryReport {
   /** RSS of the agent with its worker threads, settled and peak. */
   workersRssMb?: number;
   workersPeakRssMb?: number;
+  /**
+   * The same agent with more worker threads (agent.workers set: `moreWorkers` of them), settled
+   * and peak: what one more worker adds is the slope between the two runs (`perWorkerMb`),
+   * free of what the control thread itself does differently once it has workers.
+   */
+  moreWorkers?: number;
+  moreWorkersRssMb?: number;
+  moreWorkersPeakRssMb?: number;
+  /** How long after ready each figure was read, ms. */
+  settleMs?: number;
   error?: string;
 }
 
@@ -88,6 +100,8 @@ interface ScaleConfigOptions {
   /** Second octet of the remote pod IPs (10.<n>.x.y): changing it moves every endpoint. */
   remoteNet: number;
   localWorkloads: number;
+  /** `agent.workers` (threads serving, the control thread included); absent: the agent's default. */
+  workers?: number;
 }
 
 function remoteIp(net: number, i: number): string {
@@ -136,6 +150,7 @@ export function scaleConfig(o: ScaleConfigOptions): string {
     namespaces: [{ name: 'scale', labels: { 'weft.io/mesh': 'enabled' } }],
     workloads,
     services,
+    ...(o.workers !== undefined ? { agent: { workers: o.workers } } : {}),
   });
 }
 
@@ -254,8 +269,11 @@ export async function runMemory(o: ScaleOptions): Promise<MemoryReport> {
     } catch {
       rep.linkDirs = undefined;
     }
-    // Settle: start-up garbage collected, timers quiet.
-    await sleep(3_000);
+    // Settle: start-up garbage collected, timers quiet. V8's memory reducer runs its
+    // collection about 8 s after start-up's last full one: read after it, not racing it (at
+    // 3 s the one-thread agent read 142 MB one run and 130 MB the next).
+    await sleep(SETTLE_MS);
+    rep.settleMs = SETTLE_MS;
     rep.rssMb = treeRssMb(agent.pid);
     rep.peakRssMb = treePeakRssMb(agent.pid);
     o.log(
@@ -269,16 +287,30 @@ export async function runMemory(o: ScaleOptions): Promise<MemoryReport> {
     agent = undefined;
     const cores = cpus().length;
     if (cores > 1) {
-      await waitQuiet(0.15, o.quietTimeoutMs);
-      agent = await startAgent(node, { configFile, pinRoot, stateDir, logFile: join(dir, 'agent-workers.log'), cpu: `0-${cores - 1}`, readyTimeoutMs: 180_000 });
-      await sleep(3_000);
-      const all = treeRssMb(agent.pid);
+      const run = async (name: string, workers?: number): Promise<{ rss: number; peak: number }> => {
+        const file = workers === undefined ? configFile : join(dir, `weft-${name}.yaml`);
+        if (workers !== undefined) writeFileSync(file, scaleConfig({ node, stateDir, remoteEndpoints: o.remoteEndpoints, remoteNet: 80, localWorkloads: o.localWorkloads, workers }));
+        await waitQuiet(0.15, o.quietTimeoutMs);
+        agent = await startAgent(node, { configFile: file, pinRoot, stateDir, logFile: join(dir, `agent-${name}.log`), cpu: `0-${cores - 1}`, readyTimeoutMs: 180_000 });
+        await sleep(SETTLE_MS);
+        const got = { rss: treeRssMb(agent.pid), peak: treePeakRssMb(agent.pid) };
+        await agent.stop();
+        agent = undefined;
+        return got;
+      };
+      const base = await run('workers');
       rep.workers = cores - 1;
       rep.controlRssMb = single;
-      rep.perWorkerMb = (all - single) / rep.workers;
-      rep.workersRssMb = all;
-      rep.workersPeakRssMb = treePeakRssMb(agent.pid);
-      o.log(`  with ${rep.workers} worker thread(s) beside the control thread: RSS ${all.toFixed(1)} MB (${rep.perWorkerMb.toFixed(1)} MB per worker thread)`);
+      rep.workersRssMb = base.rss;
+      rep.workersPeakRssMb = base.peak;
+      o.log(`  with ${rep.workers} worker thread(s) beside the control thread: RSS ${base.rss.toFixed(1)} MB (peak ${base.peak.toFixed(1)} MB)`);
+      // Two more worker threads than cores - 1 (agent.workers counts the control thread too).
+      rep.moreWorkers = rep.workers + 2;
+      const more = await run('more-workers', rep.moreWorkers + 1);
+      rep.moreWorkersRssMb = more.rss;
+      rep.moreWorkersPeakRssMb = more.peak;
+      rep.perWorkerMb = (more.rss - base.rss) / (rep.moreWorkers - rep.workers);
+      o.log(`  with ${rep.moreWorkers} worker threads: RSS ${more.rss.toFixed(1)} MB (peak ${more.peak.toFixed(1)} MB): ${rep.perWorkerMb.toFixed(1)} MB per worker thread`);
     }
   } catch (err) {
     rep.error = (err as Error).message;

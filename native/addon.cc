@@ -5,6 +5,7 @@
 #include "errors.h"
 #include "fdpass.h"
 #include "map.h"
+#include "memory.h"
 #include "object.h"
 #include "ops.h"
 #include "ring.h"
@@ -45,6 +46,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("flock", Napi::Function::New<Flock>(env, "flock"));
   exports.Set("peerCred", Napi::Function::New<PeerCred>(env, "peerCred"));
   exports.Set("dupFd", Napi::Function::New<DupFd>(env, "dupFd"));
+  // src/workers/memory.ts: memory back to the kernel after a big snapshot.
+  exports.Set("mallocTrim", Napi::Function::New<MallocTrim>(env, "mallocTrim"));
+  exports.Set("lowMemoryNotification", Napi::Function::New<LowMemoryNotification>(env, "lowMemoryNotification"));
   return exports;
 }
 

@@ -33,10 +33,13 @@ import pino from 'pino';
 import { outboundPlane } from './workers/plane.js';
 import { WorkerPool } from './workers/pool.js';
 import { usableCores } from './workers/cores.js';
+import { MemoryRelease } from './workers/memory.js';
 import type { SourceRoutes } from './workers/protocol.js';
 
 /** How long a restarted agent answers queued connections before it sets up identities (answerQueuedFirst). */
 const QUEUED_FIRST_MS = 500;
+/** Memory is given back this long after the last of a run of config changes (src/workers/memory.ts). */
+const MEMORY_RELEASE_DELAY_MS = 1_000;
 
 export interface AgentOptions {
   discovery: Discovery;
@@ -101,6 +104,8 @@ export class Agent {
   /** Worker threads beside this (control) thread, when `agent.workers` > 1. */
   private pool?: WorkerPool;
   private sourcesTimer?: NodeJS.Timeout;
+  /** malloc's arenas trimmed after start-up and after config changes (src/workers/memory.ts). */
+  private memory?: MemoryRelease;
   private ready = false;
   private draining = false;
   private slot?: NodeSlot;
@@ -301,7 +306,11 @@ export class Agent {
       throw err;
     }
 
+    // What start-up freed so far (the config's parse, capture's attach) goes back to the
+    // kernel before the workers' snapshots add to the peak; once more when they are serving.
+    this.memory = new MemoryRelease(log.child({ component: 'memory' }), { heap: false, delayMs: MEMORY_RELEASE_DELAY_MS });
     if (pool) {
+      this.memory.now('start', { heap: true });
       if (this.capture) {
         const capture = this.capture;
         pool.sources(capture.cgroupSources());
@@ -331,6 +340,7 @@ export class Agent {
       log.error({ problems: err.problems, err: err.message }, 'config rejected; the last good config stays in force');
     });
     this.ready = true;
+    this.memory.now(pool ? 'workers started' : 'start');
     await this.slot?.serve({
       listeners: () => this.listeners.handed(),
       agentSlot: () => this.datapath?.agentSlot,
@@ -494,6 +504,7 @@ export class Agent {
     this.pool?.config(next);
     if (this.capture) this.pool?.sources(this.capture.cgroupSources());
     this.log.info({ generation: this.state.generation, services: next.services.length, workloads: next.workloads.length }, 'config applied');
+    this.memory?.schedule('config');
   }
 
   /**
@@ -522,7 +533,8 @@ export class Agent {
         pinRoot: capture ? (this.datapath?.pinRoot ?? this.opts.pinRoot) : undefined,
         logLevel: this.log.level,
         trustDomain: this.state.config.mesh.trustDomain,
-        health: [...this.clusters.all()].map((c) => c.health()),
+        // A worker's endpoints start as new ones: only what differs from that (Cluster.health).
+        health: [...this.clusters.all()].map((c) => c.health(true)),
         sources: this.capture?.cgroupSources() ?? [],
         certs: [],
       }),
@@ -670,6 +682,7 @@ export class Agent {
   private async doStop(opts: { drainMs?: number; workersUntilClosed?: boolean }): Promise<void> {
     const drainMs = opts.drainMs ?? this.state.config?.agent.drainTimeout ?? 20_000;
     this.draining = true;
+    this.memory?.cancel();
     await this.slot?.stopServing();
     if (this.captureOwned) {
       this.capture?.stop();

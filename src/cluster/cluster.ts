@@ -227,9 +227,14 @@ export class Cluster {
   }
 
   /** For the workers: each endpoint's health and ejection, and the breaker's state. */
-  health(): ClusterHealth {
+  health(changedOnly = false): ClusterHealth {
     const endpoints: ClusterHealth['endpoints'] = [];
-    for (const ep of this.endpoints.values()) endpoints.push([ep.id, ep.health, ep.ejectedUntil]);
+    for (const ep of this.endpoints.values()) {
+      // A new worker's endpoints start unchecked and not ejected: only the others need saying
+      // (at 10,000 endpoints the whole list is ~1 MB that a worker would keep).
+      if (changedOnly && ep.health === 'unknown' && ep.ejectedUntil === 0) continue;
+      endpoints.push([ep.id, ep.health, ep.ejectedUntil]);
+    }
     return { key: this.key, endpoints, breaker: this.breaker?.follow() };
   }
 

@@ -23,6 +23,7 @@ import { StateStore } from '../state/store.js';
 import { isoTime } from '../telemetry/log.js';
 import { Metrics } from '../telemetry/metrics.js';
 import { WorkerIdentities } from './identities.js';
+import { MemoryRelease } from './memory.js';
 import { outboundPlane, type PlaneDeps } from './plane.js';
 import { Mirror } from '../proxy/l7/mirror.js';
 import type { RequestView } from '../proxy/l7/request.js';
@@ -37,6 +38,8 @@ import type { FromWorker, Outcome, SourceRoutes, ToWorker, Verdict, WorkerInit }
 /** Log lines leave in batches: at most this many bytes or this many ms after the first. */
 const LOG_BATCH = 32 * 1024;
 const LOG_FLUSH_MS = 50;
+/** Memory is given back this long after the last of a run of config changes (memory.ts). */
+const RELEASE_DELAY_MS = 1_000;
 
 /** A pino destination that hands batches of lines to the control thread, which writes them with its own. */
 class PortLines {
@@ -229,7 +232,11 @@ async function main(): Promise<void> {
     return Promise.all([plane.outbound.server.listening ? plane.outbound.stopAccepting() : undefined, closeListening(plaintextInbound.server), closeListening(tunnelServer.server)]);
   };
 
+  // After a config change, once the run of changes is over; the heap of this thread, and malloc's arenas.
+  const release = new MemoryRelease(log.child({ component: 'memory' }), { heap: true, delayMs: RELEASE_DELAY_MS });
+
   const drain = async (ms: number, untilClosed = false): Promise<void> => {
+    release.cancel();
     const closing = stopAccepting();
     const inflight = () => plane.http.active + tunnelHttp.active;
     if (untilClosed) {
@@ -271,6 +278,7 @@ async function main(): Promise<void> {
         const live = new Set<string>();
         for (const c of clusters.all()) for (const id of c.endpoints.keys()) live.add(id);
         plane.http.prune(live);
+        release.schedule('config');
         return;
       }
       case 'health':
@@ -300,6 +308,8 @@ async function main(): Promise<void> {
             spliced: splicer?.size ?? 'off',
             inflight: plane.http.active + tunnelHttp.active,
             mirror: { ...mirror.stats },
+            // Memory given back after bursts (memory.ts), and this thread's heap now.
+            memory: release.describe(),
             clusters: [...clusters.all()].map((c) => c.describe()),
           },
         });
@@ -322,6 +332,8 @@ async function main(): Promise<void> {
   };
   for (const m of early.splice(0)) handle(m);
   send({ t: 'ready' });
+  // The snapshot is applied: what its arrival grew this heap to goes back (memory.ts).
+  release.now('start');
 }
 
 main().catch((err: unknown) => {

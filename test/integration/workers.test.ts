@@ -142,6 +142,40 @@ async function controlCluster(la: LoopbackAgent): Promise<ClusterDump | undefine
   return ((await la.configDump()) as { clusters: ClusterDump[] }).clusters.find((x) => x.key === 'shop/api:80');
 }
 
+t.test('a worker gives memory back once serving and once after a run of config changes, and serves on', async (t) => {
+  const backend = await startBackend({ name: 'api-0', port: 8080, host: '127.0.1.1', log: () => {} });
+  t.teardown(() => backend.close());
+  const services = [{ name: 'api', vip: '10.96.0.20', app: 'api' }];
+  const la = await startLoopbackAgent(loopbackMesh(pod, services), { workers: 2 });
+  t.teardown(() => la.stop());
+  la.route(SRC, DEST, 'shop/client-0');
+  type Mem = { releases: number; last?: { reason: string; heapMb: [number, number]; youngMb: [number, number] }; heapMb: number };
+  const mem = async (): Promise<Mem | undefined> => ((await workers(la)).serving[0]?.serving as { memory?: Mem } | undefined)?.memory;
+  await until('the worker released once serving', async () => (await mem())?.releases === 1);
+  const first = (await mem())!;
+  t.equal(first.last?.reason, 'start');
+  t.ok(first.last!.heapMb[1] <= first.last!.heapMb[0], `heap ${first.last!.heapMb.join(' -> ')} MB`);
+  t.ok(first.last!.youngMb[1] <= first.last!.youngMb[0], `young generation ${first.last!.youngMb.join(' -> ')} MB`);
+
+  // Four config changes in one run: one release, after the last (which is back to the one
+  // pod that has a backend: api-1 is only added and removed).
+  const pods = [...pod, { name: 'api-1', ip: '127.0.1.2', app: 'api' }];
+  la.update(loopbackMesh(pods, services));
+  la.update(loopbackMesh(pod, services));
+  la.update(loopbackMesh(pods, services));
+  la.update(loopbackMesh(pod, services));
+  await until('the worker released after the changes', async () => (await mem())?.releases === 2);
+  t.equal((await mem())?.last?.reason, 'config');
+  // Past the debounce again: no release for changes already counted.
+  await sleep(1_500);
+  t.equal((await mem())?.releases, 2, 'one release for the run of four changes');
+
+  // The worker still serves with what it kept.
+  const conns = await openTagged(la, 1);
+  t.teardown(() => conns.forEach((x) => x.c.close()));
+  for (const x of conns.filter((c) => c.thread === 'worker')) t.equal((await get(x.c)).status, 200);
+});
+
 t.test('outlier detection counts the outcomes of both threads', async (t) => {
   const { la, worker } = await failThreeEach(t, '{ outlierDetection: { consecutive5xx: 6, interval: 1h, baseEjectionTime: 1h, maxEjectionPercent: 100 } }');
   await until('the control thread ejects the endpoint', async () => (await controlCluster(la))?.endpoints[0]?.ejected === true);

@@ -137,6 +137,37 @@ t.test('the RSS criterion holds the peak as well as the settled figure', async (
   t.equal(doneWhen(settledOnly).find((x) => x.criterion === crit)!.pass, true);
 });
 
+t.test('issue 17 memory: each run with workers is held to 150 MB + 30 MB per worker, settled and peak', async (t) => {
+  const r = report([]);
+  r.memory = {
+    localWorkloads: 1000,
+    remoteEndpoints: 10000,
+    localEndpoints: 1000,
+    rssMb: 130,
+    peakRssMb: 136,
+    controlRssMb: 130,
+    workers: 1,
+    workersRssMb: 150,
+    workersPeakRssMb: 155,
+    moreWorkers: 3,
+    moreWorkersRssMb: 205,
+    moreWorkersPeakRssMb: 245,
+    perWorkerMb: 27.5,
+  };
+  const one = () => doneWhen(r).find((c) => c.criterion.startsWith('agent RSS with 1 worker thread'))!;
+  const three = () => doneWhen(r).find((c) => c.criterion.startsWith('agent RSS with 3 worker thread'))!;
+  t.equal(one().target, '< 150 MB + 30 MB per worker thread (180 MB)');
+  t.equal(one().pass, true);
+  t.equal(three().target, '< 150 MB + 30 MB per worker thread (240 MB)');
+  t.equal(three().pass, false, 'a 3-worker start-up peak over 240 MB fails though the settled figure is inside');
+  t.match(three().measured, /205\.0 MB settled, 245\.0 MB peak; control thread alone 130\.0 MB, 27\.5 MB per worker thread/);
+  r.memory.moreWorkersPeakRssMb = 230;
+  t.equal(three().pass, true);
+  const md = toMarkdown(r);
+  t.match(md, /\| with 3 worker threads \(agent\.workers: 4\), RSS settled \/ peak \| 205\.0 \/ 230\.0 MB \|/);
+  t.match(md, /\| each worker thread \(the slope between 1 and 3 workers\) \| 27\.5 MB \|/);
+});
+
 t.test('ratios to the Node pipe, and the issue-17 floor check', async (t) => {
   const r = report([scenario('l7', 'weft L7', 19000, 12, 0.05), scenario('nginx', 'nginx', 27000, 6, 0.02), scenario('pipe', 'Node.js pipe (no parsing)', 25000, 8, 0.04)]);
   t.match(toMarkdown(r), /\| weft L7 \| 19000 \| 1\.00 \| 12\.00 \| 0 \| 50\.0 \| – \| 0\.70 \| 2\.50 \| 0\.76 \| 1\.25 \|/);
