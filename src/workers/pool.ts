@@ -259,12 +259,25 @@ export class WorkerPool {
   /**
    * The agent's metrics as one: the control thread's Registry merged with every serving
    * worker's (prom-client's AggregatorRegistry: counters and histograms summed; gauges
-   * that the control thread decides and workers follow are taken at their max).
+   * that the control thread decides and workers follow are taken at their max; the process's
+   * own series once).
    */
   async metrics(control: Registry): Promise<{ text: string; contentType: string }> {
     const serving = this.slots.filter((s) => s.worker && s.state === 'serving');
     const parts = await Promise.all(serving.map((s) => this.ask(s, { t: 'metrics' })));
-    const all = [await control.getMetricsAsJSON(), ...parts.filter((p): p is unknown[] => Array.isArray(p))];
+    // The process_* series (RSS, CPU, fds, start time) are the process's, read alike by every
+    // thread: the control thread's alone, not one more copy per worker. Event-loop lag is each
+    // thread's own: the worst thread's, not a sum.
+    const workerParts = parts
+      .filter((p): p is Array<{ name: string }> => Array.isArray(p))
+      .map((p) => p.filter((m) => !m.name.startsWith('process_')));
+    const all = [await control.getMetricsAsJSON(), ...workerParts] as Array<Array<{ name: string; aggregator?: string }>>;
+    for (const part of all)
+      for (const m of part) {
+        if (m.name.startsWith('nodejs_eventloop_lag')) m.aggregator = 'max';
+        // One copy now: 'first' rather than prom-client's per-process choices (which omit the start time).
+        else if (m.name.startsWith('process_')) m.aggregator = 'first';
+      }
     const merged = AggregatorRegistry.aggregate(all as Parameters<typeof AggregatorRegistry.aggregate>[0]);
     return { text: await merged.metrics(), contentType: control.contentType };
   }

@@ -81,6 +81,11 @@ t.test('two threads serve the outbound port; metrics come out as one agent', asy
   t.equal(total, requests, 'the requests of both threads, summed');
   const count = [...text.matchAll(/^weft_request_duration_seconds_count\{[^}]*destination_service="shop\/api"[^}]*\} (\d+)/gm)].reduce((s, m) => s + Number(m[1]), 0);
   t.equal(count, requests, 'the duration histogram of both threads, merged');
+  // The process's own series once, not once per thread (the agent runs in this process).
+  const rss = Number(/^process_resident_memory_bytes (\d+)/m.exec(text)?.[1]);
+  const mine = process.memoryUsage().rss;
+  t.ok(rss > mine * 0.7 && rss < mine * 1.3, `process_resident_memory_bytes ${rss} is this process's RSS (${mine}), not a sum over threads`);
+  t.equal(text.match(/^process_start_time_seconds /gm)?.length, 1, 'one process start time');
 });
 
 t.test('a worker that dies is started again; the control thread keeps its connections', async (t) => {
