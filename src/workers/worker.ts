@@ -40,6 +40,8 @@ const LOG_BATCH = 32 * 1024;
 const LOG_FLUSH_MS = 50;
 /** Memory is given back this long after the last of a run of config changes (memory.ts). */
 const RELEASE_DELAY_MS = 1_000;
+/** At most one heap release per 30 s after config changes (MemoryRelease says why). */
+const RELEASE_MIN_INTERVAL_MS = 30_000;
 
 /** A pino destination that hands batches of lines to the control thread, which writes them with its own. */
 class PortLines {
@@ -233,7 +235,7 @@ async function main(): Promise<void> {
   };
 
   // After a config change, once the run of changes is over; the heap of this thread, and malloc's arenas.
-  const release = new MemoryRelease(log.child({ component: 'memory' }), { heap: true, delayMs: RELEASE_DELAY_MS });
+  const release = new MemoryRelease(log.child({ component: 'memory' }), { heap: true, delayMs: RELEASE_DELAY_MS, minIntervalMs: RELEASE_MIN_INTERVAL_MS });
 
   const drain = async (ms: number, untilClosed = false): Promise<void> => {
     release.cancel();

@@ -50,3 +50,19 @@ t.test('a run of scheduled releases makes one, after the last', async (t) => {
   await new Promise((r) => setTimeout(r, 100));
   t.equal(lines.length, 1, 'a cancelled release does not run');
 });
+
+t.test('scheduled releases are at least minIntervalMs apart: a change soon after one waits', async (t) => {
+  const at: number[] = [];
+  const log = { ...silentLogger, debug: () => at.push(Date.now()), warn: () => at.push(-1) } as unknown as typeof silentLogger;
+  const rel = new MemoryRelease(log, { heap: false, delayMs: 20, minIntervalMs: 400 });
+  t.teardown(() => rel.cancel());
+  rel.schedule('config');
+  while (at.length < 1) await new Promise((r) => setTimeout(r, 10));
+  rel.schedule('config');
+  rel.schedule('config');
+  await new Promise((r) => setTimeout(r, 150));
+  t.equal(at.length, 1, 'the second run waits for the interval, not only the debounce');
+  while (at.length < 2) await new Promise((r) => setTimeout(r, 10));
+  t.ok(at[1]! - at[0]! >= 400, `the second release ${at[1]! - at[0]!} ms after the first`);
+  t.ok(at.every((x) => x > 0), 'the addon answered');
+});
