@@ -268,9 +268,7 @@ export class WorkerPool {
     // The process_* series (RSS, CPU, fds, start time) are the process's, read alike by every
     // thread: the control thread's alone, not one more copy per worker. Event-loop lag is each
     // thread's own: the worst thread's, not a sum.
-    const workerParts = parts
-      .filter((p): p is Array<{ name: string }> => Array.isArray(p))
-      .map((p) => p.filter((m) => !m.name.startsWith('process_')));
+    const workerParts = parts.filter((p): p is Array<{ name: string }> => Array.isArray(p)).map((p) => p.filter((m) => !m.name.startsWith('process_')));
     const all = [await control.getMetricsAsJSON(), ...workerParts] as Array<Array<{ name: string; aggregator?: string }>>;
     for (const part of all)
       for (const m of part) {

@@ -64,5 +64,8 @@ t.test('scheduled releases are at least minIntervalMs apart: a change soon after
   t.equal(at.length, 1, 'the second run waits for the interval, not only the debounce');
   while (at.length < 2) await new Promise((r) => setTimeout(r, 10));
   t.ok(at[1]! - at[0]! >= 400, `the second release ${at[1]! - at[0]!} ms after the first`);
-  t.ok(at.every((x) => x > 0), 'the addon answered');
+  t.ok(
+    at.every((x) => x > 0),
+    'the addon answered',
+  );
 });
