@@ -9,7 +9,6 @@
 // the mesh CA plays a hostile agent.
 import t from 'tap';
 import http2, { type ClientHttp2Session } from 'node:http2';
-import net from 'node:net';
 import * as tls from 'node:tls';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,7 +22,7 @@ import { startBackend, type Backend } from '../../src/sandbox/backend.js';
 import { parseConfig } from '../../src/config/load.js';
 import { serverNameFor } from '../../src/proxy/hbone.js';
 import { isoTime } from '../../src/telemetry/log.js';
-import { startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
+import { echoThrough, startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
 import { freePort } from '../../bench/lib/net.js';
 
 const NODE_A = '127.0.0.1';
@@ -76,32 +75,6 @@ function capture(lines: Record<string, any>[]): pino.Logger {
     },
   });
   return pino({ level: 'debug', base: { pid: process.pid }, timestamp: isoTime }, sink);
-}
-
-/** One TCP exchange through agent A from `ip` (the pod `workload`) to the echo VIP. */
-function echoThrough(a: LoopbackAgent, ip: string, workload: string, payload: string): Promise<string> {
-  a.route(ip, '10.96.0.40:7000', workload);
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ host: '127.0.0.1', port: a.outboundPort, localAddress: ip });
-    let got = '';
-    const timer = setTimeout(() => {
-      s.destroy();
-      reject(new Error(`echo timed out, got ${JSON.stringify(got)}`));
-    }, 5000);
-    s.on('connect', () => s.write(payload));
-    s.on('data', (d) => {
-      got += d.toString();
-      if (got.includes(payload)) s.end();
-    });
-    s.on('close', () => {
-      clearTimeout(timer);
-      resolve(got);
-    });
-    s.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-  });
 }
 
 /** A hostile agent: TLS + HTTP/2 to node-b's tunnel port with a certificate of the mesh CA; `exchange` sends `payload` on one CONNECT and reads to the end. */
@@ -229,7 +202,7 @@ t.test("the destination agent labels tunnelled traffic with the caller's workloa
   });
 
   await t.test('TCP from a pod node-b does not know', async (t) => {
-    t.match(await echoThrough(a, REPORTER_IP, `shop/${REPORTER_POD}`, 'tcp-described'), /tcp-described/);
+    t.match(await echoThrough(a, { ip: REPORTER_IP, workload: `shop/${REPORTER_POD}` }, '10.96.0.40:7000', 'tcp-described'), /tcp-described/);
     const l = await accessLine('reporter tcp', (x) => x.protocol === 'tcp' && x.src_workload === `shop/${REPORTER_POD}`);
     t.equal(l.principal, 'cluster.local/ns/shop/sa/client');
     const m = await metricsB();
@@ -241,7 +214,7 @@ t.test("the destination agent labels tunnelled traffic with the caller's workloa
     const hop = await accessLine('hbone line', (x) => x.protocol === 'hbone' && x.src_workload === `shop/${REPORTER_POD}`);
     t.equal(hop.src_principal, 'cluster.local/ns/shop/sa/client', 'the tunnel stream line names the described pod too');
     // And from client-0 (known): the same counter, its own series.
-    t.match(await echoThrough(a, CLIENT_IP, 'shop/client-0', 'tcp-known'), /tcp-known/);
+    t.match(await echoThrough(a, { ip: CLIENT_IP, workload: 'shop/client-0' }, '10.96.0.40:7000', 'tcp-known'), /tcp-known/);
     t.match(
       series(await metricsB(), 'weft_tcp_connections_opened_total').join('\n'),
       /source_workload="client-0",source_namespace="shop",source_canonical_service="client",destination_service="shop\/echo-0",connection_security_policy="mutual_tls"\} 1/,

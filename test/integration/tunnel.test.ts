@@ -17,7 +17,7 @@ import { startBackend, type Backend } from '../../src/sandbox/backend.js';
 import { parseConfig } from '../../src/config/load.js';
 import { checkPeerIdentity } from '../../src/proxy/hbone-tunnel.js';
 import { identityOfServerName, podOfServerName, serverNameFor, serverNameForPod } from '../../src/proxy/hbone.js';
-import { startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
+import { echoThrough, startLoopbackAgent, type LoopbackAgent } from '../lib/loopback-agent.js';
 import { freePort } from '../../bench/lib/net.js';
 import { echoClient, grpc, unary } from '../lib/grpc-client.js';
 
@@ -50,32 +50,6 @@ services:
   - { name: echo, namespace: shop, vip: 10.96.0.40, ports: [ { port: 7000, targetPort: ${o.echoPort}, protocol: tcp } ], selector: { app: echo } }
   - { name: grpc-api, namespace: shop, vip: 10.96.0.50, ports: [ { port: 9090, targetPort: ${o.grpcPort ?? 9090}, protocol: grpc } ], selector: { app: api } }
 ${o.extra ?? ''}`;
-}
-
-/** One TCP exchange through agent A: connect "to" the echo VIP, send, read the echo. */
-function echoThrough(a: LoopbackAgent, payload: string): Promise<string> {
-  a.route(CLIENT_IP, '10.96.0.40:7000', 'shop/client-0');
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ host: '127.0.0.1', port: a.outboundPort, localAddress: CLIENT_IP });
-    let got = '';
-    const timer = setTimeout(() => {
-      s.destroy();
-      reject(new Error(`echo timed out, got ${JSON.stringify(got)}`));
-    }, 5000);
-    s.on('connect', () => s.write(payload));
-    s.on('data', (d) => {
-      got += d.toString();
-      if (got.includes(payload)) s.end();
-    });
-    s.on('close', () => {
-      clearTimeout(timer);
-      resolve(got);
-    });
-    s.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-  });
 }
 
 interface RawTunnelClient {
@@ -148,6 +122,9 @@ function metric(text: string, name: string, match: RegExp): number {
   for (const line of text.split('\n')) if (line.startsWith(name) && match.test(line)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
   return sum;
 }
+
+/** One TCP exchange from client-0 through agent A to the echo VIP. */
+const echoThroughVip = (a: LoopbackAgent, payload: string) => echoThrough(a, { ip: CLIENT_IP, workload: 'shop/client-0' }, '10.96.0.40:7000', payload);
 
 t.test('mTLS tunnel between two agents', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'weft-tunnel-'));
@@ -238,7 +215,7 @@ t.test('mTLS tunnel between two agents', async (t) => {
   });
 
   await t.test('TCP across nodes, authorized with the peer principal', async (t) => {
-    const got = await echoThrough(a, 'ping-over-mtls');
+    const got = await echoThroughVip(a, 'ping-over-mtls');
     t.match(got, /ping-over-mtls/);
     const mb = await metricsOf(b, NODE_B);
     t.ok(
@@ -386,7 +363,7 @@ t.test('mTLS tunnel between two agents', async (t) => {
     while (Date.now() < until) {
       const r = await a.get(CLIENT_IP, '10.96.0.20:80', `/loop/${requests}`).catch((err: Error) => ({ status: 0, body: err.message, headers: {} }));
       if (r.status !== 200) failures.push(`http ${r.status} ${r.body.slice(0, 200)}`);
-      const e = await echoThrough(a, `n${requests}`).catch((err: Error) => `error ${err.message}`);
+      const e = await echoThroughVip(a, `n${requests}`).catch((err: Error) => `error ${err.message}`);
       if (!e.includes(`n${requests}`)) failures.push(`tcp ${e}`);
       requests++;
       const ca = (await a.configDump()).identity.certificates.find((c: any) => c.identity.endsWith('/sa/client'));
@@ -405,7 +382,7 @@ t.test('mTLS tunnel between two agents', async (t) => {
     caServer = undefined;
     const r = await a.get(CLIENT_IP, '10.96.0.20:80', '/ca-down');
     t.equal(r.status, 200, 'requests go on with the certificates in hand');
-    t.match(await echoThrough(a, 'still-here'), /still-here/);
+    t.match(await echoThroughVip(a, 'still-here'), /still-here/);
     let client: any;
     for (let i = 0; i < 50 && !(client?.failures >= 1); i++) {
       client = (await a.configDump()).identity.certificates.find((c: any) => c.identity.endsWith('/sa/client'));

@@ -122,3 +122,33 @@ export async function startLoopbackAgent(yaml: string, opts: { workers?: number;
   };
   return la;
 }
+
+/**
+ * One TCP exchange through the agent's outbound port, as the pod at `from.ip` (named
+ * `from.workload`) connecting to `dest` (a VIP:port, routed as connect4 would): send
+ * `payload`, read until it is echoed back, and resolve with what came back.
+ */
+export function echoThrough(a: LoopbackAgent, from: { ip: string; workload: string }, dest: string, payload: string): Promise<string> {
+  a.route(from.ip, dest, from.workload);
+  return new Promise((resolve, reject) => {
+    const s = netConnect({ host: '127.0.0.1', port: a.outboundPort, localAddress: from.ip });
+    let got = '';
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`echo timed out, got ${JSON.stringify(got)}`));
+    }, 5000);
+    s.on('connect', () => s.write(payload));
+    s.on('data', (d) => {
+      got += d.toString();
+      if (got.includes(payload)) s.end();
+    });
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve(got);
+    });
+    s.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
